@@ -1,0 +1,2 @@
+//! Pure switching logic for vhost-net-backend: frames in, actions out.
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! The vhost-net-backend policy ABI.

@@ -1,0 +1,1 @@
+//! Test support: an in-process vhost-user frontend and QEMU guest helpers.

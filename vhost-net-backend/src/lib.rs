@@ -1,0 +1,1 @@
+//! vhost-net-backend: a user-space virtio-net vhost-user backend.
