@@ -453,30 +453,23 @@ mod tests {
             );
         let args = qemu_args(&spec, Path::new("/k"), Path::new("/i"));
         assert!(!args.iter().any(|a| a == "-nic"));
+        let nic = |i| ["-chardev", "-netdev", "-device"].map(|flag| arg_after(&args, flag, i));
         assert_eq!(
-            arg_after(&args, "-chardev", 0),
-            "socket,id=chr0,path=/s/a.sock,reconnect=1"
+            nic(0),
+            [
+                "socket,id=chr0,path=/s/a.sock,reconnect=1",
+                "vhost-user,id=net0,chardev=chr0",
+                "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,vectors=0",
+            ]
         );
         assert_eq!(
-            arg_after(&args, "-netdev", 0),
-            "vhost-user,id=net0,chardev=chr0"
-        );
-        assert_eq!(
-            arg_after(&args, "-device", 0),
-            "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,vectors=0"
-        );
-        assert_eq!(
-            arg_after(&args, "-chardev", 1),
-            "socket,id=chr1,path=/s/b.sock,server=on,wait=off"
-        );
-        assert_eq!(
-            arg_after(&args, "-netdev", 1),
-            "vhost-user,id=net1,chardev=chr1,queues=2"
-        );
-        assert_eq!(
-            arg_after(&args, "-device", 1),
-            "virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02,vectors=0,mq=on,\
-             mrg_rxbuf=off,csum=off,guest_tso4=off,host_mtu=9000"
+            nic(1),
+            [
+                "socket,id=chr1,path=/s/b.sock,server=on,wait=off",
+                "vhost-user,id=net1,chardev=chr1,queues=2",
+                "virtio-net-pci,netdev=net1,mac=52:54:00:00:00:02,vectors=0,mq=on,\
+                 mrg_rxbuf=off,csum=off,guest_tso4=off,host_mtu=9000",
+            ]
         );
     }
 }
