@@ -1,9 +1,9 @@
-//! The serial console of a guest, read line by line, with waits that time out.
+//! The output of a child process (a guest's serial console, a daemon's log), read line by
+//! line, with waits that time out.
 //!
-//! A reader thread per stream (the guest's serial console, QEMU's stderr) appends lines to a
-//! [`Console`]; a test waits for a line matching a prefix with [`Console::wait_for`]. Each line
-//! is also echoed to the test's output, tagged with the guest's name, so a failing test shows
-//! what the guest printed.
+//! A reader thread per stream (stdout, stderr) appends lines to a [`Console`]; a test waits for
+//! a stdout line containing a prefix with [`Console::wait_for`]. Each line is also echoed to the
+//! test's output, tagged with the process's name, so a failing test shows what it printed.
 
 use std::io::{BufRead, BufReader, Read};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -20,7 +20,7 @@ pub enum ConsoleError {
         timeout: Duration,
         tail: String,
     },
-    #[error("{guest}: QEMU exited before a line starting with {prefix:?}\n{tail}")]
+    #[error("{guest}: exited before a line starting with {prefix:?}\n{tail}")]
     Closed {
         guest: String,
         prefix: String,
@@ -28,19 +28,19 @@ pub enum ConsoleError {
     },
 }
 
-/// Which stream a line came from.
+/// Which stream of a child process a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
-    /// The guest's serial console (QEMU's stdout).
-    Serial,
-    /// QEMU's own messages.
-    Qemu,
+    /// Standard output: a guest's serial console, or a daemon's output. Waits look here.
+    Stdout,
+    /// Standard error: QEMU's own messages, or a daemon's log.
+    Stderr,
 }
 
 #[derive(Debug, Default)]
 struct Lines {
-    serial: Vec<String>,
-    qemu: Vec<String>,
+    stdout: Vec<String>,
+    stderr: Vec<String>,
     /// Streams still open.
     open: usize,
 }
@@ -57,7 +57,7 @@ pub struct Console {
 const TAIL_LINES: usize = 40;
 
 impl Console {
-    /// An empty console for guest `guest`.
+    /// An empty console for the process called `guest`.
     pub fn new(guest: &str) -> Arc<Self> {
         Arc::new(Console {
             guest: guest.to_string(),
@@ -86,19 +86,19 @@ impl Console {
     pub fn push(&self, stream: Stream, line: &str) {
         let line = line.trim_end_matches(['\r', '\n']).replace('\r', "");
         let tag = match stream {
-            Stream::Serial => "",
-            Stream::Qemu => " qemu",
+            Stream::Stdout => "",
+            Stream::Stderr => " stderr",
         };
         eprintln!("[{}{tag}] {line}", self.guest);
         let mut lines = self.lock();
         match stream {
-            Stream::Serial => lines.serial.push(line),
-            Stream::Qemu => lines.qemu.push(line),
+            Stream::Stdout => lines.stdout.push(line),
+            Stream::Stderr => lines.stderr.push(line),
         }
         self.changed.notify_all();
     }
 
-    /// Waits for a serial line at index `from` or later that contains `prefix`; returns its
+    /// Waits for a stdout line at index `from` or later that contains `prefix`; returns its
     /// index and the line from `prefix` on (kernel messages may share the line).
     pub fn wait_for(
         &self,
@@ -110,7 +110,7 @@ impl Console {
         let mut lines = self.lock();
         loop {
             let found = lines
-                .serial
+                .stdout
                 .iter()
                 .enumerate()
                 .skip(from)
@@ -142,19 +142,9 @@ impl Console {
         }
     }
 
-    /// How many serial lines there are so far.
-    pub fn len(&self) -> usize {
-        self.lock().serial.len()
-    }
-
-    /// Whether the guest printed nothing yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The serial lines from index `from` on.
-    pub fn serial_lines(&self, from: usize) -> Vec<String> {
-        self.lock().serial.iter().skip(from).cloned().collect()
+    /// The stdout lines from index `from` on.
+    pub fn stdout_lines(&self, from: usize) -> Vec<String> {
+        self.lock().stdout.iter().skip(from).cloned().collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Lines> {
@@ -165,9 +155,9 @@ impl Console {
 fn tail(lines: &Lines) -> String {
     let last = |v: &[String]| v[v.len().saturating_sub(TAIL_LINES)..].join("\n");
     format!(
-        "--- serial console (last lines) ---\n{}\n--- qemu ---\n{}",
-        last(&lines.serial),
-        last(&lines.qemu)
+        "--- stdout (last lines; a guest's serial console) ---\n{}\n--- stderr ---\n{}",
+        last(&lines.stdout),
+        last(&lines.stderr)
     )
 }
 
@@ -179,7 +169,7 @@ mod tests {
     fn finds_a_prefix_after_kernel_noise_and_from_an_index() {
         let console = Console::new("vm");
         console.follow(
-            Stream::Serial,
+            Stream::Stdout,
             &b"[ 1.0] boot\r\nGUEST UP mac=none\r\n[ 2.0] x GUEST PING ok\nGUEST PING again\n"[..],
         );
         let (i, line) = console
@@ -191,7 +181,7 @@ mod tests {
             .unwrap();
         assert_eq!((i, line.as_str()), (3, "GUEST PING again"));
         assert_eq!(
-            console.serial_lines(1),
+            console.stdout_lines(1),
             [
                 "GUEST UP mac=none",
                 "[ 2.0] x GUEST PING ok",
@@ -203,7 +193,7 @@ mod tests {
     #[test]
     fn a_closed_console_fails_the_wait_at_once() {
         let console = Console::new("vm");
-        console.follow(Stream::Serial, &b"GUEST UP\n"[..]);
+        console.follow(Stream::Stdout, &b"GUEST UP\n"[..]);
         let started = Instant::now();
         let err = console
             .wait_for(0, "GUEST DONE", Duration::from_secs(60))
@@ -217,8 +207,8 @@ mod tests {
     fn a_wait_times_out_while_the_stream_is_open() {
         let console = Console::new("vm");
         let (reader, _writer) = std::io::pipe().unwrap();
-        console.follow(Stream::Serial, reader);
-        console.push(Stream::Qemu, "qemu-system-x86_64: warning");
+        console.follow(Stream::Stdout, reader);
+        console.push(Stream::Stderr, "qemu-system-x86_64: warning");
         let err = console
             .wait_for(0, "GUEST", Duration::from_millis(50))
             .unwrap_err();

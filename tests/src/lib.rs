@@ -1,11 +1,16 @@
 //! Test support: an in-process vhost-user frontend and QEMU guest helpers.
 //!
 //! End-to-end support: [`e2e`] (serial e2e tests, prerequisites, scratch directory),
-//! [`qemu`] (TCG guests with vhost-user NICs), [`console`] (their serial console),
-//! [`initramfs`] (a per-test /test.sh), [`netns`] (network namespaces and veth pairs).
+//! [`qemu`] (TCG guests with vhost-user NICs), [`guest_script`] (their /test.sh and what it
+//! prints), [`initramfs`] (how /test.sh gets in), [`daemon`] (the daemon as a child process),
+//! [`process`] and [`console`] (child processes and their output), [`netns`] (network
+//! namespaces and veth pairs).
 
 pub mod console;
+pub mod daemon;
 pub mod e2e;
+pub mod guest_script;
 pub mod initramfs;
 pub mod netns;
+pub mod process;
 pub mod qemu;

@@ -3,24 +3,21 @@
 //! [`GuestImage`] is what `scripts/build-guest` built: a Debian kernel and a busybox initramfs
 //! whose /init prints `GUEST ` lines on the serial console and runs `/test.sh` when there is one.
 //! [`GuestSpec`] describes one guest: its vhost-user NICs ([`NicSpec`]: socket, which side
-//! listens, feature knobs, queue pairs) and its test script. [`Guest`] is the running QEMU:
-//! wait for console lines, kill it, restart it; it is killed when dropped, and QEMU also gets
-//! SIGKILL if the thread that started it goes away (`setpriv --pdeathsig`).
+//! listens, feature knobs, queue pairs) and its test script. [`Guest`] is the running QEMU, a
+//! [`Process`]: wait for serial console lines, kill it, restart it; killed when dropped.
 //!
 //! Every guest runs with what a vhost-user NIC needs under TCG: guest memory in a shared memfd
 //! bound to the guest by `-numa node,memdev=`, and `vectors=0` on every virtio-net-pci (QEMU 7.2
 //! crashes under TCG when a vhost-user NIC starts with MSI-X vectors).
 
 use std::io;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use crate::console::{Console, ConsoleError, Stream};
 use crate::e2e::workspace_root;
 use crate::initramfs::{self, InitramfsError};
+use crate::process::{Process, ProcessError};
 
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
@@ -38,22 +35,8 @@ pub enum QemuError {
         #[source]
         source: InitramfsError,
     },
-    #[error("starting QEMU for guest {guest}")]
-    Spawn {
-        guest: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("stopping QEMU of guest {guest}")]
-    Kill {
-        guest: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("guest {guest} still running after {timeout:?}")]
-    ExitTimeout { guest: String, timeout: Duration },
     #[error(transparent)]
-    Console(#[from] ConsoleError),
+    Process(#[from] ProcessError),
 }
 
 /// The kernel and initramfs built by `scripts/build-guest`.
@@ -267,21 +250,16 @@ fn qemu_args(spec: &GuestSpec, kernel: &Path, initrd: &Path) -> Vec<String> {
     args
 }
 
-/// A running QEMU guest. Killed when dropped.
+/// A running QEMU guest: a [`Process`] whose stdout is the serial console. Killed when
+/// dropped; [`Process::restart`] boots it again from scratch.
 #[derive(Debug)]
 pub struct Guest {
-    spec: GuestSpec,
-    kernel: PathBuf,
-    initrd: PathBuf,
-    child: Child,
-    console: Arc<Console>,
-    /// Serial lines before this index were consumed by [`Guest::expect`].
-    cursor: usize,
+    process: Process,
 }
 
 impl Guest {
     /// Boots `spec` from `image`; `dir` holds the guest's initramfs copy.
-    pub fn start(image: &GuestImage, spec: GuestSpec, dir: &Path) -> Result<Self, QemuError> {
+    pub fn start(image: &GuestImage, spec: &GuestSpec, dir: &Path) -> Result<Self, QemuError> {
         let initrd = match &spec.script {
             None => image.initrd.clone(),
             Some(script) => {
@@ -295,117 +273,23 @@ impl Guest {
                 path
             }
         };
-        let (child, console) = launch(&spec, &image.kernel, &initrd)?;
-        Ok(Guest {
-            spec,
-            kernel: image.kernel.clone(),
-            initrd,
-            child,
-            console,
-            cursor: 0,
-        })
-    }
-
-    /// The guest's name.
-    pub fn name(&self) -> &str {
-        &self.spec.name
-    }
-
-    /// Waits for the next serial line (after the last one `expect` returned) that contains
-    /// `prefix`, and returns it from `prefix` on.
-    pub fn expect(&mut self, prefix: &str, timeout: Duration) -> Result<String, QemuError> {
-        let (index, line) = self.console.wait_for(self.cursor, prefix, timeout)?;
-        self.cursor = index + 1;
-        Ok(line)
-    }
-
-    /// Serial lines containing `prefix` printed so far (from the boot on), from `prefix` on.
-    pub fn lines_with(&self, prefix: &str) -> Vec<String> {
-        self.console
-            .serial_lines(0)
-            .into_iter()
-            .filter_map(|line| line.find(prefix).map(|at| line[at..].to_string()))
-            .collect()
-    }
-
-    /// Waits until QEMU exits by itself (the guest powered off).
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus, QemuError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let status = self.child.try_wait().map_err(|source| QemuError::Kill {
-                guest: self.spec.name.clone(),
-                source,
-            })?;
-            if let Some(status) = status {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                return Err(QemuError::ExitTimeout {
-                    guest: self.spec.name.clone(),
-                    timeout,
-                });
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Kills QEMU with SIGKILL and reaps it.
-    pub fn kill(&mut self) -> Result<(), QemuError> {
-        let err = |source| QemuError::Kill {
-            guest: self.spec.name.clone(),
-            source,
-        };
-        if self.child.try_wait().map_err(err)?.is_none() {
-            self.child.kill().map_err(err)?;
-            self.child.wait().map_err(err)?;
-        }
-        Ok(())
-    }
-
-    /// Kills QEMU and starts it again with the same spec: a fresh boot with a fresh console.
-    pub fn restart(&mut self) -> Result<(), QemuError> {
-        self.kill()?;
-        let (child, console) = launch(&self.spec, &self.kernel, &self.initrd)?;
-        self.child = child;
-        self.console = console;
-        self.cursor = 0;
-        Ok(())
+        let process = Process::start(&spec.name, QEMU, qemu_args(spec, &image.kernel, &initrd))?;
+        Ok(Guest { process })
     }
 }
 
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Deref for Guest {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
     }
 }
 
-fn launch(
-    spec: &GuestSpec,
-    kernel: &Path,
-    initrd: &Path,
-) -> Result<(Child, Arc<Console>), QemuError> {
-    // setpriv: QEMU gets SIGKILL when the thread that started it exits, so a test that dies
-    // without running destructors leaves no guest behind.
-    let mut child = Command::new("setpriv")
-        .args(["--pdeathsig", "KILL", "--", QEMU])
-        .args(qemu_args(spec, kernel, initrd))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| QemuError::Spawn {
-            guest: spec.name.clone(),
-            source,
-        })?;
-    let console = Console::new(&spec.name);
-    if let Some(stdout) = child.stdout.take() {
-        console.follow(Stream::Serial, stdout);
+impl DerefMut for Guest {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
     }
-    if let Some(stderr) = child.stderr.take() {
-        console.follow(Stream::Qemu, stderr);
-    }
-    Ok((child, console))
 }
 
 #[cfg(test)]

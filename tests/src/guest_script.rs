@@ -1,0 +1,182 @@
+//! /test.sh scripts for guests on a test network, and parsers for the lines they print.
+//!
+//! [`script`] gives a script that defines shell functions for the test's own lines to call, and
+//! [`net_script`] one that also configures eth0. Each function prints `GUEST <WORD> ...` lines
+//! on the serial console:
+//! - `reach HOST`: pings until HOST answers (120 tries): `GUEST REACHED HOST` or
+//!   `GUEST UNREACHABLE HOST`;
+//! - `pings HOST COUNT [SIZE]`: `ping -c COUNT -i 0.2`, every output line as `GUEST PING ...`;
+//! - `ping_forever HOST`: the same without an end;
+//! - `iperf HOST SECONDS [ARGS]`: iperf3 TCP to HOST, then reversed: `GUEST IPERF send|receive
+//!   <iperf3's sender/receiver lines>` and `GUEST IPERF-RC send|receive <rc>`;
+//! - `serve`: starts an iperf3 server in the background;
+//! - `stats`: `ethtool -S eth0` as `GUEST STAT <name> <value>` lines, then `GUEST STATS-END`;
+//! - `offloads`: `GUEST OFFLOAD <feature> on|off` for eth0's checksum and TSO offloads.
+
+/// Shell functions every network script defines.
+const FUNCTIONS: &str = r#"
+say() { echo "GUEST $*"; }
+reach() {
+  i=0
+  until ping -c 1 -W 1 "$1" >/dev/null 2>&1; do
+    i=$((i+1)); [ $i -ge 120 ] && { say UNREACHABLE "$1"; return 1; }
+  done
+  say REACHED "$1"
+}
+pings() { ping -c "$2" -i 0.2 -s "${3:-56}" "$1" 2>&1 | while read -r l; do say PING "$l"; done; }
+ping_forever() { ping -i 0.2 "$1" 2>&1 | while read -r l; do say PING "$l"; done; }
+serve() { iperf3 -s -D >/dev/null 2>&1; }
+iperf() {
+  host=$1; secs=$2; shift 2
+  for dir in send receive; do
+    flag=; [ $dir = receive ] && flag=-R
+    # The server may still be starting: retry the connection for a while.
+    for try in 1 2 3 4 5 6 7 8 9 10; do
+      out=$(iperf3 -c "$host" -t "$secs" -f m $flag "$@" 2>&1); rc=$?
+      case "$out" in *"unable to connect"*|*"Connection refused"*) sleep 1 ;; *) break ;; esac
+    done
+    echo "$out" | grep -E 'sender|receiver' | while read -r l; do say IPERF $dir "$l"; done
+    [ $rc = 0 ] || echo "$out" | tail -3 | while read -r l; do say IPERF-ERR $dir "$l"; done
+    say IPERF-RC $dir $rc
+  done
+}
+stats() { ethtool -S eth0 | while read -r k v; do say STAT "${k%:}" "$v"; done; say STATS-END; }
+offloads() {
+  ethtool -k eth0 | grep -E '^(tx-checksumming|rx-checksumming|tcp-segmentation-offload):' |
+    while read -r k v rest; do say OFFLOAD "${k%:}" "$v"; done
+}
+"#;
+
+/// A script that defines the functions above, then runs `body`.
+pub fn script(body: &str) -> String {
+    format!("#!/bin/sh\n{FUNCTIONS}\n{body}\n")
+}
+
+/// A script that gives eth0 `address` (`"192.0.2.1/24"`) and `mtu` when given, defines the
+/// functions above, then runs `body`.
+pub fn net_script(address: &str, mtu: Option<u16>, body: &str) -> String {
+    let mtu = mtu.map_or(String::new(), |mtu| format!("ip link set eth0 mtu {mtu}\n"));
+    script(&format!("ip addr add {address} dev eth0\n{mtu}{body}"))
+}
+
+/// A ping summary: frames sent and replies received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PingSummary {
+    pub transmitted: u32,
+    pub received: u32,
+}
+
+/// The summary of `GUEST PING` lines ("N packets transmitted, M packets received, ...").
+pub fn ping_summary(lines: &[String]) -> Option<PingSummary> {
+    lines.iter().find_map(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let before = |word: &str| {
+            let at = words.iter().position(|w| w.trim_end_matches(',') == word)?;
+            words.get(at.checked_sub(2)?)?.parse().ok()
+        };
+        Some(PingSummary {
+            transmitted: before("transmitted")?,
+            received: before("received")?,
+        })
+    })
+}
+
+/// The `seq=` numbers of the replies among `GUEST PING` lines, in order.
+pub fn ping_replies(lines: &[String]) -> Vec<u32> {
+    lines
+        .iter()
+        .filter(|line| line.contains("bytes from"))
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix("seq=")?.parse().ok())
+        })
+        .collect()
+}
+
+/// One iperf3 result line: how much it moved and at what rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IperfFigure {
+    pub megabytes: f64,
+    pub megabits_per_second: f64,
+}
+
+/// The receiver's figure among `GUEST IPERF <dir>` lines (`iperf3 -f m`; with several streams
+/// the `[SUM]` line, which comes last).
+pub fn iperf_receiver(lines: &[String], direction: &str) -> Option<IperfFigure> {
+    let prefix = format!("GUEST IPERF {direction} ");
+    lines
+        .iter()
+        .rev()
+        .filter(|line| line.starts_with(&prefix) && line.trim_end().ends_with("receiver"))
+        .find_map(|line| {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let before = |unit: &str| {
+                words
+                    .get(words.iter().position(|w| *w == unit)?.checked_sub(1)?)?
+                    .parse()
+                    .ok()
+            };
+            Some(IperfFigure {
+                megabytes: before("MBytes")?,
+                megabits_per_second: before("Mbits/sec")?,
+            })
+        })
+}
+
+/// The `GUEST STAT <name> <value>` lines as (name, value).
+pub fn stats(lines: &[String]) -> Vec<(String, u64)> {
+    lines
+        .iter()
+        .filter_map(|line| {
+            let mut words = line.strip_prefix("GUEST STAT ")?.split_whitespace();
+            Some((words.next()?.to_string(), words.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<String> {
+        text.lines().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn ping_lines() {
+        let out = lines(
+            "GUEST PING PING 192.0.2.2 (192.0.2.2): 56 data bytes\n\
+             GUEST PING 64 bytes from 192.0.2.2: seq=0 ttl=64 time=1.2 ms\n\
+             GUEST PING 64 bytes from 192.0.2.2: seq=2 ttl=64 time=0.9 ms\n\
+             GUEST PING --- 192.0.2.2 ping statistics ---\n\
+             GUEST PING 3 packets transmitted, 2 packets received, 33% packet loss",
+        );
+        assert_eq!(ping_replies(&out), [0, 2]);
+        let summary = ping_summary(&out).unwrap();
+        assert_eq!((summary.transmitted, summary.received), (3, 2));
+        assert_eq!(ping_summary(&out[..3]), None);
+    }
+
+    #[test]
+    fn iperf_lines() {
+        let out = lines(
+            "GUEST IPERF send [  5]   0.00-5.00   sec   120 MBytes   201 Mbits/sec    0             sender\n\
+             GUEST IPERF send [  5]   0.00-5.04   sec   119 MBytes   198 Mbits/sec                  receiver\n\
+             GUEST IPERF receive [SUM]   0.00-5.00   sec  60.5 MBytes   101 Mbits/sec                  receiver",
+        );
+        let send = iperf_receiver(&out, "send").unwrap();
+        assert_eq!((send.megabytes, send.megabits_per_second), (119.0, 198.0));
+        let receive = iperf_receiver(&out, "receive").unwrap();
+        assert_eq!(
+            (receive.megabytes, receive.megabits_per_second),
+            (60.5, 101.0)
+        );
+    }
+
+    #[test]
+    fn stat_lines() {
+        let out =
+            lines("GUEST STAT NIC statistics\nGUEST STAT rx_queue_0_packets 17\nGUEST STATS-END");
+        assert_eq!(stats(&out), [("rx_queue_0_packets".to_string(), 17)]);
+    }
+}
