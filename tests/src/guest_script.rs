@@ -10,8 +10,11 @@
 //! - `iperf HOST SECONDS [ARGS]`: iperf3 TCP to HOST, then reversed: `GUEST IPERF send|receive
 //!   <iperf3's sender/receiver lines>` and `GUEST IPERF-RC send|receive <rc>`;
 //! - `serve`: starts an iperf3 server in the background;
-//! - `stats`: `ethtool -S eth0` as `GUEST STAT <name> <value>` lines, then `GUEST STATS-END`;
-//! - `offloads`: `GUEST OFFLOAD <feature> on|off` for eth0's checksum and TSO offloads.
+//! - `stats`: `ethtool -S eth0` as `GUEST STAT <name> <value>` lines;
+//! - `ipstats`: the kernel's IP counters (/proc/net/snmp) as `GUEST IP <name> <value>` lines;
+//! - `carrier`: `GUEST CARRIER <eth0's carrier_changes>` (how often the link went up or down);
+//! - `offloads`: `GUEST OFFLOAD <feature> on|off` for eth0's checksum and TSO offloads;
+//! - `notify HOST` / `wait_notified`: one guest tells another it is done (TCP port 5001).
 
 /// Shell functions every network script defines.
 const FUNCTIONS: &str = r#"
@@ -40,7 +43,14 @@ iperf() {
     say IPERF-RC $dir $rc
   done
 }
-stats() { ethtool -S eth0 | while read -r k v; do say STAT "${k%:}" "$v"; done; say STATS-END; }
+stats() { ethtool -S eth0 | while read -r k v; do say STAT "${k%:}" "$v"; done; }
+ipstats() {
+  awk '/^Ip:/ { if (!h) { for (i = 2; i <= NF; i++) n[i] = $i; h = 1 }
+                else for (i = 2; i <= NF; i++) print "GUEST IP", n[i], $i }' /proc/net/snmp
+}
+carrier() { say CARRIER "$(cat /sys/class/net/eth0/carrier_changes)"; }
+notify() { until echo done | nc "$1" 5001; do sleep 1; done; }
+wait_notified() { nc -l -p 5001 >/dev/null; }
 offloads() {
   ethtool -k eth0 | grep -E '^(tx-checksumming|rx-checksumming|tcp-segmentation-offload):' |
     while read -r k v rest; do say OFFLOAD "${k%:}" "$v"; done
@@ -123,15 +133,13 @@ pub fn iperf_receiver(lines: &[String], direction: &str) -> Option<IperfFigure> 
         })
 }
 
-/// The `GUEST STAT <name> <value>` lines as (name, value).
-pub fn stats(lines: &[String]) -> Vec<(String, u64)> {
+/// The counter `name` from `GUEST <WORD> <name> <value>` lines (`word`: `STAT` for `stats`,
+/// `IP` for `ipstats`).
+pub fn counter(lines: &[String], word: &str, name: &str) -> Option<u64> {
+    let prefix = format!("GUEST {word} {name} ");
     lines
         .iter()
-        .filter_map(|line| {
-            let mut words = line.strip_prefix("GUEST STAT ")?.split_whitespace();
-            Some((words.next()?.to_string(), words.next()?.parse().ok()?))
-        })
-        .collect()
+        .find_map(|line| line.strip_prefix(&prefix)?.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -174,9 +182,12 @@ mod tests {
     }
 
     #[test]
-    fn stat_lines() {
-        let out =
-            lines("GUEST STAT NIC statistics\nGUEST STAT rx_queue_0_packets 17\nGUEST STATS-END");
-        assert_eq!(stats(&out), [("rx_queue_0_packets".to_string(), 17)]);
+    fn counter_lines() {
+        let out = lines(
+            "GUEST STAT NIC statistics:\nGUEST STAT rx_queue_0_packets 17\nGUEST IP FragCreates 0",
+        );
+        assert_eq!(counter(&out, "STAT", "rx_queue_0_packets"), Some(17));
+        assert_eq!(counter(&out, "STAT", "rx_queue_1_packets"), None);
+        assert_eq!(counter(&out, "IP", "FragCreates"), Some(0));
     }
 }

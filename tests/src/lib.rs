@@ -14,3 +14,4 @@ pub mod initramfs;
 pub mod netns;
 pub mod process;
 pub mod qemu;
+pub mod vm_network;
