@@ -1,1 +1,24 @@
 //! vhost-net-backend: a user-space virtio-net vhost-user backend.
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`config`] | [`config::Config`], [`config::PortConfig`], [`config::MacAddr`], [`config::SocketRole`] |
+//! | [`vhost_user`] | the protocol layer: [`vhost_user::wire`] (framing), [`vhost_user::session`] (the per-connection dispatcher), [`vhost_user::memory`] (memory table), [`vhost_user::device`] (state shared with the datapath), [`vhost_user::server`] (the connection loop) |
+//! | [`socket`] | the listen and connect roles of a port's socket, with reconnect |
+//! | [`vring`] | [`vring::Vring`]: one virtqueue's configuration and the split-ring operations the datapath adds to `virtio_queue::Queue` |
+//! | [`vhu_net`] | the virtio-net device: offered features, config space, negotiated view |
+//! | [`datapath`] | descriptor chains ([`datapath::chain`]), virtio-net headers ([`datapath::vnet_hdr`]), the single copy ([`datapath::copy`]), delivery into RX queues ([`datapath::rx`]) |
+//! | [`sys`] | the crate's `unsafe` code (fd passing, poll, signals) |
+//!
+//! Design notes: docs/device.md; why the protocol layer is the project's own: docs/decisions.md.
+
+pub mod config;
+pub mod datapath;
+pub mod socket;
+pub mod sys;
+pub mod vhost_user;
+pub mod vhu_net;
+pub mod vring;
+
+#[cfg(test)]
+mod test_util;

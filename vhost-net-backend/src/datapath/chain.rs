@@ -1,0 +1,311 @@
+//! Walking a descriptor chain a guest posted, with every check an untrusted guest needs:
+//! indices inside the table, no loops, no chain longer than the queue, indirect tables only when
+//! negotiated and never nested, the right read/write direction, lengths that add up, and every
+//! buffer inside guest memory.
+//!
+//! `virtio_queue::DescriptorChain` ends a chain silently on most of these errors; the datapath
+//! must tell a malformed chain from a short one to drop and count it, so the walk is done here
+//! on the crate's descriptor type.
+
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+
+/// A buffer of a chain: guest physical address and length.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seg {
+    /// Guest physical address.
+    pub addr: u64,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// What is wrong with a chain. Each is a drop reason the datapath counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// A head or next index past the end of its descriptor table.
+    #[error("descriptor index out of range")]
+    BadIndex,
+    /// More descriptors than the queue (or the walk's capacity) allows: a loop or an overlong
+    /// chain.
+    #[error("descriptor chain loops or is longer than the queue")]
+    TooLong,
+    /// An indirect descriptor that is not allowed (not negotiated, nested, combined with NEXT)
+    /// or whose table has a bad length.
+    #[error("invalid indirect descriptor")]
+    BadIndirect,
+    /// A device-writable buffer in a chain the device reads, or the reverse.
+    #[error("descriptor with the wrong read/write direction")]
+    WrongDirection,
+    /// A buffer or a descriptor table outside guest memory.
+    #[error("descriptor points outside guest memory")]
+    OutOfMemory,
+    /// The buffers add up to more than the walk allows.
+    #[error("descriptor chain is longer than any frame")]
+    TooBig,
+}
+
+/// Which buffers the device expects in the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Device-readable (TX).
+    Read,
+    /// Device-writable (RX).
+    Write,
+}
+
+/// Limits and negotiated options of one walk.
+#[derive(Clone, Copy, Debug)]
+pub struct WalkParams {
+    /// Descriptor table address.
+    pub table: u64,
+    /// Queue size (entries in the table; also the longest chain allowed).
+    pub queue_size: u16,
+    /// Whether INDIRECT_DESC was negotiated.
+    pub indirect: bool,
+    /// Direction of every buffer.
+    pub direction: Direction,
+    /// Largest total length accepted.
+    pub max_len: u32,
+}
+
+/// Walks the chain starting at `head`, storing its non-empty buffers in `segs`. Returns the
+/// number of buffers and their total length.
+pub fn walk(
+    mem: &GuestMemoryMmap,
+    p: &WalkParams,
+    head: u16,
+    segs: &mut [Seg],
+) -> Result<(usize, u32), ChainError> {
+    let mut table = p.table;
+    let mut table_len = u32::from(p.queue_size);
+    let mut index = u32::from(head);
+    let mut in_indirect = false;
+    // Descriptors visited in the current table: bounds loops.
+    let mut visited: u32 = 0;
+    let mut nsegs = 0usize;
+    let mut total: u32 = 0;
+    loop {
+        if index >= table_len {
+            return Err(ChainError::BadIndex);
+        }
+        visited += 1;
+        if visited > table_len {
+            return Err(ChainError::TooLong);
+        }
+        let at = GuestAddress(table)
+            .checked_add(u64::from(index) * 16)
+            .ok_or(ChainError::OutOfMemory)?;
+        let desc: Descriptor = mem.read_obj(at).map_err(|_| ChainError::OutOfMemory)?;
+        if desc.refers_to_indirect_table() {
+            let len = desc.len();
+            if !p.indirect || in_indirect || desc.has_next() {
+                return Err(ChainError::BadIndirect);
+            }
+            if len == 0 || !len.is_multiple_of(16) || len / 16 > u32::from(p.queue_size) {
+                return Err(ChainError::BadIndirect);
+            }
+            if !mem.check_range(desc.addr(), len as usize, Permissions::Read) {
+                return Err(ChainError::OutOfMemory);
+            }
+            table = desc.addr().raw_value();
+            table_len = len / 16;
+            index = 0;
+            visited = 0;
+            in_indirect = true;
+            continue;
+        }
+        let writable = desc.is_write_only();
+        if writable != (p.direction == Direction::Write) {
+            return Err(ChainError::WrongDirection);
+        }
+        let len = desc.len();
+        if len > 0 {
+            total = total
+                .checked_add(len)
+                .filter(|t| *t <= p.max_len)
+                .ok_or(ChainError::TooBig)?;
+            let access = match p.direction {
+                Direction::Read => Permissions::Read,
+                Direction::Write => Permissions::Write,
+            };
+            if !mem.check_range(desc.addr(), len as usize, access) {
+                return Err(ChainError::OutOfMemory);
+            }
+            let slot = segs.get_mut(nsegs).ok_or(ChainError::TooLong)?;
+            *slot = Seg {
+                addr: desc.addr().raw_value(),
+                len,
+            };
+            nsegs += 1;
+        }
+        if !desc.has_next() {
+            return Ok((nsegs, total));
+        }
+        index = u32::from(desc.next());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
+    use virtio_queue::desc::RawDescriptor;
+
+    const TABLE: u64 = 0x1000;
+    const NEXT: u16 = VRING_DESC_F_NEXT as u16;
+    const WRITE: u16 = VRING_DESC_F_WRITE as u16;
+    const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    }
+
+    fn put(mem: &GuestMemoryMmap, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let d = RawDescriptor::from(Descriptor::new(addr, len, flags, next));
+        mem.write_obj(d, GuestAddress(table + 16 * u64::from(i)))
+            .unwrap();
+    }
+
+    fn params(direction: Direction) -> WalkParams {
+        WalkParams {
+            table: TABLE,
+            queue_size: 8,
+            indirect: true,
+            direction,
+            max_len: 65_600,
+        }
+    }
+
+    fn run(
+        mem: &GuestMemoryMmap,
+        p: &WalkParams,
+        head: u16,
+    ) -> Result<(Vec<Seg>, u32), ChainError> {
+        let mut segs = [Seg::default(); 16];
+        walk(mem, p, head, &mut segs).map(|(n, t)| (segs[..n].to_vec(), t))
+    }
+
+    #[test]
+    fn direct_chain_skips_empty_buffers() {
+        let m = mem();
+        put(&m, TABLE, 0, 0x8000, 12, NEXT, 3);
+        put(&m, TABLE, 3, 0x9000, 0, NEXT, 5);
+        put(&m, TABLE, 5, 0xa000, 100, 0, 0);
+        let (segs, total) = run(&m, &params(Direction::Read), 0).unwrap();
+        assert_eq!(
+            segs,
+            vec![
+                Seg {
+                    addr: 0x8000,
+                    len: 12
+                },
+                Seg {
+                    addr: 0xa000,
+                    len: 100
+                }
+            ]
+        );
+        assert_eq!(total, 112);
+    }
+
+    #[test]
+    fn hostile_chains_are_refused() {
+        let m = mem();
+        let p = params(Direction::Read);
+        // Head out of range.
+        assert_eq!(run(&m, &p, 8), Err(ChainError::BadIndex));
+        // Next out of range.
+        put(&m, TABLE, 0, 0x8000, 10, NEXT, 9);
+        assert_eq!(run(&m, &p, 0), Err(ChainError::BadIndex));
+        // A loop 0 -> 1 -> 0.
+        put(&m, TABLE, 0, 0x8000, 10, NEXT, 1);
+        put(&m, TABLE, 1, 0x8000, 10, NEXT, 0);
+        assert_eq!(run(&m, &p, 0), Err(ChainError::TooLong));
+        // A writable buffer in a TX chain, a readable one in an RX chain.
+        put(&m, TABLE, 0, 0x8000, 10, WRITE, 0);
+        assert_eq!(run(&m, &p, 0), Err(ChainError::WrongDirection));
+        put(&m, TABLE, 0, 0x8000, 10, 0, 0);
+        assert_eq!(
+            run(&m, &params(Direction::Write), 0),
+            Err(ChainError::WrongDirection)
+        );
+        // Outside guest memory, and straddling its end.
+        put(&m, TABLE, 0, 0x20_0000, 10, 0, 0);
+        assert_eq!(run(&m, &p, 0), Err(ChainError::OutOfMemory));
+        put(&m, TABLE, 0, 0xf_fff0, 0x20, 0, 0);
+        assert_eq!(run(&m, &p, 0), Err(ChainError::OutOfMemory));
+        // Address overflow.
+        put(&m, TABLE, 0, u64::MAX - 4, 10, 0, 0);
+        assert_eq!(run(&m, &p, 0), Err(ChainError::OutOfMemory));
+        // Absurd lengths.
+        put(&m, TABLE, 0, 0x8000, u32::MAX, 0, 0);
+        assert_eq!(run(&m, &p, 0), Err(ChainError::TooBig));
+        put(&m, TABLE, 0, 0x8000, 40_000, NEXT, 1);
+        put(&m, TABLE, 1, 0x8000, 40_000, 0, 0);
+        assert_eq!(run(&m, &p, 0), Err(ChainError::TooBig));
+        // The descriptor table itself outside memory.
+        let far = WalkParams {
+            table: 0xf_fff8,
+            ..p
+        };
+        assert_eq!(run(&m, &far, 0), Err(ChainError::OutOfMemory));
+    }
+
+    #[test]
+    fn indirect_tables() {
+        let m = mem();
+        let p = params(Direction::Write);
+        let ind = 0x4000;
+        put(&m, ind, 0, 0x8000, 12, WRITE | NEXT, 1);
+        put(&m, ind, 1, 0x9000, 1500, WRITE, 0);
+        put(&m, TABLE, 2, ind, 32, INDIRECT, 0);
+        let (segs, total) = run(&m, &p, 2).unwrap();
+        assert_eq!(segs.len(), 2);
+        assert_eq!(total, 1512);
+
+        // Not negotiated.
+        let no = WalkParams {
+            indirect: false,
+            ..p
+        };
+        assert_eq!(run(&m, &no, 2), Err(ChainError::BadIndirect));
+        // With NEXT.
+        put(&m, TABLE, 2, ind, 32, INDIRECT | NEXT, 3);
+        assert_eq!(run(&m, &p, 2), Err(ChainError::BadIndirect));
+        // Bad table lengths.
+        put(&m, TABLE, 2, ind, 20, INDIRECT, 0);
+        assert_eq!(run(&m, &p, 2), Err(ChainError::BadIndirect));
+        put(&m, TABLE, 2, ind, 0, INDIRECT, 0);
+        assert_eq!(run(&m, &p, 2), Err(ChainError::BadIndirect));
+        put(&m, TABLE, 2, ind, 16 * 9, INDIRECT, 0);
+        assert_eq!(run(&m, &p, 2), Err(ChainError::BadIndirect));
+        // Nested.
+        put(&m, ind, 1, 0x5000, 16, INDIRECT, 0);
+        put(&m, TABLE, 2, ind, 32, INDIRECT, 0);
+        assert_eq!(run(&m, &p, 2), Err(ChainError::BadIndirect));
+        // A loop inside the table; a next index past its end.
+        put(&m, ind, 1, 0x9000, 10, WRITE | NEXT, 0);
+        assert_eq!(run(&m, &p, 2), Err(ChainError::TooLong));
+        put(&m, ind, 1, 0x9000, 10, WRITE | NEXT, 2);
+        assert_eq!(run(&m, &p, 2), Err(ChainError::BadIndex));
+        // Table outside memory.
+        put(&m, TABLE, 2, 0x20_0000, 32, INDIRECT, 0);
+        assert_eq!(run(&m, &p, 2), Err(ChainError::OutOfMemory));
+    }
+
+    #[test]
+    fn more_buffers_than_room_is_too_long() {
+        let m = mem();
+        for i in 0..7 {
+            put(&m, TABLE, i, 0x8000, 1, NEXT, i + 1);
+        }
+        put(&m, TABLE, 7, 0x8000, 1, 0, 0);
+        let mut segs = [Seg::default(); 4];
+        assert_eq!(
+            walk(&m, &params(Direction::Read), 0, &mut segs),
+            Err(ChainError::TooLong)
+        );
+    }
+}

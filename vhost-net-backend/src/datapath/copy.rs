@@ -1,0 +1,266 @@
+//! Copying a frame into a receiving guest's buffers: straight from the sending guest's buffers
+//! (the single copy of the VM-to-VM path) or from local bytes (headers, software segments).
+
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+
+use super::chain::Seg;
+
+/// The largest piece of guest memory at `addr` (up to `max` bytes) that is contiguous in the
+/// backend's address space.
+fn slice_at(mem: &GuestMemoryMmap, addr: u64, max: usize) -> Option<VolatileSlice<'_, ()>> {
+    GuestMemoryBackend::get_slices(mem, GuestAddress(addr), max)
+        .next()?
+        .ok()
+}
+
+/// Where frame bytes come from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    /// A guest's buffers, from byte `skip` of the chain on.
+    Guest {
+        /// The sending guest's memory.
+        mem: &'a GuestMemoryMmap,
+        /// Its chain's buffers.
+        segs: &'a [Seg],
+        /// Bytes of the chain to skip (its virtio-net header, a rewritten Ethernet head).
+        skip: usize,
+    },
+    /// Bytes in the backend.
+    Local(&'a [u8]),
+}
+
+/// Reads a small local prefix, then a [`Source`], in order.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    prefix: &'a [u8],
+    source: Source<'a>,
+    seg: usize,
+    seg_off: usize,
+    remaining: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// `prefix` then `source`. A guest source is read to the end of its chain.
+    pub fn new(prefix: &'a [u8], source: Source<'a>) -> Self {
+        let mut r = Reader {
+            prefix,
+            source,
+            seg: 0,
+            seg_off: 0,
+            remaining: 0,
+        };
+        r.remaining = prefix.len()
+            + match source {
+                Source::Local(bytes) => bytes.len(),
+                Source::Guest { segs, skip, .. } => {
+                    let total: usize = segs.iter().map(|s| s.len as usize).sum();
+                    r.skip(skip);
+                    total.saturating_sub(skip)
+                }
+            };
+        r
+    }
+
+    fn skip(&mut self, mut n: usize) {
+        if let Source::Guest { segs, .. } = self.source {
+            while let Some(s) = segs.get(self.seg) {
+                let left = s.len as usize - self.seg_off;
+                if n < left {
+                    self.seg_off += n;
+                    return;
+                }
+                n -= left;
+                self.seg += 1;
+                self.seg_off = 0;
+            }
+        }
+    }
+
+    /// Bytes left to read.
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    /// Fills as much of `dst` as there is data for; returns the bytes written. Returns less
+    /// than possible only if the sending guest's memory went away under it.
+    fn fill(&mut self, dst: &VolatileSlice<'_, ()>) -> usize {
+        let mut done = 0;
+        while done < dst.len() && self.remaining > 0 {
+            let Ok(out) = dst.offset(done) else { break };
+            let n = if !self.prefix.is_empty() {
+                let n = self.prefix.len().min(out.len());
+                out.copy_from(&self.prefix[..n]);
+                self.prefix = &self.prefix[n..];
+                n
+            } else {
+                match self.source {
+                    Source::Local(bytes) => {
+                        let start = bytes.len() - (self.remaining);
+                        let n = (bytes.len() - start).min(out.len());
+                        out.copy_from(&bytes[start..start + n]);
+                        n
+                    }
+                    Source::Guest { mem, segs, .. } => {
+                        let Some(s) = segs.get(self.seg) else { break };
+                        let want = (s.len as usize - self.seg_off).min(out.len());
+                        let Some(src) = slice_at(mem, s.addr + self.seg_off as u64, want) else {
+                            break;
+                        };
+                        src.copy_to_volatile_slice(out);
+                        let n = src.len().min(out.len());
+                        self.seg_off += n;
+                        if self.seg_off == s.len as usize {
+                            self.seg += 1;
+                            self.seg_off = 0;
+                        }
+                        n
+                    }
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            done += n;
+            self.remaining -= n;
+        }
+        done
+    }
+
+    /// Copies into the buffers `segs` of `mem`, in order, until they are full or the reader is
+    /// empty; returns the bytes written.
+    pub fn copy_into(&mut self, mem: &GuestMemoryMmap, segs: &[Seg]) -> usize {
+        let mut written = 0;
+        for s in segs {
+            let mut off = 0usize;
+            while off < s.len as usize && self.remaining > 0 {
+                let Some(dst) = slice_at(mem, s.addr + off as u64, s.len as usize - off) else {
+                    return written;
+                };
+                let n = self.fill(&dst);
+                if n == 0 {
+                    return written;
+                }
+                off += n;
+                written += n;
+            }
+            if self.remaining == 0 {
+                break;
+            }
+        }
+        written
+    }
+
+    /// Copies the next bytes into `out` (a local buffer); returns how many.
+    pub fn read_local(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.remaining);
+        let slice = VolatileSlice::from(&mut out[..n]);
+        self.fill(&slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    fn mem() -> GuestMemoryMmap {
+        // Two regions back to back: buffers may straddle them.
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000)])
+            .unwrap()
+    }
+
+    #[test]
+    fn guest_to_guest_across_segments_and_regions() {
+        let src_mem = mem();
+        let dst_mem = mem();
+        let frame: Vec<u8> = (0..200u8).collect();
+        // Source: 10-byte header + frame, split 50 / 160 with the second straddling regions.
+        let mut chain = vec![0xeeu8; 10];
+        chain.extend_from_slice(&frame);
+        src_mem
+            .write_slice(&chain[..50], GuestAddress(0x100))
+            .unwrap();
+        src_mem
+            .write_slice(&chain[50..], GuestAddress(0xfc0))
+            .unwrap();
+        let src_segs = [
+            Seg {
+                addr: 0x100,
+                len: 50,
+            },
+            Seg {
+                addr: 0xfc0,
+                len: 160,
+            },
+        ];
+        let prefix = [1u8, 2, 3];
+        let mut r = Reader::new(
+            &prefix,
+            Source::Guest {
+                mem: &src_mem,
+                segs: &src_segs,
+                skip: 10,
+            },
+        );
+        assert_eq!(r.remaining(), 203);
+        let dst_segs = [
+            Seg {
+                addr: 0xff0,
+                len: 100,
+            },
+            Seg {
+                addr: 0x200,
+                len: 500,
+            },
+        ];
+        assert_eq!(r.copy_into(&dst_mem, &dst_segs), 203);
+        assert_eq!(r.remaining(), 0);
+        let mut out = vec![0u8; 203];
+        dst_mem
+            .read_slice(&mut out[..100], GuestAddress(0xff0))
+            .unwrap();
+        dst_mem
+            .read_slice(&mut out[100..], GuestAddress(0x200))
+            .unwrap();
+        assert_eq!(&out[..3], &prefix);
+        assert_eq!(&out[3..], &frame[..]);
+    }
+
+    #[test]
+    fn stops_when_destination_is_full() {
+        let m = mem();
+        let bytes = [7u8; 64];
+        let mut r = Reader::new(&[], Source::Local(&bytes));
+        assert_eq!(r.copy_into(&m, &[Seg { addr: 0, len: 40 }]), 40);
+        assert_eq!(r.remaining(), 24);
+        assert_eq!(r.copy_into(&m, &[Seg { addr: 100, len: 40 }]), 24);
+        let mut out = [0u8; 24];
+        m.read_slice(&mut out, GuestAddress(100)).unwrap();
+        assert_eq!(out, [7u8; 24]);
+    }
+
+    #[test]
+    fn read_local_gathers() {
+        let m = mem();
+        m.write_slice(b"hello", GuestAddress(0x10)).unwrap();
+        m.write_slice(b" world", GuestAddress(0x800)).unwrap();
+        let segs = [
+            Seg { addr: 0x10, len: 5 },
+            Seg {
+                addr: 0x800,
+                len: 6,
+            },
+        ];
+        let mut r = Reader::new(
+            &[],
+            Source::Guest {
+                mem: &m,
+                segs: &segs,
+                skip: 2,
+            },
+        );
+        let mut out = [0u8; 32];
+        let n = r.read_local(&mut out);
+        assert_eq!(&out[..n], b"llo world");
+    }
+}

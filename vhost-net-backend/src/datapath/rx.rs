@@ -1,0 +1,361 @@
+//! Delivering one frame into a guest's receive queue: virtio-net header, then the frame, copied
+//! into as many buffers as MRG_RXBUF allows, published with one used-index update.
+//!
+//! The caller holds the RX vring's lock and signals the guest once per batch
+//! ([`Vring::notify`]).
+
+use virtio_queue::QueueT;
+use vm_memory::{Bytes, GuestAddress};
+
+use super::chain::{self, ChainError, Direction, Seg, WalkParams};
+use super::copy::{Reader, Source};
+use super::vnet_hdr::{VnetHdr, MAX_HDR_LEN};
+use crate::vhu_net::Negotiated;
+use crate::vring::{UsedElem, Vring, MAX_QUEUE_SIZE};
+
+/// Longest Ethernet head an egress action rewrites (MACs + 802.1Q tag).
+pub const MAX_HEAD_LEN: usize = 16;
+
+/// Why a frame was not delivered. Each is a drop reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RxError {
+    /// The receive queue is not running (not started, disabled, or no memory).
+    #[error("receive queue not running")]
+    NotRunning,
+    /// The guest has not posted enough receive buffers.
+    #[error("no receive buffers")]
+    NoBuffers,
+    /// The frame does not fit one receive buffer (no MRG_RXBUF).
+    #[error("frame larger than the receive buffer")]
+    TooBig,
+    /// A receive chain is malformed; it is returned to the guest empty.
+    #[error("malformed receive chain")]
+    Chain(#[source] ChainError),
+    /// The available ring index is corrupt.
+    #[error("corrupt available ring")]
+    AvailCorrupt,
+}
+
+/// Scratch space for deliveries, allocated once per worker.
+#[derive(Debug)]
+pub struct RxScratch {
+    segs: Box<[Seg]>,
+    used: Box<[UsedElem]>,
+}
+
+impl Default for RxScratch {
+    fn default() -> Self {
+        RxScratch {
+            segs: vec![Seg::default(); usize::from(MAX_QUEUE_SIZE)].into_boxed_slice(),
+            used: vec![UsedElem::default(); usize::from(MAX_QUEUE_SIZE)].into_boxed_slice(),
+        }
+    }
+}
+
+/// Guest addresses of the num_buffers field (bytes 10 and 11 of the first chain).
+fn num_buffers_addrs(segs: &[Seg]) -> [Option<u64>; 2] {
+    let mut out = [None, None];
+    let mut base = 0u64;
+    for s in segs {
+        for (slot, off) in out.iter_mut().zip([10u64, 11]) {
+            if off >= base && off < base + u64::from(s.len) {
+                *slot = Some(s.addr + (off - base));
+            }
+        }
+        base += u64::from(s.len);
+    }
+    out
+}
+
+/// Delivers a frame made of `head` (a rewritten Ethernet head, possibly empty) and `body` to
+/// the guest behind `vring`, with `hdr` as its virtio-net header. Returns the frame length.
+pub fn deliver(
+    vring: &mut Vring,
+    hdr: &VnetHdr,
+    head: &[u8],
+    body: Source<'_>,
+    scratch: &mut RxScratch,
+) -> Result<usize, RxError> {
+    let features = Negotiated(vring.features());
+    let (queue, mem) = vring.parts().ok_or(RxError::NotRunning)?;
+    let hdr_len = features.header_len();
+    let mut prefix = [0u8; MAX_HDR_LEN + MAX_HEAD_LEN];
+    hdr.emit(&mut prefix[..hdr_len], 1);
+    let head = &head[..head.len().min(MAX_HEAD_LEN)];
+    prefix[hdr_len..hdr_len + head.len()].copy_from_slice(head);
+    let mut reader = Reader::new(&prefix[..hdr_len + head.len()], body);
+    let frame_len = reader.remaining() - hdr_len;
+
+    let params = WalkParams {
+        table: queue.desc_table(),
+        queue_size: queue.size(),
+        indirect: features.indirect(),
+        direction: Direction::Write,
+        max_len: u32::MAX,
+    };
+    let mrg = features.mrg_rxbuf();
+    let mut count = 0usize;
+    let mut nb_addrs = [None, None];
+    while reader.remaining() > 0 {
+        let head_index = match Vring::pop_head(queue, mem) {
+            Ok(Some(h)) => h,
+            Ok(None) => {
+                Vring::unpop(queue, count as u16);
+                return Err(RxError::NoBuffers);
+            }
+            Err(_) => {
+                Vring::unpop(queue, count as u16);
+                return Err(RxError::AvailCorrupt);
+            }
+        };
+        let nsegs = match chain::walk(mem, &params, head_index, &mut scratch.segs) {
+            Ok((n, _)) => n,
+            Err(e) => {
+                // Give every chain taken for this frame back empty, the bad one included
+                // (unless its index is unusable), so the guest can post them again.
+                let used = &mut scratch.used[..count];
+                used.iter_mut().for_each(|u| u.len = 0);
+                Vring::add_used(queue, mem, used);
+                if e != ChainError::BadIndex {
+                    Vring::add_used(
+                        queue,
+                        mem,
+                        &[UsedElem {
+                            head: head_index,
+                            len: 0,
+                        }],
+                    );
+                }
+                return Err(RxError::Chain(e));
+            }
+        };
+        let segs = &scratch.segs[..nsegs];
+        if count == 0 {
+            nb_addrs = num_buffers_addrs(segs);
+        }
+        let written = reader.copy_into(mem, segs);
+        scratch.used[count] = UsedElem {
+            head: head_index,
+            len: written as u32,
+        };
+        count += 1;
+        if reader.remaining() > 0 && (!mrg || count == scratch.used.len()) {
+            Vring::unpop(queue, count as u16);
+            return Err(RxError::TooBig);
+        }
+    }
+    if mrg && count > 1 {
+        let n = (count as u16).to_le_bytes();
+        for (addr, byte) in nb_addrs.iter().zip(n) {
+            if let Some(a) = addr {
+                let _ = mem.write_obj(byte, GuestAddress(*a));
+            }
+        }
+    }
+    Vring::add_used(queue, mem, &scratch.used[..count]);
+    Ok(frame_len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{guest_memory, TestRing};
+    use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use vm_memory::GuestMemoryMmap;
+
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+    const V1: u64 = 1 << VIRTIO_F_VERSION_1;
+    const MRG: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
+
+    /// Delivers `f` with a plain header.
+    fn put(v: &mut Vring, f: &[u8]) -> Result<usize, RxError> {
+        deliver(
+            v,
+            &VnetHdr::default(),
+            &[],
+            Source::Local(f),
+            &mut RxScratch::default(),
+        )
+    }
+
+    fn frame(len: usize) -> Vec<u8> {
+        (0..len).map(|i| i as u8).collect()
+    }
+
+    fn read(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        mem.read_slice(&mut out, GuestAddress(addr)).unwrap();
+        out
+    }
+
+    #[test]
+    fn one_buffer_with_version_1_header() {
+        let mem = guest_memory();
+        let mut ring = TestRing::new(&mem, 0x10000, 16);
+        let head = ring.post(&[(0x100000, 2048, W)]);
+        let mut v = ring.vring(mem.clone(), V1);
+        let f = frame(60);
+        let got = put(&mut v, &f);
+        assert_eq!(got, Ok(60));
+        assert_eq!(ring.used_idx(), 1);
+        assert_eq!(ring.used(0), (u32::from(head), 72));
+        let hdr = read(&mem, 0x100000, 12);
+        assert_eq!(
+            hdr,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            "num_buffers = 1 with VERSION_1"
+        );
+        assert_eq!(read(&mem, 0x100000 + 12, 60), f);
+    }
+
+    #[test]
+    fn legacy_header_is_ten_bytes_and_head_is_prepended() {
+        let mem = guest_memory();
+        let mut ring = TestRing::new(&mem, 0x10000, 16);
+        // Header and frame in separate buffers, as legacy drivers without ANY_LAYOUT post them.
+        ring.post(&[(0x100000, 10, W), (0x101000, 1514, W)]);
+        let mut v = ring.vring(mem.clone(), 0);
+        let head = [0xaau8; 16];
+        let f = frame(44);
+        deliver(
+            &mut v,
+            &VnetHdr::default(),
+            &head,
+            Source::Local(&f),
+            &mut RxScratch::default(),
+        )
+        .unwrap();
+        assert_eq!(ring.used(0).1, 10 + 16 + 44);
+        assert_eq!(read(&mem, 0x100000, 10), [0u8; 10]);
+        assert_eq!(read(&mem, 0x101000, 16), head);
+        assert_eq!(read(&mem, 0x101000 + 16, 44), f);
+    }
+
+    #[test]
+    fn mergeable_buffers_carry_num_buffers() {
+        let mem = guest_memory();
+        let mut ring = TestRing::new(&mem, 0x10000, 16);
+        let heads: Vec<u16> = (0..4)
+            .map(|i| ring.post(&[(0x100000 + i * 0x1000, 100, W)]))
+            .collect();
+        let mut v = ring.vring(mem.clone(), V1 | MRG);
+        let f = frame(250);
+        assert_eq!(put(&mut v, &f), Ok(250));
+        assert_eq!(ring.used_idx(), 3);
+        assert_eq!(ring.used(0), (u32::from(heads[0]), 100));
+        assert_eq!(ring.used(1), (u32::from(heads[1]), 100));
+        assert_eq!(ring.used(2), (u32::from(heads[2]), 62));
+        assert_eq!(read(&mem, 0x100000 + 10, 2), [3, 0]);
+        let mut got = read(&mem, 0x100000 + 12, 88);
+        got.extend(read(&mem, 0x101000, 100));
+        got.extend(read(&mem, 0x102000, 62));
+        assert_eq!(got, f);
+    }
+
+    #[test]
+    fn missing_buffers_consume_nothing() {
+        let mem = guest_memory();
+        let mut ring = TestRing::new(&mem, 0x10000, 16);
+        let mut v = ring.vring(mem.clone(), V1 | MRG);
+        let mut scratch = RxScratch::default();
+        let f = frame(250);
+        let hdr = VnetHdr::default();
+        assert_eq!(
+            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            Err(RxError::NoBuffers)
+        );
+        // Two buffers are not enough for 262 bytes: both stay available.
+        ring.post(&[(0x100000, 100, W)]);
+        ring.post(&[(0x101000, 100, W)]);
+        assert_eq!(
+            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            Err(RxError::NoBuffers)
+        );
+        assert_eq!(ring.used_idx(), 0);
+        ring.post(&[(0x102000, 100, W)]);
+        assert_eq!(
+            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            Ok(250)
+        );
+        assert_eq!(ring.used_idx(), 3);
+    }
+
+    #[test]
+    fn too_big_for_a_single_buffer_keeps_the_buffer() {
+        let mem = guest_memory();
+        let mut ring = TestRing::new(&mem, 0x10000, 16);
+        ring.post(&[(0x100000, 1526, W)]);
+        let mut v = ring.vring(mem.clone(), V1);
+        let mut scratch = RxScratch::default();
+        let big = frame(9000);
+        let hdr = VnetHdr::default();
+        assert_eq!(
+            deliver(&mut v, &hdr, &[], Source::Local(&big), &mut scratch),
+            Err(RxError::TooBig)
+        );
+        assert_eq!(ring.used_idx(), 0);
+        assert_eq!(
+            deliver(&mut v, &hdr, &[], Source::Local(&frame(1514)), &mut scratch),
+            Ok(1514)
+        );
+        assert_eq!(ring.used(0).1, 1526);
+    }
+
+    #[test]
+    fn hostile_chains_are_returned_and_the_queue_keeps_working() {
+        let mem = guest_memory();
+        let mut ring = TestRing::new(&mem, 0x10000, 16);
+        let mut v = ring.vring(mem.clone(), V1);
+        let mut scratch = RxScratch::default();
+        let f = frame(100);
+        let hdr = VnetHdr::default();
+        // A device-readable buffer in a receive chain.
+        let bad = ring.post(&[(0x100000, 2048, 0)]);
+        assert_eq!(
+            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            Err(RxError::Chain(ChainError::WrongDirection))
+        );
+        assert_eq!((ring.used_idx(), ring.used(0)), (1, (u32::from(bad), 0)));
+        // A buffer outside guest memory.
+        let bad = ring.post(&[(crate::test_util::MEM_SIZE, 2048, W)]);
+        assert_eq!(
+            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            Err(RxError::Chain(ChainError::OutOfMemory))
+        );
+        assert_eq!(ring.used(1), (u32::from(bad), 0));
+        // A head index past the table: consumed, not returned (it names no descriptor).
+        ring.post_head(40);
+        assert_eq!(
+            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            Err(RxError::Chain(ChainError::BadIndex))
+        );
+        assert_eq!(ring.used_idx(), 2);
+        // A loop.
+        ring.put_desc(9, 0x100000, 64, W | 1, 9);
+        ring.post_head(9);
+        assert_eq!(
+            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            Err(RxError::Chain(ChainError::TooLong))
+        );
+        // A good buffer still works.
+        let good = ring.post(&[(0x100000, 2048, W)]);
+        assert_eq!(
+            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            Ok(100)
+        );
+        assert_eq!(ring.used_idx(), 4, "the looping chain was returned too");
+        assert_eq!(ring.used(3), (u32::from(good), 112));
+    }
+
+    #[test]
+    fn not_running_is_refused() {
+        let mem = guest_memory();
+        let ring = TestRing::new(&mem, 0x10000, 16);
+        let mut v = ring.vring(mem.clone(), V1);
+        v.set_enabled(false);
+        let f = frame(60);
+        assert_eq!(put(&mut v, &f), Err(RxError::NotRunning));
+    }
+}

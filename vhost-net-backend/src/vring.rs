@@ -1,0 +1,531 @@
+//! One virtqueue as the backend sees it: what the frontend configured (size, addresses, base,
+//! eventfds, enable), the guest memory it lives in, and the split-ring operations the datapath
+//! needs beyond `virtio_queue::Queue` (publishing used entries in batches, signalling the guest
+//! with EVENT_IDX suppression).
+//!
+//! A `Vring` sits behind a mutex: the connection thread changes it, datapath threads use it.
+
+use std::num::Wrapping;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::vhost_user::memory::MemoryTable;
+
+/// Largest queue size the device accepts (QEMU's limit for vhost-user; DPDK and
+/// cloud-hypervisor use 256).
+pub const MAX_QUEUE_SIZE: u16 = 1024;
+
+/// Errors configuring a vring.
+#[derive(Debug, thiserror::Error)]
+pub enum VringError {
+    /// SET_VRING_NUM with a size that is zero, not a power of two or too large.
+    #[error("invalid queue size {0}")]
+    InvalidSize(u32),
+    /// SET_VRING_BASE with a value that does not fit a split ring index.
+    #[error("invalid ring base {0}")]
+    InvalidBase(u32),
+}
+
+/// Ring addresses as the frontend gave them (its own virtual addresses).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingAddresses {
+    /// Descriptor table.
+    pub desc: u64,
+    /// Available ring.
+    pub avail: u64,
+    /// Used ring.
+    pub used: u64,
+}
+
+/// One used-ring entry: the head of a chain and the bytes written into it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsedElem {
+    /// Head descriptor index.
+    pub head: u16,
+    /// Bytes written to the chain's writable buffers.
+    pub len: u32,
+}
+
+/// A virtqueue of one connection.
+#[derive(Debug)]
+pub struct Vring {
+    queue: Queue,
+    size: u16,
+    addrs: Option<RingAddresses>,
+    base: u16,
+    kick: Option<Arc<EventFd>>,
+    call: Option<EventFd>,
+    enabled: bool,
+    started: bool,
+    positioned: bool,
+    mem: Option<Arc<GuestMemoryMmap>>,
+    features: u64,
+    signalled_used: Wrapping<u16>,
+    generation: u64,
+}
+
+impl Default for Vring {
+    fn default() -> Self {
+        Vring {
+            // MAX_QUEUE_SIZE is a power of two, which is all Queue::new checks.
+            queue: Queue::new(MAX_QUEUE_SIZE).expect("MAX_QUEUE_SIZE is a valid queue size"),
+            size: MAX_QUEUE_SIZE,
+            addrs: None,
+            base: 0,
+            kick: None,
+            call: None,
+            enabled: false,
+            started: false,
+            positioned: false,
+            mem: None,
+            features: 0,
+            signalled_used: Wrapping(0),
+            generation: 0,
+        }
+    }
+}
+
+impl Vring {
+    /// Back to the state of a new connection (keeps the generation counter moving).
+    pub fn reset(&mut self) {
+        let generation = self.generation + 1;
+        *self = Vring {
+            generation,
+            ..Vring::default()
+        };
+    }
+
+    /// SET_VRING_NUM.
+    pub fn set_size(&mut self, num: u32) -> Result<(), VringError> {
+        match u16::try_from(num) {
+            Ok(n) if n != 0 && n <= MAX_QUEUE_SIZE && n.is_power_of_two() => {
+                self.size = n;
+                Ok(())
+            }
+            _ => Err(VringError::InvalidSize(num)),
+        }
+    }
+
+    /// SET_VRING_ADDR.
+    pub fn set_addresses(&mut self, addrs: RingAddresses) {
+        self.addrs = Some(addrs);
+    }
+
+    /// SET_VRING_BASE.
+    pub fn set_base(&mut self, base: u32) -> Result<(), VringError> {
+        self.base = u16::try_from(base).map_err(|_| VringError::InvalidBase(base))?;
+        Ok(())
+    }
+
+    /// SET_VRING_CALL: the eventfd to signal used buffers with (`None`: no signalling).
+    pub fn set_call(&mut self, call: Option<EventFd>) {
+        self.call = call;
+    }
+
+    /// SET_VRING_KICK: starts the ring. Without PROTOCOL_FEATURES the ring is enabled as it
+    /// starts; with it, SET_VRING_ENABLE decides.
+    pub fn start(&mut self, kick: Option<EventFd>, protocol_features: bool) {
+        self.kick = kick.map(Arc::new);
+        self.started = true;
+        self.positioned = false;
+        if !protocol_features {
+            self.enabled = true;
+        }
+        self.generation += 1;
+    }
+
+    /// SET_VRING_ENABLE.
+    pub fn set_enabled(&mut self, enabled: bool) {
+        self.enabled = enabled;
+        self.generation += 1;
+    }
+
+    /// GET_VRING_BASE: stops the ring and returns where the next buffer will be taken from.
+    ///
+    /// The datapath completes all work on a ring while it holds the ring's lock, so nothing is
+    /// in flight when the connection thread gets here.
+    pub fn stop(&mut self) -> u16 {
+        let next = if self.positioned {
+            self.queue.next_avail()
+        } else {
+            self.base
+        };
+        self.started = false;
+        self.positioned = false;
+        self.kick = None;
+        self.queue.set_ready(false);
+        self.base = next;
+        self.generation += 1;
+        next
+    }
+
+    /// SET_FEATURES: the acked virtio features.
+    pub fn set_features(&mut self, features: u64) {
+        self.features = features;
+        self.queue
+            .set_event_idx(features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+    }
+
+    /// Sets the guest memory and (re)computes the ring's guest addresses from `table`.
+    pub fn set_memory(&mut self, mem: Option<Arc<GuestMemoryMmap>>, table: &MemoryTable) {
+        self.mem = mem;
+        self.activate(table);
+    }
+
+    /// Makes the queue usable when the ring is started and everything it needs is known.
+    ///
+    /// The first time a started ring becomes usable its position is set: from the base the
+    /// frontend sent, unless that differs from the used index in guest memory, in which case
+    /// both next_avail and next_used start at the used index. That is what a frontend that
+    /// lost track (QEMU after a backend crash sends the used index; cloud-hypervisor the avail
+    /// index; DPDK zero) needs: TX buffers the guest posted since are processed, RX buffers in
+    /// flight at the crash are not returned.
+    pub fn activate(&mut self, table: &MemoryTable) {
+        self.generation += 1;
+        self.queue.set_ready(false);
+        let (Some(mem), Some(addrs), true) = (self.mem.clone(), self.addrs, self.started) else {
+            return;
+        };
+        let (Some(desc), Some(avail), Some(used)) = (
+            table.va_to_gpa(addrs.desc),
+            table.va_to_gpa(addrs.avail),
+            table.va_to_gpa(addrs.used),
+        ) else {
+            return;
+        };
+        let q = &mut self.queue;
+        q.set_size(self.size);
+        if q.try_set_desc_table_address(GuestAddress(desc)).is_err()
+            || q.try_set_avail_ring_address(GuestAddress(avail)).is_err()
+            || q.try_set_used_ring_address(GuestAddress(used)).is_err()
+        {
+            return;
+        }
+        q.set_ready(true);
+        if !q.is_valid(mem.as_ref()) {
+            q.set_ready(false);
+            return;
+        }
+        if !self.positioned {
+            let Ok(used_idx) = q.used_idx(mem.as_ref(), Ordering::Acquire) else {
+                q.set_ready(false);
+                return;
+            };
+            let start = if used_idx.0 == self.base {
+                self.base
+            } else {
+                used_idx.0
+            };
+            q.set_next_avail(start);
+            q.set_next_used(start);
+            self.signalled_used = Wrapping(start);
+            self.positioned = true;
+        }
+    }
+
+    /// Whether the datapath may use this ring now.
+    pub fn is_running(&self) -> bool {
+        self.enabled && self.queue.ready() && self.mem.is_some()
+    }
+
+    /// Whether the ring was started (kick received, not stopped).
+    pub fn is_started(&self) -> bool {
+        self.started
+    }
+
+    /// Whether the ring is enabled.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The kick eventfd, for the worker's epoll set.
+    pub fn kick(&self) -> Option<&Arc<EventFd>> {
+        self.kick.as_ref()
+    }
+
+    /// Changes whenever the ring's configuration or state changes.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The acked virtio features.
+    pub fn features(&self) -> u64 {
+        self.features
+    }
+
+    /// The queue and the guest memory it lives in, if the ring is running.
+    pub fn parts(&mut self) -> Option<(&mut Queue, &GuestMemoryMmap)> {
+        if !self.is_running() {
+            return None;
+        }
+        let mem = self.mem.as_deref()?;
+        Some((&mut self.queue, mem))
+    }
+
+    /// Returns a chain head taken from the available ring to it (the frame could not be
+    /// delivered after all).
+    pub fn unpop(queue: &mut Queue, count: u16) {
+        for _ in 0..count {
+            queue.go_to_previous_position();
+        }
+    }
+
+    /// Writes `elems` to the used ring and publishes them with one index update.
+    pub fn add_used(queue: &mut Queue, mem: &GuestMemoryMmap, elems: &[UsedElem]) {
+        if elems.is_empty() {
+            return;
+        }
+        let size = queue.size();
+        let ring = GuestAddress(queue.used_ring());
+        let mut next = Wrapping(queue.next_used());
+        for e in elems {
+            let slot = u64::from(next.0 % size);
+            let mut raw = [0u8; 8];
+            raw[..4].copy_from_slice(&u32::from(e.head).to_le_bytes());
+            raw[4..].copy_from_slice(&e.len.to_le_bytes());
+            // The ring was checked to lie in guest memory when it started; a failed write can
+            // only mean the frontend removed the memory under a running ring.
+            let _ = mem.write_slice(&raw, ring.unchecked_add(4 + 8 * slot));
+            next += Wrapping(1);
+        }
+        // The entries must be visible before the index that publishes them.
+        let _ = mem.store(next.0.to_le(), ring.unchecked_add(2), Ordering::Release);
+        queue.set_next_used(next.0);
+    }
+
+    /// Signals the guest if used entries were added since the last signal and the driver
+    /// wants to hear about them (EVENT_IDX `used_event`, or the NO_INTERRUPT flag).
+    pub fn notify(&mut self) {
+        let Some(mem) = self.mem.as_deref() else {
+            return;
+        };
+        let new = Wrapping(self.queue.next_used());
+        let old = self.signalled_used;
+        if new == old {
+            return;
+        }
+        // The used index store must be visible before the driver's suppression field is read.
+        fence(Ordering::SeqCst);
+        let avail = GuestAddress(self.queue.avail_ring());
+        let wanted = if self.queue.event_idx_enabled() {
+            let at = avail.unchecked_add(4 + 2 * u64::from(self.queue.size()));
+            match mem.load::<u16>(at, Ordering::Relaxed) {
+                Ok(used_event) => {
+                    let used_event = Wrapping(u16::from_le(used_event));
+                    new - used_event - Wrapping(1) < new - old
+                }
+                Err(_) => true,
+            }
+        } else {
+            match mem.load::<u16>(avail, Ordering::Relaxed) {
+                Ok(flags) => u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0,
+                Err(_) => true,
+            }
+        };
+        self.signalled_used = new;
+        if wanted {
+            if let Some(call) = &self.call {
+                // A full eventfd counter already wakes the guest; nothing to do on error.
+                let _ = call.write(1);
+            }
+        }
+    }
+
+    /// Stops driver notifications (kicks) while the worker drains the ring.
+    pub fn disable_kicks(queue: &mut Queue, mem: &GuestMemoryMmap) {
+        let _ = queue.disable_notification(mem);
+    }
+
+    /// Re-enables kicks; returns true if buffers arrived meanwhile (drain again).
+    pub fn enable_kicks(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        queue.enable_notification(mem).unwrap_or(false)
+    }
+
+    /// Takes the next available chain head, if any.
+    ///
+    /// `Err` when the driver's available index is more than a queue size ahead of ours: the
+    /// ring is corrupt and nothing can be taken from it.
+    pub fn pop_head(
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+    ) -> Result<Option<u16>, virtio_queue::Error> {
+        let mut iter = queue.iter(mem)?;
+        Ok(iter.next().map(|chain| chain.head_index()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::{guest_memory, identity_table, TestRing};
+
+    #[test]
+    fn size_must_be_power_of_two_within_limit() {
+        let mut v = Vring::default();
+        assert!(v.set_size(0).is_err());
+        assert!(v.set_size(100).is_err());
+        assert!(v.set_size(2048).is_err());
+        assert!(v.set_size(256).is_ok());
+        assert!(v.set_base(70000).is_err());
+    }
+
+    fn configured(ring: &TestRing, mem: Arc<GuestMemoryMmap>, table: &MemoryTable) -> Vring {
+        let mut v = Vring::default();
+        v.set_size(16).unwrap();
+        v.set_addresses(ring.addresses());
+        v.set_memory(Some(mem), table);
+        v
+    }
+
+    #[test]
+    fn runs_only_when_started_and_enabled() {
+        let mem = guest_memory();
+        let ring = TestRing::new(&mem, 0x10000, 16);
+        let table = identity_table();
+        let mut v = configured(&ring, mem.clone(), &table);
+        assert!(!v.is_running());
+        v.set_enabled(true);
+        assert!(!v.is_running(), "not started yet");
+        v.start(None, true);
+        v.activate(&table);
+        assert!(v.is_running());
+        v.set_enabled(false);
+        assert!(!v.is_running());
+        // Without PROTOCOL_FEATURES the ring is enabled when it starts.
+        let mut w = configured(&ring, mem.clone(), &table);
+        w.start(None, false);
+        w.activate(&table);
+        assert!(w.is_running());
+        // Memory removed: not running; back: running again.
+        w.set_memory(None, &table);
+        assert!(!w.is_running());
+        w.set_memory(Some(mem), &table);
+        assert!(w.is_running());
+    }
+
+    #[test]
+    fn ring_outside_memory_does_not_run() {
+        let mem = guest_memory();
+        let table = identity_table();
+        let mut v = Vring::default();
+        v.set_size(16).unwrap();
+        v.set_addresses(RingAddresses {
+            desc: crate::test_util::MEM_SIZE - 0x10,
+            avail: 0x1000,
+            used: 0x2000,
+        });
+        v.start(None, false);
+        v.set_memory(Some(mem), &table);
+        assert!(!v.is_running());
+        assert!(v.parts().is_none());
+    }
+
+    #[test]
+    fn start_position_follows_used_index_when_base_differs() {
+        let mem = guest_memory();
+        let ring = TestRing::new(&mem, 0x10000, 16);
+        mem.write_obj(5u16, GuestAddress(ring.addresses().used + 2))
+            .unwrap();
+        let table = identity_table();
+        let mut v = configured(&ring, mem.clone(), &table);
+        v.set_base(9).unwrap();
+        v.start(None, false);
+        v.activate(&table);
+        assert_eq!(v.stop(), 5, "base 9 differs from used->idx 5: start at 5");
+
+        let mut v = configured(&ring, mem.clone(), &table);
+        v.set_base(5).unwrap();
+        v.start(None, false);
+        v.activate(&table);
+        let (q, _) = v.parts().unwrap();
+        assert_eq!((q.next_avail(), q.next_used()), (5, 5));
+    }
+
+    #[test]
+    fn stop_returns_next_avail_and_stops() {
+        let mem = guest_memory();
+        let mut ring = TestRing::new(&mem, 0x10000, 16);
+        ring.post(&[(0x20000, 10, 0)]);
+        ring.post(&[(0x20000, 10, 0)]);
+        let table = identity_table();
+        let mut v = configured(&ring, mem.clone(), &table);
+        v.start(None, false);
+        v.activate(&table);
+        let (q, m) = v.parts().unwrap();
+        assert_eq!(Vring::pop_head(q, m).unwrap(), Some(0));
+        assert_eq!(v.stop(), 1);
+        assert!(!v.is_running());
+        assert!(v.parts().is_none());
+        // Stopped before it was ever positioned: the base is returned.
+        let mut w = Vring::default();
+        w.set_base(3).unwrap();
+        assert_eq!(w.stop(), 3);
+    }
+
+    #[test]
+    fn corrupt_avail_index_is_an_error() {
+        let mem = guest_memory();
+        let ring = TestRing::new(&mem, 0x10000, 16);
+        mem.write_obj(100u16, ring.mock.avail_addr().unchecked_add(2))
+            .unwrap();
+        let mut v = ring.vring(mem.clone(), 0);
+        let (q, m) = v.parts().unwrap();
+        assert!(Vring::pop_head(q, m).is_err());
+    }
+
+    #[test]
+    fn used_batch_is_published_once_and_notifies_per_event_idx() {
+        let mem = guest_memory();
+        let ring = TestRing::new(&mem, 0x10000, 16);
+        let mut v = ring.vring(mem.clone(), 1 << VIRTIO_RING_F_EVENT_IDX);
+        let call = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        v.set_call(Some(call.try_clone().unwrap()));
+        // The driver wants a signal once used idx passes 2 (used_event = 2).
+        ring.set_used_event(2);
+
+        let (q, m) = v.parts().unwrap();
+        Vring::add_used(
+            q,
+            m,
+            &[UsedElem { head: 3, len: 60 }, UsedElem { head: 4, len: 70 }],
+        );
+        assert_eq!(ring.used_idx(), 2);
+        assert_eq!(ring.used(1), (4, 70));
+        v.notify();
+        assert!(
+            call.read().is_err(),
+            "used idx 2 has not passed used_event 2"
+        );
+
+        let (q, m) = v.parts().unwrap();
+        Vring::add_used(q, m, &[UsedElem { head: 5, len: 1 }]);
+        v.notify();
+        assert_eq!(call.read().unwrap(), 1);
+        v.notify();
+        assert!(call.read().is_err(), "nothing new since the last signal");
+    }
+
+    #[test]
+    fn no_interrupt_flag_suppresses_without_event_idx() {
+        let mem = guest_memory();
+        let ring = TestRing::new(&mem, 0x10000, 16);
+        let mut v = ring.vring(mem.clone(), 0);
+        let call = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        v.set_call(Some(call.try_clone().unwrap()));
+        ring.set_avail_flags(VRING_AVAIL_F_NO_INTERRUPT as u16);
+        let (q, m) = v.parts().unwrap();
+        Vring::add_used(q, m, &[UsedElem { head: 0, len: 0 }]);
+        v.notify();
+        assert!(call.read().is_err());
+        ring.set_avail_flags(0);
+        let (q, m) = v.parts().unwrap();
+        Vring::add_used(q, m, &[UsedElem { head: 1, len: 0 }]);
+        v.notify();
+        assert_eq!(call.read().unwrap(), 1);
+    }
+}
