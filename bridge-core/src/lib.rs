@@ -1,2 +1,43 @@
-//! Pure switching logic for vhost-net-backend: frames in, actions out.
+//! Pure switching logic for vhost-net-backend: frames in, decisions out.
+//!
+//! No I/O, no clock (time is passed in as [`time::Instant`]), no threads, no `unsafe`.
+//!
+//! | module | types |
+//! |---|---|
+//! | [`switch`] | [`Switch`] (networks, ports, `process`), [`Decision`], [`Flood`], [`NetworkInfo`], [`PortInfo`], [`switch::Error`] |
+//! | [`network`] | [`NetworkId`], [`NetworkConfig`], [`LimitAction`], [`NetworkStats`] |
+//! | [`port`] | [`PortId`], [`PortConfig`], [`PortVlan`], [`IngressTag`] |
+//! | [`fdb`] | [`FdbEntry`], [`FdbEntryKind`] (the sharded per-network FDB itself is internal) |
+//! | [`egress`] | [`Egress`] (tag action per destination), [`EgressFrame`] (head + borrowed tail) |
+//! | [`counters`] | [`PortCounters`] (live atomics), [`PortStats`], [`DropReason`], [`DropCounts`] |
+//! | [`frame`] | [`L2Meta`], [`FrameMeta`], [`IpMeta`], [`Ports`]: the total frame classifier |
+//! | [`vlan`] | 802.1Q view: [`vlan::Packet`], [`vlan::Repr`], [`Tci`], [`VlanId`], [`VlanSet`] |
+//! | [`offload`] | software checksum and segmentation for virtio-net offloads: [`OffloadParams`], [`GsoType`], [`Segment`] |
+//! | [`wire`], [`time`] | re-exports of `smoltcp::wire` (Ethernet, ARP, IPv4/6, UDP, TCP, ICMP, DHCPv4 views) and `smoltcp::time` |
+//!
+//! The datapath calls [`Switch::process`] for each frame and carries out the [`Decision`]:
+//! one destination with its [`Egress`] action, a flood enumerated by
+//! [`Switch::for_each_flood_target`], or a drop (already counted).
 #![forbid(unsafe_code)]
+
+pub mod counters;
+pub mod egress;
+pub mod fdb;
+pub mod frame;
+pub mod network;
+pub mod offload;
+pub mod port;
+pub mod switch;
+pub mod vlan;
+
+pub use smoltcp::{time, wire};
+
+pub use counters::{DropCounts, DropReason, PortCounters, PortStats};
+pub use egress::{Egress, EgressFrame};
+pub use fdb::{FdbEntry, FdbEntryKind};
+pub use frame::{FrameMeta, IpMeta, L2Meta, Ports};
+pub use network::{LimitAction, NetworkConfig, NetworkId, NetworkStats};
+pub use offload::{GsoType, OffloadParams, Segment};
+pub use port::{IngressTag, PortConfig, PortId, PortVlan};
+pub use switch::{Decision, Flood, NetworkInfo, PortInfo, Switch};
+pub use vlan::{Tci, VlanId, VlanSet};

@@ -1,0 +1,500 @@
+//! The switch: networks, ports, and the forwarding decision for each frame.
+//!
+//! Topology (networks and their ports) is an immutable snapshot behind an [`ArcSwap`]: the
+//! datapath loads it without locking, and the rare changes (add/remove network or port) copy,
+//! modify and publish it under an admin mutex. FDBs are per network (see [`crate::fdb`]).
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use smoltcp::wire::EthernetAddress;
+
+use crate::counters::{DropReason, PortCounters, PortStats};
+use crate::egress::Egress;
+use crate::fdb::{FdbEntry, Key, Learn};
+use crate::frame::{self, L2Meta};
+use crate::network::{LimitAction, Network, NetworkConfig, NetworkId, NetworkStats};
+use crate::port::{IngressTag, Port, PortConfig, PortId};
+use crate::time::Instant;
+use crate::vlan::VlanId;
+
+/// Errors of switch configuration calls.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The network does not exist.
+    #[error("no network {0}")]
+    NoSuchNetwork(NetworkId),
+    /// The port does not exist.
+    #[error("no port {0}")]
+    NoSuchPort(PortId),
+    /// A network can only be removed once it has no ports.
+    #[error("{0} still has ports")]
+    NetworkHasPorts(NetworkId),
+    /// A static entry names a port of another network.
+    #[error("{port} is not on {network}")]
+    PortNotOnNetwork {
+        /// The port.
+        port: PortId,
+        /// The network.
+        network: NetworkId,
+    },
+    /// A static entry's VLAN does not fit the network (`None` exactly when the network does not
+    /// filter VLANs) or the port is not a member of it.
+    #[error("VLAN {vlan:?} does not fit {port} on {network}")]
+    StaticVlan {
+        /// The VLAN given.
+        vlan: Option<VlanId>,
+        /// The port.
+        port: PortId,
+        /// The network.
+        network: NetworkId,
+    },
+    /// Static entries are for unicast addresses (group addresses are always flooded).
+    #[error("static entry for group address {0}")]
+    StaticNotUnicast(EthernetAddress),
+}
+
+/// What to do with a frame. Small and `Copy`; the caller carries it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Deliver to one port, applying `egress` to the tag.
+    Forward {
+        /// The destination port.
+        port: PortId,
+        /// The tag action for that port.
+        egress: Egress,
+    },
+    /// Deliver to every other port of the network that is a member of the frame's VLAN:
+    /// enumerate them with [`Switch::for_each_flood_target`].
+    Flood(Flood),
+    /// Drop the frame (already counted on the ingress port).
+    Drop(DropReason),
+}
+
+/// A flood: broadcast, multicast or unknown unicast within one network and VLAN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flood {
+    network: NetworkId,
+    ingress: PortId,
+    vlan: Option<VlanId>,
+    tag: IngressTag,
+}
+
+impl Flood {
+    /// The network flooded.
+    pub fn network(&self) -> NetworkId {
+        self.network
+    }
+
+    /// The port the frame came from (never a target).
+    pub fn ingress(&self) -> PortId {
+        self.ingress
+    }
+
+    /// The frame's VLAN (`None` on networks that do not filter VLANs).
+    pub fn vlan(&self) -> Option<VlanId> {
+        self.vlan
+    }
+}
+
+/// A network as listed by [`Switch::networks`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkInfo {
+    /// Its id.
+    pub id: NetworkId,
+    /// Its configuration.
+    pub config: NetworkConfig,
+    /// Its ports.
+    pub ports: Vec<PortId>,
+    /// Its FDB statistics.
+    pub stats: NetworkStats,
+}
+
+/// A port as shown by [`Switch::port_info`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortInfo {
+    /// The network it is attached to.
+    pub network: NetworkId,
+    /// Its configuration.
+    pub config: PortConfig,
+    /// Whether it is up.
+    pub up: bool,
+    /// Its counters.
+    pub stats: PortStats,
+}
+
+#[derive(Debug, Clone)]
+struct NetworkSlot {
+    network: Arc<Network>,
+    members: Vec<Arc<Port>>,
+}
+
+/// One published state of networks and ports, indexed by id.
+#[derive(Debug, Clone, Default)]
+struct Topology {
+    ports: Vec<Option<Arc<Port>>>,
+    networks: Vec<Option<NetworkSlot>>,
+}
+
+impl Topology {
+    fn port(&self, id: PortId) -> Option<&Arc<Port>> {
+        self.ports.get(id.0 as usize)?.as_ref()
+    }
+
+    fn network(&self, id: NetworkId) -> Option<&NetworkSlot> {
+        self.networks.get(id.0 as usize)?.as_ref()
+    }
+
+    fn network_mut(&mut self, id: NetworkId) -> Result<&mut NetworkSlot, Error> {
+        let slot = self
+            .networks
+            .get_mut(id.0 as usize)
+            .and_then(Option::as_mut);
+        slot.ok_or(Error::NoSuchNetwork(id))
+    }
+}
+
+/// Index of the first free slot (or the next one).
+fn free_slot<T>(slots: &[Option<T>]) -> usize {
+    slots
+        .iter()
+        .position(Option::is_none)
+        .unwrap_or(slots.len())
+}
+
+fn put<T>(slots: &mut Vec<Option<T>>, index: usize, value: T) {
+    if index == slots.len() {
+        slots.push(Some(value));
+    } else {
+        slots[index] = Some(value);
+    }
+}
+
+/// Whether `mac` is a reserved IEEE 802.1D group address (01:80:c2:00:00:00..0f), which
+/// bridges never forward.
+fn is_link_local(mac: EthernetAddress) -> bool {
+    mac.0[..5] == [0x01, 0x80, 0xc2, 0x00, 0x00] && mac.0[5] & 0xf0 == 0
+}
+
+/// The tag action for a frame of `vlan` (arrived with `tag`) leaving through `port`.
+fn egress_for(port: &Port, vlan: Option<VlanId>, tag: IngressTag) -> Option<Egress> {
+    match vlan {
+        None => Some(Egress::AsIs),
+        Some(vlan) => port.config.vlan.egress(vlan, tag),
+    }
+}
+
+/// A learning L2 switch with isolated networks, VLANs and FDB limits. `Send + Sync`: share it
+/// (in an `Arc`) between the datapath workers and the control plane.
+#[derive(Debug, Default)]
+pub struct Switch {
+    topology: ArcSwap<Topology>,
+    admin: Mutex<()>,
+    unknown_port_drops: AtomicU64,
+}
+
+impl Switch {
+    /// A switch with no networks.
+    pub fn new() -> Switch {
+        Switch::default()
+    }
+
+    /// Decides what to do with `frame`, received at `now` on `ingress`: learns its source,
+    /// counts it, and returns the decision. Lock-free except for FDB shard locks (read locks
+    /// for known addresses); allocates nothing (see [`crate::fdb`] for table growth).
+    pub fn process(&self, now: Instant, ingress: PortId, frame: &[u8]) -> Decision {
+        let topology = self.topology.load();
+        let Some(port) = topology.port(ingress) else {
+            self.unknown_port_drops.fetch_add(1, Relaxed);
+            return Decision::Drop(DropReason::NoSuchPort);
+        };
+        port.counters.record_rx(frame.len());
+        let decision = match L2Meta::parse(frame) {
+            Ok(l2) => Self::decide(&topology, now, port, &l2),
+            Err(frame::Error::TooShort) => Decision::Drop(DropReason::TooShort),
+            Err(frame::Error::TruncatedTag) => Decision::Drop(DropReason::Malformed),
+        };
+        if let Decision::Drop(reason) = decision {
+            port.counters.record_drop(reason);
+        }
+        decision
+    }
+
+    fn decide(topology: &Topology, now: Instant, port: &Arc<Port>, l2: &L2Meta) -> Decision {
+        let drop = Decision::Drop;
+        if !port.is_up() {
+            return drop(DropReason::PortDown);
+        }
+        if l2.src.is_multicast() {
+            return drop(DropReason::SourceMulticast);
+        }
+        if l2.src.0 == [0; 6] {
+            return drop(DropReason::SourceZero);
+        }
+        if is_link_local(l2.dst) {
+            return drop(DropReason::LinkLocal);
+        }
+        let Some(slot) = topology.network(port.network) else {
+            // A port's network outlives the port (remove_network requires no ports).
+            return drop(DropReason::NoSuchPort);
+        };
+        let network = &slot.network;
+        let (vlan, tag) = if network.config.vlan_filtering {
+            match port.config.vlan.ingress(l2.tci) {
+                Some((vlan, tag)) => (Some(vlan), tag),
+                None => return drop(DropReason::VlanNotAllowed),
+            }
+        } else {
+            (None, IngressTag::Untagged)
+        };
+        match network.fdb.learn(now, Key::new(vlan, l2.src), port) {
+            Learn::Known | Learn::Added | Learn::Moved => {}
+            Learn::SpoofedStatic => return drop(DropReason::SpoofedStatic),
+            Learn::Limit => {
+                port.counters.record_fdb_limit_hit();
+                if network.config.limit_action == LimitAction::Drop {
+                    return drop(DropReason::FdbLimit);
+                }
+            }
+        }
+        let flood = Decision::Flood(Flood {
+            network: port.network,
+            ingress: port.id,
+            vlan,
+            tag,
+        });
+        if l2.dst.is_multicast() {
+            return flood;
+        }
+        let unicast = |dst: &Arc<Port>| {
+            if Arc::ptr_eq(dst, port) {
+                return drop(DropReason::Hairpin);
+            }
+            if !dst.is_up() {
+                return drop(DropReason::EgressDown);
+            }
+            match egress_for(dst, vlan, tag) {
+                Some(egress) => Decision::Forward {
+                    port: dst.id,
+                    egress,
+                },
+                None => drop(DropReason::VlanNotAllowed),
+            }
+        };
+        let dst = Key::new(vlan, l2.dst);
+        network.fdb.lookup(now, dst, unicast).unwrap_or(flood)
+    }
+
+    /// Calls `f` for each port a flood reaches, with its tag action: the network's other ports
+    /// that are up and members of the VLAN. Allocates nothing and holds no lock while `f` runs.
+    pub fn for_each_flood_target(&self, flood: &Flood, mut f: impl FnMut(PortId, Egress)) {
+        let topology = self.topology.load();
+        let Some(slot) = topology.network(flood.network) else {
+            return;
+        };
+        for member in &slot.members {
+            if member.id == flood.ingress || !member.is_up() {
+                continue;
+            }
+            if let Some(egress) = egress_for(member, flood.vlan, flood.tag) {
+                f(member.id, egress);
+            }
+        }
+    }
+
+    /// Runs a topology change under the admin lock and publishes the result.
+    fn change<R, E>(&self, f: impl FnOnce(&mut Topology) -> Result<R, E>) -> Result<R, E> {
+        let _admin = self.admin.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut topology = Topology::clone(&self.topology.load());
+        let result = f(&mut topology)?;
+        self.topology.store(Arc::new(topology));
+        Ok(result)
+    }
+
+    /// Adds a network.
+    pub fn add_network(&self, config: NetworkConfig) -> NetworkId {
+        let Ok(id) = self.change(|t| {
+            let index = free_slot(&t.networks);
+            let slot = NetworkSlot {
+                network: Arc::new(Network::new(config)),
+                members: Vec::new(),
+            };
+            put(&mut t.networks, index, slot);
+            Ok::<_, Infallible>(NetworkId(index as u32))
+        });
+        id
+    }
+
+    /// Removes a network that has no ports left.
+    pub fn remove_network(&self, id: NetworkId) -> Result<(), Error> {
+        self.change(|t| {
+            if !t.network_mut(id)?.members.is_empty() {
+                return Err(Error::NetworkHasPorts(id));
+            }
+            t.networks[id.0 as usize] = None;
+            Ok(())
+        })
+    }
+
+    /// Attaches a new port (up) to a network.
+    pub fn add_port(&self, network: NetworkId, config: PortConfig) -> Result<PortId, Error> {
+        self.change(|t| {
+            let id = PortId(free_slot(&t.ports) as u32);
+            let port = Arc::new(Port::new(id, network, config));
+            t.network_mut(network)?.members.push(Arc::clone(&port));
+            put(&mut t.ports, id.0 as usize, port);
+            Ok(id)
+        })
+    }
+
+    /// Detaches a port and flushes its FDB entries (learned and static).
+    pub fn remove_port(&self, id: PortId) -> Result<(), Error> {
+        let (port, network) = self.change(|t| {
+            let port = t.port(id).cloned().ok_or(Error::NoSuchPort(id))?;
+            let slot = t.network_mut(port.network)?;
+            slot.members.retain(|p| p.id != id);
+            let network = Arc::clone(&slot.network);
+            t.ports[id.0 as usize] = None;
+            port.mark_removed();
+            Ok((port, network))
+        })?;
+        network.fdb.flush_port(&port);
+        Ok(())
+    }
+
+    /// Sets a port's administrative state; a port that is down neither sends nor receives.
+    pub fn set_port_up(&self, id: PortId, up: bool) -> Result<(), Error> {
+        let topology = self.topology.load();
+        topology.port(id).ok_or(Error::NoSuchPort(id))?.set_up(up);
+        Ok(())
+    }
+
+    /// Checks a static entry's arguments; returns the network and the port.
+    fn static_target(
+        topology: &Topology,
+        network: NetworkId,
+        vlan: Option<VlanId>,
+        port: PortId,
+    ) -> Result<(Arc<Network>, Arc<Port>), Error> {
+        let slot = topology
+            .network(network)
+            .ok_or(Error::NoSuchNetwork(network))?;
+        let p = topology.port(port).ok_or(Error::NoSuchPort(port))?;
+        if p.network != network {
+            return Err(Error::PortNotOnNetwork { port, network });
+        }
+        let fits = match vlan {
+            None => !slot.network.config.vlan_filtering,
+            Some(v) => {
+                slot.network.config.vlan_filtering
+                    && p.config.vlan.egress(v, IngressTag::Untagged).is_some()
+            }
+        };
+        if !fits {
+            return Err(Error::StaticVlan {
+                vlan,
+                port,
+                network,
+            });
+        }
+        Ok((Arc::clone(&slot.network), Arc::clone(p)))
+    }
+
+    /// Adds (or replaces) a static FDB entry: `mac` in `vlan` is reached through `port`.
+    /// `vlan` is `None` exactly on networks that do not filter VLANs.
+    pub fn add_static(
+        &self,
+        network: NetworkId,
+        vlan: Option<VlanId>,
+        mac: EthernetAddress,
+        port: PortId,
+    ) -> Result<(), Error> {
+        if !mac.is_unicast() {
+            return Err(Error::StaticNotUnicast(mac));
+        }
+        // The admin lock orders this against remove_port's flush.
+        let _admin = self.admin.lock().unwrap_or_else(PoisonError::into_inner);
+        let (net, port) = Self::static_target(&self.topology.load(), network, vlan, port)?;
+        net.fdb.add_static(Key::new(vlan, mac), &port);
+        Ok(())
+    }
+
+    /// Removes a static FDB entry; returns whether there was one.
+    pub fn remove_static(
+        &self,
+        network: NetworkId,
+        vlan: Option<VlanId>,
+        mac: EthernetAddress,
+    ) -> Result<bool, Error> {
+        let topology = self.topology.load();
+        let slot = topology
+            .network(network)
+            .ok_or(Error::NoSuchNetwork(network))?;
+        Ok(slot.network.fdb.remove_static(Key::new(vlan, mac)))
+    }
+
+    /// Removes learned FDB entries not seen for their network's ageing time; returns how many.
+    /// Call it periodically (e.g. every second); lookups ignore expired entries meanwhile.
+    pub fn age(&self, now: Instant) -> usize {
+        let topology = self.topology.load();
+        let networks = topology.networks.iter().flatten();
+        networks.map(|slot| slot.network.fdb.age(now)).sum()
+    }
+
+    /// Calls `f` for each FDB entry of a network. Runs under the FDB shards' read locks: `f`
+    /// must not call back into the switch.
+    pub fn for_each_fdb_entry(
+        &self,
+        network: NetworkId,
+        now: Instant,
+        f: impl FnMut(FdbEntry),
+    ) -> Result<(), Error> {
+        let topology = self.topology.load();
+        let slot = topology
+            .network(network)
+            .ok_or(Error::NoSuchNetwork(network))?;
+        slot.network.fdb.for_each(now, f);
+        Ok(())
+    }
+
+    /// A port's live counters, to count tx at delivery
+    /// ([`PortCounters::record_tx`]). Cache the `Arc` per destination.
+    pub fn port_counters(&self, id: PortId) -> Option<Arc<PortCounters>> {
+        let topology = self.topology.load();
+        Some(Arc::clone(&topology.port(id)?.counters))
+    }
+
+    /// A port's network, configuration, state and counters.
+    pub fn port_info(&self, id: PortId) -> Option<PortInfo> {
+        let topology = self.topology.load();
+        let port = topology.port(id)?;
+        Some(PortInfo {
+            network: port.network,
+            config: port.config.clone(),
+            up: port.is_up(),
+            stats: port.counters.snapshot(),
+        })
+    }
+
+    /// All networks with their ports and FDB statistics.
+    pub fn networks(&self) -> Vec<NetworkInfo> {
+        let topology = self.topology.load();
+        let slots = topology.networks.iter().enumerate();
+        let present = slots.filter_map(|(i, slot)| Some((i, slot.as_ref()?)));
+        present
+            .map(|(i, slot)| NetworkInfo {
+                id: NetworkId(i as u32),
+                config: slot.network.config.clone(),
+                ports: slot.members.iter().map(|p| p.id).collect(),
+                stats: slot.network.fdb.stats(),
+            })
+            .collect()
+    }
+
+    /// Frames dropped because their ingress port did not exist.
+    pub fn unknown_port_drops(&self) -> u64 {
+        self.unknown_port_drops.load(Relaxed)
+    }
+}

@@ -1,0 +1,521 @@
+//! Behaviour of the switch, frame by frame.
+
+use bridge_core::time::{Duration, Instant};
+use bridge_core::wire::EthernetAddress;
+use bridge_core::{
+    switch, Decision, DropReason, Egress, FdbEntryKind, LimitAction, NetworkConfig, NetworkId,
+    PortConfig, PortId, PortVlan, Switch, Tci, VlanId,
+};
+
+const BROADCAST: [u8; 6] = [0xff; 6];
+
+fn mac(n: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, 0, n]
+}
+
+/// A 64-byte frame; `tci` adds an 802.1Q tag.
+fn frame(dst: [u8; 6], src: [u8; 6], tci: Option<u16>) -> Vec<u8> {
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    if let Some(tci) = tci {
+        f.extend_from_slice(&[0x81, 0x00]);
+        f.extend_from_slice(&tci.to_be_bytes());
+    }
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.resize(64, 0xab);
+    f
+}
+
+fn at(secs: i64) -> Instant {
+    Instant::from_secs(secs)
+}
+
+fn vid(n: u16) -> VlanId {
+    VlanId::new(n).unwrap()
+}
+
+fn targets(sw: &Switch, d: Decision) -> Vec<(PortId, Egress)> {
+    let Decision::Flood(flood) = d else {
+        panic!("expected a flood, got {d:?}");
+    };
+    let mut out = Vec::new();
+    sw.for_each_flood_target(&flood, |p, e| out.push((p, e)));
+    out.sort_by_key(|(p, _)| *p);
+    out
+}
+
+fn forward(port: PortId) -> Decision {
+    Decision::Forward {
+        port,
+        egress: Egress::AsIs,
+    }
+}
+
+/// A switch with one plain network and `n` ports.
+fn plain(n: usize) -> (Switch, NetworkId, Vec<PortId>) {
+    let sw = Switch::new();
+    let net = sw.add_network(NetworkConfig::default());
+    let ports = (0..n)
+        .map(|_| sw.add_port(net, PortConfig::default()).unwrap())
+        .collect();
+    (sw, net, ports)
+}
+
+#[test]
+fn switch_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Switch>();
+}
+
+#[test]
+fn learns_then_forwards_unicast() {
+    let (sw, _, p) = plain(3);
+    let d = sw.process(at(0), p[0], &frame(mac(2), mac(1), None));
+    assert_eq!(
+        targets(&sw, d),
+        [(p[1], Egress::AsIs), (p[2], Egress::AsIs)]
+    );
+    assert_eq!(
+        sw.process(at(1), p[1], &frame(mac(1), mac(2), None)),
+        forward(p[0])
+    );
+    assert_eq!(
+        sw.process(at(2), p[0], &frame(mac(2), mac(1), None)),
+        forward(p[1])
+    );
+}
+
+#[test]
+fn floods_broadcast_and_multicast_within_the_network_only() {
+    let (sw, net_a, a) = plain(3);
+    let net_b = sw.add_network(NetworkConfig::default());
+    let b = sw.add_port(net_b, PortConfig::default()).unwrap();
+    for dst in [
+        BROADCAST,
+        [0x01, 0x00, 0x5e, 0, 0, 1],
+        [0x33, 0x33, 0, 0, 0, 1],
+    ] {
+        let d = sw.process(at(0), a[1], &frame(dst, mac(1), None));
+        let Decision::Flood(flood) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(
+            (flood.network(), flood.ingress(), flood.vlan()),
+            (net_a, a[1], None)
+        );
+        assert_eq!(
+            targets(&sw, d),
+            [(a[0], Egress::AsIs), (a[2], Egress::AsIs)]
+        );
+    }
+    // The same MAC in another network is unknown there.
+    let d = sw.process(at(0), b, &frame(mac(1), mac(9), None));
+    assert_eq!(targets(&sw, d), []);
+}
+
+#[test]
+fn drops_with_reasons_and_counts_them() {
+    let (sw, _, p) = plain(2);
+    let cases = [
+        (
+            frame(mac(2), mac(1), None)[..13].to_vec(),
+            DropReason::TooShort,
+        ),
+        (
+            frame(mac(2), mac(1), Some(5))[..15].to_vec(),
+            DropReason::Malformed,
+        ),
+        (
+            frame(mac(2), [0x01, 0, 0, 0, 0, 1], None),
+            DropReason::SourceMulticast,
+        ),
+        (frame(mac(2), BROADCAST, None), DropReason::SourceMulticast),
+        (frame(mac(2), [0; 6], None), DropReason::SourceZero),
+        (
+            frame([0x01, 0x80, 0xc2, 0, 0, 0x0e], mac(1), None),
+            DropReason::LinkLocal,
+        ),
+    ];
+    for (f, reason) in &cases {
+        assert_eq!(sw.process(at(0), p[0], f), Decision::Drop(*reason));
+    }
+    let stats = sw.port_info(p[0]).unwrap().stats;
+    assert_eq!(stats.rx_frames, cases.len() as u64);
+    assert_eq!(stats.drops.get(DropReason::SourceMulticast), 2);
+    assert_eq!(stats.drops.total(), cases.len() as u64);
+
+    assert_eq!(
+        sw.process(at(0), PortId(77), &frame(mac(2), mac(1), None)),
+        Decision::Drop(DropReason::NoSuchPort)
+    );
+    assert_eq!(sw.unknown_port_drops(), 1);
+}
+
+#[test]
+fn hairpin_and_port_state() {
+    let (sw, _, p) = plain(2);
+    sw.process(at(0), p[0], &frame(BROADCAST, mac(1), None));
+    sw.process(at(0), p[1], &frame(BROADCAST, mac(2), None));
+    let to_own_side = frame(mac(1), mac(3), None);
+    assert_eq!(
+        sw.process(at(0), p[0], &to_own_side),
+        Decision::Drop(DropReason::Hairpin)
+    );
+
+    sw.set_port_up(p[1], false).unwrap();
+    let to_down = frame(mac(2), mac(1), None);
+    assert_eq!(
+        sw.process(at(0), p[0], &to_down),
+        Decision::Drop(DropReason::EgressDown)
+    );
+    let from_down = frame(mac(1), mac(2), None);
+    assert_eq!(
+        sw.process(at(0), p[1], &from_down),
+        Decision::Drop(DropReason::PortDown)
+    );
+    let d = sw.process(at(0), p[0], &frame(BROADCAST, mac(1), None));
+    assert_eq!(targets(&sw, d), [], "a down port is not flooded");
+    sw.set_port_up(p[1], true).unwrap();
+    assert_eq!(sw.process(at(0), p[0], &to_down), forward(p[1]));
+    assert_eq!(
+        sw.set_port_up(PortId(9), true),
+        Err(switch::Error::NoSuchPort(PortId(9)))
+    );
+}
+
+#[test]
+fn ages_learned_addresses() {
+    let sw = Switch::new();
+    let config = NetworkConfig {
+        ageing_time: Duration::from_secs(10),
+        ..NetworkConfig::default()
+    };
+    let net = sw.add_network(config);
+    let p: Vec<_> = (0..2)
+        .map(|_| sw.add_port(net, PortConfig::default()).unwrap())
+        .collect();
+    sw.process(at(0), p[1], &frame(BROADCAST, mac(2), None));
+    let to_2 = frame(mac(2), mac(1), None);
+    assert_eq!(sw.process(at(9), p[0], &to_2), forward(p[1]));
+    assert!(
+        matches!(sw.process(at(10), p[0], &to_2), Decision::Flood(_)),
+        "expired"
+    );
+    assert_eq!(sw.networks()[0].stats.learned, 2);
+    assert_eq!(sw.age(at(10)), 1);
+    assert_eq!(sw.age(at(11)), 0, "mac 1 was refreshed at 10");
+    assert_eq!(sw.networks()[0].stats.learned, 1);
+}
+
+#[test]
+fn counts_mac_moves() {
+    let (sw, _, p) = plain(3);
+    sw.process(at(0), p[0], &frame(BROADCAST, mac(1), None));
+    sw.process(at(1), p[1], &frame(BROADCAST, mac(1), None));
+    assert_eq!(
+        sw.process(at(2), p[2], &frame(mac(1), mac(3), None)),
+        forward(p[1])
+    );
+    assert_eq!(sw.networks()[0].stats.mac_moves, 1);
+}
+
+fn limited(action: LimitAction) -> (Switch, Vec<PortId>) {
+    let sw = Switch::new();
+    let config = NetworkConfig {
+        max_learned: 3,
+        limit_action: action,
+        ..NetworkConfig::default()
+    };
+    let net = sw.add_network(config);
+    let port = PortConfig {
+        max_learned: 2,
+        ..PortConfig::default()
+    };
+    let p = (0..3)
+        .map(|_| sw.add_port(net, port.clone()).unwrap())
+        .collect();
+    (sw, p)
+}
+
+#[test]
+fn drops_at_the_fdb_limit_when_configured() {
+    let (sw, p) = limited(LimitAction::Drop);
+    for n in 1..=2 {
+        assert!(matches!(
+            sw.process(at(0), p[0], &frame(BROADCAST, mac(n), None)),
+            Decision::Flood(_)
+        ));
+    }
+    let over_port = frame(BROADCAST, mac(3), None);
+    assert_eq!(
+        sw.process(at(0), p[0], &over_port),
+        Decision::Drop(DropReason::FdbLimit)
+    );
+    sw.process(at(0), p[1], &frame(BROADCAST, mac(4), None));
+    let over_net = frame(BROADCAST, mac(5), None);
+    assert_eq!(
+        sw.process(at(0), p[1], &over_net),
+        Decision::Drop(DropReason::FdbLimit)
+    );
+    assert_eq!(sw.port_info(p[0]).unwrap().stats.fdb_limit_hits, 1);
+    assert_eq!(
+        sw.port_info(p[1])
+            .unwrap()
+            .stats
+            .drops
+            .get(DropReason::FdbLimit),
+        1
+    );
+    let stats = sw.networks()[0].stats;
+    assert_eq!((stats.learned, stats.fdb_limit_hits), (3, 2));
+    // Known addresses still pass.
+    assert!(matches!(
+        sw.process(at(0), p[0], &frame(BROADCAST, mac(1), None)),
+        Decision::Flood(_)
+    ));
+}
+
+#[test]
+fn forwards_without_learning_at_the_limit_when_configured() {
+    let (sw, p) = limited(LimitAction::ForwardWithoutLearning);
+    sw.process(at(0), p[1], &frame(BROADCAST, mac(9), None));
+    for n in 1..=3 {
+        assert_eq!(
+            sw.process(at(0), p[0], &frame(mac(9), mac(n), None)),
+            forward(p[1])
+        );
+    }
+    let stats = sw.port_info(p[0]).unwrap().stats;
+    assert_eq!((stats.fdb_limit_hits, stats.drops.total()), (1, 0));
+    // mac 3 was not learned: traffic to it floods.
+    assert!(matches!(
+        sw.process(at(0), p[1], &frame(mac(3), mac(9), None)),
+        Decision::Flood(_)
+    ));
+}
+
+#[test]
+fn static_entries_win_over_learning() {
+    let (sw, net, p) = plain(2);
+    let gw = EthernetAddress(mac(100));
+    sw.add_static(net, None, gw, p[1]).unwrap();
+    assert_eq!(
+        sw.process(at(0), p[0], &frame(mac(100), mac(1), None)),
+        forward(p[1])
+    );
+    let spoof = frame(BROADCAST, mac(100), None);
+    assert_eq!(
+        sw.process(at(0), p[0], &spoof),
+        Decision::Drop(DropReason::SpoofedStatic)
+    );
+    assert_eq!(sw.age(at(100_000)), 1, "only the learned mac 1 ages");
+    assert_eq!(
+        sw.process(at(100_000), p[0], &frame(mac(100), mac(1), None)),
+        forward(p[1])
+    );
+    let mut entries = Vec::new();
+    sw.for_each_fdb_entry(net, at(100_000), |e| entries.push(e))
+        .unwrap();
+    assert_eq!(entries.len(), 2);
+    assert!(entries
+        .iter()
+        .any(|e| e.mac == gw && e.kind == FdbEntryKind::Static));
+    assert_eq!(sw.remove_static(net, None, gw), Ok(true));
+    assert_eq!(sw.remove_static(net, None, gw), Ok(false));
+
+    let err = sw.add_static(net, None, EthernetAddress(BROADCAST), p[1]);
+    assert!(matches!(err, Err(switch::Error::StaticNotUnicast(_))));
+    let err = sw.add_static(net, Some(vid(5)), gw, p[1]);
+    assert!(matches!(err, Err(switch::Error::StaticVlan { .. })));
+    let other = sw.add_network(NetworkConfig::default());
+    let err = sw.add_static(other, None, gw, p[1]);
+    assert!(matches!(err, Err(switch::Error::PortNotOnNetwork { .. })));
+}
+
+#[test]
+fn removing_a_port_flushes_its_entries() {
+    let (sw, net, p) = plain(3);
+    sw.process(at(0), p[1], &frame(BROADCAST, mac(2), None));
+    sw.add_static(net, None, EthernetAddress(mac(50)), p[1])
+        .unwrap();
+    sw.remove_port(p[1]).unwrap();
+    let info = &sw.networks()[0];
+    assert_eq!((info.stats.learned, info.stats.statics), (0, 0));
+    assert_eq!(info.ports, [p[0], p[2]]);
+    let d = sw.process(at(1), p[0], &frame(mac(2), mac(1), None));
+    assert_eq!(targets(&sw, d), [(p[2], Egress::AsIs)]);
+    assert_eq!(sw.remove_port(p[1]), Err(switch::Error::NoSuchPort(p[1])));
+    // The id is reused by the next port, which starts with an empty FDB share.
+    assert_eq!(sw.add_port(net, PortConfig::default()), Ok(p[1]));
+    assert!(sw.port_info(p[1]).unwrap().stats == Default::default());
+}
+
+#[test]
+fn networks_are_added_and_removed() {
+    let (sw, net, p) = plain(1);
+    assert_eq!(
+        sw.remove_network(net),
+        Err(switch::Error::NetworkHasPorts(net))
+    );
+    sw.remove_port(p[0]).unwrap();
+    sw.remove_network(net).unwrap();
+    assert!(sw.networks().is_empty());
+    assert_eq!(
+        sw.remove_network(net),
+        Err(switch::Error::NoSuchNetwork(net))
+    );
+    let err = sw.add_port(net, PortConfig::default());
+    assert_eq!(err, Err(switch::Error::NoSuchNetwork(net)));
+}
+
+#[test]
+fn counts_rx_here_and_tx_at_delivery() {
+    let (sw, _, p) = plain(2);
+    let f = frame(BROADCAST, mac(1), None);
+    let d = sw.process(at(0), p[0], &f);
+    let tx = sw.port_counters(p[1]).unwrap();
+    for (port, _) in targets(&sw, d) {
+        assert_eq!(port, p[1]);
+        tx.record_tx(f.len());
+    }
+    let (a, b) = (
+        sw.port_info(p[0]).unwrap().stats,
+        sw.port_info(p[1]).unwrap().stats,
+    );
+    assert_eq!((a.rx_frames, a.rx_bytes, a.tx_frames), (1, 64, 0));
+    assert_eq!((b.rx_frames, b.tx_frames, b.tx_bytes), (0, 1, 64));
+}
+
+/// One VLAN-filtering network: access ports in VLANs 10 and 20, a trunk carrying both with no
+/// native VLAN, and a trunk carrying 20 with native VLAN 10.
+fn vlans() -> (Switch, [PortId; 4]) {
+    let sw = Switch::new();
+    let net = sw.add_network(NetworkConfig {
+        vlan_filtering: true,
+        ..NetworkConfig::default()
+    });
+    let port = |vlan| {
+        sw.add_port(
+            net,
+            PortConfig {
+                vlan,
+                ..PortConfig::default()
+            },
+        )
+        .unwrap()
+    };
+    let access10 = port(PortVlan::Access(vid(10)));
+    let access20 = port(PortVlan::Access(vid(20)));
+    let trunk = port(PortVlan::Trunk {
+        allowed: [vid(10), vid(20)].into_iter().collect(),
+        native: None,
+    });
+    let native10 = port(PortVlan::Trunk {
+        allowed: [vid(20)].into_iter().collect(),
+        native: Some(vid(10)),
+    });
+    (sw, [access10, access20, trunk, native10])
+}
+
+#[test]
+fn vlan_flooding_pushes_pops_and_filters() {
+    let (sw, [a10, a20, trunk, n10]) = vlans();
+    let d = sw.process(at(0), a10, &frame(BROADCAST, mac(1), None));
+    let push10 = Egress::Push(Tci::new(0, false, 10));
+    assert_eq!(targets(&sw, d), [(trunk, push10), (n10, Egress::AsIs)]);
+
+    let tagged20 = Tci::new(6, false, 20).0;
+    let d = sw.process(at(0), trunk, &frame(BROADCAST, mac(2), Some(tagged20)));
+    assert_eq!(targets(&sw, d), [(a20, Egress::Pop), (n10, Egress::AsIs)]);
+
+    let d = sw.process(at(0), trunk, &frame(BROADCAST, mac(3), Some(10)));
+    assert_eq!(targets(&sw, d), [(a10, Egress::Pop), (n10, Egress::Pop)]);
+
+    let priority = Tci::new(5, false, 0);
+    let d = sw.process(at(0), a20, &frame(BROADCAST, mac(4), Some(priority.0)));
+    let retag = Egress::Retag(Tci::new(5, false, 20));
+    assert_eq!(targets(&sw, d), [(trunk, retag), (n10, retag)]);
+
+    let not_allowed = [
+        (trunk, frame(BROADCAST, mac(5), Some(30))),
+        (trunk, frame(BROADCAST, mac(5), None)),
+        (a10, frame(BROADCAST, mac(5), Some(10))),
+    ];
+    for (port, f) in not_allowed {
+        assert_eq!(
+            sw.process(at(0), port, &f),
+            Decision::Drop(DropReason::VlanNotAllowed)
+        );
+    }
+}
+
+#[test]
+fn vlan_fdb_is_per_vlan() {
+    let (sw, [a10, a20, trunk, _]) = vlans();
+    // mac 1 lives in VLAN 10 behind the access port, and in VLAN 20 behind the trunk.
+    sw.process(at(0), a10, &frame(BROADCAST, mac(1), None));
+    sw.process(at(0), trunk, &frame(BROADCAST, mac(1), Some(20)));
+    let from_trunk = sw.process(at(0), trunk, &frame(mac(1), mac(2), Some(10)));
+    assert_eq!(
+        from_trunk,
+        Decision::Forward {
+            port: a10,
+            egress: Egress::Pop
+        }
+    );
+    let from_a20 = sw.process(at(0), a20, &frame(mac(1), mac(3), None));
+    let push20 = Egress::Push(Tci::new(0, false, 20));
+    assert_eq!(
+        from_a20,
+        Decision::Forward {
+            port: trunk,
+            egress: push20
+        }
+    );
+    assert_eq!(sw.networks()[0].stats.mac_moves, 0);
+}
+
+#[test]
+fn vlan_settings_are_ignored_without_filtering() {
+    let (sw, _, p) = plain(2);
+    let tagged = frame(BROADCAST, mac(1), Some(33));
+    assert_eq!(
+        targets(&sw, sw.process(at(0), p[0], &tagged)),
+        [(p[1], Egress::AsIs)]
+    );
+    assert_eq!(
+        sw.process(at(0), p[1], &frame(mac(1), mac(2), None)),
+        forward(p[0])
+    );
+}
+
+#[test]
+fn threads_process_concurrently() {
+    let (sw, _, p) = plain(2);
+    let sw = std::sync::Arc::new(sw);
+    let handles: Vec<_> = (0..2)
+        .map(|i| {
+            let sw = std::sync::Arc::clone(&sw);
+            let (me, other) = (p[i], p[1 - i]);
+            std::thread::spawn(move || {
+                let mine = mac(i as u8 + 1);
+                let f = frame(mac(2 - i as u8), mine, None);
+                let mut forwarded = 0;
+                for t in 0..10_000 {
+                    if sw.process(Instant::from_micros(t), me, &f) == forward(other) {
+                        forwarded += 1;
+                    }
+                }
+                forwarded
+            })
+        })
+        .collect();
+    let forwarded: Vec<u32> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    // Whoever sent second had the other's address learned for all its frames.
+    assert_eq!(forwarded.iter().max(), Some(&10_000), "{forwarded:?}");
+    for port in p {
+        assert_eq!(sw.port_info(port).unwrap().stats.rx_frames, 10_000);
+    }
+    assert_eq!(sw.networks()[0].stats.learned, 2);
+}
