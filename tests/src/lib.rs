@@ -1,5 +1,8 @@
 //! Test support: an in-process vhost-user frontend and QEMU guest helpers.
 //!
+//! In-process harness: [`frontend`] plays a VMM and its guest's virtio-net driver against a
+//! vhost-user backend socket.
+//!
 //! End-to-end support: [`e2e`] (serial e2e tests, prerequisites, scratch directory),
 //! [`qemu`] (TCG guests with vhost-user NICs), [`guest_script`] (their /test.sh and what it
 //! prints), [`initramfs`] (how /test.sh gets in), [`daemon`] (the daemon as a child process),
@@ -9,6 +12,7 @@
 pub mod console;
 pub mod daemon;
 pub mod e2e;
+pub mod frontend;
 pub mod guest_script;
 pub mod initramfs;
 pub mod netns;
