@@ -292,6 +292,39 @@ fn options(kind: FrontendKind) -> NetOptions {
     }
 }
 
+/// Starts a loopback daemon with `options.queue_pairs` pairs listening at a fresh socket and
+/// attaches a harness NIC to it.
+fn attach(name: &str, options: NetOptions) -> (VirtioNet, Server, PathBuf) {
+    let path = socket(name);
+    let server = Server::listen(&path, usize::from(options.queue_pairs));
+    let net = VirtioNet::new(Role::Connect(path.clone()), options).unwrap();
+    (net, server, path)
+}
+
+/// Closes the NIC and checks the daemon saw a clean connection.
+fn detach(net: VirtioNet, server: Server) {
+    drop(net);
+    server.join().unwrap();
+}
+
+/// Kills the daemon under an attached NIC and starts a new one; returns how the NIC's
+/// reconnect went.
+fn replace_backend(
+    net: &mut VirtioNet,
+    server: Server,
+    path: &Path,
+) -> (Server, Result<(), NetError>) {
+    net.disconnect();
+    server.join().unwrap();
+    let second = Server::listen(path, usize::from(net.options().queue_pairs));
+    let result = net.reconnect();
+    (second, result)
+}
+
+fn position(sent: &[FrontendReq], request: FrontendReq) -> usize {
+    sent.iter().position(|&s| s == request).unwrap()
+}
+
 /// Sends frames of assorted sizes on `pair` one by one and checks each comes back whole.
 fn echo(net: &mut VirtioNet, pair: u16, count: u32) {
     let mergeable = net.negotiated().has(features::MRG_RXBUF);
@@ -318,10 +351,7 @@ fn echo(net: &mut VirtioNet, pair: u16, count: u32) {
 
 #[test]
 fn cloud_hypervisor_sequence_negotiates_and_forwards() {
-    let path = socket("ch");
-    let server = Server::listen(&path, 1);
-    let mut net =
-        VirtioNet::new(Role::Connect(path), options(FrontendKind::CloudHypervisor)).unwrap();
+    let (mut net, server, _) = attach("ch", options(FrontendKind::CloudHypervisor));
     let n = net.negotiated().clone();
     assert_eq!(n.offered, Loopback::offered());
     assert_eq!(n.acked, features::DRIVER | features::PROTOCOL_FEATURES);
@@ -337,13 +367,12 @@ fn cloud_hypervisor_sequence_negotiates_and_forwards() {
     assert!(expected.link_up());
     assert_eq!(net.hdr_len(), 12);
     echo(&mut net, 0, 200);
-
-    let sent = net.connection().sent().to_vec();
-    let pos = |r| sent.iter().position(|&s| s == r).unwrap();
-    assert!(pos(FrontendReq::SET_VRING_KICK) < pos(FrontendReq::SET_VRING_ENABLE));
+    let sent = net.connection().sent();
+    assert!(
+        position(sent, FrontendReq::SET_VRING_KICK) < position(sent, FrontendReq::SET_VRING_ENABLE)
+    );
     assert!(!sent.contains(&FrontendReq::ADD_MEM_REG));
-    drop(net);
-    server.join().unwrap();
+    detach(net, server);
 }
 
 #[test]
@@ -359,9 +388,7 @@ fn qemu_sequence_is_refused_by_vhost_user_backend() {
 
 #[test]
 fn dpdk_sequence_without_event_idx() {
-    let path = socket("dpdk");
-    let server = Server::listen(&path, 1);
-    let mut net = VirtioNet::new(Role::Connect(path), options(FrontendKind::Dpdk)).unwrap();
+    let (mut net, server, _) = attach("dpdk", options(FrontendKind::Dpdk));
     let n = net.negotiated().clone();
     assert_eq!(n.acked & features::EVENT_IDX, 0);
     assert_eq!(n.acked & (features::MAC | features::STATUS), 0);
@@ -369,17 +396,10 @@ fn dpdk_sequence_without_event_idx() {
     assert!(!net.vring(0).event_idx());
     echo(&mut net, 0, 100);
     let sent = net.connection().sent();
-    let calls = sent
-        .iter()
-        .position(|&s| s == FrontendReq::SET_VRING_CALL)
-        .unwrap();
-    let set_features = sent
-        .iter()
-        .position(|&s| s == FrontendReq::SET_FEATURES)
-        .unwrap();
-    assert!(calls < set_features);
-    drop(net);
-    server.join().unwrap();
+    assert!(
+        position(sent, FrontendReq::SET_VRING_CALL) < position(sent, FrontendReq::SET_FEATURES)
+    );
+    detach(net, server);
 }
 
 #[test]
@@ -389,17 +409,14 @@ fn harness_listens_and_backend_connects() {
     let mut net =
         VirtioNet::new(Role::Listen(path), options(FrontendKind::CloudHypervisor)).unwrap();
     echo(&mut net, 0, 50);
-    drop(net);
-    server.join().unwrap();
+    detach(net, server);
 }
 
 #[test]
 fn legacy_header_without_version_1_and_mrg_rxbuf() {
-    let path = socket("legacy");
-    let server = Server::listen(&path, 1);
     let mut opts = options(FrontendKind::CloudHypervisor);
     opts.features &= !(features::VERSION_1 | features::MRG_RXBUF);
-    let mut net = VirtioNet::new(Role::Connect(path), opts).unwrap();
+    let (mut net, server, _) = attach("legacy", opts);
     assert_eq!(net.hdr_len(), LEGACY_HDR_LEN);
     assert_eq!(net.negotiated().acked & features::VERSION_1, 0);
     // Without MRG_RXBUF and with GUEST_TSO, receive buffers take a 64 KiB frame.
@@ -409,16 +426,12 @@ fn legacy_header_without_version_1_and_mrg_rxbuf() {
     net.send_with_hdr(0, &hdr, &frame(7, 100)).unwrap();
     let (got, _) = net.recv(WAIT).unwrap().unwrap();
     assert_eq!(got, hdr, "a legacy header carries no num_buffers");
-    drop(net);
-    server.join().unwrap();
+    detach(net, server);
 }
 
 #[test]
 fn headers_pass_through_with_num_buffers() {
-    let path = socket("hdr");
-    let server = Server::listen(&path, 1);
-    let mut net =
-        VirtioNet::new(Role::Connect(path), options(FrontendKind::CloudHypervisor)).unwrap();
+    let (mut net, server, _) = attach("hdr", options(FrontendKind::CloudHypervisor));
     let hdr = NetHdr::tso(false, 54, 1448, 34, 16);
     net.send_with_hdr(0, &hdr, &frame(1, 3000)).unwrap();
     let (got, data) = net.recv(WAIT).unwrap().unwrap();
@@ -431,14 +444,11 @@ fn headers_pass_through_with_num_buffers() {
         "3000 bytes span two 2 KiB buffers"
     );
     assert!(data == frame(1, 3000));
-    drop(net);
-    server.join().unwrap();
+    detach(net, server);
 }
 
 #[test]
 fn layouts_indirect_chunks_segments_and_regions() {
-    let path = socket("layouts");
-    let server = Server::listen(&path, 1);
     let mut opts = options(FrontendKind::CloudHypervisor);
     opts.features &= !(features::MRG_RXBUF | features::GUEST_OFFLOADS);
     opts.rx_segment = Some(500);
@@ -452,7 +462,7 @@ fn layouts_indirect_chunks_segments_and_regions() {
         chunk: Some(333),
         indirect: false,
     };
-    let mut net = VirtioNet::new(Role::Connect(path), opts).unwrap();
+    let (mut net, server, _) = attach("layouts", opts);
     assert_eq!(net.memory().regions().unwrap().len(), 4);
     echo(&mut net, 0, 60);
     net.set_tx_layout(TxLayout {
@@ -469,30 +479,24 @@ fn layouts_indirect_chunks_segments_and_regions() {
     })
     .unwrap();
     echo(&mut net, 0, 60);
-    drop(net);
-    server.join().unwrap();
+    detach(net, server);
 }
 
 #[test]
 fn event_idx_off_uses_ring_flags() {
-    let path = socket("noevidx");
-    let server = Server::listen(&path, 1);
     let mut opts = options(FrontendKind::CloudHypervisor);
     opts.features &= !features::EVENT_IDX;
-    let mut net = VirtioNet::new(Role::Connect(path), opts).unwrap();
+    let (mut net, server, _) = attach("noevidx", opts);
     assert!(!net.vring(1).event_idx());
     echo(&mut net, 0, 100);
-    drop(net);
-    server.join().unwrap();
+    detach(net, server);
 }
 
 #[test]
 fn two_queue_pairs_forward_independently() {
-    let path = socket("mq");
-    let server = Server::listen(&path, 2);
     let mut opts = options(FrontendKind::CloudHypervisor);
     opts.queue_pairs = 2;
-    let mut net = VirtioNet::new(Role::Connect(path), opts).unwrap();
+    let (mut net, server, _) = attach("mq", opts);
     assert_eq!(net.negotiated().queue_num, Some(4));
     echo(&mut net, 1, 50);
     echo(&mut net, 0, 50);
@@ -502,17 +506,14 @@ fn two_queue_pairs_forward_independently() {
         .unwrap()
         .is_none());
     assert_eq!(net.recv_on(1, WAIT).unwrap().unwrap().1, frame(9, 80));
-    drop(net);
-    server.join().unwrap();
+    detach(net, server);
 }
 
 #[test]
 fn batches_wrap_the_ring_indices() {
-    let path = socket("batch");
-    let server = Server::listen(&path, 1);
     let mut opts = options(FrontendKind::CloudHypervisor);
     opts.queue_size = 64;
-    let mut net = VirtioNet::new(Role::Connect(path), opts).unwrap();
+    let (mut net, server, _) = attach("batch", opts);
     let frames: Vec<Vec<u8>> = (0..64).map(|i| frame(i, 64)).collect();
     let total = 70_000;
     let (mut sent, mut received) = (0, 0);
@@ -533,32 +534,24 @@ fn batches_wrap_the_ring_indices() {
     let tx = net.vring_stats(1).unwrap();
     assert_eq!(tx.frames, total as u64);
     assert!(tx.kicks <= tx.frames, "kicks are per batch at most");
-    drop(net);
-    server.join().unwrap();
+    detach(net, server);
 }
 
 #[test]
 fn reset_restarts_the_rings_from_zero() {
-    let path = socket("reset");
-    let server = Server::listen(&path, 1);
-    let mut net =
-        VirtioNet::new(Role::Connect(path), options(FrontendKind::CloudHypervisor)).unwrap();
+    let (mut net, server, _) = attach("reset", options(FrontendKind::CloudHypervisor));
     echo(&mut net, 0, 10);
     net.reset().unwrap();
     assert_eq!(net.vring(1).avail_idx(), 0);
     echo(&mut net, 0, 10);
     let sent = net.connection().sent();
-    let stop = sent
-        .iter()
-        .position(|&s| s == FrontendReq::GET_VRING_BASE)
-        .unwrap();
+    let stop = position(sent, FrontendReq::GET_VRING_BASE);
     assert_eq!(
         sent[stop - 1],
         FrontendReq::SET_VRING_ENABLE,
         "ENABLE 0 before GET_VRING_BASE"
     );
-    drop(net);
-    server.join().unwrap();
+    detach(net, server);
 }
 
 #[test]
@@ -566,18 +559,10 @@ fn cloud_hypervisor_reconnect_starts_at_the_avail_index() {
     // frontends.md fact 5: cloud-hypervisor restarts a ring at the guest's available index and
     // vhost-user-backend takes it as next_avail, so the receive buffers posted before the
     // reconnect are never used; transmit keeps working.
-    let path = socket("reconnect");
-    let first = Server::listen(&path, 1);
-    let mut net = VirtioNet::new(
-        Role::Connect(path.clone()),
-        options(FrontendKind::CloudHypervisor),
-    )
-    .unwrap();
+    let (mut net, first, path) = attach("reconnect", options(FrontendKind::CloudHypervisor));
     echo(&mut net, 0, 20);
-    net.disconnect();
-    first.join().unwrap();
-    let second = Server::listen(&path, 1);
-    net.reconnect().unwrap();
+    let (second, result) = replace_backend(&mut net, first, &path);
+    result.unwrap();
     let sent = net.connection().sent();
     let start = [
         FrontendReq::SET_OWNER,
@@ -598,21 +583,16 @@ fn cloud_hypervisor_reconnect_starts_at_the_avail_index() {
         0,
         "the frame waits for a receive buffer"
     );
-    drop(net);
-    second.join().unwrap();
+    detach(net, second);
 }
 
 #[test]
 fn dpdk_reconnect_is_refused_by_vhost_user_backend() {
     // frontends.md fact 1, DPDK's variant: SET_VRING_ENABLE before GET_FEATURES.
-    let path = socket("dpdk-reconnect");
-    let first = Server::listen(&path, 1);
-    let mut net = VirtioNet::new(Role::Connect(path.clone()), options(FrontendKind::Dpdk)).unwrap();
+    let (mut net, first, path) = attach("dpdk-reconnect", options(FrontendKind::Dpdk));
     echo(&mut net, 0, 5);
-    net.disconnect();
-    first.join().unwrap();
-    let second = Server::listen(&path, 1);
-    assert!(net.reconnect().is_err());
+    let (second, result) = replace_backend(&mut net, first, &path);
+    assert!(result.is_err());
     assert_eq!(net.connection().sent()[0], FrontendReq::SET_VRING_ENABLE);
     let verdict = second.join().unwrap_err();
     assert!(verdict.contains("InactiveFeature"), "{verdict}");
@@ -620,10 +600,7 @@ fn dpdk_reconnect_is_refused_by_vhost_user_backend() {
 
 #[test]
 fn hostile_transmit_chains_are_posted_and_reaped() {
-    let path = socket("hostile");
-    let server = Server::listen(&path, 1);
-    let mut net =
-        VirtioNet::new(Role::Connect(path), options(FrontendKind::CloudHypervisor)).unwrap();
+    let (mut net, server, _) = attach("hostile", options(FrontendKind::CloudHypervisor));
     let mut posted = Vec::new();
     for chain in HostileChain::ALL {
         if chain == HostileChain::HeadOutOfRange {
@@ -631,11 +608,10 @@ fn hostile_transmit_chains_are_posted_and_reaped() {
         }
         let head = net
             .post_hostile(1, chain)
-            .unwrap_or_else(|e| panic!("{chain:?}: {e:?}"))
-            .unwrap();
-        posted.push(head);
+            .unwrap_or_else(|e| panic!("{chain:?}: {e:?}"));
+        posted.push(head.unwrap());
         // The loopback forwards what virtio-queue lets it read; the rest it returns unused.
-        let sent = frame(u32::from(head), 100);
+        let sent = frame(posted.len() as u32, 100);
         net.send(0, &sent).unwrap();
         loop {
             let (_, got) = net.recv(WAIT).unwrap().expect("the valid frame came back");
@@ -652,6 +628,5 @@ fn hostile_transmit_chains_are_posted_and_reaped() {
     let returned: Vec<u16> = net.hostile_returned(1).iter().map(|u| u.head).collect();
     assert_eq!(returned, posted);
     assert_eq!(net.vring(1).in_flight(), 0);
-    drop(net);
-    server.join().unwrap();
+    detach(net, server);
 }

@@ -324,22 +324,13 @@ mod tests {
     //! implementation, like the fault it is named for.
     use super::*;
     use crate::frontend::memory::MemoryLayout;
+    use crate::frontend::virtqueue::reference_device;
     use virtio_queue::{Queue, QueueT};
 
     fn setup() -> (GuestMemory, SplitQueue, Queue) {
-        let layout = MemoryLayout {
-            base: 0x1000_0000,
-            regions: 2,
-            gap: 0x10_0000,
-        };
-        let mut mem = GuestMemory::new(&layout, 1 << 20).unwrap();
+        let mut mem = GuestMemory::new(&MemoryLayout::default(), 1 << 20).unwrap();
         let ring = SplitQueue::new(&mut mem, 16).unwrap();
-        let mut queue = Queue::new(16).unwrap();
-        let r = ring.rings();
-        queue.set_desc_table_address(Some(r.desc.0 as u32), Some((r.desc.0 >> 32) as u32));
-        queue.set_avail_ring_address(Some(r.avail.0 as u32), Some((r.avail.0 >> 32) as u32));
-        queue.set_used_ring_address(Some(r.used.0 as u32), Some((r.used.0 >> 32) as u32));
-        queue.set_ready(true);
+        let queue = reference_device(&mem, &ring);
         (mem, ring, queue)
     }
 

@@ -473,6 +473,27 @@ impl SplitQueue {
     }
 }
 
+/// The device side of `driver`'s rings as virtio-queue's `Queue`, the rust-vmm reference
+/// implementation, for unit tests.
+#[cfg(test)]
+pub(super) fn reference_device(mem: &GuestMemory, driver: &SplitQueue) -> virtio_queue::Queue {
+    use virtio_queue::QueueT;
+    let mut device = virtio_queue::Queue::new(driver.size()).expect("valid queue size");
+    device.set_size(driver.size());
+    let split = |a: GuestAddress| (Some(a.0 as u32), Some((a.0 >> 32) as u32));
+    let r = driver.rings();
+    let (lo, hi) = split(r.desc);
+    device.set_desc_table_address(lo, hi);
+    let (lo, hi) = split(r.avail);
+    device.set_avail_ring_address(lo, hi);
+    let (lo, hi) = split(r.used);
+    device.set_used_ring_address(lo, hi);
+    device.set_event_idx(driver.event_idx());
+    device.set_ready(true);
+    assert!(device.is_valid(mem.mmap()));
+    device
+}
+
 /// The virtio `vring_need_event`: whether moving an index from `old` to `new` crosses `event`.
 pub fn need_event(event: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
@@ -489,20 +510,20 @@ mod tests {
         let mut mem = GuestMemory::new(&MemoryLayout::default(), 1 << 20).unwrap();
         let mut driver = SplitQueue::new(&mut mem, size).unwrap();
         driver.set_event_idx(event_idx);
-        let mut device = Queue::new(size).unwrap();
-        device.set_size(size);
-        let r = driver.rings();
-        let split = |a: GuestAddress| (Some(a.0 as u32), Some((a.0 >> 32) as u32));
-        let (lo, hi) = split(r.desc);
-        device.set_desc_table_address(lo, hi);
-        let (lo, hi) = split(r.avail);
-        device.set_avail_ring_address(lo, hi);
-        let (lo, hi) = split(r.used);
-        device.set_used_ring_address(lo, hi);
-        device.set_event_idx(event_idx);
-        device.set_ready(true);
-        assert!(device.is_valid(mem.mmap()));
+        let device = reference_device(&mem, &driver);
         (mem, driver, device)
+    }
+
+    /// The next chain the device pops: its head and its descriptors.
+    fn pop_chain(device: &mut Queue, mem: &GuestMemory) -> (u16, Vec<Segment>) {
+        let chain = device.pop_descriptor_chain(mem.mmap()).unwrap();
+        let head = chain.head_index();
+        (
+            head,
+            chain
+                .map(|d| seg(d.addr().0, d.len(), d.is_write_only()))
+                .collect(),
+        )
     }
 
     fn seg(addr: u64, len: u32, writable: bool) -> Segment {
@@ -519,12 +540,7 @@ mod tests {
         let segs = [seg(0x1000_8000, 12, false), seg(0x1000_9000, 100, true)];
         let head = driver.add(&mem, &segs).unwrap();
         assert!(driver.publish(&mem).unwrap(), "no NO_NOTIFY flag: kick");
-        let chain = device.pop_descriptor_chain(mem.mmap()).unwrap();
-        assert_eq!(chain.head_index(), head);
-        let seen: Vec<_> = chain
-            .map(|d| seg(d.addr().0, d.len(), d.is_write_only()))
-            .collect();
-        assert_eq!(seen, segs);
+        assert_eq!(pop_chain(&mut device, &mem), (head, segs.to_vec()));
         device.add_used(mem.mmap(), head, 77).unwrap();
         assert_eq!(driver.pop_used(&mem).unwrap(), Some(Used { head, len: 77 }));
         assert_eq!(driver.pop_used(&mem).unwrap(), None);
@@ -539,12 +555,7 @@ mod tests {
         let head = driver.add_indirect(&mem, table, &segs).unwrap();
         assert_eq!(driver.num_free(), 3, "one descriptor for an indirect chain");
         driver.publish(&mem).unwrap();
-        let chain = device.pop_descriptor_chain(mem.mmap()).unwrap();
-        assert_eq!(chain.head_index(), head);
-        let seen: Vec<_> = chain
-            .map(|d| seg(d.addr().0, d.len(), d.is_write_only()))
-            .collect();
-        assert_eq!(seen, segs);
+        assert_eq!(pop_chain(&mut device, &mem), (head, segs.to_vec()));
     }
 
     #[test]
