@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tests::frontend::connection::Role;
 use tests::frontend::features;
+use tests::frontend::frames::numbered;
 use tests::frontend::hostile::{is_marker, HostileChain};
 use tests::frontend::memory::MemoryLayout;
 use tests::frontend::net::{NetConfig, NetError, NetOptions, TxLayout, VirtioNet};
@@ -276,12 +277,7 @@ fn socket(name: &str) -> PathBuf {
 }
 
 fn frame(seq: u32, len: usize) -> Vec<u8> {
-    let mut f = vec![0xff; 6];
-    f.extend_from_slice(&MAC);
-    f.extend_from_slice(&[0x88, 0xb5]);
-    f.extend_from_slice(&seq.to_be_bytes());
-    f.extend((0..len.saturating_sub(f.len())).map(|i| (i as u32 ^ seq) as u8));
-    f
+    numbered([0xff; 6], MAC, seq, len)
 }
 
 fn options(kind: FrontendKind) -> NetOptions {

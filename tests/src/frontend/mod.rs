@@ -10,6 +10,7 @@
 //! | [`virtqueue`] | [`SplitQueue`](virtqueue::SplitQueue), the driver side of a split ring, EVENT_IDX both ways |
 //! | [`memory`] | [`GuestMemory`](memory::GuestMemory): memfd-backed regions with gaps, a bump allocator |
 //! | [`net_hdr`] | [`NetHdr`](net_hdr::NetHdr), the virtio-net header (10 or 12 bytes) |
+//! | [`frames`] | numbered test frames; TCP segments with complete, partial (CSUM) or TSO checksum state, and [`check_tcp`](frames::check_tcp) for what arrives |
 //! | [`features`] | feature bit masks |
 //!
 //! ```no_run
@@ -27,6 +28,7 @@
 
 pub mod connection;
 pub mod features;
+pub mod frames;
 pub mod hostile;
 pub mod memory;
 pub mod net;
