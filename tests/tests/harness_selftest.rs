@@ -626,3 +626,57 @@ fn hostile_transmit_chains_are_posted_and_reaped() {
     assert_eq!(net.vring(1).in_flight(), 0);
     detach(net, server);
 }
+
+#[test]
+fn connection_adds_memory_regions_one_by_one() {
+    use tests::frontend::connection::{Connection, ConnectionError, NeedReply};
+    use tests::frontend::memory::GuestMemory;
+    use vhost::vhost_user::message::VhostUserVringState;
+    use vm_memory::ByteValued;
+    let path = socket("memslots");
+    let server = Server::listen(&path, 1);
+    let stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let mut conn = Connection::new(stream, 2, WAIT).unwrap();
+    conn.set_need_reply(NeedReply::Always);
+    let offered = conn.get_features().unwrap();
+    let protocol = conn.get_protocol_features().unwrap();
+    let wanted =
+        VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS | VhostUserProtocolFeatures::REPLY_ACK;
+    assert!(protocol.contains(wanted));
+    conn.set_features(offered).unwrap();
+    conn.set_protocol_features(wanted).unwrap();
+    conn.set_owner().unwrap();
+    let slots = conn.get_max_mem_slots().unwrap();
+    let layout = MemoryLayout {
+        regions: 3,
+        ..MemoryLayout::default()
+    };
+    let mem = GuestMemory::new(&layout, 1 << 20).unwrap();
+    let regions = mem.regions().unwrap();
+    assert!(slots >= regions.len() as u64);
+    for region in &regions {
+        conn.add_mem_region(region).unwrap();
+    }
+    // Message-level requests after REPLY_ACK: GET_VRING_BASE has its own reply, ENABLE an ack.
+    assert_eq!(conn.get_vring_base(1).unwrap(), 0);
+    let enable = VhostUserVringState::new(0, 1);
+    conn.raw_request(FrontendReq::SET_VRING_ENABLE, enable.as_slice(), &[])
+        .unwrap();
+    // A ring the backend does not have: it fails the request, says so in the ack, and (being
+    // vhost-user-backend) closes the connection.
+    let bad = VhostUserVringState::new(99, 256);
+    let nack = conn.raw_request(FrontendReq::SET_VRING_NUM, bad.as_slice(), &[]);
+    assert!(
+        matches!(nack, Err(ConnectionError::Nack { status: 1, .. })),
+        "{nack:?}"
+    );
+    let sent = conn.sent();
+    assert_eq!(
+        sent.iter()
+            .filter(|&&r| r == FrontendReq::ADD_MEM_REG)
+            .count(),
+        3
+    );
+    drop(conn);
+    assert!(server.join().unwrap_err().contains("InvalidParam"));
+}
