@@ -378,42 +378,7 @@ impl VirtioNet {
             ));
         }
 
-        let hdr_len = if negotiated.has(features::VERSION_1) || negotiated.has(features::MRG_RXBUF)
-        {
-            HDR_LEN
-        } else {
-            LEGACY_HDR_LEN
-        };
-        let mtu = negotiated
-            .config
-            .filter(|_| negotiated.has(features::MTU))
-            .map_or(options.mtu, |c| c.mtu);
-        let rx_buffer = options.rx_buffer_size.unwrap_or_else(|| {
-            if negotiated.has(features::MRG_RXBUF) {
-                MRG_BUFFER
-            } else if negotiated.acked
-                & (features::GUEST_TSO4 | features::GUEST_TSO6 | features::GUEST_UFO)
-                != 0
-            {
-                hdr_len as u32 + MAX_GSO_FRAME
-            } else {
-                hdr_len as u32 + L2_OVERHEAD + u32::from(mtu)
-            }
-        });
-        let tx_buffer = options.tx_buffer_size.unwrap_or_else(|| {
-            if negotiated.acked & (features::HOST_TSO4 | features::HOST_TSO6 | features::HOST_UFO)
-                != 0
-            {
-                hdr_len as u32 + MAX_GSO_FRAME
-            } else {
-                hdr_len as u32 + L2_OVERHEAD + u32::from(mtu)
-            }
-        });
-        if rx_buffer as usize <= hdr_len || tx_buffer as usize <= hdr_len {
-            return Err(NetError::Options(
-                "buffers must be larger than the header".into(),
-            ));
-        }
+        let (hdr_len, rx_buffer, tx_buffer) = buffer_sizes(&options, &negotiated)?;
 
         let n = u64::from(options.queue_size);
         let per_pair = 2 * ring_bytes(n)
@@ -427,10 +392,7 @@ impl VirtioNet {
         let epoll = Epoll::new().map_err(NetError::Epoll)?;
         let mut rings = Vec::with_capacity(vrings);
         for (index, notifier) in notifiers.iter().enumerate() {
-            let queue_err = |source| NetError::Queue {
-                vring: index,
-                source,
-            };
+            let queue_err = queue_err(index);
             let mut ring = SplitQueue::new(&mut mem, options.queue_size).map_err(queue_err)?;
             ring.set_event_idx(negotiated.has(features::EVENT_IDX));
             let transmit = index % 2 == 1;
@@ -739,10 +701,7 @@ impl VirtioNet {
             _ => 1,
         };
         let vring = &mut self.vrings[index];
-        let queue_err = |source| NetError::Queue {
-            vring: index,
-            source,
-        };
+        let queue_err = queue_err(index);
         while vring.ring.num_free() >= per_buffer {
             let Some(head) = vring.ring.next_head() else {
                 break;
@@ -891,10 +850,7 @@ impl VirtioNet {
 
     /// Writes one frame into the transmit slot of the next head and makes it available.
     fn queue_frame(&mut self, index: usize, hdr: &NetHdr, frame: &[u8]) -> Result<(), NetError> {
-        let queue_err = |source| NetError::Queue {
-            vring: index,
-            source,
-        };
+        let queue_err = queue_err(index);
         let vring = &mut self.vrings[index];
         let head = vring
             .ring
@@ -1042,10 +998,7 @@ impl VirtioNet {
         self.mem
             .mmap()
             .read_slice(&mut self.scratch[at..at + len], slot)
-            .map_err(|e| NetError::Queue {
-                vring: index,
-                source: e.into(),
-            })
+            .map_err(|e| queue_err(index)(e.into()))
     }
 
     fn tx_index(&self, pair: u16) -> Result<usize, NetError> {
@@ -1060,8 +1013,51 @@ impl VirtioNet {
     }
 }
 
+/// Header length and receive/transmit buffer sizes: what Linux posts given the negotiated
+/// features and MTU, unless the options say otherwise.
+fn buffer_sizes(
+    options: &NetOptions,
+    negotiated: &Negotiated,
+) -> Result<(usize, u32, u32), NetError> {
+    let hdr_len = if negotiated.has(features::VERSION_1) || negotiated.has(features::MRG_RXBUF) {
+        HDR_LEN
+    } else {
+        LEGACY_HDR_LEN
+    };
+    let mtu = negotiated
+        .config
+        .filter(|_| negotiated.has(features::MTU))
+        .map_or(options.mtu, |c| c.mtu);
+    let rx_buffer = options.rx_buffer_size.unwrap_or_else(|| {
+        if negotiated.has(features::MRG_RXBUF) {
+            MRG_BUFFER
+        } else if negotiated.acked
+            & (features::GUEST_TSO4 | features::GUEST_TSO6 | features::GUEST_UFO)
+            != 0
+        {
+            hdr_len as u32 + MAX_GSO_FRAME
+        } else {
+            hdr_len as u32 + L2_OVERHEAD + u32::from(mtu)
+        }
+    });
+    let tx_buffer = options.tx_buffer_size.unwrap_or_else(|| {
+        if negotiated.acked & (features::HOST_TSO4 | features::HOST_TSO6 | features::HOST_UFO) != 0
+        {
+            hdr_len as u32 + MAX_GSO_FRAME
+        } else {
+            hdr_len as u32 + L2_OVERHEAD + u32::from(mtu)
+        }
+    });
+    if rx_buffer as usize <= hdr_len || tx_buffer as usize <= hdr_len {
+        return Err(NetError::Options(
+            "buffers must be larger than the header".into(),
+        ));
+    }
+    Ok((hdr_len, rx_buffer, tx_buffer))
+}
+
 /// Wraps a queue error of vring `vring`.
-pub(super) fn queue_err(vring: usize) -> impl Fn(QueueError) -> NetError {
+pub(super) fn queue_err(vring: usize) -> impl Fn(QueueError) -> NetError + Copy {
     move |source| NetError::Queue { vring, source }
 }
 
