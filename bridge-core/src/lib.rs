@@ -20,10 +20,12 @@
 //! [`Switch::for_each_flood_target`], or a drop (already counted).
 #![forbid(unsafe_code)]
 
+pub mod conntrack;
 pub mod counters;
 pub mod egress;
 pub mod fdb;
 pub mod frame;
+pub mod gateway;
 pub mod network;
 pub mod offload;
 pub mod port;

@@ -1,0 +1,933 @@
+//! Connection tracking: the flows a network's guests have open, as Linux's nf_conntrack keeps
+//! them for iptables' `state`/`ctstate` matches and for NAT.
+//!
+//! A flow is keyed by its network (zone), protocol and the two endpoints (address and port, or
+//! ICMP echo identifier); its first packet fixes the original direction, the other is the reply
+//! direction. [`Conntrack::track`] classifies each packet as a policy sees it ([`CtState`]):
+//! the first packet of a flow is `New`, later packets the same way are `New` until a reply was
+//! seen and `Established` after, packets the other way are `Reply`, ICMP errors about a tracked
+//! flow are `Related`, and packets that fit no flow or break the TCP state machine are
+//! `Invalid`. TCP follows the connection's state (SYN_SENT ... TIME_WAIT, CLOSE) with Linux's
+//! timeouts; UDP flows live 30 s unreplied and 120 s once replied; ICMP echo flows 30 s.
+//!
+//! Each flow carries a slot for a cached policy verdict of any small `Copy` type `V` (the policy
+//! host's verdict; `u32` by default), set with [`Conntrack::set_verdict`] and returned by every
+//! later [`Conntrack::track`], so established flows skip the policy.
+//!
+//! The table is bounded. When it is full, a new flow is refused, or (the default) the oldest
+//! flow not yet assured (no reply seen, or TCP not established) in the same shard makes room, as
+//! Linux's early_drop does; both are counted. The table is split into shards behind their own
+//! locks, picked by a keyed hash of the flow, so datapath threads tracking different flows do
+//! not wait on each other.
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket, IPV4_HEADER_LEN,
+};
+
+/// Default bound on tracked flows.
+pub const DEFAULT_CAPACITY: usize = 65536;
+/// Default number of shards.
+pub const DEFAULT_SHARDS: usize = 64;
+
+/// Why a packet could not be tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConntrackError {
+    /// Not a well-formed IPv4 packet (length, version, header checksum, or a truncated
+    /// transport header).
+    #[error("malformed packet")]
+    Malformed,
+    /// A fragment after the first: it has no transport header to track.
+    #[error("non-initial fragment")]
+    Fragment,
+    /// A protocol, or an ICMP type, that is not tracked.
+    #[error("untracked protocol")]
+    Unsupported,
+    /// The table is full and no flow could make room: the packet's new flow is refused.
+    #[error("conntrack table full")]
+    TableFull,
+}
+
+/// A tracked transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+    /// ICMP echo (the port of both endpoints is the echo identifier).
+    Icmp,
+}
+
+/// One end of a flow: an address and a port (or ICMP echo identifier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Endpoint {
+    /// The address.
+    pub addr: IpAddr,
+    /// The port, or the ICMP echo identifier.
+    pub port: u16,
+}
+
+/// A packet's flow as it travels: network, protocol, source and destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowTuple {
+    /// The network (conntrack zone) the packet is in.
+    pub zone: u32,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The sender.
+    pub src: Endpoint,
+    /// The receiver.
+    pub dst: Endpoint,
+}
+
+impl FlowTuple {
+    /// The same flow seen the other way.
+    pub fn reversed(&self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            ..*self
+        }
+    }
+
+    /// The key of the flow, the same both ways.
+    fn key(&self) -> FlowKey {
+        let (lo, hi) = if self.src <= self.dst {
+            (self.src, self.dst)
+        } else {
+            (self.dst, self.src)
+        };
+        FlowKey {
+            zone: self.zone,
+            protocol: self.protocol,
+            lo,
+            hi,
+        }
+    }
+}
+
+/// A flow's key, independent of direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowKey {
+    zone: u32,
+    protocol: Protocol,
+    lo: Endpoint,
+    hi: Endpoint,
+}
+
+/// The TCP flags conntrack reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpFlags {
+    /// SYN.
+    pub syn: bool,
+    /// ACK.
+    pub ack: bool,
+    /// FIN.
+    pub fin: bool,
+    /// RST.
+    pub rst: bool,
+}
+
+/// What a packet is, as far as tracking goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PacketKind {
+    /// A TCP segment with these flags.
+    Tcp(TcpFlags),
+    /// A UDP datagram.
+    Udp,
+    /// An ICMP echo request (`true`) or reply (`false`).
+    IcmpEcho {
+        /// True for a request.
+        request: bool,
+    },
+    /// An ICMP error quoting a packet of the flow `quoted` (as that packet travelled).
+    IcmpError {
+        /// The quoted packet's flow.
+        quoted: FlowTuple,
+    },
+}
+
+/// What conntrack needs of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PacketMeta {
+    /// The packet's flow (for an ICMP error: its own addresses, ports 0).
+    pub tuple: FlowTuple,
+    /// Its kind.
+    pub kind: PacketKind,
+}
+
+impl PacketMeta {
+    /// Reads an IPv4 packet (from its IP header on) of network `zone`.
+    pub fn parse_ipv4(zone: u32, packet: &[u8]) -> Result<Self, ConntrackError> {
+        let ip = Ipv4Packet::new_checked(packet).map_err(|_| ConntrackError::Malformed)?;
+        if ip.version() != 4 || !ip.verify_checksum() {
+            return Err(ConntrackError::Malformed);
+        }
+        if ip.frag_offset() != 0 {
+            return Err(ConntrackError::Fragment);
+        }
+        let payload = &ip.payload()[..usize::from(ip.total_len()) - usize::from(ip.header_len())];
+        let (src, dst) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));
+        let tuple = |protocol, sport, dport| FlowTuple {
+            zone,
+            protocol,
+            src: Endpoint {
+                addr: src,
+                port: sport,
+            },
+            dst: Endpoint {
+                addr: dst,
+                port: dport,
+            },
+        };
+        match ip.next_header() {
+            IpProtocol::Tcp => {
+                let tcp = TcpPacket::new_checked(payload).map_err(|_| ConntrackError::Malformed)?;
+                let flags = TcpFlags {
+                    syn: tcp.syn(),
+                    ack: tcp.ack(),
+                    fin: tcp.fin(),
+                    rst: tcp.rst(),
+                };
+                Ok(Self {
+                    tuple: tuple(Protocol::Tcp, tcp.src_port(), tcp.dst_port()),
+                    kind: PacketKind::Tcp(flags),
+                })
+            }
+            IpProtocol::Udp => {
+                let udp = UdpPacket::new_checked(payload).map_err(|_| ConntrackError::Malformed)?;
+                Ok(Self {
+                    tuple: tuple(Protocol::Udp, udp.src_port(), udp.dst_port()),
+                    kind: PacketKind::Udp,
+                })
+            }
+            IpProtocol::Icmp => {
+                let icmp =
+                    Icmpv4Packet::new_checked(payload).map_err(|_| ConntrackError::Malformed)?;
+                match icmp.msg_type() {
+                    Icmpv4Message::EchoRequest | Icmpv4Message::EchoReply => {
+                        let id = icmp.echo_ident();
+                        Ok(Self {
+                            tuple: tuple(Protocol::Icmp, id, id),
+                            kind: PacketKind::IcmpEcho {
+                                request: icmp.msg_type() == Icmpv4Message::EchoRequest,
+                            },
+                        })
+                    }
+                    Icmpv4Message::DstUnreachable
+                    | Icmpv4Message::TimeExceeded
+                    | Icmpv4Message::ParamProblem
+                    | Icmpv4Message::Redirect => Ok(Self {
+                        tuple: tuple(Protocol::Icmp, 0, 0),
+                        kind: PacketKind::IcmpError {
+                            quoted: quoted_tuple(zone, &payload[8..])?,
+                        },
+                    }),
+                    _ => Err(ConntrackError::Unsupported),
+                }
+            }
+            _ => Err(ConntrackError::Unsupported),
+        }
+    }
+}
+
+/// The flow of the packet an ICMP error quotes: its IPv4 header and at least 8 bytes after.
+fn quoted_tuple(zone: u32, quoted: &[u8]) -> Result<FlowTuple, ConntrackError> {
+    let ihl = usize::from(quoted.first().ok_or(ConntrackError::Malformed)? & 0x0f) * 4;
+    if ihl < IPV4_HEADER_LEN || quoted.len() < ihl + 8 || quoted[0] >> 4 != 4 {
+        return Err(ConntrackError::Malformed);
+    }
+    // The length checks above keep every accessor used below within `quoted`.
+    let ip = Ipv4Packet::new_unchecked(quoted);
+    let l4 = &quoted[ihl..];
+    let (protocol, sport, dport) = match ip.next_header() {
+        IpProtocol::Tcp => {
+            let tcp = TcpPacket::new_unchecked(l4);
+            (Protocol::Tcp, tcp.src_port(), tcp.dst_port())
+        }
+        IpProtocol::Udp => {
+            let udp = UdpPacket::new_unchecked(l4);
+            (Protocol::Udp, udp.src_port(), udp.dst_port())
+        }
+        IpProtocol::Icmp => {
+            let icmp = Icmpv4Packet::new_unchecked(l4);
+            if !matches!(
+                icmp.msg_type(),
+                Icmpv4Message::EchoRequest | Icmpv4Message::EchoReply
+            ) {
+                return Err(ConntrackError::Unsupported);
+            }
+            let id = icmp.echo_ident();
+            (Protocol::Icmp, id, id)
+        }
+        _ => return Err(ConntrackError::Unsupported),
+    };
+    Ok(FlowTuple {
+        zone,
+        protocol,
+        src: Endpoint {
+            addr: IpAddr::V4(ip.src_addr()),
+            port: sport,
+        },
+        dst: Endpoint {
+            addr: IpAddr::V4(ip.dst_addr()),
+            port: dport,
+        },
+    })
+}
+
+/// A packet's state as a policy sees it (iptables' `ctstate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtState {
+    /// Opens a flow, or goes the original way before any reply.
+    New,
+    /// Goes the original way of a flow that has seen a reply.
+    Established,
+    /// Goes the reply way of a flow.
+    Reply,
+    /// An ICMP error about a tracked flow.
+    Related,
+    /// Fits no flow (a TCP segment other than SYN without one, an echo reply without request,
+    /// an ICMP error about nothing tracked) or breaks the TCP state machine.
+    Invalid,
+}
+
+/// Which way a packet goes in its flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// The way of the flow's first packet.
+    Original,
+    /// The other way.
+    Reply,
+}
+
+/// A TCP connection's state (Linux's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpState {
+    /// SYN seen.
+    SynSent,
+    /// SYN answered (SYN+ACK, or a SYN the other way).
+    SynRecv,
+    /// Handshake completed.
+    Established,
+    /// One side sent FIN.
+    FinWait,
+    /// The FIN was acknowledged; the other side may still send.
+    CloseWait,
+    /// Both sides sent FIN; the last ACK is awaited.
+    LastAck,
+    /// Both FINs acknowledged.
+    TimeWait,
+    /// Reset.
+    Close,
+}
+
+/// Flow lifetimes after their last packet, by state (Linux's nf_conntrack defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP SYN_SENT (120 s).
+    pub tcp_syn_sent: Duration,
+    /// TCP SYN_RECV (60 s).
+    pub tcp_syn_recv: Duration,
+    /// TCP ESTABLISHED (5 days).
+    pub tcp_established: Duration,
+    /// TCP FIN_WAIT (120 s).
+    pub tcp_fin_wait: Duration,
+    /// TCP CLOSE_WAIT (60 s).
+    pub tcp_close_wait: Duration,
+    /// TCP LAST_ACK (30 s).
+    pub tcp_last_ack: Duration,
+    /// TCP TIME_WAIT (120 s).
+    pub tcp_time_wait: Duration,
+    /// TCP CLOSE (10 s).
+    pub tcp_close: Duration,
+    /// UDP before a reply (30 s).
+    pub udp_unreplied: Duration,
+    /// UDP once replied (120 s).
+    pub udp_assured: Duration,
+    /// ICMP echo (30 s).
+    pub icmp: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_syn_sent: Duration::from_secs(120),
+            tcp_syn_recv: Duration::from_secs(60),
+            tcp_established: Duration::from_secs(5 * 24 * 3600),
+            tcp_fin_wait: Duration::from_secs(120),
+            tcp_close_wait: Duration::from_secs(60),
+            tcp_last_ack: Duration::from_secs(30),
+            tcp_time_wait: Duration::from_secs(120),
+            tcp_close: Duration::from_secs(10),
+            udp_unreplied: Duration::from_secs(30),
+            udp_assured: Duration::from_secs(120),
+            icmp: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What happens to a new flow when the table is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// Refuse it.
+    DropNew,
+    /// Evict the oldest unassured flow of its shard; refuse it if there is none (Linux's
+    /// early_drop).
+    #[default]
+    EvictOldestUnassured,
+}
+
+/// The table's size and behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConntrackConfig {
+    /// Bound on tracked flows.
+    pub capacity: usize,
+    /// Number of shards (locks).
+    pub shards: usize,
+    /// What a full table does with a new flow.
+    pub overflow: Overflow,
+    /// Lifetimes.
+    pub timeouts: Timeouts,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        Self {
+            capacity: DEFAULT_CAPACITY,
+            shards: DEFAULT_SHARDS,
+            overflow: Overflow::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Counters of the table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConntrackStats {
+    /// Flows created.
+    pub created: u64,
+    /// New flows refused because the table was full.
+    pub dropped_full: u64,
+    /// Unassured flows evicted to make room.
+    pub evicted: u64,
+    /// Packets classified invalid.
+    pub invalid: u64,
+    /// Flows removed on timeout.
+    pub expired: u64,
+}
+
+/// A handle on one flow, to set its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowRef {
+    key: FlowKey,
+    serial: u64,
+}
+
+/// The result of tracking a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracked<V> {
+    /// The packet's state.
+    pub state: CtState,
+    /// The flow (none for an invalid packet).
+    pub flow: Option<FlowRef>,
+    /// The packet's direction in the flow (original for an invalid packet).
+    pub direction: Direction,
+    /// The TCP state after the packet, for TCP.
+    pub tcp: Option<TcpState>,
+    /// The verdict cached on the flow.
+    pub verdict: Option<V>,
+}
+
+impl<V> Tracked<V> {
+    fn invalid() -> Self {
+        Self {
+            state: CtState::Invalid,
+            flow: None,
+            direction: Direction::Original,
+            tcp: None,
+            verdict: None,
+        }
+    }
+}
+
+/// A flow as the control plane lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowInfo<V> {
+    /// The flow's original direction.
+    pub original: FlowTuple,
+    /// TCP state, for TCP.
+    pub tcp: Option<TcpState>,
+    /// True once a reply was seen.
+    pub replied: bool,
+    /// True once assured (replied; for TCP, established).
+    pub assured: bool,
+    /// When the flow expires unless a packet comes.
+    pub expires: Instant,
+    /// The cached verdict.
+    pub verdict: Option<V>,
+}
+
+#[derive(Debug, Clone)]
+struct Flow<V> {
+    info: FlowInfo<V>,
+    /// Which side sent the first FIN.
+    fin_from: Option<Direction>,
+    serial: u64,
+}
+
+#[derive(Debug)]
+struct Shard<V> {
+    flows: HashMap<FlowKey, Flow<V>>,
+    /// Unassured flows by creation order, for early drop.
+    unassured: BTreeMap<u64, FlowKey>,
+    next_serial: u64,
+}
+
+impl<V> Default for Shard<V> {
+    fn default() -> Self {
+        Self {
+            flows: HashMap::new(),
+            unassured: BTreeMap::new(),
+            next_serial: 0,
+        }
+    }
+}
+
+impl<V> Shard<V> {
+    fn remove(&mut self, key: &FlowKey) -> Option<Flow<V>> {
+        let flow = self.flows.remove(key)?;
+        self.unassured.remove(&flow.serial);
+        Some(flow)
+    }
+}
+
+#[derive(Debug, Default)]
+struct AtomicStats {
+    created: AtomicU64,
+    dropped_full: AtomicU64,
+    evicted: AtomicU64,
+    invalid: AtomicU64,
+    expired: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The connection tracking table, shared by datapath threads (`&self` everywhere).
+#[derive(Debug)]
+pub struct Conntrack<V = u32> {
+    shards: Box<[Mutex<Shard<V>>]>,
+    hasher: RandomState,
+    count: AtomicUsize,
+    config: ConntrackConfig,
+    stats: AtomicStats,
+}
+
+impl<V: Copy> Conntrack<V> {
+    /// An empty table.
+    pub fn new(config: ConntrackConfig) -> Self {
+        let shards = (0..config.shards.max(1))
+            .map(|_| Mutex::new(Shard::default()))
+            .collect();
+        Self {
+            shards,
+            hasher: RandomState::new(),
+            count: AtomicUsize::new(0),
+            config,
+            stats: AtomicStats::default(),
+        }
+    }
+
+    /// Number of flows held (including any expired but not yet swept).
+    pub fn len(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// True when no flow is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> ConntrackStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ConntrackStats {
+            created: load(&self.stats.created),
+            dropped_full: load(&self.stats.dropped_full),
+            evicted: load(&self.stats.evicted),
+            invalid: load(&self.stats.invalid),
+            expired: load(&self.stats.expired),
+        }
+    }
+
+    fn shard(&self, key: &FlowKey) -> MutexGuard<'_, Shard<V>> {
+        let index = (self.hasher.hash_one(key) % self.shards.len() as u64) as usize;
+        // A thread that panicked while holding the lock left the shard consistent (every
+        // update is a single map operation), so a poisoned lock is taken as it is.
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Tracks one packet at `now`.
+    pub fn track(&self, now: Instant, packet: &PacketMeta) -> Result<Tracked<V>, ConntrackError> {
+        let tracked = match packet.kind {
+            PacketKind::IcmpError { quoted } => Ok(self.related(now, &quoted)),
+            _ => self.track_flow(now, packet),
+        };
+        if let Ok(Tracked {
+            state: CtState::Invalid,
+            ..
+        }) = tracked
+        {
+            bump(&self.stats.invalid);
+        }
+        tracked
+    }
+
+    fn related(&self, now: Instant, quoted: &FlowTuple) -> Tracked<V> {
+        let key = quoted.key();
+        let shard = self.shard(&key);
+        match shard.flows.get(&key) {
+            Some(flow) if now < flow.info.expires => Tracked {
+                state: CtState::Related,
+                flow: Some(FlowRef {
+                    key,
+                    serial: flow.serial,
+                }),
+                // The error travels against the quoted packet.
+                direction: if quoted.src == flow.info.original.src {
+                    Direction::Reply
+                } else {
+                    Direction::Original
+                },
+                tcp: flow.info.tcp,
+                verdict: flow.info.verdict,
+            },
+            _ => Tracked::invalid(),
+        }
+    }
+
+    fn track_flow(&self, now: Instant, packet: &PacketMeta) -> Result<Tracked<V>, ConntrackError> {
+        let tuple = &packet.tuple;
+        let key = tuple.key();
+        let mut shard = self.shard(&key);
+        let expired = shard.flows.get(&key).is_some_and(|f| now >= f.info.expires);
+        if expired {
+            shard.remove(&key);
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            bump(&self.stats.expired);
+        }
+        let timeouts = &self.config.timeouts;
+        if let Some(flow) = shard.flows.get_mut(&key) {
+            let direction =
+                if tuple.src == flow.info.original.src && tuple.dst == flow.info.original.dst {
+                    Direction::Original
+                } else {
+                    Direction::Reply
+                };
+            let reopens = matches!(
+                (packet.kind, flow.info.tcp, direction),
+                (
+                    PacketKind::Tcp(TcpFlags {
+                        syn: true,
+                        ack: false,
+                        rst: false,
+                        ..
+                    }),
+                    Some(TcpState::TimeWait | TcpState::Close),
+                    Direction::Original,
+                )
+            );
+            if !reopens {
+                if !update(flow, packet.kind, direction) {
+                    return Ok(Tracked::invalid());
+                }
+                flow.info.expires = now + lifetime(&flow.info, timeouts);
+                let assured = flow.info.assured;
+                let tracked = Tracked {
+                    state: match direction {
+                        Direction::Reply => CtState::Reply,
+                        Direction::Original if flow.info.replied => CtState::Established,
+                        Direction::Original => CtState::New,
+                    },
+                    flow: Some(FlowRef {
+                        key,
+                        serial: flow.serial,
+                    }),
+                    direction,
+                    tcp: flow.info.tcp,
+                    verdict: flow.info.verdict,
+                };
+                let serial = flow.serial;
+                if assured {
+                    shard.unassured.remove(&serial);
+                }
+                return Ok(tracked);
+            }
+            // A new connection on the closed one's ports replaces it.
+            shard.remove(&key);
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+
+        let tcp = match packet.kind {
+            PacketKind::Tcp(TcpFlags {
+                syn: true,
+                ack: false,
+                rst: false,
+                ..
+            }) => Some(TcpState::SynSent),
+            PacketKind::Tcp(_) | PacketKind::IcmpEcho { request: false } => {
+                return Ok(Tracked::invalid())
+            }
+            _ => None,
+        };
+        self.make_room(&mut shard)?;
+        let serial = shard.next_serial;
+        shard.next_serial += 1;
+        let mut info = FlowInfo {
+            original: *tuple,
+            tcp,
+            replied: false,
+            assured: false,
+            expires: now,
+            verdict: None,
+        };
+        info.expires = now + lifetime(&info, timeouts);
+        shard.flows.insert(
+            key,
+            Flow {
+                info,
+                fin_from: None,
+                serial,
+            },
+        );
+        shard.unassured.insert(serial, key);
+        bump(&self.stats.created);
+        Ok(Tracked {
+            state: CtState::New,
+            flow: Some(FlowRef { key, serial }),
+            direction: Direction::Original,
+            tcp,
+            verdict: None,
+        })
+    }
+
+    /// Reserves a place for a new flow in `shard`, evicting if the table is full and allowed.
+    fn make_room(&self, shard: &mut Shard<V>) -> Result<(), ConntrackError> {
+        if self.count.fetch_add(1, Ordering::Relaxed) < self.config.capacity {
+            return Ok(());
+        }
+        if self.config.overflow == Overflow::EvictOldestUnassured {
+            if let Some((_, victim)) = shard.unassured.pop_first() {
+                shard.flows.remove(&victim);
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                bump(&self.stats.evicted);
+                return Ok(());
+            }
+        }
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        bump(&self.stats.dropped_full);
+        Err(ConntrackError::TableFull)
+    }
+
+    /// Caches `verdict` on `flow`; false if the flow is gone (expired, evicted or replaced).
+    pub fn set_verdict(&self, flow: &FlowRef, verdict: V) -> bool {
+        let mut shard = self.shard(&flow.key);
+        match shard.flows.get_mut(&flow.key) {
+            Some(f) if f.serial == flow.serial => {
+                f.info.verdict = Some(verdict);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Clears every cached verdict (after a policy reload), so flows are judged again.
+    pub fn clear_verdicts(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for flow in shard.flows.values_mut() {
+                flow.info.verdict = None;
+            }
+        }
+    }
+
+    /// The flow of `tuple` (either direction) unless expired at `now`.
+    pub fn get(&self, now: Instant, tuple: &FlowTuple) -> Option<FlowInfo<V>> {
+        let key = tuple.key();
+        let shard = self.shard(&key);
+        shard
+            .flows
+            .get(&key)
+            .filter(|f| now < f.info.expires)
+            .map(|f| f.info)
+    }
+
+    /// Every flow not expired at `now` (for the control plane's listing).
+    pub fn flows(&self, now: Instant) -> Vec<FlowInfo<V>> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+                shard
+                    .flows
+                    .values()
+                    .filter(|f| now < f.info.expires)
+                    .map(|f| f.info)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Removes the flows expired at `now`, one shard at a time; returns how many.
+    pub fn expire(&self, now: Instant) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let Shard {
+                flows, unassured, ..
+            } = &mut *shard;
+            flows.retain(|_, f| {
+                let keep = now < f.info.expires;
+                if !keep {
+                    unassured.remove(&f.serial);
+                    removed += 1;
+                }
+                keep
+            });
+        }
+        self.count.fetch_sub(removed, Ordering::Relaxed);
+        self.stats
+            .expired
+            .fetch_add(removed as u64, Ordering::Relaxed);
+        removed
+    }
+}
+
+/// How long `info` lives after its last packet.
+fn lifetime<V>(info: &FlowInfo<V>, t: &Timeouts) -> Duration {
+    match (info.original.protocol, info.tcp) {
+        (Protocol::Tcp, Some(state)) => match state {
+            TcpState::SynSent => t.tcp_syn_sent,
+            TcpState::SynRecv => t.tcp_syn_recv,
+            TcpState::Established => t.tcp_established,
+            TcpState::FinWait => t.tcp_fin_wait,
+            TcpState::CloseWait => t.tcp_close_wait,
+            TcpState::LastAck => t.tcp_last_ack,
+            TcpState::TimeWait => t.tcp_time_wait,
+            TcpState::Close => t.tcp_close,
+        },
+        (Protocol::Udp, _) if info.assured => t.udp_assured,
+        (Protocol::Udp, _) => t.udp_unreplied,
+        _ => t.icmp,
+    }
+}
+
+/// Applies a packet of `kind` going `direction` to `flow`; false if the packet is invalid for
+/// it (the flow is left unchanged).
+fn update<V>(flow: &mut Flow<V>, kind: PacketKind, direction: Direction) -> bool {
+    let reply = direction == Direction::Reply;
+    match kind {
+        PacketKind::Tcp(flags) => {
+            let Some(state) = flow.info.tcp else {
+                return false;
+            };
+            let Some(next) = tcp_next(state, flags, direction, &mut flow.fin_from) else {
+                return false;
+            };
+            flow.info.tcp = Some(next);
+            flow.info.replied |= reply;
+            flow.info.assured |= matches!(
+                next,
+                TcpState::Established
+                    | TcpState::FinWait
+                    | TcpState::CloseWait
+                    | TcpState::LastAck
+                    | TcpState::TimeWait
+            );
+            true
+        }
+        PacketKind::Udp => {
+            flow.info.replied |= reply;
+            flow.info.assured |= reply;
+            true
+        }
+        PacketKind::IcmpEcho { request } => {
+            // Requests go the original way, replies come back.
+            if request == reply {
+                return false;
+            }
+            flow.info.replied |= reply;
+            flow.info.assured |= reply;
+            true
+        }
+        PacketKind::IcmpError { .. } => false,
+    }
+}
+
+/// The TCP state after a segment with `flags` going `dir`, or `None` if it does not fit.
+/// `fin_from` records which side closed first.
+fn tcp_next(
+    state: TcpState,
+    flags: TcpFlags,
+    dir: Direction,
+    fin_from: &mut Option<Direction>,
+) -> Option<TcpState> {
+    use Direction::{Original, Reply};
+    use TcpState::*;
+
+    enum Event {
+        Syn,
+        SynAck,
+        Fin,
+        Ack,
+        Rst,
+    }
+    let event = match flags {
+        TcpFlags { rst: true, .. } => Event::Rst,
+        TcpFlags {
+            syn: true,
+            ack: true,
+            ..
+        } => Event::SynAck,
+        TcpFlags { syn: true, .. } => Event::Syn,
+        TcpFlags { fin: true, .. } => Event::Fin,
+        TcpFlags { ack: true, .. } => Event::Ack,
+        _ => return None,
+    };
+    let closer = *fin_from;
+    let next = match (state, event, dir) {
+        (_, Event::Rst, _) => Close,
+        (SynSent, Event::Syn, Original) => SynSent,
+        (SynSent, Event::SynAck, Reply) | (SynSent, Event::Syn, Reply) => SynRecv,
+        (SynRecv, Event::SynAck, _) => SynRecv,
+        (SynRecv | Established, Event::Ack, _) => Established,
+        (Established, Event::SynAck, Reply) => Established,
+        (SynRecv | Established, Event::Fin, d) => {
+            *fin_from = Some(d);
+            FinWait
+        }
+        (FinWait, Event::Ack, d) if Some(d) == closer => FinWait,
+        (FinWait, Event::Ack, _) => CloseWait,
+        (FinWait | CloseWait, Event::Fin, d) if Some(d) == closer => state,
+        (FinWait | CloseWait, Event::Fin, _) => LastAck,
+        (CloseWait, Event::Ack, _) => CloseWait,
+        (LastAck, Event::Ack, d) if Some(d) == closer => TimeWait,
+        (LastAck, Event::Ack | Event::Fin, _) => LastAck,
+        (TimeWait, Event::Ack | Event::Fin, _) => TimeWait,
+        (Close, Event::Ack | Event::Fin, _) => Close,
+        _ => return None,
+    };
+    Some(next)
+}
