@@ -1,0 +1,476 @@
+//! Connection tracking: states, timeouts, overflow, verdict slots, shared use.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use bridge_core::conntrack::*;
+use bridge_core::gateway::frame::{ipv4_frame, udp_frame, Ipv4Route};
+use bridge_core::gateway::icmp::{self, ErrorKind};
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{EthernetAddress, Icmpv4DstUnreachable, IpProtocol, Ipv4Address};
+
+const T0: Instant = Instant::from_millis_const(1_000_000);
+const GUEST: Ipv4Addr = Ipv4Addr::new(192, 168, 122, 2);
+const WAN: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+fn ep(addr: Ipv4Addr, port: u16) -> Endpoint {
+    Endpoint {
+        addr: IpAddr::V4(addr),
+        port,
+    }
+}
+
+fn tuple(protocol: Protocol) -> FlowTuple {
+    FlowTuple {
+        zone: 1,
+        protocol,
+        src: ep(GUEST, 40000),
+        dst: ep(WAN, 80),
+    }
+}
+
+fn tcp(flags: &str, reply: bool) -> PacketMeta {
+    let t = tuple(Protocol::Tcp);
+    PacketMeta {
+        tuple: if reply { t.reversed() } else { t },
+        kind: PacketKind::Tcp(TcpFlags {
+            syn: flags.contains('S'),
+            ack: flags.contains('A'),
+            fin: flags.contains('F'),
+            rst: flags.contains('R'),
+        }),
+    }
+}
+
+fn udp(reply: bool) -> PacketMeta {
+    let t = tuple(Protocol::Udp);
+    PacketMeta {
+        tuple: if reply { t.reversed() } else { t },
+        kind: PacketKind::Udp,
+    }
+}
+
+fn table() -> Conntrack {
+    Conntrack::new(ConntrackConfig::default())
+}
+
+fn track(ct: &Conntrack, now: Instant, p: &PacketMeta) -> (CtState, Option<TcpState>) {
+    let t = ct.track(now, p).unwrap();
+    (t.state, t.tcp)
+}
+
+#[test]
+fn tcp_handshake_data_and_close() {
+    use TcpState::*;
+    let ct = table();
+    let steps = [
+        (tcp("S", false), CtState::New, SynSent),
+        (tcp("S", false), CtState::New, SynSent),
+        (tcp("SA", true), CtState::Reply, SynRecv),
+        (tcp("A", false), CtState::Established, Established),
+        (tcp("A", true), CtState::Reply, Established),
+        (tcp("FA", false), CtState::Established, FinWait),
+        (tcp("A", false), CtState::Established, FinWait),
+        (tcp("A", true), CtState::Reply, CloseWait),
+        (tcp("FA", true), CtState::Reply, LastAck),
+        (tcp("A", false), CtState::Established, TimeWait),
+    ];
+    for (i, (p, state, tcp_state)) in steps.into_iter().enumerate() {
+        assert_eq!(track(&ct, T0, &p), (state, Some(tcp_state)), "step {i}");
+    }
+    // TIME_WAIT lasts 120 s.
+    let flow = ct.get(T0, &tuple(Protocol::Tcp)).unwrap();
+    assert_eq!(flow.expires, T0 + Duration::from_secs(120));
+    assert!(flow.assured && flow.replied);
+    // A new SYN on the same ports opens a new flow.
+    assert_eq!(
+        track(&ct, T0, &tcp("S", false)),
+        (CtState::New, Some(SynSent))
+    );
+    assert_eq!(ct.len(), 1);
+}
+
+#[test]
+fn tcp_reply_side_closes_first_and_resets() {
+    use TcpState::*;
+    let ct = table();
+    for p in [tcp("S", false), tcp("SA", true), tcp("A", false)] {
+        ct.track(T0, &p).unwrap();
+    }
+    assert_eq!(track(&ct, T0, &tcp("FA", true)).1, Some(FinWait));
+    assert_eq!(track(&ct, T0, &tcp("FA", false)).1, Some(LastAck));
+    assert_eq!(track(&ct, T0, &tcp("A", true)).1, Some(TimeWait));
+    // RST closes from any state; CLOSE lasts 10 s.
+    assert_eq!(track(&ct, T0, &tcp("R", false)).1, Some(Close));
+    assert_eq!(
+        ct.get(T0, &tuple(Protocol::Tcp)).unwrap().expires,
+        T0 + Duration::from_secs(10)
+    );
+    assert!(ct
+        .get(T0 + Duration::from_secs(10), &tuple(Protocol::Tcp))
+        .is_none());
+}
+
+#[test]
+fn tcp_invalid_segments() {
+    let ct = table();
+    // No flow, not a SYN.
+    for flags in ["A", "SA", "F", "R", ""] {
+        assert_eq!(
+            ct.track(T0, &tcp(flags, false)).unwrap().state,
+            CtState::Invalid,
+            "{flags}"
+        );
+    }
+    assert!(ct.is_empty());
+    ct.track(T0, &tcp("S", false)).unwrap();
+    // SYN_SENT: an ACK or FIN either way does not fit.
+    assert_eq!(
+        ct.track(T0, &tcp("A", true)).unwrap().state,
+        CtState::Invalid
+    );
+    assert_eq!(
+        ct.track(T0, &tcp("F", false)).unwrap().state,
+        CtState::Invalid
+    );
+    // The flow is unchanged by invalid segments.
+    assert_eq!(
+        ct.get(T0, &tuple(Protocol::Tcp)).unwrap().tcp,
+        Some(TcpState::SynSent)
+    );
+    assert_eq!(ct.stats().invalid, 7);
+}
+
+#[test]
+fn tcp_timeouts_follow_the_state() {
+    let ct = table();
+    let t = tuple(Protocol::Tcp);
+    ct.track(T0, &tcp("S", false)).unwrap();
+    assert_eq!(
+        ct.get(T0, &t).unwrap().expires,
+        T0 + Duration::from_secs(120)
+    );
+    ct.track(T0, &tcp("SA", true)).unwrap();
+    assert_eq!(
+        ct.get(T0, &t).unwrap().expires,
+        T0 + Duration::from_secs(60)
+    );
+    ct.track(T0, &tcp("A", false)).unwrap();
+    assert_eq!(
+        ct.get(T0, &t).unwrap().expires,
+        T0 + Duration::from_secs(432_000)
+    );
+    ct.track(T0, &tcp("FA", false)).unwrap();
+    assert_eq!(
+        ct.get(T0, &t).unwrap().expires,
+        T0 + Duration::from_secs(120)
+    );
+    ct.track(T0, &tcp("A", true)).unwrap();
+    assert_eq!(
+        ct.get(T0, &t).unwrap().expires,
+        T0 + Duration::from_secs(60)
+    );
+    ct.track(T0, &tcp("FA", true)).unwrap();
+    assert_eq!(
+        ct.get(T0, &t).unwrap().expires,
+        T0 + Duration::from_secs(30)
+    );
+    // An unanswered SYN is gone after 120 s: the next segment is a new flow again.
+    let ct = table();
+    ct.track(T0, &tcp("S", false)).unwrap();
+    let later = T0 + Duration::from_secs(120);
+    assert_eq!(
+        ct.track(later, &tcp("SA", true)).unwrap().state,
+        CtState::Invalid
+    );
+    assert_eq!(ct.stats().expired, 1);
+}
+
+#[test]
+fn udp_unreplied_and_assured() {
+    let ct = table();
+    let t = tuple(Protocol::Udp);
+    assert_eq!(track(&ct, T0, &udp(false)).0, CtState::New);
+    assert_eq!(track(&ct, T0, &udp(false)).0, CtState::New);
+    assert_eq!(
+        ct.get(T0, &t).unwrap().expires,
+        T0 + Duration::from_secs(30)
+    );
+    // Unreplied: gone after 30 s.
+    assert!(ct.get(T0 + Duration::from_secs(30), &t).is_none());
+    let t1 = T0 + Duration::from_secs(10);
+    assert_eq!(track(&ct, t1, &udp(true)).0, CtState::Reply);
+    assert_eq!(track(&ct, t1, &udp(false)).0, CtState::Established);
+    let flow = ct.get(t1, &t).unwrap();
+    assert!(flow.assured);
+    assert_eq!(flow.expires, t1 + Duration::from_secs(120));
+    assert_eq!(ct.expire(t1 + Duration::from_secs(119)), 0);
+    assert_eq!(ct.expire(t1 + Duration::from_secs(120)), 1);
+    assert!(ct.is_empty());
+}
+
+#[test]
+fn zones_keep_networks_apart() {
+    let ct = table();
+    ct.track(T0, &udp(false)).unwrap();
+    let mut other = udp(true);
+    other.tuple.zone = 2;
+    assert_eq!(track(&ct, T0, &other).0, CtState::New);
+    assert_eq!(ct.len(), 2);
+}
+
+fn route(src: Ipv4Addr, dst: Ipv4Addr) -> Ipv4Route {
+    Ipv4Route {
+        src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+        dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+        src_ip: src,
+        dst_ip: dst,
+    }
+}
+
+#[test]
+fn icmp_echo_and_related_errors_from_real_packets() {
+    let ct = table();
+    let request = bridge_core::gateway::icmp::echo_reply(
+        (EthernetAddress([2, 0, 0, 0, 0, 1]), GUEST),
+        (EthernetAddress([2, 0, 0, 0, 0, 2]), WAN),
+        0x77a1,
+        1,
+        b"ping",
+    );
+    // echo_reply builds a reply; turn it into a request (type 8) with a fixed checksum.
+    let mut request = request;
+    request[14 + 20] = 8;
+    {
+        let mut p = smoltcp::wire::Icmpv4Packet::new_unchecked(&mut request[34..]);
+        p.fill_checksum();
+    }
+    let meta = PacketMeta::parse_ipv4(1, &request[14..]).unwrap();
+    assert_eq!(meta.kind, PacketKind::IcmpEcho { request: true });
+    assert_eq!(meta.tuple.src.port, 0x77a1);
+    assert_eq!(ct.track(T0, &meta).unwrap().state, CtState::New);
+    let reply = icmp::echo_reply(
+        (EthernetAddress([2, 0, 0, 0, 0, 2]), WAN),
+        (EthernetAddress([2, 0, 0, 0, 0, 1]), GUEST),
+        0x77a1,
+        1,
+        b"ping",
+    );
+    let reply_meta = PacketMeta::parse_ipv4(1, &reply[14..]).unwrap();
+    assert_eq!(ct.track(T0, &reply_meta).unwrap().state, CtState::Reply);
+    assert_eq!(
+        ct.get(T0, &meta.tuple).unwrap().expires,
+        T0 + Duration::from_secs(30)
+    );
+    // An echo reply of no request is invalid.
+    let mut stray = reply_meta;
+    stray.tuple.src.port = 1;
+    stray.tuple.dst.port = 1;
+    assert_eq!(ct.track(T0, &stray).unwrap().state, CtState::Invalid);
+
+    // A UDP flow, and the port unreachable the far end sends about it: related.
+    let datagram = udp_frame(&route(GUEST, WAN), 5000, 9, b"hello");
+    let udp_meta = PacketMeta::parse_ipv4(1, &datagram[14..]).unwrap();
+    let flow = ct.track(T0, &udp_meta).unwrap();
+    assert_eq!(flow.state, CtState::New);
+    let error = icmp::error_reply(
+        &datagram,
+        ErrorKind::Unreachable(Icmpv4DstUnreachable::PortUnreachable),
+        EthernetAddress([2, 0, 0, 0, 0, 2]),
+        WAN,
+    )
+    .unwrap();
+    let error_meta = PacketMeta::parse_ipv4(1, &error[14..]).unwrap();
+    let related = ct.track(T0, &error_meta).unwrap();
+    assert_eq!(related.state, CtState::Related);
+    assert_eq!(related.direction, Direction::Reply);
+    assert_eq!(related.flow, flow.flow);
+    // About a flow never seen: invalid.
+    let unknown = udp_frame(&route(GUEST, WAN), 5001, 9, b"hello");
+    let error = icmp::error_reply(
+        &unknown,
+        ErrorKind::Unreachable(Icmpv4DstUnreachable::PortUnreachable),
+        EthernetAddress([2, 0, 0, 0, 0, 2]),
+        WAN,
+    )
+    .unwrap();
+    let meta = PacketMeta::parse_ipv4(1, &error[14..]).unwrap();
+    assert_eq!(ct.track(T0, &meta).unwrap().state, CtState::Invalid);
+}
+
+#[test]
+fn parsing_real_packets() {
+    let mut syn = ipv4_frame(&route(GUEST, WAN), IpProtocol::Tcp, 20, |b| {
+        b[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        b[2..4].copy_from_slice(&80u16.to_be_bytes());
+        b[12] = 0x50;
+        b[13] = 0x02;
+    });
+    let meta = PacketMeta::parse_ipv4(1, &syn[14..]).unwrap();
+    assert_eq!(meta.tuple, tuple(Protocol::Tcp));
+    assert_eq!(
+        meta.kind,
+        PacketKind::Tcp(TcpFlags {
+            syn: true,
+            ..TcpFlags::default()
+        })
+    );
+    // Bad header checksum, later fragment, other protocol, truncated.
+    syn[24] ^= 1;
+    assert_eq!(
+        PacketMeta::parse_ipv4(1, &syn[14..]),
+        Err(ConntrackError::Malformed)
+    );
+    let mut frag = udp_frame(&route(GUEST, WAN), 1, 2, b"x");
+    {
+        let mut p = smoltcp::wire::Ipv4Packet::new_unchecked(&mut frag[14..]);
+        p.set_frag_offset(8);
+        p.fill_checksum();
+    }
+    assert_eq!(
+        PacketMeta::parse_ipv4(1, &frag[14..]),
+        Err(ConntrackError::Fragment)
+    );
+    let gre = ipv4_frame(&route(GUEST, WAN), IpProtocol::Unknown(47), 4, |_| {});
+    assert_eq!(
+        PacketMeta::parse_ipv4(1, &gre[14..]),
+        Err(ConntrackError::Unsupported)
+    );
+    let datagram = udp_frame(&route(GUEST, WAN), 1, 2, b"x");
+    for len in 0..datagram.len() - 14 {
+        assert!(
+            PacketMeta::parse_ipv4(1, &datagram[14..14 + len]).is_err(),
+            "{len}"
+        );
+    }
+    let _ = Ipv4Address::UNSPECIFIED;
+}
+
+fn small(overflow: Overflow) -> Conntrack {
+    Conntrack::new(ConntrackConfig {
+        capacity: 4,
+        shards: 1,
+        overflow,
+        ..ConntrackConfig::default()
+    })
+}
+
+fn udp_from(port: u16, reply: bool) -> PacketMeta {
+    let mut p = udp(false);
+    p.tuple.src.port = port;
+    if reply {
+        p.tuple = p.tuple.reversed();
+    }
+    p
+}
+
+#[test]
+fn overflow_drops_new_flows() {
+    let ct = small(Overflow::DropNew);
+    for port in 0..4 {
+        ct.track(T0, &udp_from(port, false)).unwrap();
+    }
+    assert_eq!(
+        ct.track(T0, &udp_from(9, false)),
+        Err(ConntrackError::TableFull)
+    );
+    assert_eq!(ct.stats().dropped_full, 1);
+    // Existing flows still work.
+    assert_eq!(
+        ct.track(T0, &udp_from(0, true)).unwrap().state,
+        CtState::Reply
+    );
+    assert_eq!(ct.len(), 4);
+    // Once flows expire there is room.
+    ct.expire(T0 + Duration::from_secs(30));
+    assert_eq!(ct.len(), 1);
+    assert!(ct
+        .track(T0 + Duration::from_secs(30), &udp_from(9, false))
+        .is_ok());
+}
+
+#[test]
+fn overflow_evicts_the_oldest_unassured() {
+    let ct = small(Overflow::EvictOldestUnassured);
+    for port in 0..4 {
+        ct.track(
+            T0 + Duration::from_secs(u64::from(port)),
+            &udp_from(port, false),
+        )
+        .unwrap();
+    }
+    // Flow 0 is assured (replied): flow 1 is the oldest unassured.
+    ct.track(T0, &udp_from(0, true)).unwrap();
+    let now = T0 + Duration::from_secs(5);
+    assert_eq!(
+        ct.track(now, &udp_from(9, false)).unwrap().state,
+        CtState::New
+    );
+    assert_eq!(ct.stats().evicted, 1);
+    assert_eq!(ct.len(), 4);
+    assert!(ct.get(now, &udp_from(1, false).tuple).is_none());
+    assert!(ct.get(now, &udp_from(0, false).tuple).is_some());
+    // With every flow assured, new flows are refused.
+    for port in [2, 3, 9] {
+        ct.track(now, &udp_from(port, true)).unwrap();
+    }
+    assert_eq!(
+        ct.track(now, &udp_from(10, false)),
+        Err(ConntrackError::TableFull)
+    );
+    assert_eq!(ct.stats().dropped_full, 1);
+}
+
+#[test]
+fn verdict_slot() {
+    let ct: Conntrack<(u8, u16)> = Conntrack::new(ConntrackConfig::default());
+    let first = ct.track(T0, &udp(false)).unwrap();
+    assert_eq!(first.verdict, None);
+    let flow = first.flow.unwrap();
+    assert!(ct.set_verdict(&flow, (1, 7)));
+    assert_eq!(ct.track(T0, &udp(true)).unwrap().verdict, Some((1, 7)));
+    assert_eq!(ct.track(T0, &udp(false)).unwrap().verdict, Some((1, 7)));
+    ct.clear_verdicts();
+    assert_eq!(ct.track(T0, &udp(false)).unwrap().verdict, None);
+    // After the flow is gone and replaced, the old handle no longer sets anything.
+    let later = T0 + Duration::from_secs(200);
+    let replaced = ct.track(later, &udp(false)).unwrap();
+    assert!(!ct.set_verdict(&flow, (2, 0)));
+    assert!(ct.set_verdict(&replaced.flow.unwrap(), (3, 0)));
+    assert_eq!(ct.flows(later)[0].verdict, Some((3, 0)));
+}
+
+#[test]
+fn shared_by_threads() {
+    let ct = Arc::new(table());
+    let threads: Vec<_> = (0..4u16)
+        .map(|t| {
+            let ct = Arc::clone(&ct);
+            std::thread::spawn(move || {
+                for port in 0..500u16 {
+                    let p = udp_from(t * 1000 + port, false);
+                    assert_eq!(ct.track(T0, &p).unwrap().state, CtState::New);
+                    let mut r = p;
+                    r.tuple = p.tuple.reversed();
+                    assert_eq!(ct.track(T0, &r).unwrap().state, CtState::Reply);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(ct.len(), 2000);
+    assert_eq!(ct.flows(T0).len(), 2000);
+    assert_eq!(ct.stats().created, 2000);
+}
+
+proptest::proptest! {
+    #[test]
+    fn parsing_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+        let ct = table();
+        if let Ok(meta) = PacketMeta::parse_ipv4(0, &bytes) {
+            let _ = ct.track(T0, &meta);
+        }
+    }
+}
