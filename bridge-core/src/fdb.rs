@@ -1,7 +1,9 @@
 //! The forwarding database of one network: (VLAN, MAC) -> port, learned or static.
 //!
 //! Read-mostly and sharded: the table is split into [`SHARDS`] hash maps, each under its own
-//! `RwLock`, picked by a keyed mix of the key. A frame from a known address on its known port
+//! `RwLock`, picked by a seeded hash of the key. Keys are hashed with foldhash, seeded at
+//! random per table: fast for 8-byte keys, and a guest cannot predict collisions (the limits
+//! bound the tables anyway). A frame from a known address on its known port
 //! only refreshes an atomic timestamp under a read lock (and only when the stored one is older
 //! than 1/256 of the ageing time); write locks are taken for new and moved addresses, static
 //! entries, sweeps and flushes. Limits are reserved with compare-and-swap on atomic counters
@@ -10,8 +12,10 @@
 //! Tables grow (allocate) only when a new address is learned beyond their previous size;
 //! removals keep the capacity, so a table's allocations are bounded by its limit.
 
-use std::collections::hash_map::{Entry as MapEntry, HashMap, RandomState};
+use std::collections::hash_map::{Entry as MapEntry, HashMap};
 use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -103,17 +107,19 @@ struct Entry {
     last_seen: AtomicI64,
 }
 
+type Table = HashMap<Key, Entry, RandomState>;
+
 /// A shard on its own cache line, so that locking one does not disturb its neighbours.
 #[derive(Debug, Default)]
 #[repr(align(64))]
-struct Shard(RwLock<HashMap<Key, Entry>>);
+struct Shard(RwLock<Table>);
 
 impl Shard {
-    fn read(&self) -> RwLockReadGuard<'_, HashMap<Key, Entry>> {
+    fn read(&self) -> RwLockReadGuard<'_, Table> {
         self.0.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Key, Entry>> {
+    fn write(&self) -> RwLockWriteGuard<'_, Table> {
         self.0.write().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -122,7 +128,7 @@ impl Shard {
 #[derive(Debug)]
 pub(crate) struct Fdb {
     shards: [Shard; SHARDS],
-    shard_seed: u64,
+    shard_hasher: RandomState,
     ageing_us: i64,
     refresh_us: i64,
     max_learned: u32,
@@ -148,7 +154,7 @@ impl Fdb {
         let ageing_us = i64::try_from(ageing_time.total_micros()).unwrap_or(i64::MAX);
         Fdb {
             shards: Default::default(),
-            shard_seed: RandomState::new().hash_one(0u64),
+            shard_hasher: RandomState::default(),
             ageing_us,
             refresh_us: ageing_us / 256,
             max_learned,
@@ -160,8 +166,7 @@ impl Fdb {
     }
 
     fn shard(&self, key: Key) -> &Shard {
-        let mixed = (key.0 ^ self.shard_seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        &self.shards[(mixed >> 60) as usize % SHARDS]
+        &self.shards[self.shard_hasher.hash_one(key) as usize % SHARDS]
     }
 
     fn expired(&self, entry: &Entry, now: i64) -> bool {
