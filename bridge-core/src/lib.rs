@@ -1,4 +1,4 @@
-//! Pure switching logic for vhost-net-backend: frames in, decisions out.
+//! Pure switching, gateway and conntrack logic for vhost-net-backend: frames in, decisions out.
 //!
 //! No I/O, no clock (time is passed in as [`time::Instant`]), no threads, no `unsafe`.
 //!
@@ -13,6 +13,8 @@
 //! | [`frame`] | [`L2Meta`], [`FrameMeta`], [`IpMeta`], [`Ports`]: the total frame classifier |
 //! | [`vlan`] | 802.1Q view: [`vlan::Packet`], [`vlan::Repr`], [`Tci`], [`VlanId`], [`VlanSet`] |
 //! | [`offload`] | software checksum and segmentation for virtio-net offloads: [`OffloadParams`], [`GsoType`], [`Segment`] |
+//! | [`gateway`] | [`Gateway`](gateway::Gateway) of a NAT network (ARP, ICMP, DHCP, DNS), its [`Action`](gateway::Action)s |
+//! | [`conntrack`] | [`Conntrack`](conntrack::Conntrack), [`FlowTuple`](conntrack::FlowTuple), [`PacketMeta`](conntrack::PacketMeta) |
 //! | [`wire`], [`time`] | re-exports of `smoltcp::wire` (Ethernet, ARP, IPv4/6, UDP, TCP, ICMP, DHCPv4 views) and `smoltcp::time` |
 //!
 //! The datapath calls [`Switch::process`] for each frame and carries out the [`Decision`]:
