@@ -205,13 +205,21 @@ impl Switch {
     /// counts it, and returns the decision. Lock-free except for FDB shard locks (read locks
     /// for known addresses); allocates nothing (see [`crate::fdb`] for table growth).
     pub fn process(&self, now: Instant, ingress: PortId, frame: &[u8]) -> Decision {
+        self.process_head(now, ingress, frame, frame.len())
+    }
+
+    /// [`process`](Self::process) for a frame of `len` bytes of which only the first are at
+    /// hand: a device that copies frames once, straight between guests, reads the headers out
+    /// of guest memory first. `head` must hold at least the Ethernet header and the 802.1Q tag
+    /// the frame has (or all of a shorter frame).
+    pub fn process_head(&self, now: Instant, ingress: PortId, head: &[u8], len: usize) -> Decision {
         let topology = self.topology.load();
         let Some(port) = topology.port(ingress) else {
             self.unknown_port_drops.fetch_add(1, Relaxed);
             return Decision::Drop(DropReason::NoSuchPort);
         };
-        port.counters.record_rx(frame.len());
-        let decision = match L2Meta::parse(frame) {
+        port.counters.record_rx(len);
+        let decision = match L2Meta::parse(head) {
             Ok(l2) => Self::decide(&topology, now, port, &l2),
             Err(frame::Error::TooShort) => Decision::Drop(DropReason::TooShort),
             Err(frame::Error::TruncatedTag) => Decision::Drop(DropReason::Malformed),

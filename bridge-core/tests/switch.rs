@@ -387,6 +387,20 @@ fn counts_rx_here_and_tx_at_delivery() {
     assert_eq!((b.rx_frames, b.tx_frames, b.tx_bytes), (0, 1, 64));
 }
 
+#[test]
+fn process_head_decides_on_the_head_and_counts_the_whole_frame() {
+    let (sw, _, p) = plain(2);
+    // p[1] learns its address.
+    sw.process(at(0), p[1], &frame(BROADCAST, mac(2), None));
+    let f = frame(mac(2), mac(1), None);
+    assert_eq!(sw.process_head(at(0), p[0], &f[..18], 9014), forward(p[1]));
+    let a = sw.port_info(p[0]).unwrap().stats;
+    assert_eq!((a.rx_frames, a.rx_bytes), (1, 9014));
+    // A head too short for an Ethernet header is counted as such.
+    let short = sw.process_head(at(0), p[0], &f[..10], 10);
+    assert_eq!(short, Decision::Drop(DropReason::TooShort));
+}
+
 /// One VLAN-filtering network: access ports in VLANs 10 and 20, a trunk carrying both with no
 /// native VLAN, and a trunk carrying 20 with native VLAN 10.
 fn vlans() -> (Switch, [PortId; 4]) {
