@@ -12,13 +12,19 @@
 //!
 //! Design notes: docs/device.md; why the protocol layer is the project's own: docs/decisions.md.
 
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod datapath;
+pub mod port;
 pub mod socket;
 pub mod sys;
 pub mod vhost_user;
 pub mod vhu_net;
 pub mod vring;
+
+pub use config::{Config, MacAddr, PortConfig, SocketRole};
+pub use daemon::{start, Daemon, Error, PortReport};
 
 #[cfg(test)]
 mod test_util;

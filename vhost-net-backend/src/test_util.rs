@@ -65,15 +65,20 @@ impl<'a> TestRing<'a> {
 
     /// A running vring on this ring (started, enabled, with `features`).
     pub fn vring(&self, mem: Arc<GuestMemoryMmap>, features: u64) -> Vring {
-        let table = identity_table();
         let mut v = Vring::default();
+        self.configure(&mut v, mem, features);
+        v
+    }
+
+    /// Makes `v` a running vring on this ring.
+    pub fn configure(&self, v: &mut Vring, mem: Arc<GuestMemoryMmap>, features: u64) {
+        let table = identity_table();
         v.set_size(u32::from(self.len)).unwrap();
         v.set_addresses(self.addresses());
         v.set_features(features);
         v.start(None, false);
         v.set_memory(Some(mem), &table);
         assert!(v.is_running());
-        v
     }
 
     /// Posts a chain of `(addr, len, flags)` buffers (NEXT is set here); returns its head.

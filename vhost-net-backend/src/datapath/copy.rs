@@ -29,10 +29,10 @@ pub enum Source<'a> {
     Local(&'a [u8]),
 }
 
-/// Reads a small local prefix, then a [`Source`], in order.
+/// Reads two local pieces (a virtio-net header, a rewritten head), then a [`Source`], in order.
 #[derive(Debug)]
 pub struct Reader<'a> {
-    prefix: &'a [u8],
+    locals: [&'a [u8]; 2],
     source: Source<'a>,
     seg: usize,
     seg_off: usize,
@@ -40,16 +40,17 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    /// `prefix` then `source`. A guest source is read to the end of its chain.
-    pub fn new(prefix: &'a [u8], source: Source<'a>) -> Self {
+    /// `first`, `second`, then `source`. A guest source is read to the end of its chain.
+    pub fn new(first: &'a [u8], second: &'a [u8], source: Source<'a>) -> Self {
         let mut r = Reader {
-            prefix,
+            locals: [first, second],
             source,
             seg: 0,
             seg_off: 0,
             remaining: 0,
         };
-        r.remaining = prefix.len()
+        r.remaining = first.len()
+            + second.len()
             + match source {
                 Source::Local(bytes) => bytes.len(),
                 Source::Guest { segs, skip, .. } => {
@@ -87,10 +88,10 @@ impl<'a> Reader<'a> {
         let mut done = 0;
         while done < dst.len() && self.remaining > 0 {
             let Ok(out) = dst.offset(done) else { break };
-            let n = if !self.prefix.is_empty() {
-                let n = self.prefix.len().min(out.len());
-                out.copy_from(&self.prefix[..n]);
-                self.prefix = &self.prefix[n..];
+            let n = if let Some(local) = self.locals.iter_mut().find(|l| !l.is_empty()) {
+                let n = local.len().min(out.len());
+                out.copy_from(&local[..n]);
+                *local = &local[n..];
                 n
             } else {
                 match self.source {
@@ -195,7 +196,8 @@ mod tests {
         ];
         let prefix = [1u8, 2, 3];
         let mut r = Reader::new(
-            &prefix,
+            &prefix[..1],
+            &prefix[1..],
             Source::Guest {
                 mem: &src_mem,
                 segs: &src_segs,
@@ -230,7 +232,7 @@ mod tests {
     fn stops_when_destination_is_full() {
         let m = mem();
         let bytes = [7u8; 64];
-        let mut r = Reader::new(&[], Source::Local(&bytes));
+        let mut r = Reader::new(&[], &[], Source::Local(&bytes));
         assert_eq!(r.copy_into(&m, &[Seg { addr: 0, len: 40 }]), 40);
         assert_eq!(r.remaining(), 24);
         assert_eq!(r.copy_into(&m, &[Seg { addr: 100, len: 40 }]), 24);
@@ -252,6 +254,7 @@ mod tests {
             },
         ];
         let mut r = Reader::new(
+            &[],
             &[],
             Source::Guest {
                 mem: &m,

@@ -13,9 +13,6 @@ use super::vnet_hdr::{VnetHdr, MAX_HDR_LEN};
 use crate::vhu_net::Negotiated;
 use crate::vring::{UsedElem, Vring, MAX_QUEUE_SIZE};
 
-/// Longest Ethernet head an egress action rewrites (MACs + 802.1Q tag).
-pub const MAX_HEAD_LEN: usize = 16;
-
 /// Why a frame was not delivered. Each is a drop reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RxError {
@@ -67,8 +64,8 @@ fn num_buffers_addrs(segs: &[Seg]) -> [Option<u64>; 2] {
     out
 }
 
-/// Delivers a frame made of `head` (a rewritten Ethernet head, possibly empty) and `body` to
-/// the guest behind `vring`, with `hdr` as its virtio-net header. Returns the frame length.
+/// Delivers a frame made of `head` (rewritten headers, possibly empty) and `body` to the guest
+/// behind `vring`, with `hdr` as its virtio-net header. Returns the frame length.
 pub fn deliver(
     vring: &mut Vring,
     hdr: &VnetHdr,
@@ -79,11 +76,9 @@ pub fn deliver(
     let features = Negotiated(vring.features());
     let (queue, mem) = vring.parts().ok_or(RxError::NotRunning)?;
     let hdr_len = features.header_len();
-    let mut prefix = [0u8; MAX_HDR_LEN + MAX_HEAD_LEN];
-    hdr.emit(&mut prefix[..hdr_len], 1);
-    let head = &head[..head.len().min(MAX_HEAD_LEN)];
-    prefix[hdr_len..hdr_len + head.len()].copy_from_slice(head);
-    let mut reader = Reader::new(&prefix[..hdr_len + head.len()], body);
+    let mut vnet = [0u8; MAX_HDR_LEN];
+    hdr.emit(&mut vnet[..hdr_len], 1);
+    let mut reader = Reader::new(&vnet[..hdr_len], head, body);
     let frame_len = reader.remaining() - hdr_len;
 
     let params = WalkParams {

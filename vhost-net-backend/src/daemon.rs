@@ -1,0 +1,279 @@
+//! The daemon: the switch with its default network, the ports with their threads, and the
+//! housekeeping loop; started with [`start`], run until [`Daemon::shutdown`] (or drop).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use bridge_core::{NetworkConfig, NetworkId, PortId, PortStats, Switch};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use tracing::{info, warn};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
+
+use crate::config::{Config, ConfigError, PortConfig};
+use crate::datapath::counters::DeviceStats;
+use crate::datapath::{worker, Datapath};
+use crate::port::{self, Port};
+use crate::socket::{Endpoint, SocketError};
+
+/// How often learned addresses are aged out.
+const AGEING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Errors starting the daemon or changing its ports.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    /// A port's socket could not be set up.
+    #[error("setting up a port's socket failed")]
+    Socket(#[from] SocketError),
+    /// The switch refused the port.
+    #[error("the switch refused the port")]
+    Switch(#[from] bridge_core::switch::Error),
+    /// Another port already uses the socket.
+    #[error("socket {0} is already a port")]
+    SocketInUse(std::path::PathBuf),
+    /// No port has this id.
+    #[error("no port {0:?}")]
+    NoSuchPort(PortId),
+    /// Creating an eventfd, a timer or a thread failed.
+    #[error("creating a daemon resource failed")]
+    Resource(#[source] io::Error),
+}
+
+/// A running port and its threads.
+#[derive(Debug)]
+struct PortHandle {
+    port: Arc<Port>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// A port's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortReport {
+    /// The port's configuration.
+    pub config: PortConfig,
+    /// The switch's counters: frames from the guest (rx) and to it (tx), switch drops.
+    pub switch: PortStats,
+    /// The device's drops (malformed descriptors, no receive buffers, ...).
+    pub device: DeviceStats,
+}
+
+/// A running daemon. Dropping it shuts it down.
+#[derive(Debug)]
+pub struct Daemon {
+    datapath: Arc<Datapath>,
+    network: NetworkId,
+    ports: Mutex<BTreeMap<PortId, PortHandle>>,
+    stop: Arc<EventFd>,
+    housekeeping: Option<JoinHandle<()>>,
+}
+
+/// Starts the daemon: one port per entry of `config`, all on one network.
+pub fn start(config: Config) -> Result<Daemon, Error> {
+    config.validate()?;
+    let switch = Arc::new(Switch::new());
+    let network = switch.add_network(NetworkConfig::default());
+    let datapath = Arc::new(Datapath::new(switch));
+    let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Resource)?);
+    let housekeeping = {
+        let (dp, stop) = (Arc::clone(&datapath), Arc::clone(&stop));
+        let timer = TimerFd::new().map_err(|e| Error::Resource(e.into()))?;
+        thread::Builder::new()
+            .name("housekeeping".into())
+            .spawn(move || housekeeping(dp, timer, stop))
+            .map_err(Error::Resource)?
+    };
+    let daemon = Daemon {
+        datapath,
+        network,
+        ports: Mutex::new(BTreeMap::new()),
+        stop,
+        housekeeping: Some(housekeeping),
+    };
+    for port in config.ports {
+        daemon.add_port(port)?;
+    }
+    Ok(daemon)
+}
+
+impl Daemon {
+    /// The switch (for a control plane: networks, FDB, counters).
+    pub fn switch(&self) -> &Arc<Switch> {
+        self.datapath.switch()
+    }
+
+    /// Adds a port on the daemon's network and starts serving its socket.
+    pub fn add_port(&self, config: PortConfig) -> Result<PortId, Error> {
+        config.validate()?;
+        let mut ports = self.lock_ports();
+        if ports
+            .values()
+            .any(|h| h.port.config().socket == config.socket)
+        {
+            return Err(Error::SocketInUse(config.socket));
+        }
+        let endpoint = Endpoint::new(&config.socket, config.role)?;
+        let switch = self.switch();
+        let id = switch.add_port(self.network, bridge_core::PortConfig::default())?;
+        let counters = switch.port_counters(id).ok_or(Error::NoSuchPort(id))?;
+        let port = match Port::new(id, config, counters) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                let _ = switch.remove_port(id);
+                return Err(Error::Resource(e));
+            }
+        };
+        self.datapath.insert(Arc::clone(&port));
+        let name = format!("port{}", id.0);
+        let mut threads = Vec::with_capacity(2);
+        let spawned = {
+            let (p, dp) = (Arc::clone(&port), Arc::clone(&self.datapath));
+            thread::Builder::new()
+                .name(format!("{name}-dp"))
+                .spawn(move || worker::run(dp, p))
+                .map(|t| threads.push(t))
+                .and_then(|()| {
+                    let p = Arc::clone(&port);
+                    thread::Builder::new()
+                        .name(format!("{name}-vu"))
+                        .spawn(move || port::run_connections(p, endpoint))
+                })
+                .map(|t| threads.push(t))
+        };
+        let handle = PortHandle { port, threads };
+        if let Err(e) = spawned {
+            self.stop_port(handle);
+            return Err(Error::Resource(e));
+        }
+        info!(port = id.0, socket = %handle.port.config().socket.display(), mac = %handle.port.config().mac, "port added");
+        ports.insert(id, handle);
+        Ok(id)
+    }
+
+    /// Removes a port: its threads end, its socket is closed, its guest loses its link.
+    pub fn remove_port(&self, id: PortId) -> Result<(), Error> {
+        let handle = self.lock_ports().remove(&id).ok_or(Error::NoSuchPort(id))?;
+        self.stop_port(handle);
+        Ok(())
+    }
+
+    /// The ports' ids.
+    pub fn ports(&self) -> Vec<PortId> {
+        self.lock_ports().keys().copied().collect()
+    }
+
+    /// A port's configuration and counters.
+    pub fn port_report(&self, id: PortId) -> Option<PortReport> {
+        let ports = self.lock_ports();
+        let port = &ports.get(&id)?.port;
+        Some(PortReport {
+            config: port.config().clone(),
+            switch: port.switch_counters().snapshot(),
+            device: port.counters().snapshot(),
+        })
+    }
+
+    /// Stops every port and thread and waits for them.
+    pub fn shutdown(mut self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&mut self) {
+        let handles = std::mem::take(&mut *self.lock_ports());
+        for (_, handle) in handles {
+            self.stop_port(handle);
+        }
+        let _ = self.stop.write(1);
+        if let Some(t) = self.housekeeping.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn stop_port(&self, handle: PortHandle) {
+        let id = handle.port.id();
+        if let Err(e) = self.switch().remove_port(id) {
+            warn!(port = id.0, error = %e, "removing the port from the switch failed");
+        }
+        self.datapath.remove(id);
+        handle.port.stop();
+        for t in handle.threads {
+            let _ = t.join();
+        }
+        // Joined: nothing holds the rings any more; fds and mappings close with the port.
+        handle.port.device().reset();
+    }
+
+    fn lock_ports(&self) -> std::sync::MutexGuard<'_, BTreeMap<PortId, PortHandle>> {
+        self.ports.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// Ages learned addresses every [`AGEING_INTERVAL`].
+struct Ageing {
+    datapath: Arc<Datapath>,
+    timer: TimerFd,
+}
+
+impl MutEventSubscriber for Ageing {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.timer.wait();
+        self.datapath.switch().age(self.datapath.now());
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
+            warn!(error = ?e, "the ageing timer cannot be watched");
+        }
+    }
+}
+
+/// Ends the housekeeping loop.
+struct Stopper {
+    stop: Arc<EventFd>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for Stopper {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&*self.stop, EventSet::IN)) {
+            warn!(error = ?e, "the stop eventfd cannot be watched");
+        }
+    }
+}
+
+fn housekeeping(datapath: Arc<Datapath>, mut timer: TimerFd, stop: Arc<EventFd>) {
+    let mut manager = match EventManager::<Box<dyn MutEventSubscriber + Send>>::new() {
+        Ok(m) => m,
+        Err(e) => return warn!(error = ?e, "no housekeeping loop"),
+    };
+    if let Err(e) = timer.reset(AGEING_INTERVAL, Some(AGEING_INTERVAL)) {
+        warn!(error = %e, "the ageing timer cannot be armed");
+    }
+    let stopped = Arc::new(AtomicBool::new(false));
+    manager.add_subscriber(Box::new(Ageing { datapath, timer }));
+    manager.add_subscriber(Box::new(Stopper {
+        stop,
+        stopped: Arc::clone(&stopped),
+    }));
+    while !stopped.load(Ordering::Relaxed) {
+        if let Err(e) = manager.run() {
+            return warn!(error = ?e, "housekeeping loop failed");
+        }
+    }
+}

@@ -1,0 +1,691 @@
+//! One TX batch of a port: up to [`BATCH`] chains from one of its guest's transmit queues, each
+//! checked, decided by the switch and delivered; then the used entries published with one index
+//! update, the sender signalled once and every receive queue that got frames signalled once.
+//!
+//! A frame goes from the sender's buffers straight into the receiver's (one copy), with its
+//! virtio-net header passed on when the receiver negotiated the same offloads. For a receiver
+//! that did not, the frame is gathered once and bridge-core's offload helpers checksum and
+//! segment it in software. Nothing is allocated per frame and no system call is made per frame;
+//! the eventfd writes that signal guests are per batch.
+
+use bridge_core::offload::{self, GsoType, OffloadParams};
+use bridge_core::{Decision, Egress, PortId};
+use virtio_queue::QueueT;
+use vm_memory::GuestMemoryMmap;
+
+use super::chain::{self, Direction, Seg, WalkParams};
+use super::copy::{Reader, Source};
+use super::counters::DeviceDrop;
+use super::rx::{self, RxScratch};
+use super::vnet_hdr::{Gso, VnetHdr, MAX_HDR_LEN};
+use super::{Datapath, PortTable};
+use crate::port::Port;
+use crate::vhu_net::Negotiated;
+use crate::vring::{UsedElem, Vring, MAX_QUEUE_SIZE};
+
+/// Most chains taken from a queue per batch.
+pub const BATCH: usize = 64;
+/// Ethernet header plus one 802.1Q tag.
+const ETH_OVERHEAD: usize = 18;
+/// Shortest frame: an Ethernet header.
+const ETH_HEADER: usize = 14;
+/// Largest frame a guest may send: a 64 KiB IP packet (TSO) with its Ethernet header and tag.
+pub const MAX_FRAME_LEN: usize = 65535 + ETH_OVERHEAD;
+/// Bytes of each frame read for the switch's decision (and offload's header parsing bound).
+const PEEK_LEN: usize = offload::MAX_HEAD_LEN;
+/// Receive queues remembered per batch for one signal each (more are signalled at once).
+const TOUCHED_MAX: usize = 64;
+
+/// Scratch space of one worker, allocated once.
+#[derive(Debug)]
+pub struct TxScratch {
+    segs: Box<[Seg]>,
+    peek: [u8; MAX_HDR_LEN + PEEK_LEN],
+    used: [UsedElem; BATCH],
+    touched: Vec<(PortId, usize)>,
+    frame: Box<[u8]>,
+    egress: Box<[u8]>,
+    rx: RxScratch,
+}
+
+impl Default for TxScratch {
+    fn default() -> Self {
+        TxScratch {
+            segs: vec![Seg::default(); usize::from(MAX_QUEUE_SIZE)].into_boxed_slice(),
+            peek: [0; MAX_HDR_LEN + PEEK_LEN],
+            used: [UsedElem::default(); BATCH],
+            touched: Vec::with_capacity(TOUCHED_MAX),
+            frame: vec![0; MAX_FRAME_LEN].into_boxed_slice(),
+            egress: vec![0; MAX_FRAME_LEN + 4].into_boxed_slice(),
+            rx: RxScratch::default(),
+        }
+    }
+}
+
+/// Runs one batch on transmit queue `ring` of `port`. Returns whether the queue has more work
+/// (the batch was full, or buffers arrived while kicks were being re-enabled).
+pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> bool {
+    let ports = dp.ports();
+    let more = {
+        let Some(mut vring) = port.device().vring(ring) else {
+            return false;
+        };
+        let features = Negotiated(vring.features());
+        let Some((queue, mem)) = vring.parts() else {
+            return false;
+        };
+        Vring::disable_kicks(queue, mem);
+        let params = WalkParams {
+            table: queue.desc_table(),
+            queue_size: queue.size(),
+            indirect: features.indirect(),
+            direction: Direction::Read,
+            max_len: (features.header_len() + MAX_FRAME_LEN) as u32,
+        };
+        let batch = Batch {
+            dp,
+            ports: &ports,
+            port,
+            now: dp.now(),
+            pair: ring / 2,
+            features,
+            params,
+        };
+        let mut n = 0;
+        let mut drained = false;
+        while n < BATCH {
+            let head = match Vring::pop_head(queue, mem) {
+                Ok(Some(h)) => h,
+                Ok(None) => {
+                    drained = true;
+                    break;
+                }
+                Err(_) => {
+                    port.counters().record(DeviceDrop::AvailCorrupt);
+                    drained = true;
+                    break;
+                }
+            };
+            batch.frame(mem, head, s);
+            // A head outside the table names no chain to give back.
+            if head < queue.size() {
+                s.used[n] = UsedElem { head, len: 0 };
+                n += 1;
+            }
+        }
+        Vring::add_used(queue, mem, &s.used[..n]);
+        let more = !drained || Vring::enable_kicks(queue, mem);
+        vring.notify();
+        more
+    };
+    for (dst, ring) in s.touched.drain(..) {
+        if let Some(mut v) = lookup(&ports, dst).and_then(|p| p.device().vring(ring)) {
+            v.notify();
+        }
+    }
+    more
+}
+
+fn lookup<'p>(ports: &'p PortTable<'_>, id: PortId) -> Option<&'p Port> {
+    ports.get(id.0 as usize)?.as_deref()
+}
+
+/// What stays the same for every frame of a batch.
+struct Batch<'a> {
+    dp: &'a Datapath,
+    ports: &'a PortTable<'a>,
+    port: &'a Port,
+    now: bridge_core::time::Instant,
+    pair: usize,
+    features: Negotiated,
+    params: WalkParams,
+}
+
+/// A frame in the sender's memory.
+struct TxFrame<'a> {
+    mem: &'a GuestMemoryMmap,
+    segs: &'a [Seg],
+    hdr_len: usize,
+    len: usize,
+    vnet: VnetHdr,
+    /// The frame's first bytes.
+    head: &'a [u8],
+    pair: usize,
+}
+
+impl Batch<'_> {
+    /// Checks, decides and delivers the frame at chain `head`.
+    fn frame(&self, mem: &GuestMemoryMmap, head: u16, s: &mut TxScratch) {
+        let counters = self.port.counters();
+        let (nsegs, total) = match chain::walk(mem, &self.params, head, &mut s.segs) {
+            Ok(found) => found,
+            Err(e) => return counters.record(e.into()),
+        };
+        let segs = &s.segs[..nsegs];
+        let total = total as usize;
+        let hdr_len = self.features.header_len();
+        if total < hdr_len + ETH_HEADER {
+            return counters.record(DeviceDrop::TxTruncated);
+        }
+        let peek_len = total.min(s.peek.len());
+        Reader::new(&[], &[], Source::Guest { mem, segs, skip: 0 })
+            .read_local(&mut s.peek[..peek_len]);
+        let len = total - hdr_len;
+        let vnet = match VnetHdr::parse_tx(&s.peek[..hdr_len], self.features, len) {
+            Ok(v) => v,
+            Err(e) => return counters.record(e.into()),
+        };
+        if vnet.gso == Gso::None && len > usize::from(self.port.config().mtu) + ETH_OVERHEAD {
+            return counters.record(DeviceDrop::TxOverMtu);
+        }
+        let frame = TxFrame {
+            mem,
+            segs,
+            hdr_len,
+            len,
+            vnet,
+            head: &s.peek[hdr_len..peek_len],
+            pair: self.pair,
+        };
+        let switch = self.dp.switch();
+        let mut out = Out {
+            ports: self.ports,
+            src: self.port,
+            rx: &mut s.rx,
+            touched: &mut s.touched,
+            frame_buf: &mut s.frame,
+            egress_buf: &mut s.egress,
+            gathered: false,
+        };
+        match switch.process_head(self.now, self.port.id(), frame.head, len) {
+            Decision::Forward { port, egress } => out.deliver(&frame, port, egress),
+            Decision::Flood(flood) => switch
+                .for_each_flood_target(&flood, |port, egress| out.deliver(&frame, port, egress)),
+            Decision::Drop(_) => {}
+        }
+    }
+}
+
+/// Delivery of one frame to its destinations.
+struct Out<'a> {
+    ports: &'a PortTable<'a>,
+    src: &'a Port,
+    rx: &'a mut RxScratch,
+    touched: &'a mut Vec<(PortId, usize)>,
+    frame_buf: &'a mut [u8],
+    egress_buf: &'a mut [u8],
+    /// Whether `frame_buf` holds the frame already (gathered for a first software delivery).
+    gathered: bool,
+}
+
+impl Out<'_> {
+    fn deliver(&mut self, frame: &TxFrame<'_>, dst: PortId, egress: Egress) {
+        let Some(port) = lookup(self.ports, dst) else {
+            return;
+        };
+        // A frame the switch accepted has the headers its egress action rewrites.
+        let Some(rewritten) = egress.apply(frame.head) else {
+            return;
+        };
+        let replaced = frame.head.len() - rewritten.tail().len();
+        let hdr = frame
+            .vnet
+            .shifted(rewritten.head().len() as isize - replaced as isize);
+        let Some((ring, mut rx)) = port.rx_vring(frame.pair) else {
+            return port.counters().record(DeviceDrop::RxNotRunning);
+        };
+        let delivered = if hdr.fits(Negotiated(rx.features())) {
+            let body = Source::Guest {
+                mem: frame.mem,
+                segs: frame.segs,
+                skip: frame.hdr_len + replaced,
+            };
+            match rx::deliver(&mut rx, &hdr, rewritten.head(), body, self.rx) {
+                Ok(n) => {
+                    port.switch_counters().record_tx(n);
+                    true
+                }
+                Err(e) => {
+                    port.counters().record(e.into());
+                    false
+                }
+            }
+        } else {
+            self.in_software(frame, egress, &hdr, &mut rx, port)
+        };
+        if !delivered {
+            return;
+        }
+        if self.touched.contains(&(dst, ring)) {
+            return;
+        }
+        if self.touched.len() < TOUCHED_MAX {
+            self.touched.push((dst, ring));
+        } else {
+            rx.notify();
+        }
+    }
+
+    /// Completes the sender's offloads in software for a receiver that did not negotiate them.
+    /// Returns whether any segment was delivered.
+    fn in_software(
+        &mut self,
+        frame: &TxFrame<'_>,
+        egress: Egress,
+        hdr: &VnetHdr,
+        rx: &mut Vring,
+        port: &Port,
+    ) -> bool {
+        if !self.gathered {
+            let body = Source::Guest {
+                mem: frame.mem,
+                segs: frame.segs,
+                skip: frame.hdr_len,
+            };
+            Reader::new(&[], &[], body).read_local(&mut self.frame_buf[..frame.len]);
+            self.gathered = true;
+        }
+        let original = &self.frame_buf[..frame.len];
+        let full = match egress {
+            Egress::AsIs => original,
+            _ => match egress
+                .apply(original)
+                .and_then(|f| f.copy_to(self.egress_buf))
+            {
+                Some(n) => &self.egress_buf[..n],
+                None => return false,
+            },
+        };
+        let params = OffloadParams {
+            needs_csum: hdr.needs_csum,
+            csum_start: hdr.csum_start,
+            csum_offset: hdr.csum_offset,
+            gso_type: match hdr.gso {
+                Gso::None => GsoType::None,
+                Gso::Tcp4 => GsoType::TcpV4,
+                Gso::Tcp6 => GsoType::TcpV6,
+            },
+            gso_size: hdr.gso_size,
+        };
+        let mut delivered = false;
+        let rx_scratch = &mut *self.rx;
+        let result = offload::complete(full, &params, |seg| {
+            let body = Source::Local(seg.payload());
+            match rx::deliver(rx, &VnetHdr::default(), seg.head(), body, rx_scratch) {
+                Ok(n) => {
+                    port.switch_counters().record_tx(n);
+                    delivered = true;
+                }
+                Err(e) => port.counters().record(e.into()),
+            }
+        });
+        if result.is_err() {
+            self.src.counters().record(DeviceDrop::OffloadFailed);
+        }
+        delivered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use bridge_core::wire::{checksum, IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket};
+    use bridge_core::{NetworkConfig, Switch};
+    use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+    use virtio_bindings::virtio_net::{
+        VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
+        VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MRG_RXBUF,
+    };
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use vm_memory::{Bytes, GuestAddress};
+    use vmm_sys_util::eventfd::EventFd;
+
+    use crate::config::PortConfig;
+    use crate::test_util::{guest_memory, TestRing, MEM_SIZE};
+
+    const W: u16 = VRING_DESC_F_WRITE as u16;
+    const V1: u64 = 1 << VIRTIO_F_VERSION_1;
+    const MRG: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
+    const HOST_TSO: u64 = (1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_HOST_TSO4);
+    const GUEST_TSO: u64 = (1 << VIRTIO_NET_F_GUEST_CSUM) | (1 << VIRTIO_NET_F_GUEST_TSO4);
+    const RX_RING: u64 = 0x10000;
+    const TX_RING: u64 = 0x20000;
+    const TX_BUF: u64 = 0x100000;
+    const RX_BUF: u64 = 0x200000;
+
+    /// A guest on a port: its memory, rings and call eventfds.
+    struct Guest {
+        port: Arc<Port>,
+        mem: Arc<GuestMemoryMmap>,
+        rx_call: EventFd,
+        tx_call: EventFd,
+    }
+
+    impl Guest {
+        fn rx(&self) -> TestRing<'_> {
+            TestRing::new(&self.mem, RX_RING, 256)
+        }
+
+        fn tx(&self) -> TestRing<'_> {
+            TestRing::new(&self.mem, TX_RING, 256)
+        }
+
+        fn stats(&self) -> crate::datapath::counters::DeviceStats {
+            self.port.counters().snapshot()
+        }
+    }
+
+    /// A datapath with one guest per entry of `features`, rings running.
+    fn setup(features: &[u64]) -> (Datapath, Vec<Guest>) {
+        let switch = Arc::new(Switch::new());
+        let net = switch.add_network(NetworkConfig::default());
+        let dp = Datapath::new(Arc::clone(&switch));
+        let guests = features
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| {
+                let id = switch
+                    .add_port(net, bridge_core::PortConfig::default())
+                    .unwrap();
+                let config = PortConfig::new(format!("/test/{i}"));
+                let port =
+                    Arc::new(Port::new(id, config, switch.port_counters(id).unwrap()).unwrap());
+                dp.insert(Arc::clone(&port));
+                let g = Guest {
+                    port,
+                    mem: guest_memory(),
+                    rx_call: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                    tx_call: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                };
+                for (index, ring, call) in [(0, g.rx(), &g.rx_call), (1, g.tx(), &g.tx_call)] {
+                    let mut v = g.port.device().vring(index).unwrap();
+                    ring.configure(&mut v, Arc::clone(&g.mem), f);
+                    v.set_call(Some(call.try_clone().unwrap()));
+                }
+                g
+            })
+            .collect();
+        (dp, guests)
+    }
+
+    fn mac(n: u8) -> [u8; 6] {
+        [2, 0, 0, 0, 0, n]
+    }
+
+    fn eth(dst: [u8; 6], src: [u8; 6], len: usize) -> Vec<u8> {
+        let mut f = Vec::with_capacity(len);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&[0x88, 0xb5]);
+        f.extend((14..len).map(|i| i as u8));
+        f
+    }
+
+    /// Posts `frame` with virtio-net header `hdr` (12 bytes) in transmit buffer `slot`.
+    fn send(g: &Guest, tx: &mut TestRing, slot: u64, hdr: [u8; 12], frame: &[u8]) -> u16 {
+        let addr = TX_BUF + slot * 0x10000;
+        g.mem.write_slice(&hdr, GuestAddress(addr)).unwrap();
+        g.mem.write_slice(frame, GuestAddress(addr + 12)).unwrap();
+        tx.post(&[(addr, 12 + frame.len() as u32, 0)])
+    }
+
+    /// Posts `n` receive buffers of `size` bytes.
+    fn post_rx(rx: &mut TestRing, n: u64, size: u32) {
+        for i in 0..n {
+            rx.post(&[(RX_BUF + i * 0x10000, size, W)]);
+        }
+    }
+
+    /// The frame in receive buffer `i` (after a 12-byte header) and its header.
+    fn received(g: &Guest, rx: &TestRing, i: u16) -> ([u8; 12], Vec<u8>) {
+        let (head, len) = rx.used(i);
+        let addr = RX_BUF + u64::from(head) * 0x10000;
+        let mut hdr = [0u8; 12];
+        g.mem.read_slice(&mut hdr, GuestAddress(addr)).unwrap();
+        let mut f = vec![0u8; len as usize - 12];
+        g.mem.read_slice(&mut f, GuestAddress(addr + 12)).unwrap();
+        (hdr, f)
+    }
+
+    fn batch(dp: &Datapath, g: &Guest) -> bool {
+        run_batch(dp, &g.port, 1, &mut TxScratch::default())
+    }
+
+    #[test]
+    fn floods_then_forwards_unicast_and_signals_once_per_batch() {
+        let (dp, g) = setup(&[V1 | MRG, V1 | MRG, V1]);
+        let (mut a_tx, mut b_rx, mut c_rx) = (g[0].tx(), g[1].rx(), g[2].rx());
+        post_rx(&mut b_rx, 8, 2048);
+        post_rx(&mut c_rx, 8, 2048);
+        // Unknown destination: flooded to both.
+        let f1 = eth(mac(9), mac(1), 100);
+        let f2 = eth(mac(9), mac(1), 60);
+        send(&g[0], &mut a_tx, 0, [0; 12], &f1);
+        send(&g[0], &mut a_tx, 1, [0; 12], &f2);
+        assert!(!batch(&dp, &g[0]));
+        assert_eq!(
+            (a_tx.used_idx(), a_tx.used(0), a_tx.used(1)),
+            (2, (0, 0), (1, 0))
+        );
+        assert_eq!(
+            g[0].tx_call.read().unwrap(),
+            1,
+            "the sender is signalled once"
+        );
+        for (guest, rx) in [(&g[1], &b_rx), (&g[2], &c_rx)] {
+            assert_eq!(rx.used_idx(), 2);
+            assert_eq!(
+                received(guest, rx, 0),
+                ([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0], f1.clone())
+            );
+            assert_eq!(received(guest, rx, 1).1, f2);
+            assert_eq!(
+                guest.rx_call.read().unwrap(),
+                1,
+                "each receiver is signalled once"
+            );
+        }
+        // C answers A: A's address was learned, so only A gets it.
+        let mut a_rx = g[0].rx();
+        post_rx(&mut a_rx, 4, 2048);
+        let mut c_tx = g[2].tx();
+        let reply = eth(mac(1), mac(3), 80);
+        send(&g[2], &mut c_tx, 0, [0; 12], &reply);
+        batch(&dp, &g[2]);
+        assert_eq!(received(&g[0], &a_rx, 0).1, reply);
+        assert_eq!(b_rx.used_idx(), 2, "B does not see unicast to A");
+        let a = dp.switch().port_info(g[0].port.id()).unwrap().stats;
+        assert_eq!(
+            (a.rx_frames, a.rx_bytes, a.tx_frames, a.tx_bytes),
+            (2, 160, 1, 80)
+        );
+    }
+
+    #[test]
+    fn batches_are_bounded() {
+        let (dp, g) = setup(&[V1, V1]);
+        let (mut a_tx, mut b_rx) = (g[0].tx(), g[1].rx());
+        post_rx(&mut b_rx, 100, 2048);
+        for i in 0..100 {
+            send(
+                &g[0],
+                &mut a_tx,
+                i % 8,
+                [0; 12],
+                &eth([0xff; 6], mac(1), 60),
+            );
+        }
+        assert!(batch(&dp, &g[0]), "64 of 100: more to do");
+        assert_eq!((a_tx.used_idx(), b_rx.used_idx()), (64, 64));
+        assert!(!batch(&dp, &g[0]));
+        assert_eq!((a_tx.used_idx(), b_rx.used_idx()), (100, 100));
+    }
+
+    #[test]
+    fn hostile_descriptors_are_dropped_counted_and_returned() {
+        let (dp, g) = setup(&[V1, V1]);
+        let (mut a_tx, mut b_rx) = (g[0].tx(), g[1].rx());
+        post_rx(&mut b_rx, 8, 2048);
+        let good = eth([0xff; 6], mac(1), 60);
+        // A writable buffer, a buffer outside memory, a loop, an absurd length, a bad head, a
+        // chain shorter than the headers, a GSO type not negotiated, an oversized plain frame.
+        a_tx.post(&[(TX_BUF, 100, W)]);
+        a_tx.post(&[(MEM_SIZE - 8, 100, 0)]);
+        a_tx.put_desc(200, TX_BUF, 100, VRING_DESC_F_NEXT as u16, 200);
+        a_tx.post_head(200);
+        a_tx.post(&[(TX_BUF, u32::MAX, 0)]);
+        a_tx.post_head(999);
+        send(&g[0], &mut a_tx, 1, [0; 12], &good[..10]);
+        send(
+            &g[0],
+            &mut a_tx,
+            2,
+            [0, 1, 0, 0, 0xa8, 5, 0, 0, 0, 0, 0, 0],
+            &good,
+        );
+        send(&g[0], &mut a_tx, 3, [0; 12], &eth([0xff; 6], mac(1), 1600));
+        send(&g[0], &mut a_tx, 4, [0; 12], &good);
+        assert!(!batch(&dp, &g[0]));
+        let s = g[0].stats();
+        for reason in [
+            DeviceDrop::TxWrongDirection,
+            DeviceDrop::TxOutOfMemory,
+            DeviceDrop::TxChainTooLong,
+            DeviceDrop::TxTooBig,
+            DeviceDrop::TxBadIndex,
+            DeviceDrop::TxTruncated,
+            DeviceDrop::TxBadGso,
+            DeviceDrop::TxOverMtu,
+        ] {
+            assert_eq!(s.get(reason), 1, "{reason:?}");
+        }
+        assert_eq!(s.total(), 8);
+        // Every chain with a usable head came back; the good frame went through.
+        assert_eq!(a_tx.used_idx(), 8);
+        assert_eq!(b_rx.used_idx(), 1);
+        assert_eq!(received(&g[1], &b_rx, 0).1, good);
+        assert_eq!(g[1].stats().total(), 0, "the other port is not affected");
+    }
+
+    /// A TCP/IPv4 frame from 10.0.0.1 to 10.0.0.2 with `payload` bytes, as a guest with TSO
+    /// sends it: total length for the whole packet, TCP checksum holding the pseudo-header sum.
+    fn tcp_frame(payload: usize) -> Vec<u8> {
+        let (src, dst) = (Ipv4Address::new(10, 0, 0, 1), Ipv4Address::new(10, 0, 0, 2));
+        let mut f = vec![0u8; 14 + 20 + 20 + payload];
+        f[..6].copy_from_slice(&mac(2));
+        f[6..12].copy_from_slice(&mac(1));
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip_len = (20 + 20 + payload) as u16;
+        {
+            let mut ip = Ipv4Packet::new_unchecked(&mut f[14..]);
+            ip.set_version(4);
+            ip.set_header_len(20);
+            ip.set_total_len(ip_len);
+            ip.set_hop_limit(64);
+            ip.set_next_header(IpProtocol::Tcp);
+            ip.set_src_addr(src);
+            ip.set_dst_addr(dst);
+            ip.fill_checksum();
+        }
+        {
+            let mut tcp = TcpPacket::new_unchecked(&mut f[34..]);
+            tcp.set_src_port(40000);
+            tcp.set_dst_port(5201);
+            tcp.set_seq_number(bridge_core::wire::TcpSeqNumber(1000));
+            tcp.set_header_len(20);
+            tcp.set_ack(true);
+            tcp.set_window_len(500);
+            tcp.set_checksum(checksum::pseudo_header_v4(
+                &src,
+                &dst,
+                IpProtocol::Tcp,
+                u32::from(ip_len - 20),
+            ));
+        }
+        for (i, b) in f[54..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        f
+    }
+
+    fn tso_hdr(gso_size: u16) -> [u8; 12] {
+        let mut h = [0u8; 12];
+        h[0] = 1; // NEEDS_CSUM
+        h[1] = 1; // TCPV4
+        h[2..4].copy_from_slice(&54u16.to_le_bytes());
+        h[4..6].copy_from_slice(&gso_size.to_le_bytes());
+        h[6..8].copy_from_slice(&34u16.to_le_bytes());
+        h[8..10].copy_from_slice(&16u16.to_le_bytes());
+        h
+    }
+
+    #[test]
+    fn tso_passes_whole_to_a_tso_port_and_is_segmented_for_others() {
+        let (dp, g) = setup(&[V1 | MRG | HOST_TSO, V1 | MRG | GUEST_TSO, V1 | MRG]);
+        let (mut a_tx, mut b_rx, mut c_rx) = (g[0].tx(), g[1].rx(), g[2].rx());
+        post_rx(&mut b_rx, 8, 4096);
+        post_rx(&mut c_rx, 8, 4096);
+        let f = tcp_frame(3000);
+        send(&g[0], &mut a_tx, 0, tso_hdr(1000), &f);
+        batch(&dp, &g[0]);
+
+        // B negotiated the offload: one 3054-byte frame, header passed on.
+        assert_eq!(b_rx.used_idx(), 1);
+        let (hdr, got) = received(&g[1], &b_rx, 0);
+        let mut want_hdr = tso_hdr(1000);
+        want_hdr[10] = 1; // num_buffers
+        assert_eq!((hdr, got), (want_hdr, f.clone()));
+
+        // C did not: three segments of 1000 bytes, each with correct checksums.
+        assert_eq!(c_rx.used_idx(), 3);
+        let (src, dst) = (IpAddress::v4(10, 0, 0, 1), IpAddress::v4(10, 0, 0, 2));
+        let mut payload = Vec::new();
+        for i in 0..3 {
+            let (hdr, seg) = received(&g[2], &c_rx, i);
+            assert_eq!(hdr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0], "a plain header");
+            assert_eq!(seg.len(), 54 + 1000);
+            let ip = Ipv4Packet::new_checked(&seg[14..]).unwrap();
+            assert!(ip.verify_checksum());
+            let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+            assert!(tcp.verify_checksum(&src, &dst));
+            assert_eq!(tcp.seq_number().0, 1000 + 1000 * i32::from(i));
+            payload.extend_from_slice(tcp.payload());
+        }
+        assert_eq!(payload, f[54..]);
+        assert_eq!(
+            g[0].stats().total() + g[1].stats().total() + g[2].stats().total(),
+            0
+        );
+    }
+
+    #[test]
+    fn partial_checksum_is_completed_for_a_port_without_guest_csum() {
+        let (dp, g) = setup(&[V1 | HOST_TSO, V1]);
+        let (mut a_tx, mut b_rx) = (g[0].tx(), g[1].rx());
+        post_rx(&mut b_rx, 2, 2048);
+        let f = tcp_frame(500);
+        let mut hdr = tso_hdr(0);
+        hdr[1] = 0; // no GSO, partial checksum only
+        send(&g[0], &mut a_tx, 0, hdr, &f);
+        batch(&dp, &g[0]);
+        let (hdr, got) = received(&g[1], &b_rx, 0);
+        assert_eq!(hdr[0], 0, "no NEEDS_CSUM for the receiver");
+        let tcp = TcpPacket::new_checked(&got[34..]).unwrap();
+        assert!(tcp.verify_checksum(&IpAddress::v4(10, 0, 0, 1), &IpAddress::v4(10, 0, 0, 2)));
+        assert_eq!(got[54..], f[54..]);
+    }
+
+    #[test]
+    fn a_receiver_without_buffers_costs_only_its_frames() {
+        let (dp, g) = setup(&[V1, V1, V1]);
+        let (mut a_tx, mut c_rx) = (g[0].tx(), g[2].rx());
+        post_rx(&mut c_rx, 1, 2048);
+        send(&g[0], &mut a_tx, 0, [0; 12], &eth([0xff; 6], mac(1), 60));
+        batch(&dp, &g[0]);
+        assert_eq!(g[1].stats().get(DeviceDrop::RxNoBuffers), 1);
+        assert_eq!(c_rx.used_idx(), 1);
+        assert_eq!(a_tx.used_idx(), 1);
+    }
+}
