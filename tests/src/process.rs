@@ -148,6 +148,8 @@ fn spawn(
     let mut child = Command::new("setpriv")
         .args(["--pdeathsig", "KILL", "--", program])
         .args(args)
+        // Plain logs: the daemon's tracing output is read by tests and people.
+        .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -206,7 +206,7 @@ fn qemu_args(spec: &GuestSpec, kernel: &Path, initrd: &Path) -> Vec<String> {
         "-initrd",
         &initrd.display().to_string(),
         "-append",
-        "console=ttyS0 quiet panic=-1",
+        "console=ttyS0 quiet panic=-1 no_timer_check",
         "-display",
         "none",
         "-monitor",
