@@ -448,6 +448,7 @@ fn layouts_indirect_chunks_segments_and_regions() {
     let mut opts = options(FrontendKind::CloudHypervisor);
     opts.features &= !(features::MRG_RXBUF | features::GUEST_OFFLOADS);
     opts.rx_segment = Some(500);
+    opts.rx_buffers = Some(16);
     opts.memory = MemoryLayout {
         base: 0x8000_0000,
         regions: 4,
@@ -460,6 +461,7 @@ fn layouts_indirect_chunks_segments_and_regions() {
     };
     let (mut net, server, _) = attach("layouts", opts);
     assert_eq!(net.memory().regions().unwrap().len(), 4);
+    assert_eq!(net.vring(0).in_flight(), 16, "receive buffers kept posted");
     echo(&mut net, 0, 60);
     net.set_tx_layout(TxLayout {
         header_apart: false,

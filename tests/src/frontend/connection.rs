@@ -38,7 +38,7 @@ pub enum Role {
     Listen(PathBuf),
 }
 
-/// Which requests carry VHOST_USER_NEED_REPLY (honoured once REPLY_ACK is negotiated).
+/// Which requests carry VHOST_USER_NEED_REPLY once REPLY_ACK is negotiated (none before).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NeedReply {
     /// None.
@@ -287,6 +287,14 @@ impl Connection {
         self.call(FrontendReq::GET_FEATURES, |f| f.get_features())
     }
 
+    /// Waits until the backend has handled every request sent so far: a GET_FEATURES, whose
+    /// reply comes after them. This is the harness's own addition to a sequence (a real
+    /// frontend's guest is too slow to need it): frames sent right after a start then find the
+    /// rings running.
+    pub fn barrier(&mut self) -> Result<(), ConnectionError> {
+        self.get_features().map(drop)
+    }
+
     /// SET_FEATURES.
     pub fn set_features(&mut self, features: u64) -> Result<(), ConnectionError> {
         self.call(FrontendReq::SET_FEATURES, |f| f.set_features(features))?;
@@ -502,7 +510,15 @@ impl Connection {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
+    /// Whether `request` carries NEED_REPLY: per the policy, and only once REPLY_ACK is
+    /// negotiated (the flag means nothing before; real frontends never set it then).
     fn wants_reply(&self, request: FrontendReq) -> bool {
+        if !self
+            .acked_protocol
+            .contains(VhostUserProtocolFeatures::REPLY_ACK)
+        {
+            return false;
+        }
         match self.need_reply {
             NeedReply::Never => false,
             NeedReply::MemoryUpdates => matches!(

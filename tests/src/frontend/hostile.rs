@@ -300,6 +300,7 @@ impl VirtioNet {
             .map_err(|source| NetError::Hostile { vring, source })?;
         if let Some(head) = head {
             self.vrings[vring].hostile[usize::from(head)] = true;
+            self.vrings[vring].hostile_in_flight += 1;
         }
         // A hostile guest kicks whether or not the device asked for it.
         self.vrings[vring]

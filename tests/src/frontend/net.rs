@@ -73,6 +73,8 @@ pub struct NetOptions {
     pub rx_buffer_size: Option<u32>,
     /// Split each receive buffer into descriptors of at most this many bytes.
     pub rx_segment: Option<u32>,
+    /// Receive buffers to keep posted; `None` for as many as the queue holds.
+    pub rx_buffers: Option<usize>,
     /// Largest frame to send plus header; `None` for 64 KiB with HOST_TSO/UFO requested, else
     /// the MTU.
     pub tx_buffer_size: Option<u32>,
@@ -95,6 +97,7 @@ impl Default for NetOptions {
             memory: MemoryLayout::default(),
             rx_buffer_size: None,
             rx_segment: None,
+            rx_buffers: None,
             tx_buffer_size: None,
             tx_layout: TxLayout::default(),
             mtu: 1500,
@@ -320,6 +323,8 @@ pub(super) struct Vring {
     tables: Vec<GuestAddress>,
     /// Per descriptor index: the head of a hostile chain in flight.
     pub(super) hostile: Vec<bool>,
+    /// Hostile chains in flight.
+    pub(super) hostile_in_flight: usize,
     /// Hostile chains the device returned, in order.
     pub(super) hostile_used: Vec<Used>,
     /// Whether the ring is started (NUM..KICK sent, not stopped since).
@@ -414,6 +419,7 @@ impl VirtioNet {
                 slots,
                 tables,
                 hostile: vec![false; usize::from(options.queue_size)],
+                hostile_in_flight: 0,
                 hostile_used: Vec::new(),
                 started: false,
                 enabled: false,
@@ -650,14 +656,15 @@ impl VirtioNet {
         }
     }
 
-    /// Starts the rings (the frontend kind's activation) and posts receive buffers.
+    /// Starts the rings (the frontend kind's activation), posts receive buffers, and waits
+    /// until the backend handled the sequence ([`Connection::barrier`]).
     pub(super) fn start(&mut self) -> Result<(), NetError> {
         replay::activate(self)?;
         for pair in 0..usize::from(self.options.queue_pairs) {
             self.refill(2 * pair)?;
             self.disable_notification(2 * pair + 1)?;
         }
-        Ok(())
+        Ok(self.conn.barrier()?)
     }
 
     /// The vring configuration SET_VRING_ADDR carries for vring `index`.
@@ -700,9 +707,12 @@ impl VirtioNet {
             Some(seg) if seg > 0 => self.rx_buffer.div_ceil(seg) as usize,
             _ => 1,
         };
+        let limit = self.options.rx_buffers.unwrap_or(usize::MAX);
         let vring = &mut self.vrings[index];
         let queue_err = queue_err(index);
-        while vring.ring.num_free() >= per_buffer {
+        while vring.ring.num_free() >= per_buffer
+            && vring.ring.in_flight() - vring.hostile_in_flight < limit
+        {
             let Some(head) = vring.ring.next_head() else {
                 break;
             };
@@ -819,6 +829,7 @@ impl VirtioNet {
             return false;
         }
         *hostile = false;
+        vring.hostile_in_flight -= 1;
         vring.hostile_used.push(used);
         true
     }

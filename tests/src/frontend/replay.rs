@@ -335,6 +335,7 @@ impl VirtioNet {
         for (index, vring) in self.vrings.iter_mut().enumerate() {
             vring.ring.reset(&self.mem).map_err(queue_err(index))?;
             vring.hostile.fill(false);
+            vring.hostile_in_flight = 0;
             vring.saved_base = 0;
         }
         self.start()
@@ -364,7 +365,8 @@ impl VirtioNet {
     }
 
     /// Enables the first `pairs` queue pairs and disables the others, as QEMU and DPDK do when
-    /// the guest's driver sets the number of queue pairs.
+    /// the guest's driver sets the number of queue pairs; then waits until the backend handled
+    /// it ([`Connection::barrier`](super::connection::Connection::barrier)).
     pub fn set_active_pairs(&mut self, pairs: u16) -> Result<(), NetError> {
         if pairs == 0 || pairs > self.options.queue_pairs {
             return Err(NetError::NoSuchPair(pairs));
@@ -375,7 +377,7 @@ impl VirtioNet {
             self.vrings[ring].enabled = enable;
         }
         self.active_pairs = pairs;
-        Ok(())
+        Ok(self.conn.barrier()?)
     }
 
     /// Reads the config space with GET_CONFIG (needs the CONFIG protocol feature acked).
