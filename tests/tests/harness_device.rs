@@ -12,7 +12,8 @@ use tests::frontend::connection::Role;
 use tests::frontend::features;
 use tests::frontend::frames::{check_tcp, is_gso, number, numbered, TcpFlow};
 use tests::frontend::hostile::{is_marker, HostileChain};
-use tests::frontend::net::{NetOptions, VirtioNet};
+use tests::frontend::memory::MemoryLayout;
+use tests::frontend::net::{NetOptions, TxLayout, VirtioNet};
 use tests::frontend::net_hdr::{NetHdr, LEGACY_HDR_LEN};
 use tests::frontend::replay::FrontendKind;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -303,7 +304,14 @@ fn offload_pair(receiver_features: u64) -> (Lab, VirtioNet, VirtioNet) {
 
 #[test]
 fn tso_frames_pass_whole_to_a_tso_port() {
-    let (_lab, mut sender, mut receiver) = offload_pair(features::DRIVER);
+    // Into mergeable 2 KiB buffers, and into 64 KiB buffers without MRG_RXBUF.
+    for receiver_features in [features::DRIVER, features::DRIVER & !features::MRG_RXBUF] {
+        tso_whole(receiver_features);
+    }
+}
+
+fn tso_whole(receiver_features: u64) {
+    let (_lab, mut sender, mut receiver) = offload_pair(receiver_features);
     for v6 in [false, true] {
         let flow = tcp_flow(v6);
         let payload: Vec<u8> = (0..32_000u32).map(|i| (i * 7) as u8).collect();
@@ -368,6 +376,113 @@ fn partial_checksums_are_completed_for_a_port_without_guest_csum() {
 }
 
 #[test]
+fn partial_checksums_reach_a_guest_csum_port_valid_or_to_complete() {
+    let (_lab, mut sender, mut receiver) = offload_pair(features::DRIVER);
+    for v6 in [false, true] {
+        let (hdr, frame) = tcp_flow(v6).offloaded(9, b"left to the receiver", false, None);
+        sender.send_with_hdr(0, &hdr, &frame).unwrap();
+        let (got_hdr, got) = receiver.recv(WAIT).unwrap().expect("the segment");
+        let seg = check_tcp(&got_hdr, &got).unwrap_or_else(|e| panic!("{got_hdr:?}: {e}"));
+        assert_eq!(seg.payload, b"left to the receiver");
+    }
+}
+
+#[test]
+fn any_descriptor_layout_and_many_regions() {
+    let lab = simple_lab(2);
+    let mut opts = options(FrontendKind::Qemu);
+    opts.memory = MemoryLayout {
+        base: 0x4000_0000,
+        regions: 8,
+        gap: 0x10_0000,
+    };
+    opts.tx_layout = TxLayout {
+        header_apart: true,
+        chunk: Some(100),
+        indirect: false,
+    };
+    let mut a = lab.attach(0, opts.clone());
+    opts.rx_segment = Some(256);
+    let mut b = lab.attach(1, opts);
+    introduce(&mut [&mut a, &mut b]);
+    for layout in [
+        TxLayout {
+            header_apart: true,
+            chunk: Some(100),
+            indirect: false,
+        },
+        TxLayout {
+            header_apart: false,
+            chunk: Some(64),
+            indirect: true,
+        },
+        TxLayout {
+            header_apart: true,
+            chunk: None,
+            indirect: true,
+        },
+        TxLayout::default(),
+    ] {
+        a.set_tx_layout(layout).unwrap();
+        b.set_tx_layout(layout).unwrap();
+        unicast(&mut a, 0, &mut b, 1, 30, 1514);
+        unicast(&mut b, 1, &mut a, 0, 30, 1514);
+    }
+    assert_eq!(lab.device_drops(0) + lab.device_drops(1), 0);
+}
+
+#[test]
+fn frames_too_big_are_dropped_and_counted() {
+    let lab = simple_lab(2);
+    let mut a = lab.attach(0, options(FrontendKind::Qemu));
+    let mut opts = options(FrontendKind::Qemu);
+    opts.features &= !(features::MRG_RXBUF | features::GUEST_OFFLOADS);
+    opts.tx_buffer_size = Some(12 + 2000);
+    let mut b = lab.attach(1, opts);
+    introduce(&mut [&mut a, &mut b]);
+    // Over the sender's MTU, without segmentation asked for.
+    let drops = lab.device_drops(1);
+    b.send(0, &numbered(mac(0), mac(1), 1, 1600)).unwrap();
+    assert_silent(&mut a, "an over-MTU frame");
+    assert!(lab.device_drops(1) > drops, "over-MTU frame not counted");
+    // A TSO super-segment for a receiver whose buffers hold 1518 bytes and that cannot take
+    // it whole: segmented, it fits.
+    let flow = TcpFlow {
+        src_mac: mac(0),
+        dst_mac: mac(1),
+        ..tcp_flow(false)
+    };
+    let (hdr, frame) = flow.offloaded(1, &[7; 5000], false, Some(1448));
+    a.send_with_hdr(0, &hdr, &frame).unwrap();
+    for i in 0..4 {
+        let (_, got) = b
+            .recv(WAIT)
+            .unwrap()
+            .unwrap_or_else(|| panic!("segment {i}"));
+        assert!(got.len() <= 1514);
+    }
+    // Both ports still work.
+    unicast(&mut a, 0, &mut b, 1, 10, 1514);
+    unicast(&mut b, 1, &mut a, 0, 10, 1514);
+}
+
+#[test]
+fn frames_larger_than_the_receive_buffers_are_dropped_and_counted() {
+    let lab = simple_lab(2);
+    let mut a = lab.attach(0, options(FrontendKind::Qemu));
+    let mut opts = options(FrontendKind::Qemu);
+    opts.features &= !features::MRG_RXBUF;
+    opts.rx_buffer_size = Some(12 + 600);
+    let mut b = lab.attach(1, opts);
+    introduce(&mut [&mut a, &mut b]);
+    let drops = lab.device_drops(1);
+    a.send(0, &numbered(mac(1), mac(0), 1, 1000)).unwrap();
+    assert_silent(&mut b, "a frame larger than its buffers");
+    assert!(lab.device_drops(1) > drops, "not counted");
+    unicast(&mut a, 0, &mut b, 1, 10, 600);
+}
+
+#[test]
 fn multiqueue_pairs_all_forward() {
     let lab = lab(&[(2, 1500, SocketRole::Listen); 2]);
     let mut opts = options(FrontendKind::Qemu);
@@ -386,6 +501,23 @@ fn multiqueue_pairs_all_forward() {
             );
         }
     }
+    // The receiver's driver goes down to one pair: its second receive ring is disabled and
+    // must stay untouched, frames still arrive.
+    b.set_active_pairs(1).unwrap();
+    let used = b.vring(2).used_idx(b.memory()).unwrap();
+    for n in 0..20 {
+        let frame = numbered(mac(1), mac(0), n, 200);
+        a.send(1, &frame).unwrap();
+        assert_eq!(
+            b.recv_on(0, WAIT).unwrap().expect("frame on pair 0").1,
+            frame
+        );
+    }
+    assert_eq!(
+        b.vring(2).used_idx(b.memory()).unwrap(),
+        used,
+        "disabled ring used"
+    );
 }
 
 #[test]
