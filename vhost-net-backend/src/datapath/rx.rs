@@ -107,19 +107,16 @@ pub fn deliver(
             Ok((n, _)) => n,
             Err(e) => {
                 // Give every chain taken for this frame back empty, the bad one included
-                // (unless its index is unusable), so the guest can post them again.
+                // (unless its head names no descriptor), so the guest can post them again.
                 let used = &mut scratch.used[..count];
                 used.iter_mut().for_each(|u| u.len = 0);
                 Vring::add_used(queue, mem, used);
-                if e != ChainError::BadIndex {
-                    Vring::add_used(
-                        queue,
-                        mem,
-                        &[UsedElem {
-                            head: head_index,
-                            len: 0,
-                        }],
-                    );
+                if head_index < queue.size() {
+                    let bad = UsedElem {
+                        head: head_index,
+                        len: 0,
+                    };
+                    Vring::add_used(queue, mem, &[bad]);
                 }
                 return Err(RxError::Chain(e));
             }
@@ -327,6 +324,14 @@ mod tests {
             Err(RxError::Chain(ChainError::BadIndex))
         );
         assert_eq!(ring.used_idx(), 2);
+        // A next link past the table: the chain is returned.
+        ring.put_desc(7, 0x100000, 64, W | 1, 300);
+        ring.post_head(7);
+        assert_eq!(
+            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            Err(RxError::Chain(ChainError::BadIndex))
+        );
+        assert_eq!((ring.used_idx(), ring.used(2)), (3, (7, 0)));
         // A loop.
         ring.put_desc(9, 0x100000, 64, W | 1, 9);
         ring.post_head(9);
@@ -340,8 +345,8 @@ mod tests {
             deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
             Ok(100)
         );
-        assert_eq!(ring.used_idx(), 4, "the looping chain was returned too");
-        assert_eq!(ring.used(3), (u32::from(good), 112));
+        assert_eq!(ring.used_idx(), 5, "the looping chain was returned too");
+        assert_eq!(ring.used(4), (u32::from(good), 112));
     }
 
     #[test]

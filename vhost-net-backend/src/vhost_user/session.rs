@@ -6,8 +6,9 @@
 //! it follows what they send (see docs/device.md):
 //! - SET_VRING_ENABLE is accepted at any time (QEMU sends it before SET_FEATURES, DPDK before
 //!   GET_FEATURES on reconnect);
-//! - NEED_REPLY is acknowledged whenever it is set (a frontend sets it only if it negotiated
-//!   REPLY_ACK, possibly on an earlier connection);
+//! - NEED_REPLY is acknowledged once REPLY_ACK is negotiated on the connection (the `vhost`
+//!   crate's frontend, which cloud-hypervisor uses, may set the flag earlier and then does not
+//!   read an acknowledgement);
 //! - memory can change at any time, rings running or not;
 //! - a request that fails is answered with a failed acknowledgement when one was asked for and
 //!   logged, and the connection stays up; unknown requests are ignored the same way. Only a
@@ -110,7 +111,7 @@ impl<'d> Session<'d> {
                 request = header.request,
                 "ignoring unknown vhost-user request"
             );
-            return Ok(ack(&header, Err(SessionError::Unknown(header.request))));
+            return Ok(self.ack(&header, Err(SessionError::Unknown(header.request))));
         };
         debug!(
             ?code,
@@ -120,14 +121,14 @@ impl<'d> Session<'d> {
         );
         match self.dispatch(code, &msg.body, msg.files) {
             Ok(Some(reply)) => Ok(Response::Reply(header.reply(reply.len()), reply)),
-            Ok(None) => Ok(ack(&header, Ok(()))),
+            Ok(None) => Ok(self.ack(&header, Ok(()))),
             Err(e @ SessionError::NoReply(_)) => Err(e),
             Err(e) => {
                 warn!(?code, error = %e, "vhost-user request failed");
                 if let Some(reply) = fallback_reply(code, &msg.body) {
                     return Ok(Response::Reply(header.reply(reply.len()), reply));
                 }
-                Ok(ack(&header, Err(e)))
+                Ok(self.ack(&header, Err(e)))
             }
         }
     }
@@ -283,6 +284,19 @@ impl<'d> Session<'d> {
         }
     }
 
+    /// An acknowledgement if the frontend asked for one and REPLY_ACK is negotiated: 0 for
+    /// success, 1 for failure.
+    fn ack(&self, header: &Header, result: Result<(), SessionError>) -> Response {
+        let negotiated = self
+            .acked_protocol
+            .contains(VhostUserProtocolFeatures::REPLY_ACK);
+        if !header.need_reply() || !negotiated {
+            return Response::None;
+        }
+        let status: u64 = if result.is_ok() { 0 } else { 1 };
+        Response::Reply(header.reply(size_of::<u64>()), u64_reply(status))
+    }
+
     /// Runs `f` on vring `index` with the memory table, then wakes the worker.
     fn with_vring<T>(
         &self,
@@ -319,15 +333,6 @@ impl Drop for Session<'_> {
     fn drop(&mut self) {
         self.device.reset();
     }
-}
-
-/// An acknowledgement if the frontend asked for one: 0 for success, 1 for failure.
-fn ack(header: &Header, result: Result<(), SessionError>) -> Response {
-    if !header.need_reply() {
-        return Response::None;
-    }
-    let status: u64 = if result.is_ok() { 0 } else { 1 };
-    Response::Reply(header.reply(size_of::<u64>()), u64_reply(status))
 }
 
 /// The reply for a failed request that has a reply of its own, where the protocol defines one.
@@ -465,6 +470,15 @@ mod tests {
             1500,
         ))
         .unwrap()
+    }
+
+    /// A session whose frontend acked every protocol feature offered (REPLY_ACK included).
+    fn negotiated(dev: &Device) -> Session<'_> {
+        let mut s = Session::new(dev);
+        let all = u64_body(vhu_net::protocol_features().bits());
+        let r = s.handle(msg(FrontendReq::SET_PROTOCOL_FEATURES, &all, vec![], false));
+        assert_eq!(r.unwrap(), Response::None);
+        s
     }
 
     fn msg(code: FrontendReq, body: &[u8], files: Vec<File>, need_reply: bool) -> Message {
@@ -658,7 +672,7 @@ mod tests {
     #[test]
     fn memory_can_change_while_rings_run() {
         let dev = device(1);
-        let mut s = Session::new(&dev);
+        let mut s = negotiated(&dev);
         s.handle(msg(
             FrontendReq::SET_FEATURES,
             &u64_body(vhu_net::OFFERED_FEATURES),
@@ -712,7 +726,7 @@ mod tests {
     #[test]
     fn ring_without_protocol_features_starts_enabled() {
         let dev = device(1);
-        let mut s = Session::new(&dev);
+        let mut s = negotiated(&dev);
         let legacy = vhu_net::OFFERED_FEATURES & !VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         s.handle(msg(
             FrontendReq::SET_FEATURES,
@@ -763,6 +777,31 @@ mod tests {
         }
     }
 
+    #[test]
+    fn no_acknowledgement_before_reply_ack_is_negotiated() {
+        let dev = device(1);
+        let mut s = Session::new(&dev);
+        // The vhost crate's frontend may flag requests before negotiating; it reads no ack.
+        let r = s.handle(msg(FrontendReq::SET_OWNER, &[], vec![], true));
+        assert_eq!(r.unwrap(), Response::None);
+        let proto = u64_body(VhostUserProtocolFeatures::MQ.bits());
+        s.handle(msg(
+            FrontendReq::SET_PROTOCOL_FEATURES,
+            &proto,
+            vec![],
+            false,
+        ))
+        .unwrap();
+        let r = s.handle(msg(FrontendReq::SET_OWNER, &[], vec![], true));
+        assert_eq!(
+            r.unwrap(),
+            Response::None,
+            "REPLY_ACK not among the acked features"
+        );
+        let mut s = negotiated(&dev);
+        assert_eq!(ack_of(&mut s, FrontendReq::SET_OWNER, &[]), 0);
+    }
+
     /// Sends a request asking for an acknowledgement; returns its status (0: success).
     fn ack_of(s: &mut Session, code: FrontendReq, body: &[u8]) -> u64 {
         reply_u64(s.handle(msg(code, body, vec![], true)).unwrap())
@@ -771,7 +810,7 @@ mod tests {
     #[test]
     fn failures_are_acknowledged_and_the_connection_stays() {
         let dev = device(1);
-        let mut s = Session::new(&dev);
+        let mut s = negotiated(&dev);
         // Unknown request code.
         let unknown = Message {
             header: Header {
