@@ -1,4 +1,4 @@
-//! The daemon: the switch with its default network, the ports with their threads, and the
+//! The daemon: the switch with the configured networks, the ports with their threads, and the
 //! housekeeping loop; started with [`start`], run until [`Daemon::shutdown`] (or drop).
 
 use std::collections::BTreeMap;
@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use bridge_core::{NetworkConfig, NetworkId, PortId, PortStats, Switch};
+use bridge_core::{NetworkId, PortId, PortStats, Switch};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::config::{Config, ConfigError, PortConfig};
+use crate::config::{Config, Egress, FieldPath, Invalid, NetworkMode, PortConfig};
 use crate::datapath::counters::DeviceStats;
 use crate::datapath::{worker, Datapath};
 use crate::port::{self, Port};
@@ -28,7 +28,15 @@ const AGEING_INTERVAL: Duration = Duration::from_secs(1);
 pub enum Error {
     /// The configuration is invalid.
     #[error("invalid configuration")]
-    Config(#[from] ConfigError),
+    Config(#[from] Invalid),
+    /// The configuration asks for something the daemon does not do yet.
+    #[error("{field}: {what} is not implemented yet")]
+    NotImplemented {
+        /// The setting.
+        field: FieldPath,
+        /// What it asks for.
+        what: &'static str,
+    },
     /// A port's socket could not be set up.
     #[error("setting up a port's socket failed")]
     Socket(#[from] SocketError),
@@ -41,6 +49,9 @@ pub enum Error {
     /// No port has this id.
     #[error("no port {0:?}")]
     NoSuchPort(PortId),
+    /// No network has this name.
+    #[error("no network is named {0:?}")]
+    NoSuchNetwork(String),
     /// Creating an eventfd, a timer or a thread failed.
     #[error("creating a daemon resource failed")]
     Resource(#[source] io::Error),
@@ -68,17 +79,57 @@ pub struct PortReport {
 #[derive(Debug)]
 pub struct Daemon {
     datapath: Arc<Datapath>,
-    network: NetworkId,
+    /// The configuration it was started with, less the ports (those are in `ports`).
+    config: Config,
+    /// The switch's id of each of `config.networks`, in order.
+    network_ids: Vec<NetworkId>,
     ports: Mutex<BTreeMap<PortId, PortHandle>>,
     stop: Arc<EventFd>,
     housekeeping: Option<JoinHandle<()>>,
 }
 
-/// Starts the daemon: one port per entry of `config`, all on one network.
-pub fn start(config: Config) -> Result<Daemon, Error> {
+/// Refuses settings the daemon does not carry out yet; warns about a NAT network's gateway.
+fn check_implemented(config: &Config) -> Result<(), Error> {
+    let refuse = |field: FieldPath, what| Err(Error::NotImplemented { field, what });
+    for (i, n) in config.networks.iter().enumerate() {
+        let at = FieldPath::root("network").index(i);
+        match &n.mode {
+            NetworkMode::Bridge(_) => return refuse(at.key("mode"), "a bridged network's uplink"),
+            NetworkMode::Nat(nat) if matches!(nat.egress, Egress::Kernel { .. }) => {
+                return refuse(at.key("egress"), "kernel egress");
+            }
+            NetworkMode::Nat(nat) => error!(
+                network = %n.name,
+                gateway = %nat.gateway,
+                "the NAT gateway (ARP, DHCP, DNS, egress) is not wired into the daemon yet: \
+                 the network's ports reach each other only"
+            ),
+            NetworkMode::Isolated => {}
+        }
+    }
+    if !config.forwards.is_empty() {
+        return refuse(FieldPath::root("forward"), "port forwarding");
+    }
+    if !config.policies.is_empty() {
+        return refuse(FieldPath::root("policy"), "loading policies");
+    }
+    if config.metrics.is_some() {
+        return refuse(FieldPath::root("metrics"), "the metrics endpoint");
+    }
+    Ok(())
+}
+
+/// Starts the daemon: the networks of `config`, and one port per entry.
+pub fn start(mut config: Config) -> Result<Daemon, Error> {
     config.validate()?;
+    check_implemented(&config)?;
+    let ports = std::mem::take(&mut config.ports);
     let switch = Arc::new(Switch::new());
-    let network = switch.add_network(NetworkConfig::default());
+    let network_ids = config
+        .networks
+        .iter()
+        .map(|n| switch.add_network(n.switch.to_switch()))
+        .collect();
     let datapath = Arc::new(Datapath::new(switch));
     let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Resource)?);
     let housekeeping = {
@@ -91,12 +142,13 @@ pub fn start(config: Config) -> Result<Daemon, Error> {
     };
     let daemon = Daemon {
         datapath,
-        network,
+        config,
+        network_ids,
         ports: Mutex::new(BTreeMap::new()),
         stop,
         housekeeping: Some(housekeeping),
     };
-    for port in config.ports {
+    for port in ports {
         daemon.add_port(port)?;
     }
     Ok(daemon)
@@ -108,9 +160,20 @@ impl Daemon {
         self.datapath.switch()
     }
 
-    /// Adds a port on the daemon's network and starts serving its socket.
+    /// The configuration the daemon was started with (its `ports` is empty: see
+    /// [`Daemon::ports`]).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The switch's id of the network named `name`.
+    pub fn network_id(&self, name: &str) -> Option<NetworkId> {
+        let i = self.config.networks.iter().position(|n| n.name == name)?;
+        self.network_ids.get(i).copied()
+    }
+
+    /// Adds a port on its network and starts serving its socket.
     pub fn add_port(&self, config: PortConfig) -> Result<PortId, Error> {
-        config.validate()?;
         let mut ports = self.lock_ports();
         if ports
             .values()
@@ -118,9 +181,15 @@ impl Daemon {
         {
             return Err(Error::SocketInUse(config.socket));
         }
+        self.config
+            .check_port(&config, &[])
+            .map_err(|e| e.under(FieldPath::root("port")))?;
+        let network = self
+            .network_id(&config.network)
+            .ok_or(Error::NoSuchNetwork(config.network.clone()))?;
         let endpoint = Endpoint::new(&config.socket, config.role)?;
         let switch = self.switch();
-        let id = switch.add_port(self.network, bridge_core::PortConfig::default())?;
+        let id = switch.add_port(network, config.switch_config())?;
         let counters = switch.port_counters(id).ok_or(Error::NoSuchPort(id))?;
         let port = match Port::new(id, config, counters) {
             Ok(p) => Arc::new(p),

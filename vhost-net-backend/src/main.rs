@@ -4,10 +4,11 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
-use vhost_net_backend::cli::Args;
-use vhost_net_backend::{sys, Config};
+use vhost_net_backend::cli::{error_chain, Args, Loaded};
+use vhost_net_backend::config::file;
+use vhost_net_backend::sys;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -16,13 +17,20 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let config = match Config::try_from(args) {
-        Ok(c) => c,
+    let Loaded { config, notes } = match Loaded::try_from(&args) {
+        Ok(l) => l,
         Err(e) => {
-            error!("{e}");
+            error!("{}", error_chain(&e));
             return ExitCode::from(2);
         }
     };
+    for note in notes {
+        warn!("not imported: {note}");
+    }
+    if args.print_config {
+        print!("{}", file::to_toml(&config));
+        return ExitCode::SUCCESS;
+    }
     // Blocked before any thread starts, so that only the main thread takes them.
     if let Err(e) = sys::block_termination_signals() {
         error!(error = %e, "blocking signals failed");
@@ -41,16 +49,4 @@ fn main() -> ExitCode {
     }
     daemon.shutdown();
     ExitCode::SUCCESS
-}
-
-/// An error and its causes, for one log line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
