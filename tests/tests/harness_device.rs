@@ -42,17 +42,14 @@ fn lab(ports: &[(u16, u16, SocketRole)]) -> Lab {
         .iter()
         .enumerate()
         .map(|(i, &(queue_pairs, mtu, role))| PortConfig {
-            socket: dir.path().join(format!("port{i}.sock")),
             role,
             mac: MacAddr(mac(i)),
             queue_pairs,
             mtu,
+            ..PortConfig::new(dir.path().join(format!("port{i}.sock")))
         })
         .collect();
-    let daemon = start(Config {
-        ports: ports.clone(),
-    })
-    .unwrap();
+    let daemon = start(Config::with_ports(ports.clone())).unwrap();
     let ids = daemon.ports();
     assert_eq!(ids.len(), ports.len());
     Lab {
@@ -646,10 +643,7 @@ fn daemon_restart_resumes_traffic_without_a_guest_reset() {
         daemon, _dir: dir, ..
     } = lab;
     daemon.shutdown();
-    let daemon = start(Config {
-        ports: configs.clone(),
-    })
-    .unwrap();
+    let daemon = start(Config::with_ports(configs.clone())).unwrap();
     let lab = Lab {
         ids: daemon.ports(),
         daemon,
