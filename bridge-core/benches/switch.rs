@@ -1,5 +1,10 @@
 //! Forwarding decisions per second for 64-byte frames, with 1k and 64k learned addresses, on
 //! one thread and on two threads sharing the switch. `cargo bench -p bridge-core`.
+//!
+//! Two measurements of the same runs: `cpu` counts the benchmark threads' own CPU time (from
+//! the scheduler, /proc/thread-self/schedstat), so its figures hold on a machine that others
+//! load too, and two threads show what contention costs per decision; `wall` is elapsed time,
+//! where two threads on two idle cores show the scaling.
 
 use std::hint::black_box;
 use std::thread;
@@ -7,6 +12,7 @@ use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use bridge_core::time::Instant;
 use bridge_core::{Decision, NetworkConfig, PortConfig, PortId, Switch};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 const PORTS: u32 = 4;
@@ -82,34 +88,160 @@ fn run(sw: &Switch, port: PortId, frames: &[Vec<u8>]) {
     }
 }
 
-fn decisions(c: &mut Criterion) {
-    let mut group = c.benchmark_group("decisions_64B");
+/// This thread's CPU time in nanoseconds.
+fn thread_cpu_ns() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    stat.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// CPU time of the measuring thread (or, from `iter_custom`, of all benchmark threads).
+struct CpuTime;
+
+impl Measurement for CpuTime {
+    type Intermediate = u64;
+    type Value = u64;
+
+    fn start(&self) -> u64 {
+        thread_cpu_ns()
+    }
+
+    fn end(&self, start: u64) -> u64 {
+        thread_cpu_ns() - start
+    }
+
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+
+    fn zero(&self) -> u64 {
+        0
+    }
+
+    fn to_f64(&self, value: &u64) -> f64 {
+        *value as f64
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &CpuTimeFormatter
+    }
+}
+
+struct CpuTimeFormatter;
+
+impl ValueFormatter for CpuTimeFormatter {
+    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
+        let (divisor, unit) = match typical {
+            t if t < 1e3 => (1.0, "ns cpu"),
+            t if t < 1e6 => (1e3, "µs cpu"),
+            t if t < 1e9 => (1e6, "ms cpu"),
+            _ => (1e9, "s cpu"),
+        };
+        values.iter_mut().for_each(|v| *v /= divisor);
+        unit
+    }
+
+    fn scale_throughputs(
+        &self,
+        _: f64,
+        throughput: &Throughput,
+        values: &mut [f64],
+    ) -> &'static str {
+        let n = match throughput {
+            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) => *n,
+            Throughput::Bits(n) => *n,
+            _ => 1,
+        };
+        values.iter_mut().for_each(|v| *v = n as f64 * 1e3 / *v);
+        "Melem/cpu-s"
+    }
+
+    fn scale_for_machines(&self, _: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+/// Runs `iters` batches on each of the first two ports' threads; returns the sum of what
+/// `measure` reports for each thread.
+fn two_threads<V: Send>(
+    sw: &Switch,
+    batches: &[Batch],
+    iters: u64,
+    measure: impl Fn(&dyn Fn()) -> V + Sync,
+) -> Vec<V> {
+    thread::scope(|s| {
+        let handles: Vec<_> = batches[..2]
+            .iter()
+            .map(|(port, frames)| {
+                let measure = &measure;
+                s.spawn(move || measure(&|| (0..iters).for_each(|_| run(sw, *port, frames))))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn group<M: Measurement>(
+    c: &mut Criterion<M>,
+    name: &str,
+    switches: &[(u32, Switch, Vec<Batch>)],
+    two: impl Fn(&Switch, &[Batch], u64) -> M::Value,
+) {
+    let mut group = c.benchmark_group(name);
     group
         .warm_up_time(StdDuration::from_secs(1))
         .measurement_time(StdDuration::from_secs(3))
         .sample_size(20);
-    for learned in [1024, 65536] {
-        let (sw, batches) = setup(learned);
+    for (learned, sw, batches) in switches {
         group.throughput(Throughput::Elements(BATCH as u64));
         group.bench_function(BenchmarkId::new("1_thread", learned), |b| {
-            b.iter(|| run(&sw, batches[0].0, &batches[0].1))
+            b.iter(|| run(sw, batches[0].0, &batches[0].1))
         });
         group.throughput(Throughput::Elements(2 * BATCH as u64));
         group.bench_function(BenchmarkId::new("2_threads", learned), |b| {
-            b.iter_custom(|iters| {
-                let start = StdInstant::now();
-                thread::scope(|s| {
-                    for (port, frames) in &batches[..2] {
-                        let sw = &sw;
-                        s.spawn(move || (0..iters).for_each(|_| run(sw, *port, frames)));
-                    }
-                });
-                start.elapsed()
-            })
+            b.iter_custom(|iters| two(sw, batches, iters))
         });
     }
     group.finish();
 }
 
-criterion_group!(benches, decisions);
-criterion_main!(benches);
+fn switches() -> Vec<(u32, Switch, Vec<Batch>)> {
+    [1024, 65536]
+        .into_iter()
+        .map(|learned| {
+            let (sw, batches) = setup(learned);
+            (learned, sw, batches)
+        })
+        .collect()
+}
+
+fn cpu(c: &mut Criterion<CpuTime>) {
+    group(c, "decisions_64B_cpu", &switches(), |sw, batches, iters| {
+        let per_thread = two_threads(sw, batches, iters, |work| {
+            let start = thread_cpu_ns();
+            work();
+            thread_cpu_ns() - start
+        });
+        per_thread.into_iter().sum()
+    });
+}
+
+fn wall(c: &mut Criterion<WallTime>) {
+    group(
+        c,
+        "decisions_64B_wall",
+        &switches(),
+        |sw, batches, iters| {
+            let start = StdInstant::now();
+            two_threads(sw, batches, iters, |work| work());
+            start.elapsed()
+        },
+    );
+}
+
+criterion_group! {
+    name = cpu_time;
+    config = Criterion::default().with_measurement(CpuTime);
+    targets = cpu
+}
+criterion_group!(wall_time, wall);
+criterion_main!(cpu_time, wall_time);

@@ -1,24 +1,26 @@
 //! The forwarding database of one network: (VLAN, MAC) -> port, learned or static.
 //!
-//! Read-mostly and sharded: the table is split into [`SHARDS`] hash maps, each under its own
-//! `RwLock`, picked by a seeded hash of the key. Keys are hashed with foldhash, seeded at
-//! random per table: fast for 8-byte keys, and a guest cannot predict collisions (the limits
-//! bound the tables anyway). A frame from a known address on its known port
-//! only refreshes an atomic timestamp under a read lock (and only when the stored one is older
-//! than 1/256 of the ageing time); write locks are taken for new and moved addresses, static
-//! entries, sweeps and flushes. Limits are reserved with compare-and-swap on atomic counters
-//! so that no interleaving can exceed them.
+//! Readers never write shared memory, so datapath threads do not contend: the table is an
+//! open-addressing hash table (linear probing) of atomic slots, each guarded by its own sequence
+//! counter (a seqlock in safe Rust: a reader retries, or gives up and treats the address as
+//! unknown, if a writer changed the slot while it read). The only datapath store is the
+//! timestamp refresh of a known address, at most once per 1/256 of the ageing time.
 //!
-//! Tables grow (allocate) only when a new address is learned beyond their previous size;
-//! removals keep the capacity, so a table's allocations are bounded by its limit.
+//! Writers (new or moved addresses, static entries, sweeps, flushes) are serialized per network
+//! by a mutex. A reader racing a removal may miss an entry (the frame is flooded, or learning
+//! takes the writer path); it never sees a key with another key's port. The table doubles when
+//! half full, and the new table is published through an `ArcSwap`; since the limits bound the
+//! number of entries, so are the allocations.
+//!
+//! Keys are hashed with foldhash, seeded at random per table: fast for 8-byte keys, and a guest
+//! cannot predict collisions.
 
-use std::collections::hash_map::{Entry as MapEntry, HashMap};
 use std::hash::BuildHasher;
+use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use arc_swap::{ArcSwap, Guard};
 use foldhash::fast::RandomState;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-
 use smoltcp::wire::EthernetAddress;
 
 use crate::network::NetworkStats;
@@ -26,8 +28,7 @@ use crate::port::{Port, PortId};
 use crate::time::{Duration, Instant};
 use crate::vlan::VlanId;
 
-/// Number of shards per FDB.
-pub const SHARDS: usize = 16;
+use Ordering::{Acquire, Relaxed, Release};
 
 /// One entry as listed by [`Switch::for_each_fdb_entry`](crate::Switch::for_each_fdb_entry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +58,7 @@ pub enum FdbEntryKind {
 /// The outcome of learning a source address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Learn {
-    /// Already known on this port (refreshed).
+    /// Nothing to learn: already known on this port (refreshed), or the port is being removed.
     Known,
     /// A new entry.
     Added,
@@ -70,23 +71,19 @@ pub(crate) enum Learn {
 }
 
 /// The key of an entry: VLAN id (0 without VLAN filtering) in the top 16 bits, MAC below.
+/// Never 0 ([`EMPTY`]): the all-zero MAC is neither learned nor accepted as static.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Key(u64);
 
+/// The key of a free slot.
+const EMPTY: u64 = 0;
+
 impl Key {
+    #[inline]
     pub(crate) fn new(vlan: Option<VlanId>, mac: EthernetAddress) -> Key {
-        let m = mac.0;
-        let vid = vlan.map_or(0, VlanId::get);
-        Key(u64::from_be_bytes([
-            (vid >> 8) as u8,
-            vid as u8,
-            m[0],
-            m[1],
-            m[2],
-            m[3],
-            m[4],
-            m[5],
-        ]))
+        let [m0, m1, m2, m3, m4, m5] = mac.0;
+        let [v0, v1] = vlan.map_or(0, VlanId::get).to_be_bytes();
+        Key(u64::from_be_bytes([v0, v1, m0, m1, m2, m3, m4, m5]))
     }
 
     fn vlan(self) -> Option<VlanId> {
@@ -94,41 +91,211 @@ impl Key {
     }
 
     fn mac(self) -> EthernetAddress {
-        let b = self.0.to_be_bytes();
-        EthernetAddress([b[2], b[3], b[4], b[5], b[6], b[7]])
+        let [_, _, m0, m1, m2, m3, m4, m5] = self.0.to_be_bytes();
+        EthernetAddress([m0, m1, m2, m3, m4, m5])
     }
 }
 
-#[derive(Debug)]
-struct Entry {
-    port: Arc<Port>,
-    is_static: bool,
-    /// Microseconds since the switch's epoch.
+/// What a slot says about its key: the port (index and incarnation, so that a reused port id
+/// never inherits entries) and whether the entry is static.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Target(u64);
+
+impl Target {
+    const STATIC: u64 = 1 << 31;
+
+    fn new(port: &Port, is_static: bool) -> Target {
+        let stat = if is_static { Self::STATIC } else { 0 };
+        Target(u64::from(port.id.0) << 32 | u64::from(port.incarnation & 0x7fff_ffff) | stat)
+    }
+
+    fn port_id(self) -> PortId {
+        PortId((self.0 >> 32) as u32)
+    }
+
+    fn is_static(self) -> bool {
+        self.0 & Self::STATIC != 0
+    }
+
+    fn is(self, port: &Port) -> bool {
+        self.0 & !Self::STATIC == Target::new(port, false).0
+    }
+
+    /// The port, if it still exists in `ports` (a topology snapshot).
+    fn resolve(self, ports: &[Option<Arc<Port>>]) -> Option<&Arc<Port>> {
+        let port = ports.get(self.port_id().0 as usize)?.as_ref()?;
+        self.is(port).then_some(port)
+    }
+}
+
+/// How often a reader retries a slot that a writer keeps changing before giving up.
+const READ_RETRIES: u32 = 64;
+
+/// The smallest table.
+const MIN_SLOTS: usize = 64;
+
+/// One slot. `key`, `target` and `last_seen` change together under `seq` (odd while a writer
+/// is at it); readers also store `last_seen` alone, to refresh it.
+#[derive(Debug, Default)]
+struct Slot {
+    seq: AtomicU32,
+    key: AtomicU64,
+    target: AtomicU64,
     last_seen: AtomicI64,
 }
 
-type Table = HashMap<Key, Entry, RandomState>;
+/// A consistent read of a slot.
+#[derive(Debug, Clone, Copy)]
+struct Read {
+    key: u64,
+    target: Target,
+    last_seen: i64,
+}
 
-/// A shard on its own cache line, so that locking one does not disturb its neighbours.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct Shard(RwLock<Table>);
-
-impl Shard {
-    fn read(&self) -> RwLockReadGuard<'_, Table> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner)
+impl Slot {
+    /// Reads the slot consistently; `None` if writers kept changing it.
+    fn read(&self) -> Option<Read> {
+        for _ in 0..READ_RETRIES {
+            let before = self.seq.load(Acquire);
+            if before & 1 == 0 {
+                let read = Read {
+                    key: self.key.load(Relaxed),
+                    target: Target(self.target.load(Relaxed)),
+                    last_seen: self.last_seen.load(Relaxed),
+                };
+                fence(Acquire);
+                if self.seq.load(Relaxed) == before {
+                    return Some(read);
+                }
+            }
+            std::hint::spin_loop();
+        }
+        None
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Table> {
-        self.0.write().unwrap_or_else(PoisonError::into_inner)
+    /// Reads the slot as its writer (with the writer lock held, nothing else changes it).
+    fn read_locked(&self) -> Read {
+        Read {
+            key: self.key.load(Relaxed),
+            target: Target(self.target.load(Relaxed)),
+            last_seen: self.last_seen.load(Relaxed),
+        }
+    }
+
+    /// Writes the slot (writer lock held).
+    fn write(&self, key: u64, target: Target, last_seen: i64) {
+        let seq = self.seq.load(Relaxed);
+        self.seq.store(seq.wrapping_add(1), Relaxed);
+        fence(Release);
+        self.key.store(key, Relaxed);
+        self.target.store(target.0, Relaxed);
+        self.last_seen.store(last_seen, Relaxed);
+        self.seq.store(seq.wrapping_add(2), Release);
+    }
+}
+
+/// A table of `2^n` slots.
+#[derive(Debug)]
+pub(crate) struct Table {
+    slots: Box<[Slot]>,
+    hasher: RandomState,
+}
+
+/// Where a key is, or where it would go.
+enum Place {
+    Found(usize, Read),
+    Vacant(usize),
+}
+
+impl Table {
+    fn new(len: usize) -> Table {
+        Table {
+            slots: (0..len).map(|_| Slot::default()).collect(),
+            hasher: RandomState::default(),
+        }
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    fn home(&self, key: u64) -> usize {
+        self.hasher.hash_one(key) as usize & self.mask()
+    }
+
+    /// Finds a key without locking; `None` if absent (or a writer was in the way).
+    fn find(&self, key: u64) -> Option<(usize, Read)> {
+        let mut i = self.home(key);
+        for _ in 0..self.slots.len() {
+            let read = self.slots[i].read()?;
+            if read.key == EMPTY {
+                return None;
+            }
+            if read.key == key {
+                return Some((i, read));
+            }
+            i = (i + 1) & self.mask();
+        }
+        None
+    }
+
+    /// Finds a key, or the free slot it would take (writer lock held; the table is never full).
+    fn place(&self, key: u64) -> Place {
+        let mut i = self.home(key);
+        loop {
+            let read = self.slots[i].read_locked();
+            if read.key == EMPTY {
+                return Place::Vacant(i);
+            }
+            if read.key == key {
+                return Place::Found(i, read);
+            }
+            i = (i + 1) & self.mask();
+        }
+    }
+
+    /// Empties slot `hole` and shifts the rest of its probe run back, so that no lookup has to
+    /// step over a removed entry (writer lock held).
+    fn remove_at(&self, mut hole: usize) {
+        let mask = self.mask();
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let read = self.slots[j].read_locked();
+            if read.key == EMPTY {
+                break;
+            }
+            let home = self.home(read.key);
+            // The entry may fill the hole unless its home lies cyclically in (hole, j].
+            if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
+                self.slots[hole].write(read.key, read.target, read.last_seen);
+                hole = j;
+            }
+        }
+        self.slots[hole].write(EMPTY, Target(0), 0);
+    }
+
+    /// Removes every entry `doomed` picks, calling `removed` on each (writer lock held).
+    fn remove_where(&self, doomed: impl Fn(&Read) -> bool, mut removed: impl FnMut(&Read)) {
+        let mut i = 0;
+        while i < self.slots.len() {
+            let read = self.slots[i].read_locked();
+            if read.key != EMPTY && doomed(&read) {
+                removed(&read);
+                // The shift may bring another entry into slot i: look at it again.
+                self.remove_at(i);
+            } else {
+                i += 1;
+            }
+        }
     }
 }
 
 /// The FDB of one network.
 #[derive(Debug)]
 pub(crate) struct Fdb {
-    shards: [Shard; SHARDS],
-    shard_hasher: RandomState,
+    table: ArcSwap<Table>,
+    writer: Mutex<()>,
     ageing_us: i64,
     refresh_us: i64,
     max_learned: u32,
@@ -153,8 +320,8 @@ impl Fdb {
     pub(crate) fn new(ageing_time: Duration, max_learned: u32) -> Fdb {
         let ageing_us = i64::try_from(ageing_time.total_micros()).unwrap_or(i64::MAX);
         Fdb {
-            shards: Default::default(),
-            shard_hasher: RandomState::default(),
+            table: ArcSwap::from_pointee(Table::new(MIN_SLOTS)),
+            writer: Mutex::new(()),
             ageing_us,
             refresh_us: ageing_us / 256,
             max_learned,
@@ -165,59 +332,98 @@ impl Fdb {
         }
     }
 
-    fn shard(&self, key: Key) -> &Shard {
-        &self.shards[self.shard_hasher.hash_one(key) as usize % SHARDS]
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn expired(&self, entry: &Entry, now: i64) -> bool {
-        !entry.is_static && now.saturating_sub(entry.last_seen.load(Relaxed)) >= self.ageing_us
+    fn expired(&self, read: &Read, now: i64) -> bool {
+        !read.target.is_static() && now.saturating_sub(read.last_seen) >= self.ageing_us
     }
 
-    fn refresh(&self, entry: &Entry, now: i64) {
-        if now.saturating_sub(entry.last_seen.load(Relaxed)) > self.refresh_us {
-            entry.last_seen.store(now, Relaxed);
+    fn refresh(&self, slot: &Slot, read: &Read, now: i64) {
+        if now.saturating_sub(read.last_seen) > self.refresh_us {
+            slot.last_seen.store(now, Relaxed);
         }
     }
 
-    /// Learns that `key` is reached through `port`.
-    pub(crate) fn learn(&self, now: Instant, key: Key, port: &Arc<Port>) -> Learn {
+    /// The current table, doubled first if `entries` would make it over half full
+    /// (writer lock held).
+    fn table_for(&self, entries: usize) -> Arc<Table> {
+        let table = self.table.load_full();
+        if entries * 2 <= table.slots.len() {
+            return table;
+        }
+        let bigger = Table::new(table.slots.len() * 2);
+        for slot in table.slots.iter() {
+            let read = slot.read_locked();
+            if read.key != EMPTY {
+                if let Place::Vacant(i) = bigger.place(read.key) {
+                    bigger.slots[i].write(read.key, read.target, read.last_seen);
+                }
+            }
+        }
+        let bigger = Arc::new(bigger);
+        self.table.store(Arc::clone(&bigger));
+        bigger
+    }
+
+    /// The current table, for [`learn`](Self::learn) and [`lookup`](Self::lookup) on one frame.
+    pub(crate) fn snapshot(&self) -> Guard<Arc<Table>> {
+        self.table.load()
+    }
+
+    /// Learns that `key` is reached through `port`. `table` is a [`snapshot`](Self::snapshot)
+    /// and `ports` the topology snapshot.
+    pub(crate) fn learn(
+        &self,
+        table: &Table,
+        now: Instant,
+        key: Key,
+        port: &Arc<Port>,
+        ports: &[Option<Arc<Port>>],
+    ) -> Learn {
         let now = now.total_micros();
-        let shard = self.shard(key);
-        if let Some(entry) = shard.read().get(&key) {
-            if Arc::ptr_eq(&entry.port, port) {
-                self.refresh(entry, now);
+        if let Some((i, read)) = table.find(key.0) {
+            if read.target.is(port) {
+                if !read.target.is_static() {
+                    self.refresh(&table.slots[i], &read, now);
+                }
                 return Learn::Known;
             }
-            if entry.is_static {
+            if read.target.is_static() {
                 return Learn::SpoofedStatic;
             }
         }
-        let mut map = shard.write();
-        let outcome = match map.entry(key) {
-            MapEntry::Occupied(mut occupied) => {
-                let entry = occupied.get_mut();
-                if Arc::ptr_eq(&entry.port, port) {
-                    self.refresh(entry, now);
+        let _writer = self.lock();
+        // `remove_port` marks the port removed before it flushes under this lock.
+        if port.is_removed() {
+            return Learn::Known;
+        }
+        let table = self.table.load_full();
+        match table.place(key.0) {
+            Place::Found(i, read) => {
+                if read.target.is(port) {
+                    self.refresh(&table.slots[i], &read, now);
                     return Learn::Known;
                 }
-                if entry.is_static {
+                if read.target.is_static() {
                     return Learn::SpoofedStatic;
                 }
                 if !reserve(&port.learned, port.config.max_learned) {
                     return self.limit_hit();
                 }
-                release(&entry.port.learned);
-                let moved = !self.expired(entry, now);
-                entry.port = Arc::clone(port);
-                entry.last_seen.store(now, Relaxed);
-                if moved {
+                if let Some(old) = read.target.resolve(ports) {
+                    release(&old.learned);
+                }
+                table.slots[i].write(key.0, Target::new(port, false), now);
+                if self.expired(&read, now) {
+                    Learn::Added
+                } else {
                     self.mac_moves.fetch_add(1, Relaxed);
                     Learn::Moved
-                } else {
-                    Learn::Added
                 }
             }
-            MapEntry::Vacant(vacant) => {
+            Place::Vacant(_) => {
                 if !reserve(&self.learned, self.max_learned) {
                     return self.limit_hit();
                 }
@@ -225,22 +431,14 @@ impl Fdb {
                     release(&self.learned);
                     return self.limit_hit();
                 }
-                vacant.insert(Entry {
-                    port: Arc::clone(port),
-                    is_static: false,
-                    last_seen: AtomicI64::new(now),
-                });
+                let entries = self.learned.load(Relaxed) as usize;
+                let table = self.table_for(entries + self.statics.load(Relaxed) as usize);
+                if let Place::Vacant(i) = table.place(key.0) {
+                    table.slots[i].write(key.0, Target::new(port, false), now);
+                }
                 Learn::Added
             }
-        };
-        // `remove_port` marks the port removed before it flushes each shard under its write
-        // lock; an entry added after that flush must be taken back here.
-        if port.is_removed() {
-            map.remove(&key);
-            release(&port.learned);
-            release(&self.learned);
         }
-        outcome
     }
 
     fn limit_hit(&self) -> Learn {
@@ -248,114 +446,114 @@ impl Fdb {
         Learn::Limit
     }
 
-    /// Calls `f` with the port `key` is reached through, unless unknown or expired.
-    pub(crate) fn lookup<R>(
+    /// The port `key` is reached through, unless unknown, expired or gone from `ports`.
+    pub(crate) fn lookup<'p>(
         &self,
+        table: &Table,
         now: Instant,
         key: Key,
-        f: impl FnOnce(&Arc<Port>) -> R,
-    ) -> Option<R> {
-        let map = self.shard(key).read();
-        let entry = map.get(&key)?;
-        if self.expired(entry, now.total_micros()) || entry.port.is_removed() {
+        ports: &'p [Option<Arc<Port>>],
+    ) -> Option<&'p Arc<Port>> {
+        let (_, read) = table.find(key.0)?;
+        if self.expired(&read, now.total_micros()) {
             return None;
         }
-        Some(f(&entry.port))
+        read.target.resolve(ports)
     }
 
-    /// Adds or replaces a static entry.
-    pub(crate) fn add_static(&self, key: Key, port: &Arc<Port>) {
-        let entry = Entry {
-            port: Arc::clone(port),
-            is_static: true,
-            last_seen: AtomicI64::new(0),
-        };
-        match self.shard(key).write().insert(key, entry) {
-            Some(old) if old.is_static => {}
-            Some(old) => {
-                release(&old.port.learned);
-                release(&self.learned);
-                self.statics.fetch_add(1, Relaxed);
+    /// Adds or replaces a static entry; `ports` is the topology snapshot.
+    pub(crate) fn add_static(&self, key: Key, port: &Port, ports: &[Option<Arc<Port>>]) {
+        let _writer = self.lock();
+        let target = Target::new(port, true);
+        let table = self.table.load_full();
+        match table.place(key.0) {
+            Place::Found(i, read) => {
+                if !read.target.is_static() {
+                    if let Some(old) = read.target.resolve(ports) {
+                        release(&old.learned);
+                    }
+                    release(&self.learned);
+                    self.statics.fetch_add(1, Relaxed);
+                }
+                table.slots[i].write(key.0, target, 0);
             }
-            None => {
-                self.statics.fetch_add(1, Relaxed);
+            Place::Vacant(_) => {
+                let statics = self.statics.fetch_add(1, Relaxed) as usize + 1;
+                let table = self.table_for(self.learned.load(Relaxed) as usize + statics);
+                if let Place::Vacant(i) = table.place(key.0) {
+                    table.slots[i].write(key.0, target, 0);
+                }
             }
         }
     }
 
     /// Removes a static entry; returns whether there was one.
     pub(crate) fn remove_static(&self, key: Key) -> bool {
-        let mut map = self.shard(key).write();
-        if map.get(&key).is_some_and(|e| e.is_static) {
-            map.remove(&key);
-            self.statics.fetch_sub(1, Relaxed);
-            true
-        } else {
-            false
+        let _writer = self.lock();
+        let table = self.table.load();
+        match table.place(key.0) {
+            Place::Found(i, read) if read.target.is_static() => {
+                table.remove_at(i);
+                self.statics.fetch_sub(1, Relaxed);
+                true
+            }
+            _ => false,
         }
     }
 
-    /// Removes every entry matching `doomed`; returns how many.
-    fn remove_where(&self, shard: &Shard, doomed: impl Fn(&Entry) -> bool) -> usize {
-        if !shard.read().values().any(&doomed) {
-            return 0;
-        }
-        let mut removed = 0;
-        shard.write().retain(|_, e| {
-            if !doomed(e) {
-                return true;
-            }
-            removed += 1;
-            if e.is_static {
+    /// Removes the entries `doomed` picks; returns how many. `ports` is the topology snapshot.
+    fn remove_where(&self, ports: &[Option<Arc<Port>>], doomed: impl Fn(&Read) -> bool) -> usize {
+        let _writer = self.lock();
+        let mut count = 0;
+        self.table.load().remove_where(doomed, |read| {
+            count += 1;
+            if read.target.is_static() {
                 self.statics.fetch_sub(1, Relaxed);
             } else {
-                release(&e.port.learned);
+                if let Some(port) = read.target.resolve(ports) {
+                    release(&port.learned);
+                }
                 release(&self.learned);
             }
-            false
         });
-        removed
+        count
     }
 
     /// Removes the learned entries not seen for the ageing time; returns how many.
-    pub(crate) fn age(&self, now: Instant) -> usize {
+    pub(crate) fn age(&self, now: Instant, ports: &[Option<Arc<Port>>]) -> usize {
         let now = now.total_micros();
-        let expired = |e: &Entry| self.expired(e, now);
-        self.shards
-            .iter()
-            .map(|s| self.remove_where(s, expired))
-            .sum()
+        self.remove_where(ports, |read| self.expired(read, now))
     }
 
-    /// Removes every entry (learned and static) of a port; returns how many.
+    /// Removes every entry (learned and static) of a removed port; returns how many.
     pub(crate) fn flush_port(&self, port: &Port) -> usize {
-        let on_port = |e: &Entry| core::ptr::eq(Arc::as_ptr(&e.port), port);
-        self.shards
-            .iter()
-            .map(|s| self.remove_where(s, on_port))
-            .sum()
+        // The port is gone from the topology: only the network's count is released.
+        self.remove_where(&[], |read| read.target.is(port))
     }
 
-    /// Calls `f` for each entry, shard by shard under its read lock.
+    /// Calls `f` for each entry (under the writer lock: `f` must not call back into the switch).
     pub(crate) fn for_each(&self, now: Instant, mut f: impl FnMut(FdbEntry)) {
         let now = now.total_micros();
-        for shard in &self.shards {
-            for (key, entry) in shard.read().iter() {
-                let kind = if entry.is_static {
-                    FdbEntryKind::Static
-                } else {
-                    let age = now.saturating_sub(entry.last_seen.load(Relaxed)).max(0);
-                    FdbEntryKind::Learned {
-                        age: Duration::from_micros(age as u64),
-                    }
-                };
-                f(FdbEntry {
-                    vlan: key.vlan(),
-                    mac: key.mac(),
-                    port: entry.port.id,
-                    kind,
-                });
+        let _writer = self.lock();
+        for slot in self.table.load().slots.iter() {
+            let read = slot.read_locked();
+            if read.key == EMPTY {
+                continue;
             }
+            let kind = if read.target.is_static() {
+                FdbEntryKind::Static
+            } else {
+                let age = now.saturating_sub(read.last_seen).max(0);
+                FdbEntryKind::Learned {
+                    age: Duration::from_micros(age as u64),
+                }
+            };
+            f(FdbEntry {
+                vlan: Key(read.key).vlan(),
+                mac: Key(read.key).mac(),
+                port: read.target.port_id(),
+                kind,
+            });
         }
     }
 
@@ -371,24 +569,41 @@ impl Fdb {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::network::NetworkId;
     use crate::port::PortConfig;
 
-    fn port(id: u32, max_learned: u32) -> Arc<Port> {
+    /// Ports 0..n with the given limit, as a topology snapshot indexed by id.
+    fn ports(n: u32, max_learned: u32) -> Vec<Option<Arc<Port>>> {
         let config = PortConfig {
             max_learned,
             ..PortConfig::default()
         };
-        Arc::new(Port::new(PortId(id), NetworkId(0), config))
+        let port = |id| Arc::new(Port::new(PortId(id), id, NetworkId(0), config.clone()));
+        (0..n).map(|id| Some(port(id))).collect()
     }
 
-    fn key(n: u8) -> Key {
-        Key::new(None, EthernetAddress([2, 0, 0, 0, 0, n]))
+    fn port(ports: &[Option<Arc<Port>>], id: usize) -> &Arc<Port> {
+        ports[id].as_ref().unwrap()
+    }
+
+    fn key(n: u16) -> Key {
+        let [a, b] = n.to_be_bytes();
+        Key::new(None, EthernetAddress([2, 0, 0, 0, a, b]))
     }
 
     fn secs(s: i64) -> Instant {
         Instant::from_secs(s)
+    }
+
+    fn learned_on(p: &Port) -> u32 {
+        p.learned.load(Relaxed)
+    }
+
+    fn at(fdb: &Fdb, now: Instant, k: Key, ports: &[Option<Arc<Port>>]) -> Option<PortId> {
+        fdb.lookup(&fdb.snapshot(), now, k, ports).map(|p| p.id)
     }
 
     #[test]
@@ -398,79 +613,119 @@ mod tests {
         let k = Key::new(vlan, mac);
         assert_eq!((k.vlan(), k.mac()), (vlan, mac));
         assert_eq!(Key::new(None, mac).vlan(), None);
+        assert_eq!(Key::new(None, EthernetAddress([0; 6])).0, EMPTY);
     }
 
     #[test]
     fn learns_refreshes_moves_and_ages() {
         let fdb = Fdb::new(Duration::from_secs(10), 100);
-        let (a, b) = (port(1, 10), port(2, 10));
-        assert_eq!(fdb.learn(secs(0), key(1), &a), Learn::Added);
-        assert_eq!(fdb.learn(secs(8), key(1), &a), Learn::Known);
-        assert_eq!(fdb.lookup(secs(17), key(1), |p| p.id), Some(PortId(1)));
-        assert_eq!(fdb.learn(secs(17), key(1), &b), Learn::Moved);
-        assert_eq!((a.learned.load(Relaxed), b.learned.load(Relaxed)), (0, 1));
-        assert_eq!(fdb.stats().mac_moves, 1);
+        let ps = ports(2, 10);
+        let (a, b) = (port(&ps, 0), port(&ps, 1));
         assert_eq!(
-            fdb.lookup(secs(27), key(1), |p| p.id),
-            None,
-            "expired at lookup"
+            fdb.learn(&fdb.snapshot(), secs(0), key(1), a, &ps),
+            Learn::Added
         );
-        assert_eq!(fdb.age(secs(26)), 0);
-        assert_eq!(fdb.age(secs(27)), 1);
-        assert_eq!(fdb.stats().learned, 0);
-        assert_eq!(b.learned.load(Relaxed), 0);
+        assert_eq!(
+            fdb.learn(&fdb.snapshot(), secs(8), key(1), a, &ps),
+            Learn::Known
+        );
+        assert_eq!(at(&fdb, secs(17), key(1), &ps), Some(PortId(0)));
+        assert_eq!(
+            fdb.learn(&fdb.snapshot(), secs(17), key(1), b, &ps),
+            Learn::Moved
+        );
+        assert_eq!((learned_on(a), learned_on(b)), (0, 1));
+        assert_eq!(fdb.stats().mac_moves, 1);
+        assert_eq!(at(&fdb, secs(27), key(1), &ps), None, "expired at lookup");
+        assert_eq!(fdb.age(secs(26), &ps), 0);
+        assert_eq!(fdb.age(secs(27), &ps), 1);
+        assert_eq!((fdb.stats().learned, learned_on(b)), (0, 0));
         // An expired entry re-learned on another port is not a move.
-        fdb.learn(secs(30), key(2), &a);
-        assert_eq!(fdb.learn(secs(40), key(2), &b), Learn::Added);
+        fdb.learn(&fdb.snapshot(), secs(30), key(2), a, &ps);
+        assert_eq!(
+            fdb.learn(&fdb.snapshot(), secs(40), key(2), b, &ps),
+            Learn::Added
+        );
         assert_eq!(fdb.stats().mac_moves, 1);
     }
 
     #[test]
     fn enforces_port_and_network_limits() {
         let fdb = Fdb::new(Duration::from_secs(300), 3);
-        let (a, b) = (port(1, 2), port(2, 5));
-        assert_eq!(fdb.learn(secs(0), key(1), &a), Learn::Added);
-        assert_eq!(fdb.learn(secs(0), key(2), &a), Learn::Added);
-        assert_eq!(fdb.learn(secs(0), key(3), &a), Learn::Limit, "port limit");
-        assert_eq!(fdb.learn(secs(0), key(3), &b), Learn::Added);
+        let mut ps = ports(2, 2);
+        ps[1] = Some(Arc::new(Port::new(
+            PortId(1),
+            1,
+            NetworkId(0),
+            PortConfig::default(),
+        )));
+        let (a, b) = (port(&ps, 0), port(&ps, 1));
         assert_eq!(
-            fdb.learn(secs(0), key(4), &b),
+            fdb.learn(&fdb.snapshot(), secs(0), key(1), a, &ps),
+            Learn::Added
+        );
+        assert_eq!(
+            fdb.learn(&fdb.snapshot(), secs(0), key(2), a, &ps),
+            Learn::Added
+        );
+        assert_eq!(
+            fdb.learn(&fdb.snapshot(), secs(0), key(3), a, &ps),
+            Learn::Limit,
+            "port limit"
+        );
+        assert_eq!(
+            fdb.learn(&fdb.snapshot(), secs(0), key(3), b, &ps),
+            Learn::Added
+        );
+        assert_eq!(
+            fdb.learn(&fdb.snapshot(), secs(0), key(4), b, &ps),
             Learn::Limit,
             "network limit"
         );
         assert_eq!(
-            fdb.learn(secs(0), key(3), &a),
+            fdb.learn(&fdb.snapshot(), secs(0), key(3), a, &ps),
             Learn::Limit,
             "move into a full port"
         );
         assert_eq!(fdb.stats().fdb_limit_hits, 3);
-        assert_eq!(fdb.lookup(secs(0), key(3), |p| p.id), Some(PortId(2)));
+        assert_eq!(at(&fdb, secs(0), key(3), &ps), Some(PortId(1)));
     }
 
     #[test]
     fn static_entries_do_not_age_move_or_count() {
         let fdb = Fdb::new(Duration::from_secs(1), 1);
-        let (a, b) = (port(1, 1), port(2, 1));
-        fdb.learn(secs(0), key(1), &a);
-        fdb.add_static(key(1), &b);
+        let ps = ports(2, 1);
+        let (a, b) = (port(&ps, 0), port(&ps, 1));
+        fdb.learn(&fdb.snapshot(), secs(0), key(1), a, &ps);
+        fdb.add_static(key(1), b, &ps);
         assert_eq!((fdb.stats().learned, fdb.stats().statics), (0, 1));
-        assert_eq!(a.learned.load(Relaxed), 0);
-        assert_eq!(fdb.learn(secs(0), key(1), &a), Learn::SpoofedStatic);
-        assert_eq!(fdb.learn(secs(0), key(1), &b), Learn::Known);
-        assert_eq!(fdb.age(secs(1000)), 0);
-        assert_eq!(fdb.lookup(secs(1000), key(1), |p| p.id), Some(PortId(2)));
+        assert_eq!(learned_on(a), 0);
+        assert_eq!(
+            fdb.learn(&fdb.snapshot(), secs(0), key(1), a, &ps),
+            Learn::SpoofedStatic
+        );
+        assert_eq!(
+            fdb.learn(&fdb.snapshot(), secs(0), key(1), b, &ps),
+            Learn::Known
+        );
+        assert_eq!(fdb.age(secs(1000), &ps), 0);
+        assert_eq!(at(&fdb, secs(1000), key(1), &ps), Some(PortId(1)));
         assert!(!fdb.remove_static(key(2)));
         assert!(fdb.remove_static(key(1)));
         assert_eq!(fdb.stats().statics, 0);
+        assert_eq!(at(&fdb, secs(1000), key(1), &ps), None);
     }
 
     #[test]
-    fn flush_removes_a_ports_entries_and_late_learning_is_undone() {
+    fn flush_removes_a_ports_entries_and_a_removed_port_learns_nothing() {
         let fdb = Fdb::new(Duration::from_secs(300), 100);
-        let (a, b) = (port(1, 10), port(2, 10));
-        fdb.learn(secs(0), key(1), &a);
-        fdb.learn(secs(0), key(2), &b);
-        fdb.add_static(key(3), &a);
+        let mut ps = ports(2, 10);
+        let (a, b) = (Arc::clone(port(&ps, 0)), Arc::clone(port(&ps, 1)));
+        fdb.learn(&fdb.snapshot(), secs(0), key(1), &a, &ps);
+        fdb.learn(&fdb.snapshot(), secs(0), key(2), &b, &ps);
+        fdb.add_static(key(3), &a, &ps);
+        a.mark_removed();
+        ps[0] = None;
         assert_eq!(fdb.flush_port(&a), 2);
         assert_eq!(
             fdb.stats(),
@@ -479,21 +734,117 @@ mod tests {
                 ..Default::default()
             }
         );
-        a.mark_removed();
-        assert_eq!(fdb.learn(secs(0), key(4), &a), Learn::Added);
-        assert_eq!(fdb.lookup(secs(0), key(4), |p| p.id), None);
-        assert_eq!((fdb.stats().learned, a.learned.load(Relaxed)), (1, 0));
+        assert_eq!(
+            fdb.learn(&fdb.snapshot(), secs(0), key(4), &a, &ps),
+            Learn::Known
+        );
+        assert_eq!(fdb.stats().learned, 1);
         let mut listed = Vec::new();
         fdb.for_each(secs(5), |e| listed.push(e));
         let age = Duration::from_secs(5);
+        let kind = FdbEntryKind::Learned { age };
+        let expected = FdbEntry {
+            vlan: None,
+            mac: key(2).mac(),
+            port: PortId(1),
+            kind,
+        };
+        assert_eq!(listed, [expected]);
+    }
+
+    #[test]
+    fn a_reused_port_id_inherits_nothing() {
+        let fdb = Fdb::new(Duration::from_secs(300), 100);
+        let mut ps = ports(2, 10);
+        fdb.learn(&fdb.snapshot(), secs(0), key(1), port(&ps, 1), &ps);
+        // Port 1 is replaced without a flush (as a racing learner could leave it).
+        ps[1] = Some(Arc::new(Port::new(
+            PortId(1),
+            99,
+            NetworkId(0),
+            PortConfig::default(),
+        )));
+        assert_eq!(at(&fdb, secs(0), key(1), &ps), None);
         assert_eq!(
-            listed,
-            [FdbEntry {
-                vlan: None,
-                mac: key(2).mac(),
-                port: PortId(2),
-                kind: FdbEntryKind::Learned { age }
-            }]
+            fdb.learn(&fdb.snapshot(), secs(0), key(1), port(&ps, 1), &ps),
+            Learn::Moved
         );
+        assert_eq!(at(&fdb, secs(0), key(1), &ps), Some(PortId(1)));
+    }
+
+    #[test]
+    fn grows_and_shifts_back_on_removal_like_a_map() {
+        let fdb = Fdb::new(Duration::from_secs(300), 0);
+        let ps = ports(4, 0);
+        let mut model = HashMap::new();
+        // A fixed pseudo-random sequence of adds and removes over a small key space, so that
+        // probe runs collide, wrap and shrink.
+        let mut x: u32 = 7;
+        for step in 0..20_000u32 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let k = key((x >> 16) as u16 % 700 + 1);
+            if (x >> 8).is_multiple_of(3) {
+                assert_eq!(
+                    fdb.remove_static(k),
+                    model.remove(&k).is_some(),
+                    "step {step}"
+                );
+            } else {
+                let p = (x as usize >> 4) % 4;
+                fdb.add_static(k, port(&ps, p), &ps);
+                model.insert(k, PortId(p as u32));
+            }
+            if step.is_multiple_of(997) {
+                for n in 1..=700 {
+                    assert_eq!(at(&fdb, secs(0), key(n), &ps), model.get(&key(n)).copied());
+                }
+            }
+        }
+        assert_eq!(fdb.stats().statics as usize, model.len());
+        assert!(fdb.table.load().slots.len() >= 2 * model.len());
+    }
+
+    #[test]
+    fn a_slot_being_written_is_not_read() {
+        let slot = Slot::default();
+        slot.write(5, Target(7), 9);
+        let read = slot.read().unwrap();
+        assert_eq!((read.key, read.target, read.last_seen), (5, Target(7), 9));
+        // A writer stopped half-way: the reader gives up rather than return a torn entry.
+        slot.seq.fetch_add(1, Relaxed);
+        slot.key.store(6, Relaxed);
+        assert!(slot.read().is_none());
+        slot.seq.fetch_add(1, Relaxed);
+        assert_eq!(slot.read().unwrap().key, 6);
+    }
+
+    #[test]
+    fn lookups_racing_writers_find_the_right_port_or_none() {
+        let fdb = Fdb::new(Duration::from_secs(300), 0);
+        let ps = ports(4, 0);
+        let owner = |n: u16| PortId(u32::from(n) % 4);
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for round in 0..200u16 {
+                    for n in 1..=300u16 {
+                        if (n + round) % 3 == 0 {
+                            fdb.remove_static(key(n));
+                        } else {
+                            fdb.add_static(key(n), port(&ps, owner(n).0 as usize), &ps);
+                        }
+                    }
+                }
+                done.store(true, Relaxed);
+            });
+            s.spawn(|| {
+                while !done.load(Relaxed) {
+                    for n in 1..=300u16 {
+                        let found = at(&fdb, secs(0), key(n), &ps);
+                        assert!(found.is_none() || found == Some(owner(n)), "{n}: {found:?}");
+                    }
+                }
+            });
+        });
     }
 }

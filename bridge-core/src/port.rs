@@ -129,6 +129,8 @@ impl Default for PortConfig {
 #[derive(Debug)]
 pub(crate) struct Port {
     pub(crate) id: PortId,
+    /// Distinguishes this port from earlier ones with the same (reused) id.
+    pub(crate) incarnation: u32,
     pub(crate) network: NetworkId,
     pub(crate) config: PortConfig,
     pub(crate) counters: Arc<PortCounters>,
@@ -139,9 +141,15 @@ pub(crate) struct Port {
 }
 
 impl Port {
-    pub(crate) fn new(id: PortId, network: NetworkId, config: PortConfig) -> Port {
+    pub(crate) fn new(
+        id: PortId,
+        incarnation: u32,
+        network: NetworkId,
+        config: PortConfig,
+    ) -> Port {
         Port {
             id,
+            incarnation,
             network,
             config,
             counters: Arc::default(),
@@ -159,7 +167,7 @@ impl Port {
         self.up.store(up, Ordering::Relaxed);
     }
 
-    /// Whether the port was removed; checked by the FDB under a shard lock (see `Fdb::learn`).
+    /// Whether the port was removed; checked by the FDB under its writer lock (see `Fdb::learn`).
     pub(crate) fn is_removed(&self) -> bool {
         self.removed.load(Ordering::SeqCst)
     }

@@ -5,7 +5,7 @@
 //! modify and publish it under an admin mutex. FDBs are per network (see [`crate::fdb`]).
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -51,8 +51,9 @@ pub enum Error {
         /// The network.
         network: NetworkId,
     },
-    /// Static entries are for unicast addresses (group addresses are always flooded).
-    #[error("static entry for group address {0}")]
+    /// Static entries are for unicast addresses (group addresses are always flooded), not
+    /// the all-zero address.
+    #[error("static entry for group or zero address {0}")]
     StaticNotUnicast(EthernetAddress),
 }
 
@@ -192,6 +193,7 @@ fn egress_for(port: &Port, vlan: Option<VlanId>, tag: IngressTag) -> Option<Egre
 pub struct Switch {
     topology: ArcSwap<Topology>,
     admin: Mutex<()>,
+    incarnations: AtomicU32,
     unknown_port_drops: AtomicU64,
 }
 
@@ -257,7 +259,11 @@ impl Switch {
         } else {
             (None, IngressTag::Untagged)
         };
-        match network.fdb.learn(now, Key::new(vlan, l2.src), port) {
+        let fdb = network.fdb.snapshot();
+        match network
+            .fdb
+            .learn(&fdb, now, Key::new(vlan, l2.src), port, &topology.ports)
+        {
             Learn::Known | Learn::Added | Learn::Moved => {}
             Learn::SpoofedStatic => return drop(DropReason::SpoofedStatic),
             Learn::Limit => {
@@ -276,23 +282,26 @@ impl Switch {
         if l2.dst.is_multicast() {
             return flood;
         }
-        let unicast = |dst: &Arc<Port>| {
-            if Arc::ptr_eq(dst, port) {
-                return drop(DropReason::Hairpin);
-            }
-            if !dst.is_up() {
-                return drop(DropReason::EgressDown);
-            }
-            match egress_for(dst, vlan, tag) {
-                Some(egress) => Decision::Forward {
-                    port: dst.id,
-                    egress,
-                },
-                None => drop(DropReason::VlanNotAllowed),
-            }
+        let dst = match network
+            .fdb
+            .lookup(&fdb, now, Key::new(vlan, l2.dst), &topology.ports)
+        {
+            Some(dst) if dst.network == port.network => dst,
+            _ => return flood,
         };
-        let dst = Key::new(vlan, l2.dst);
-        network.fdb.lookup(now, dst, unicast).unwrap_or(flood)
+        if Arc::ptr_eq(dst, port) {
+            return drop(DropReason::Hairpin);
+        }
+        if !dst.is_up() {
+            return drop(DropReason::EgressDown);
+        }
+        match egress_for(dst, vlan, tag) {
+            Some(egress) => Decision::Forward {
+                port: dst.id,
+                egress,
+            },
+            None => drop(DropReason::VlanNotAllowed),
+        }
     }
 
     /// Calls `f` for each port a flood reaches, with its tag action: the network's other ports
@@ -350,7 +359,8 @@ impl Switch {
     pub fn add_port(&self, network: NetworkId, config: PortConfig) -> Result<PortId, Error> {
         self.change(|t| {
             let id = PortId(free_slot(&t.ports) as u32);
-            let port = Arc::new(Port::new(id, network, config));
+            let incarnation = self.incarnations.fetch_add(1, Relaxed);
+            let port = Arc::new(Port::new(id, incarnation, network, config));
             t.network_mut(network)?.members.push(Arc::clone(&port));
             put(&mut t.ports, id.0 as usize, port);
             Ok(id)
@@ -419,13 +429,15 @@ impl Switch {
         mac: EthernetAddress,
         port: PortId,
     ) -> Result<(), Error> {
-        if !mac.is_unicast() {
+        if !mac.is_unicast() || mac.0 == [0; 6] {
             return Err(Error::StaticNotUnicast(mac));
         }
         // The admin lock orders this against remove_port's flush.
         let _admin = self.admin.lock().unwrap_or_else(PoisonError::into_inner);
-        let (net, port) = Self::static_target(&self.topology.load(), network, vlan, port)?;
-        net.fdb.add_static(Key::new(vlan, mac), &port);
+        let topology = self.topology.load();
+        let (net, port) = Self::static_target(&topology, network, vlan, port)?;
+        net.fdb
+            .add_static(Key::new(vlan, mac), &port, &topology.ports);
         Ok(())
     }
 
@@ -448,7 +460,9 @@ impl Switch {
     pub fn age(&self, now: Instant) -> usize {
         let topology = self.topology.load();
         let networks = topology.networks.iter().flatten();
-        networks.map(|slot| slot.network.fdb.age(now)).sum()
+        networks
+            .map(|slot| slot.network.fdb.age(now, &topology.ports))
+            .sum()
     }
 
     /// Calls `f` for each FDB entry of a network. Runs under the FDB shards' read locks: `f`
