@@ -10,31 +10,43 @@
 //! | [`vnet_hdr`] | the virtio-net header |
 //! | [`copy`] | copying guest to guest (or from local bytes) |
 //! | [`counters`] | device-level drop reasons |
+//! | [`host`] | ports served in the daemon ([`host::HostPort`]: the NAT gateway, uplinks) and the [`host::Injector`] that sends their frames |
 
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use bridge_core::{PortId, Switch};
 
 use crate::port::Port;
+use host::{HostAttachment, HostPort};
 
 pub mod chain;
 pub mod copy;
 pub mod counters;
+pub mod host;
 pub mod rx;
 pub mod tx;
 pub mod vnet_hdr;
 pub mod worker;
 
+/// A switch port the datapath delivers to.
+#[derive(Clone, Debug)]
+pub enum Attachment {
+    /// A guest's NIC: frames go into its receive queues.
+    Guest(Arc<Port>),
+    /// A port served in the daemon.
+    Host(HostAttachment),
+}
+
 /// What all workers share: the switch, the ports by switch id, and the clock's origin.
 #[derive(Debug)]
 pub struct Datapath {
     switch: Arc<Switch>,
-    ports: RwLock<Vec<Option<Arc<Port>>>>,
+    ports: RwLock<Vec<Option<Attachment>>>,
     epoch: std::time::Instant,
 }
 
 /// The ports by switch id, read-locked for one batch.
-pub type PortTable<'a> = RwLockReadGuard<'a, Vec<Option<Arc<Port>>>>;
+pub type PortTable<'a> = RwLockReadGuard<'a, Vec<Option<Attachment>>>;
 
 impl Datapath {
     /// A datapath around `switch` with no ports.
@@ -64,16 +76,29 @@ impl Datapath {
 
     /// Makes `port` a destination. Waits for batches in progress.
     pub fn insert(&self, port: Arc<Port>) {
+        let id = port.id();
+        self.attach(id, Attachment::Guest(port));
+    }
+
+    /// Makes host port `port`, switch port `id`, a destination. Waits for batches in progress.
+    pub fn insert_host(&self, id: PortId, port: Arc<dyn HostPort>) {
+        let Some(counters) = self.switch.port_counters(id) else {
+            return;
+        };
+        self.attach(id, Attachment::Host(HostAttachment { port, counters }));
+    }
+
+    fn attach(&self, id: PortId, attachment: Attachment) {
         let mut ports = self.ports.write().unwrap_or_else(PoisonError::into_inner);
-        let i = port.id().0 as usize;
+        let i = id.0 as usize;
         if ports.len() <= i {
             ports.resize(i + 1, None);
         }
-        ports[i] = Some(port);
+        ports[i] = Some(attachment);
     }
 
     /// Removes port `id`; no batch delivers to it once this returns.
-    pub fn remove(&self, id: PortId) -> Option<Arc<Port>> {
+    pub fn remove(&self, id: PortId) -> Option<Attachment> {
         let mut ports = self.ports.write().unwrap_or_else(PoisonError::into_inner);
         ports.get_mut(id.0 as usize).and_then(Option::take)
     }

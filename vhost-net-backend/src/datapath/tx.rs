@@ -18,7 +18,7 @@ use super::copy::{Reader, Source};
 use super::counters::DeviceDrop;
 use super::rx::{self, RxScratch};
 use super::vnet_hdr::{Gso, VnetHdr, MAX_HDR_LEN};
-use super::{Datapath, PortTable};
+use super::{Attachment, Datapath, PortTable};
 use crate::port::Port;
 use crate::vhu_net::Negotiated;
 use crate::vring::{UsedElem, Vring, MAX_QUEUE_SIZE};
@@ -127,7 +127,10 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
 }
 
 fn lookup<'p>(ports: &'p PortTable<'_>, id: PortId) -> Option<&'p Port> {
-    ports.get(id.0 as usize)?.as_deref()
+    match ports.get(id.0 as usize)? {
+        Some(Attachment::Guest(port)) => Some(port),
+        _ => None,
+    }
 }
 
 /// What stays the same for every frame of a batch.
@@ -220,8 +223,14 @@ struct Out<'a> {
 
 impl Out<'_> {
     fn deliver(&mut self, frame: &TxFrame<'_>, dst: PortId, egress: Egress) {
-        let Some(port) = lookup(self.ports, dst) else {
-            return;
+        let port = match self.ports.get(dst.0 as usize) {
+            Some(Some(Attachment::Guest(port))) => port,
+            Some(Some(Attachment::Host(host))) => {
+                self.gather(frame);
+                let bytes = &self.frame_buf[..frame.len];
+                return host.deliver(&frame.vnet, bytes, egress, self.egress_buf);
+            }
+            _ => return,
         };
         // A frame the switch accepted has the headers its egress action rewrites.
         let Some(rewritten) = egress.apply(frame.head) else {
@@ -266,6 +275,19 @@ impl Out<'_> {
         }
     }
 
+    /// Copies the frame into `frame_buf`, once per frame.
+    fn gather(&mut self, frame: &TxFrame<'_>) {
+        if !self.gathered {
+            let body = Source::Guest {
+                mem: frame.mem,
+                segs: frame.segs,
+                skip: frame.hdr_len,
+            };
+            Reader::new(&[], &[], body).read_local(&mut self.frame_buf[..frame.len]);
+            self.gathered = true;
+        }
+    }
+
     /// Completes the sender's offloads in software for a receiver that did not negotiate them.
     /// Returns whether any segment was delivered.
     fn in_software(
@@ -276,15 +298,7 @@ impl Out<'_> {
         rx: &mut Vring,
         port: &Port,
     ) -> bool {
-        if !self.gathered {
-            let body = Source::Guest {
-                mem: frame.mem,
-                segs: frame.segs,
-                skip: frame.hdr_len,
-            };
-            Reader::new(&[], &[], body).read_local(&mut self.frame_buf[..frame.len]);
-            self.gathered = true;
-        }
+        self.gather(frame);
         let original = &self.frame_buf[..frame.len];
         let full = match egress {
             Egress::AsIs => original,
