@@ -32,9 +32,7 @@ fn sockets(dir: &tempfile::TempDir, n: usize) -> Vec<PathBuf> {
 }
 
 fn config(paths: &[PathBuf]) -> Config {
-    Config {
-        ports: paths.iter().map(PortConfig::new).collect(),
-    }
+    Config::with_ports(paths.iter().map(PortConfig::new).collect())
 }
 
 /// Sends numbered frames `from` -> `to` and checks they all arrive, in order.
