@@ -210,16 +210,68 @@ fn ports(proto: IpProtocol, l4: &[u8]) -> Option<Ports> {
 mod tests {
     use super::*;
 
-    /// An untagged IPv4/UDP frame: 10.0.0.1:1234 -> 10.0.0.2:53, 4 payload bytes.
+    /// An untagged IPv4/UDP frame: 10.0.0.1:1234 -> 10.0.0.2:53, 4 payload bytes, DF set,
+    /// checksums worked out by hand.
     const IPV4_UDP: [u8; 46] = [
         0x02, 0, 0, 0, 0, 0x02, // dst
         0x02, 0, 0, 0, 0, 0x01, // src
         0x08, 0x00, // IPv4
-        0x45, 0x00, 0x00, 0x20, 0x00, 0x01, 0x00, 0x00, 0x40, 0x11, 0x00, 0x00, // v4 header
+        0x45, 0x00, 0x00, 0x20, 0x00, 0x01, 0x40, 0x00, 0x40, 0x11, 0x26, 0xca, // v4 header
         10, 0, 0, 1, 10, 0, 0, 2, // addresses
-        0x04, 0xd2, 0x00, 0x35, 0x00, 0x0c, 0x00, 0x00, // UDP
+        0x04, 0xd2, 0x00, 0x35, 0x00, 0x0c, 0xe2, 0xc6, // UDP
         1, 2, 3, 4,
     ];
+
+    /// The smoltcp views the classifier reads, both ways over the fixture.
+    #[test]
+    fn smoltcp_views_parse_and_emit_the_fixture() {
+        use smoltcp::phy::ChecksumCapabilities;
+        use smoltcp::wire::{EthernetRepr, IpAddress, Ipv4Address, Ipv4Repr, UdpRepr};
+
+        let caps = ChecksumCapabilities::default();
+        let eth = EthernetRepr {
+            src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            ethertype: EthernetProtocol::Ipv4,
+        };
+        let ip = Ipv4Repr {
+            src_addr: Ipv4Address::new(10, 0, 0, 1),
+            dst_addr: Ipv4Address::new(10, 0, 0, 2),
+            next_header: IpProtocol::Udp,
+            payload_len: 12,
+            hop_limit: 64,
+        };
+        let udp = UdpRepr {
+            src_port: 1234,
+            dst_port: 53,
+        };
+        let (src, dst) = (IpAddress::Ipv4(ip.src_addr), IpAddress::Ipv4(ip.dst_addr));
+
+        let frame = EthernetFrame::new_checked(&IPV4_UDP[..]).unwrap();
+        assert_eq!(EthernetRepr::parse(&frame).unwrap(), eth);
+        let packet = Ipv4Packet::new_checked(frame.payload()).unwrap();
+        assert_eq!(Ipv4Repr::parse(&packet, &caps).unwrap(), ip);
+        let datagram = UdpPacket::new_checked(packet.payload()).unwrap();
+        assert_eq!(UdpRepr::parse(&datagram, &src, &dst, &caps).unwrap(), udp);
+        assert_eq!(datagram.payload(), [1, 2, 3, 4]);
+
+        let mut out = [0u8; 46];
+        eth.emit(&mut EthernetFrame::new_unchecked(&mut out[..]));
+        let mut packet = Ipv4Packet::new_unchecked(&mut out[14..]);
+        ip.emit(&mut packet, &caps);
+        packet.set_ident(1);
+        packet.fill_checksum();
+        let mut datagram = UdpPacket::new_unchecked(&mut out[34..]);
+        udp.emit(
+            &mut datagram,
+            &src,
+            &dst,
+            4,
+            |p| p.copy_from_slice(&[1, 2, 3, 4]),
+            &caps,
+        );
+        assert_eq!(out, IPV4_UDP);
+    }
 
     /// A frame tagged VID 7 carrying IPv6 + hop-by-hop + TCP 80 -> 443.
     fn tagged_ipv6_tcp() -> Vec<u8> {

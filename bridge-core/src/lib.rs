@@ -7,7 +7,7 @@
 //! | [`switch`] | [`Switch`] (networks, ports, `process`), [`Decision`], [`Flood`], [`NetworkInfo`], [`PortInfo`], [`switch::Error`] |
 //! | [`network`] | [`NetworkId`], [`NetworkConfig`], [`LimitAction`], [`NetworkStats`] |
 //! | [`port`] | [`PortId`], [`PortConfig`], [`PortVlan`], [`IngressTag`] |
-//! | [`fdb`] | [`FdbEntry`], [`FdbEntryKind`] (the sharded per-network FDB itself is internal) |
+//! | [`fdb`] | [`FdbEntry`], [`FdbEntryKind`] (the per-network FDB itself is internal) |
 //! | [`egress`] | [`Egress`] (tag action per destination), [`EgressFrame`] (head + borrowed tail) |
 //! | [`counters`] | [`PortCounters`] (live atomics), [`PortStats`], [`DropReason`], [`DropCounts`] |
 //! | [`frame`] | [`L2Meta`], [`FrameMeta`], [`IpMeta`], [`Ports`]: the total frame classifier |

@@ -204,8 +204,9 @@ impl Switch {
     }
 
     /// Decides what to do with `frame`, received at `now` on `ingress`: learns its source,
-    /// counts it, and returns the decision. Lock-free except for FDB shard locks (read locks
-    /// for known addresses); allocates nothing (see [`crate::fdb`] for table growth).
+    /// counts it, and returns the decision. Takes no lock unless it learns a new or moved
+    /// address (then the network's FDB writer lock); allocates nothing (see [`crate::fdb`] for
+    /// table growth).
     pub fn process(&self, now: Instant, ingress: PortId, frame: &[u8]) -> Decision {
         self.process_head(now, ingress, frame, frame.len())
     }
@@ -465,8 +466,8 @@ impl Switch {
             .sum()
     }
 
-    /// Calls `f` for each FDB entry of a network. Runs under the FDB shards' read locks: `f`
-    /// must not call back into the switch.
+    /// Calls `f` for each FDB entry of a network. Runs under the network's FDB writer lock
+    /// (learning of new addresses waits; lookups do not): `f` must not call back into the switch.
     pub fn for_each_fdb_entry(
         &self,
         network: NetworkId,

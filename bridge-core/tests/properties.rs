@@ -9,7 +9,7 @@ use bridge_core::vlan;
 use bridge_core::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpAddress, IpProtocol,
     Ipv4Address, Ipv4Packet, Ipv4Repr, Ipv6Address, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket,
-    TcpRepr, TcpSeqNumber,
+    TcpRepr, TcpSeqNumber, TcpTimestampRepr,
 };
 use bridge_core::{
     Decision, FdbEntryKind, FrameMeta, LimitAction, NetworkConfig, NetworkId, PortConfig, PortId,
@@ -242,31 +242,28 @@ struct TcpGso {
     fin: bool,
     psh: bool,
     cwr: bool,
+    timestamp: Option<(u32, u32)>,
 }
 
 fn tcp_gso() -> impl Strategy<Value = TcpGso> {
-    (
-        any::<bool>(),
-        any::<bool>(),
-        1u16..2000,
-        prop::collection::vec(any::<u8>(), 0..12000),
-        any::<u32>(),
-        any::<u16>(),
-        (any::<bool>(), any::<bool>(), any::<bool>()),
+    let flags = (any::<bool>(), any::<bool>(), any::<bool>());
+    let timestamp = prop::option::of(any::<(u32, u32)>());
+    let shape = (any::<bool>(), any::<bool>(), 1u16..2000);
+    let payload = prop::collection::vec(any::<u8>(), 0..12000);
+    (shape, payload, any::<u32>(), any::<u16>(), flags, timestamp).prop_map(
+        |((ipv6, tagged, mss), payload, seq, ident, (fin, psh, cwr), timestamp)| TcpGso {
+            ipv6,
+            tagged,
+            mss,
+            payload,
+            seq,
+            ident,
+            fin,
+            psh,
+            cwr,
+            timestamp,
+        },
     )
-        .prop_map(
-            |(ipv6, tagged, mss, payload, seq, ident, (fin, psh, cwr))| TcpGso {
-                ipv6,
-                tagged,
-                mss,
-                payload,
-                seq,
-                ident,
-                fin,
-                psh,
-                cwr,
-            },
-        )
 }
 
 const SRC4: Ipv4Address = Ipv4Address::new(192, 168, 122, 10);
@@ -293,7 +290,9 @@ fn build_gso(g: &TcpGso) -> Vec<u8> {
         max_seg_size: None,
         sack_permitted: false,
         sack_ranges: [None; 3],
-        timestamp: None,
+        timestamp: g
+            .timestamp
+            .map(|(tsval, tsecr)| TcpTimestampRepr { tsval, tsecr }),
         payload: &g.payload,
     };
     let l4_len = tcp.buffer_len();
