@@ -383,7 +383,8 @@ impl Fdb {
         ports: &[Option<Arc<Port>>],
     ) -> Learn {
         let now = now.total_micros();
-        if let Some((i, read)) = table.find(key.0) {
+        let found = table.find(key.0);
+        if let Some((i, read)) = found {
             if read.target.is(port) {
                 if !read.target.is_static() {
                     self.refresh(&table.slots[i], &read, now);
@@ -393,6 +394,14 @@ impl Fdb {
             if read.target.is_static() {
                 return Learn::SpoofedStatic;
             }
+        }
+        // At a limit, say so without the writer lock, so that a guest flooding new source
+        // addresses does not make other ports wait for it. (A lookup that raced a removal may
+        // land here for a known address: that frame counts as a limit hit.)
+        let port_full = port.learned.load(Relaxed) >= port.config.max_learned;
+        let network_full = found.is_none() && self.learned.load(Relaxed) >= self.max_learned;
+        if port_full || network_full {
+            return self.limit_hit();
         }
         let _writer = self.lock();
         // `remove_port` marks the port removed before it flushes under this lock.
