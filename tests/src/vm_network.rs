@@ -80,7 +80,9 @@ impl Network {
         guests: &[GuestSpec],
     ) -> Result<Self, NetworkError> {
         let nics: Vec<&NicSpec> = guests.iter().flat_map(|g| &g.nics).collect();
-        let mut args = Vec::new();
+        // Its own control socket, so that daemons of other tests or users do not clash.
+        let control = e2e.path("control.sock").display().to_string();
+        let mut args = vec!["--control".to_string(), control];
         for nic in &nics {
             args.push("--socket".to_string());
             args.push(port_arg(nic));

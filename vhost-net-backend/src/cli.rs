@@ -3,19 +3,35 @@
 
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::config::file::{self, LoadError};
 use crate::config::libvirt::{self, ImportError};
-use crate::config::{Config, ConfigError, Invalid, PortConfig, DEFAULT_NETWORK};
+use crate::config::{Config, ConfigError, Invalid, PortConfig};
+use crate::control::client::{Client, ClientError};
+use crate::control::protocol::{ForwardInfo, Request};
+use crate::control::{default_socket_path, render};
 
 /// A user-space network stack for VMs: a vhost-user virtio-net backend with a learning switch,
-/// NAT networks with DHCP and DNS, bridged networks and WASM policies. Without --config or
-/// --import-libvirt it runs the embedded default: libvirt's "default" NAT network
-/// (192.168.122.0/24, gateway .1, DHCP .2-.254).
+/// NAT networks with DHCP and DNS, bridged networks and WASM policies.
+///
+/// Without a subcommand, runs the daemon. Without --config or --import-libvirt it runs the
+/// embedded default: libvirt's "default" NAT network (192.168.122.0/24, gateway .1, DHCP
+/// .2-.254). The subcommands talk to a running daemon over its control socket.
 #[derive(Debug, Parser, PartialEq, Eq)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 pub struct Args {
+    /// A client subcommand; none runs the daemon.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The daemon's options.
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+}
+
+/// The daemon's options.
+#[derive(Debug, clap::Args, PartialEq, Eq)]
+pub struct DaemonArgs {
     /// A port: PATH[,network=NAME][,mac=MAC][,queues=N][,mtu=N][,role=server|client][,vlan=N].
     /// `role=server` (default) listens on PATH (QEMU `-chardev socket,...,reconnect=1`,
     /// cloud-hypervisor's default); `role=client` connects to PATH (QEMU `server=on,wait=off`)
@@ -38,9 +54,149 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub import_libvirt: Vec<PathBuf>,
 
+    /// The control socket (default: /run/vhost-net-backend/control.sock for root, else
+    /// $XDG_RUNTIME_DIR/vhost-net-backend/control.sock); overrides the file's [control] socket.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+
     /// Print the resulting configuration as TOML, every setting explicit, and exit.
     #[arg(long)]
     pub print_config: bool,
+}
+
+/// Options of every client subcommand.
+#[derive(Debug, clap::Args, Clone, PartialEq, Eq)]
+pub struct ClientArgs {
+    /// The daemon's control socket (default: $VHOST_NET_BACKEND_CONTROL, else the daemon's
+    /// default path).
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Print the answer as JSON (for scripts) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The client subcommands.
+#[derive(Debug, Subcommand, PartialEq, Eq)]
+pub enum Command {
+    /// Networks with their ports and uplinks, link states and counters (like `brctl show`).
+    Show(ClientArgs),
+    /// The forwarding database: learned and static addresses (like `brctl showmacs`).
+    Fdb {
+        /// Only this network.
+        network: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Counters and drop reasons of every port, or of one (id, `portN` or socket path).
+    Stats {
+        /// Only this port.
+        port: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// DHCP leases of the NAT networks (like dnsmasq's leases file).
+    Leases(ClientArgs),
+    /// Tracked connections (like `conntrack -L`).
+    Conntrack(ClientArgs),
+    /// Policies: list with per-rule counters (like `iptables -L -nv`), load, reload, unload.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Ports: add one (a new VM attaches without a restart) or remove one.
+    #[command(subcommand)]
+    Port(PortCommand),
+    /// Port forwards into NAT networks: list, add, remove.
+    #[command(subcommand)]
+    Forward(ForwardCommand),
+}
+
+/// `policy` subcommands.
+#[derive(Debug, Subcommand, PartialEq, Eq)]
+pub enum PolicyCommand {
+    /// Loaded policies with per-rule packet and byte counters.
+    List(ClientArgs),
+    /// Loads a policy module.
+    Load {
+        /// Its name (unique; keys its counters and maps across reloads).
+        name: String,
+        /// The module (.wasm).
+        module: PathBuf,
+        /// Its configuration text.
+        #[arg(long, value_name = "TEXT")]
+        config: Option<String>,
+        /// closed (default), open or baseline.
+        #[arg(long, value_name = "MODE")]
+        fail_mode: Option<String>,
+        /// The network whose chain it joins (default: the operator chain, every network).
+        #[arg(long, value_name = "NAME")]
+        network: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Reloads a policy from its module file (and new configuration text if given).
+    Reload {
+        /// Its name.
+        name: String,
+        /// New configuration text.
+        #[arg(long, value_name = "TEXT")]
+        config: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Unloads a policy.
+    Unload {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `port` subcommands.
+#[derive(Debug, Subcommand, PartialEq, Eq)]
+pub enum PortCommand {
+    /// Adds a port, served at once: PATH[,network=NAME][,mac=MAC][,queues=N][,mtu=N][,role=..][,vlan=N].
+    Add {
+        /// The port, as --socket takes it.
+        spec: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Removes a port (id, `portN` or socket path): its VM loses its link.
+    Remove {
+        /// The port.
+        port: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// `forward` subcommands.
+#[derive(Debug, Subcommand, PartialEq, Eq)]
+pub enum ForwardCommand {
+    /// The port forwards in place.
+    List(ClientArgs),
+    /// Forwards connections to a host address to a guest: `forward add tcp 0.0.0.0:2222
+    /// 192.168.122.10:22`.
+    Add(ForwardArgs),
+    /// Removes a port forward (the same arguments as add).
+    Remove(ForwardArgs),
+}
+
+/// A port forward on the command line.
+#[derive(Debug, clap::Args, PartialEq, Eq)]
+pub struct ForwardArgs {
+    /// tcp or udp.
+    pub protocol: String,
+    /// The host address and port to listen on.
+    pub listen: String,
+    /// The guest's address and port.
+    pub guest: String,
+    /// The NAT network.
+    #[arg(long, default_value = crate::config::DEFAULT_NETWORK)]
+    pub network: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// Errors making a configuration from the command line.
@@ -73,6 +229,12 @@ pub enum CliError {
     /// The resulting configuration is invalid (imported networks sharing a name).
     #[error("invalid configuration")]
     Invalid(#[from] Invalid),
+    /// The daemon could not be reached or refused the request.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A path on the command line could not be made absolute.
+    #[error("cannot resolve {}", .0.display())]
+    Path(PathBuf, #[source] std::io::Error),
 }
 
 /// A configuration from the command line, and what an import left out.
@@ -84,10 +246,10 @@ pub struct Loaded {
     pub notes: Vec<String>,
 }
 
-impl TryFrom<&Args> for Loaded {
+impl TryFrom<&DaemonArgs> for Loaded {
     type Error = CliError;
 
-    fn try_from(args: &Args) -> Result<Loaded, CliError> {
+    fn try_from(args: &DaemonArgs) -> Result<Loaded, CliError> {
         let mut notes = Vec::new();
         let mut config = match &args.config {
             Some(path) => file::load(path)?,
@@ -109,9 +271,7 @@ impl TryFrom<&Args> for Loaded {
                 spec: spec.clone(),
                 source,
             })?;
-            if port.network == DEFAULT_NETWORK && config.network(DEFAULT_NETWORK).is_none() {
-                port.network.clone_from(&config.networks[0].name);
-            }
+            config.place_port(&mut port);
             config
                 .check_port(&port, &config.ports)
                 .map_err(|source| CliError::Port {
@@ -120,8 +280,128 @@ impl TryFrom<&Args> for Loaded {
                 })?;
             config.ports.push(port);
         }
+        if let Some(control) = &args.control {
+            config.control.socket = Some(control.clone());
+        }
         Ok(Loaded { config, notes })
     }
+}
+
+/// `path` made absolute against the current directory (the daemon's may differ).
+fn absolute(path: PathBuf) -> Result<PathBuf, CliError> {
+    std::path::absolute(&path).map_err(|e| CliError::Path(path, e))
+}
+
+/// A port spec with its socket path made absolute.
+fn absolute_spec(spec: &str) -> Result<String, CliError> {
+    let (path, options) = spec
+        .split_once(',')
+        .map_or((spec, None), |(p, o)| (p, Some(o)));
+    let path = absolute(PathBuf::from(path))?.display().to_string();
+    Ok(match options {
+        Some(o) => format!("{path},{o}"),
+        None => path,
+    })
+}
+
+impl ClientArgs {
+    fn socket(&self) -> PathBuf {
+        self.control
+            .clone()
+            .or_else(|| std::env::var_os("VHOST_NET_BACKEND_CONTROL").map(PathBuf::from))
+            .unwrap_or_else(default_socket_path)
+    }
+}
+
+/// Sends `request` and renders the answer: as JSON with `--json`, else with `text`.
+fn ask<T: serde::de::DeserializeOwned>(
+    client: &ClientArgs,
+    request: &Request,
+    text: impl FnOnce(&T) -> String,
+) -> Result<String, CliError> {
+    let value = Client::connect(&client.socket())?.call(request)?;
+    if client.json {
+        let mut out = serde_json::to_string_pretty(&value).map_err(ClientError::from)?;
+        out.push('\n');
+        return Ok(out);
+    }
+    let decoded: T = serde_json::from_value(value).map_err(ClientError::from)?;
+    Ok(text(&decoded))
+}
+
+/// Runs a client subcommand; returns what to print.
+pub fn run(command: Command) -> Result<String, CliError> {
+    let done = |_: &()| String::new();
+    match command {
+        Command::Show(c) => ask(&c, &Request::Show, render::show),
+        Command::Fdb { network, client } => ask(&client, &Request::Fdb { network }, render::fdb),
+        Command::Stats { port, client } => ask(&client, &Request::Stats { port }, render::stats),
+        Command::Leases(c) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            ask(&c, &Request::Leases, |l: &Vec<_>| render::leases(l, now))
+        }
+        Command::Conntrack(c) => ask(&c, &Request::Conntrack, |f: &Vec<_>| render::conntrack(f)),
+        Command::Policy(PolicyCommand::List(c)) => {
+            ask(&c, &Request::PolicyList, |p: &Vec<_>| render::policies(p))
+        }
+        Command::Policy(PolicyCommand::Load {
+            name,
+            module,
+            config,
+            fail_mode,
+            network,
+            client,
+        }) => {
+            let request = Request::PolicyLoad {
+                name,
+                module: absolute(module)?.display().to_string(),
+                config: config.unwrap_or_default(),
+                fail_mode,
+                network,
+            };
+            ask(&client, &request, done)
+        }
+        Command::Policy(PolicyCommand::Reload {
+            name,
+            config,
+            client,
+        }) => ask(&client, &Request::PolicyReload { name, config }, done),
+        Command::Policy(PolicyCommand::Unload { name, client }) => {
+            ask(&client, &Request::PolicyUnload { name }, done)
+        }
+        Command::Port(PortCommand::Add { spec, client }) => {
+            let request = Request::PortAdd {
+                spec: absolute_spec(&spec)?,
+            };
+            ask(&client, &request, render::port)
+        }
+        Command::Port(PortCommand::Remove { port, client }) => {
+            ask(&client, &Request::PortRemove { port }, done)
+        }
+        Command::Forward(ForwardCommand::List(c)) => {
+            ask(&c, &Request::ForwardList, |f: &Vec<_>| render::forwards(f))
+        }
+        Command::Forward(ForwardCommand::Add(f)) => {
+            let (client, info) = forward_info(f);
+            ask(&client, &Request::ForwardAdd(info), done)
+        }
+        Command::Forward(ForwardCommand::Remove(f)) => {
+            let (client, info) = forward_info(f);
+            ask(&client, &Request::ForwardRemove(info), done)
+        }
+    }
+}
+
+fn forward_info(f: ForwardArgs) -> (ClientArgs, ForwardInfo) {
+    let info = ForwardInfo {
+        network: f.network,
+        protocol: f.protocol,
+        listen: f.listen,
+        guest: f.guest,
+    };
+    (f.client, info)
 }
 
 /// An error and its causes, for one log line.
@@ -146,7 +426,7 @@ mod tests {
         let args =
             Args::try_parse_from(std::iter::once("vhost-net-backend").chain(args.iter().copied()))
                 .map_err(|e| e.to_string())?;
-        Loaded::try_from(&args).map_err(|e| error_chain(&e))
+        Loaded::try_from(&args.daemon).map_err(|e| error_chain(&e))
     }
 
     fn file(text: &str) -> tempfile::NamedTempFile {

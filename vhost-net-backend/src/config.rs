@@ -599,6 +599,16 @@ impl Config {
         }
     }
 
+    /// Puts a port that names the network "default" (the default) on the first network when
+    /// no network has that name.
+    pub fn place_port(&self, port: &mut PortConfig) {
+        if port.network == DEFAULT_NETWORK && self.network(DEFAULT_NETWORK).is_none() {
+            if let Some(first) = self.networks.first() {
+                port.network.clone_from(&first.name);
+            }
+        }
+    }
+
     /// The network named `name`.
     pub fn network(&self, name: &str) -> Option<&NetworkConfig> {
         self.networks.iter().find(|n| n.name == name)

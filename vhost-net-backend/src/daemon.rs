@@ -3,21 +3,22 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use bridge_core::{NetworkId, PortId, PortStats, Switch};
-use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use tracing::{error, info, warn};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::config::{Config, Egress, FieldPath, Invalid, NetworkMode, PortConfig};
+use crate::control::hooks::Hooks;
 use crate::datapath::counters::DeviceStats;
 use crate::datapath::{worker, Datapath};
-use crate::port::{self, Port};
+use crate::event_loop;
+use crate::port::{self, Link, Port};
 use crate::socket::{Endpoint, SocketError};
 
 /// How often learned addresses are aged out.
@@ -73,6 +74,8 @@ pub struct PortReport {
     pub switch: PortStats,
     /// The device's drops (malformed descriptors, no receive buffers, ...).
     pub device: DeviceStats,
+    /// Its link.
+    pub link: Link,
 }
 
 /// A running daemon. Dropping it shuts it down.
@@ -83,6 +86,8 @@ pub struct Daemon {
     config: Config,
     /// The switch's id of each of `config.networks`, in order.
     network_ids: Vec<NetworkId>,
+    /// What other parts register for the control API's views.
+    hooks: Hooks,
     ports: Mutex<BTreeMap<PortId, PortHandle>>,
     stop: Arc<EventFd>,
     housekeeping: Option<JoinHandle<()>>,
@@ -144,6 +149,7 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
         datapath,
         config,
         network_ids,
+        hooks: Hooks::default(),
         ports: Mutex::new(BTreeMap::new()),
         stop,
         housekeeping: Some(housekeeping),
@@ -164,6 +170,16 @@ impl Daemon {
     /// [`Daemon::ports`]).
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Where the parts behind the control API's views register.
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
+    }
+
+    /// The datapath's clock, as the switch is given it.
+    pub fn now(&self) -> bridge_core::time::Instant {
+        self.datapath.now()
     }
 
     /// The switch's id of the network named `name`.
@@ -245,6 +261,7 @@ impl Daemon {
             config: port.config().clone(),
             switch: port.switch_counters().snapshot(),
             device: port.counters().snapshot(),
+            link: port.link(),
         })
     }
 
@@ -308,41 +325,11 @@ impl MutEventSubscriber for Ageing {
     }
 }
 
-/// Ends the housekeeping loop.
-struct Stopper {
-    stop: Arc<EventFd>,
-    stopped: Arc<AtomicBool>,
-}
-
-impl MutEventSubscriber for Stopper {
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        self.stopped.store(true, Ordering::Relaxed);
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&*self.stop, EventSet::IN)) {
-            warn!(error = ?e, "the stop eventfd cannot be watched");
-        }
-    }
-}
-
 fn housekeeping(datapath: Arc<Datapath>, mut timer: TimerFd, stop: Arc<EventFd>) {
-    let mut manager = match EventManager::<Box<dyn MutEventSubscriber + Send>>::new() {
-        Ok(m) => m,
-        Err(e) => return warn!(error = ?e, "no housekeeping loop"),
-    };
     if let Err(e) = timer.reset(AGEING_INTERVAL, Some(AGEING_INTERVAL)) {
         warn!(error = %e, "the ageing timer cannot be armed");
     }
-    let stopped = Arc::new(AtomicBool::new(false));
-    manager.add_subscriber(Box::new(Ageing { datapath, timer }));
-    manager.add_subscriber(Box::new(Stopper {
-        stop,
-        stopped: Arc::clone(&stopped),
-    }));
-    while !stopped.load(Ordering::Relaxed) {
-        if let Err(e) = manager.run() {
-            return warn!(error = ?e, "housekeeping loop failed");
-        }
+    if let Err(e) = event_loop::run(stop, vec![Box::new(Ageing { datapath, timer })]) {
+        warn!(error = ?e, "housekeeping loop failed");
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`config`] | [`config::Config`], [`config::PortConfig`], [`config::MacAddr`], [`config::SocketRole`] |
+//! | [`config`] | [`config::Config`] (networks, ports, forwards, policies), the TOML file ([`config::file`]), libvirt XML import ([`config::libvirt`]) |
+//! | [`control`] | the control socket ([`control::Server`]), its protocol, views and client; [`control::hooks`] for the parts that fill views |
+//! | [`cli`] | the command line: daemon options and the client subcommands |
+//! | [`event_loop`] | the event-manager loops (housekeeping, control) |
 //! | [`vhost_user`] | the protocol layer: [`vhost_user::wire`] (framing), [`vhost_user::session`] (the per-connection dispatcher), [`vhost_user::memory`] (memory table), [`vhost_user::device`] (state shared with the datapath), [`vhost_user::server`] (the connection loop) |
 //! | [`socket`] | the listen and connect roles of a port's socket, with reconnect |
 //! | [`vring`] | [`vring::Vring`]: one virtqueue's configuration and the split-ring operations the datapath adds to `virtio_queue::Queue` |
@@ -14,8 +17,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod event_loop;
 pub mod port;
 pub mod socket;
 pub mod sys;

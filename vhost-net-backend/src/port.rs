@@ -3,6 +3,7 @@
 //! socket role's accept/reconnect loop) and the datapath worker (its guest's TX queues).
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, MutexGuard};
 
 use bridge_core::{PortCounters, PortId};
@@ -25,6 +26,30 @@ pub struct Port {
     counters: DeviceCounters,
     switch_counters: Arc<PortCounters>,
     stop: EventFd,
+    connected: AtomicBool,
+}
+
+/// A port's link, as an operator sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Link {
+    /// No frontend is connected.
+    Down,
+    /// A frontend is connected; its driver has not started the rings (yet).
+    Connected,
+    /// The guest's driver runs the rings.
+    Up,
+}
+
+impl Link {
+    /// down, connected or up.
+    pub fn name(self) -> &'static str {
+        match self {
+            Link::Down => "down",
+            Link::Connected => "connected",
+            Link::Up => "up",
+        }
+    }
 }
 
 impl Port {
@@ -42,6 +67,7 @@ impl Port {
             config,
             switch_counters,
             stop: EventFd::new(libc::EFD_NONBLOCK)?,
+            connected: AtomicBool::new(false),
         })
     }
 
@@ -81,6 +107,20 @@ impl Port {
         let _ = self.stop.write(1);
     }
 
+    /// Its link: whether a frontend is connected and the guest runs a ring.
+    pub fn link(&self) -> Link {
+        if !self.connected.load(Ordering::Relaxed) {
+            return Link::Down;
+        }
+        let running = (0..self.device.queue_count())
+            .any(|i| self.device.vring(i).is_some_and(|v| v.is_running()));
+        if running {
+            Link::Up
+        } else {
+            Link::Connected
+        }
+    }
+
     /// A running receive queue for frames that came in on queue pair `pair` of another port:
     /// the same pair index modulo this port's pairs, else pair 0. Returns its index, locked.
     pub fn rx_vring(&self, pair: usize) -> Option<(usize, MutexGuard<'_, Vring>)> {
@@ -99,7 +139,10 @@ impl Port {
 /// The connection thread: serves one connection after another until the port stops.
 pub fn run_connections(port: Arc<Port>, mut endpoint: Endpoint) {
     while let Some(stream) = endpoint.next(&port.stop) {
-        match server::serve(&stream, &port.device, &port.stop) {
+        port.connected.store(true, Ordering::Relaxed);
+        let end = server::serve(&stream, &port.device, &port.stop);
+        port.connected.store(false, Ordering::Relaxed);
+        match end {
             End::Stopped => return,
             End::Disconnected => {
                 if !endpoint.pause_after_disconnect(&port.stop) {

@@ -1,5 +1,5 @@
 //! The crate's only `unsafe` code: receiving file descriptors over a unix socket, taking one
-//! over as an eventfd, polling, and waiting for a termination signal.
+//! over as an eventfd, polling, waiting for a termination signal, and the effective user id.
 
 use std::fs::File;
 use std::io;
@@ -135,4 +135,10 @@ pub fn wait_readable(
         }
         return Ok(Readiness::TimedOut);
     }
+}
+
+/// The process's effective user id.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
+    unsafe { libc::geteuid() }
 }

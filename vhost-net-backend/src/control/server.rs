@@ -1,0 +1,296 @@
+//! The control socket: a unix socket (0600 by default) served on its own event loop; one
+//! subscriber holds the listener and the connections, each reading JSON request lines and
+//! writing response lines without blocking the loop.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use tracing::{info, warn};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::handler;
+use super::protocol::{Request, Response};
+use crate::config::ControlConfig;
+use crate::daemon::Daemon;
+use crate::event_loop;
+
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// Errors starting the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Its directory could not be made.
+    #[error("cannot make the directory {}", .0.display())]
+    Directory(PathBuf, #[source] io::Error),
+    /// Another daemon serves the path.
+    #[error("another process serves {}", .0.display())]
+    InUse(PathBuf),
+    /// Binding or setting its permissions failed.
+    #[error("cannot listen on {}", .0.display())]
+    Bind(PathBuf, #[source] io::Error),
+    /// The stop eventfd or the thread could not be made.
+    #[error("cannot start the control loop")]
+    Resource(#[source] io::Error),
+}
+
+/// Where the control socket is when the configuration does not say: under /run for root,
+/// else under `$XDG_RUNTIME_DIR` (or /tmp/vhost-net-backend-UID).
+pub fn default_socket_path() -> PathBuf {
+    let uid = crate::sys::euid();
+    let dir = if uid == 0 {
+        PathBuf::from("/run/vhost-net-backend")
+    } else if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR") {
+        PathBuf::from(run).join("vhost-net-backend")
+    } else {
+        PathBuf::from(format!("/tmp/vhost-net-backend-{uid}"))
+    };
+    dir.join("control.sock")
+}
+
+/// A running control socket. Dropping it stops the loop and removes the socket file.
+#[derive(Debug)]
+pub struct Server {
+    path: PathBuf,
+    stop: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Listens on the configured (or default) path and serves `daemon`'s control API.
+    pub fn start(daemon: Arc<Daemon>, config: &ControlConfig) -> Result<Server, ServerError> {
+        let path = config.socket.clone().unwrap_or_else(default_socket_path);
+        let listener = bind(&path, config.mode)?;
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(ServerError::Resource)?);
+        let subscriber = Control {
+            daemon,
+            listener,
+            conns: HashMap::new(),
+        };
+        let loop_stop = Arc::clone(&stop);
+        let thread = thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                if let Err(e) = event_loop::run(loop_stop, vec![Box::new(subscriber)]) {
+                    warn!(error = ?e, "the control loop failed");
+                }
+            })
+            .map_err(ServerError::Resource)?;
+        info!(socket = %path.display(), mode = format!("{:o}", config.mode), "control socket");
+        Ok(Server {
+            path,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds `path` with permissions `mode`, replacing a stale socket file that no one serves.
+fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(|e| ServerError::Directory(dir.to_owned(), e))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            return Err(ServerError::InUse(path.to_owned()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let bind_err = |e| ServerError::Bind(path.to_owned(), e);
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// One client connection.
+struct Conn {
+    stream: UnixStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    /// The client closed its side (or sent too much): close once the output is written.
+    closing: bool,
+}
+
+/// The control socket's subscriber: the listener and every connection.
+struct Control {
+    daemon: Arc<Daemon>,
+    listener: UnixListener,
+    conns: HashMap<RawFd, Conn>,
+}
+
+impl Control {
+    fn accept(&mut self, ops: &mut EventOps) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let fd = stream.as_raw_fd();
+                    if let Err(e) = ops.add(Events::new(&stream, EventSet::IN)) {
+                        warn!(error = ?e, "a control connection cannot be watched");
+                        continue;
+                    }
+                    let conn = Conn {
+                        stream,
+                        input: Vec::new(),
+                        output: Vec::new(),
+                        closing: false,
+                    };
+                    self.conns.insert(fd, conn);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return warn!(error = %e, "accepting a control connection failed"),
+            }
+        }
+    }
+
+    /// Reads what is there, answers complete lines, writes what it can. Returns whether the
+    /// connection stays open.
+    fn serve(&mut self, fd: RawFd, events: EventSet) -> bool {
+        let daemon = Arc::clone(&self.daemon);
+        let Some(conn) = self.conns.get_mut(&fd) else {
+            return false;
+        };
+        if events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP) {
+            conn.read();
+            while let Some(line) = conn.next_line() {
+                let response = answer(&daemon, &line);
+                conn.respond(&response);
+            }
+            if conn.input.len() > MAX_REQUEST {
+                conn.respond(&Response::Error(format!(
+                    "request longer than {MAX_REQUEST} bytes"
+                )));
+                conn.closing = true;
+            }
+        }
+        if events.contains(EventSet::ERROR) {
+            return false;
+        }
+        conn.write() && !(conn.closing && conn.output.is_empty())
+    }
+}
+
+/// The response to one request line.
+fn answer(daemon: &Daemon, line: &[u8]) -> Response {
+    match serde_json::from_slice::<Request>(line) {
+        Ok(request) => handler::handle(daemon, request),
+        Err(e) => Response::Error(format!("bad request: {e}")),
+    }
+}
+
+impl Conn {
+    fn read(&mut self) {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    self.closing = true;
+                    return;
+                }
+                Ok(n) => {
+                    self.input.extend_from_slice(&buf[..n]);
+                    if self.input.len() > MAX_REQUEST {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.closing = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        let end = self.input.iter().position(|&b| b == b'\n')?;
+        let mut line: Vec<u8> = self.input.drain(..=end).collect();
+        line.pop();
+        Some(line)
+    }
+
+    fn respond(&mut self, response: &Response) {
+        let text = serde_json::to_vec(response).unwrap_or_else(|e| {
+            format!("{{\"error\":\"cannot encode the response: {e}\"}}").into_bytes()
+        });
+        self.output.extend_from_slice(&text);
+        self.output.push(b'\n');
+    }
+
+    /// Writes pending output. Returns false when the connection failed.
+    fn write(&mut self) -> bool {
+        while !self.output.is_empty() {
+            match self.stream.write(&self.output) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    self.output.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+impl MutEventSubscriber for Control {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.listener.as_raw_fd() {
+            return self.accept(ops);
+        }
+        let open = self.serve(fd, events.event_set());
+        let Some(conn) = self.conns.get(&fd) else {
+            return;
+        };
+        if !open {
+            let _ = ops.remove(Events::empty(&conn.stream));
+            self.conns.remove(&fd);
+            return;
+        }
+        let wanted = match (conn.closing, conn.output.is_empty()) {
+            (true, _) => EventSet::OUT,
+            (false, true) => EventSet::IN,
+            (false, false) => EventSet::IN | EventSet::OUT,
+        };
+        let _ = ops.modify(Events::new(&conn.stream, wanted));
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
+            warn!(error = ?e, "the control socket cannot be watched");
+        }
+    }
+}
