@@ -14,7 +14,8 @@
 //! - `ipstats`: the kernel's IP counters (/proc/net/snmp) as `GUEST IP <name> <value>` lines;
 //! - `carrier`: `GUEST CARRIER <eth0's carrier_changes>` (how often the link went up or down);
 //! - `offloads`: `GUEST OFFLOAD <feature> on|off` for eth0's checksum and TSO offloads;
-//! - `notify HOST` / `wait_notified`: one guest tells another it is done (TCP port 5001).
+//! - `notify HOST` / `wait_notified`: one guest tells another it is done (TCP port 5001; both
+//!   give up after a while).
 
 /// Shell functions every network script defines.
 const FUNCTIONS: &str = r#"
@@ -49,8 +50,11 @@ ipstats() {
                 else for (i = 2; i <= NF; i++) print "GUEST IP", n[i], $i }' /proc/net/snmp
 }
 carrier() { say CARRIER "$(cat /sys/class/net/eth0/carrier_changes)"; }
-notify() { until echo done | nc "$1" 5001; do sleep 1; done; }
-wait_notified() { nc -l -p 5001 >/dev/null; }
+notify() {
+  i=0
+  until echo done | nc "$1" 5001; do i=$((i+1)); [ $i -ge 30 ] && return 1; sleep 1; done
+}
+wait_notified() { timeout 180 nc -l -p 5001 >/dev/null; }
 offloads() {
   ethtool -k eth0 | grep -E '^(tx-checksumming|rx-checksumming|tcp-segmentation-offload):' |
     while read -r k v rest; do say OFFLOAD "${k%:}" "$v"; done
