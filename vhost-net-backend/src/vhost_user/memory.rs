@@ -49,6 +49,9 @@ struct Region {
     gpa: u64,
     size: u64,
     user_addr: u64,
+    /// How many times the frontend added it: QEMU adds every region once per queue pair
+    /// (one vhost device each) and removes it as many times.
+    refs: u32,
     mapping: Arc<GuestRegionMmap>,
 }
 
@@ -73,11 +76,20 @@ impl MemoryTable {
         Ok(())
     }
 
-    /// Adds one region (ADD_MEM_REG).
+    /// Adds one region (ADD_MEM_REG). Adding a region that is already there (same guest
+    /// address, size and frontend address) counts one more user of it.
     pub fn add(&mut self, region: &VhostUserMemoryRegion, file: File) -> Result<(), MemoryError> {
         let (gpa, size) = (region.guest_phys_addr, region.memory_size);
         if self.regions.len() >= MAX_MEM_SLOTS {
             return Err(MemoryError::SlotsFull(MAX_MEM_SLOTS));
+        }
+        if let Some(same) = self
+            .regions
+            .iter_mut()
+            .find(|r| r.gpa == gpa && r.size == size && r.user_addr == region.user_addr)
+        {
+            same.refs = same.refs.saturating_add(1);
+            return Ok(());
         }
         // Region validity (non-zero, no overflow) was checked when the body was decoded.
         let end = gpa + size;
@@ -97,13 +109,15 @@ impl MemoryTable {
             gpa,
             size,
             user_addr: region.user_addr,
+            refs: 1,
             mapping: Arc::new(mapping),
         });
         self.regions.sort_by_key(|r| r.gpa);
         Ok(())
     }
 
-    /// Removes the region with this guest address and size (REM_MEM_REG).
+    /// Removes one user of the region with this guest address and size (REM_MEM_REG); the
+    /// region goes with its last user.
     pub fn remove(&mut self, region: &VhostUserMemoryRegion) -> Result<(), MemoryError> {
         let (gpa, size) = (region.guest_phys_addr, region.memory_size);
         let pos = self
@@ -111,7 +125,10 @@ impl MemoryTable {
             .iter()
             .position(|r| r.gpa == gpa && r.size == size)
             .ok_or(MemoryError::NoSuchRegion { gpa, size })?;
-        self.regions.remove(pos);
+        self.regions[pos].refs -= 1;
+        if self.regions[pos].refs == 0 {
+            self.regions.remove(pos);
+        }
         Ok(())
     }
 
@@ -174,6 +191,10 @@ pub(crate) mod tests {
             ),
             Err(MemoryError::Overlap(0x8000))
         ));
+        // Added again (QEMU: once per queue pair): it stays until removed as often.
+        table.add(&low, backing_file(0x10000)).unwrap();
+        table.remove(&low).unwrap();
+        assert_eq!(table.va_to_gpa(0x7000_0010), Some(0x10));
         table.remove(&low).unwrap();
         assert!(table.remove(&low).is_err());
         assert_eq!(table.va_to_gpa(0x7000_0010), None);

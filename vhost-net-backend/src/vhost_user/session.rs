@@ -706,6 +706,15 @@ mod tests {
         assert!(!dev.vring(0).unwrap().is_running());
         add_memory(&mut s);
         assert!(dev.vring(0).unwrap().is_running());
+        // QEMU with N queue pairs adds (and removes) every region N times, once per pair.
+        add_memory(&mut s);
+        let rem = msg(FrontendReq::REM_MEM_REG, region.as_slice(), vec![], true);
+        assert_eq!(reply_u64(s.handle(rem).unwrap()), 0);
+        assert!(
+            dev.vring(0).unwrap().is_running(),
+            "the region has one more user"
+        );
+        add_memory(&mut s);
         // SET_MEM_TABLE replaces the table, rings running.
         let mut table = VhostUserMemory::new(1).as_slice().to_vec();
         table.extend_from_slice(VhostUserMemoryRegion::new(0, MEM, USER_BASE, 0).as_slice());
