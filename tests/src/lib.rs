@@ -7,7 +7,7 @@
 //! [`qemu`] (TCG guests with vhost-user NICs), [`guest_script`] (their /test.sh and what it
 //! prints), [`initramfs`] (how /test.sh gets in), [`daemon`] (the daemon as a child process),
 //! [`process`] and [`console`] (child processes and their output), [`netns`] (network
-//! namespaces and veth pairs).
+//! namespaces and veth pairs), [`wan`] (the hosts NAT tests reach).
 
 pub mod console;
 pub mod daemon;
@@ -19,3 +19,4 @@ pub mod netns;
 pub mod process;
 pub mod qemu;
 pub mod vm_network;
+pub mod wan;

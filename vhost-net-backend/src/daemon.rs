@@ -9,15 +9,16 @@ use std::time::Duration;
 
 use bridge_core::{NetworkId, PortId, PortStats, Switch};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::config::{Config, Egress, FieldPath, Invalid, NetworkMode, PortConfig};
+use crate::config::{Config, Egress, FieldPath, ForwardConfig, Invalid, NetworkMode, PortConfig};
 use crate::control::hooks::Hooks;
 use crate::datapath::counters::DeviceStats;
 use crate::datapath::{worker, Datapath};
 use crate::event_loop;
+use crate::nat::network::{NatError, NatNetwork};
 use crate::port::{self, Link, Port};
 use crate::socket::{Endpoint, SocketError};
 
@@ -56,6 +57,12 @@ pub enum Error {
     /// Creating an eventfd, a timer or a thread failed.
     #[error("creating a daemon resource failed")]
     Resource(#[source] io::Error),
+    /// A NAT network could not be started or changed.
+    #[error("NAT network {0:?}")]
+    Nat(String, #[source] NatError),
+    /// A port forward names a network that is not a running NAT network.
+    #[error("no NAT network is named {0:?}")]
+    NoSuchNatNetwork(String),
 }
 
 /// A running port and its threads.
@@ -88,12 +95,14 @@ pub struct Daemon {
     network_ids: Vec<NetworkId>,
     /// What other parts register for the control API's views.
     hooks: Hooks,
+    /// The NAT networks' gateways and egress.
+    nat: Vec<NatNetwork>,
     ports: Mutex<BTreeMap<PortId, PortHandle>>,
     stop: Arc<EventFd>,
     housekeeping: Option<JoinHandle<()>>,
 }
 
-/// Refuses settings the daemon does not carry out yet; warns about a NAT network's gateway.
+/// Refuses settings the daemon does not carry out yet.
 fn check_implemented(config: &Config) -> Result<(), Error> {
     let refuse = |field: FieldPath, what| Err(Error::NotImplemented { field, what });
     for (i, n) in config.networks.iter().enumerate() {
@@ -103,17 +112,8 @@ fn check_implemented(config: &Config) -> Result<(), Error> {
             NetworkMode::Nat(nat) if matches!(nat.egress, Egress::Kernel { .. }) => {
                 return refuse(at.key("egress"), "kernel egress");
             }
-            NetworkMode::Nat(nat) => error!(
-                network = %n.name,
-                gateway = %nat.gateway,
-                "the NAT gateway (ARP, DHCP, DNS, egress) is not wired into the daemon yet: \
-                 the network's ports reach each other only"
-            ),
-            NetworkMode::Isolated => {}
+            NetworkMode::Nat(_) | NetworkMode::Isolated => {}
         }
-    }
-    if !config.forwards.is_empty() {
-        return refuse(FieldPath::root("forward"), "port forwarding");
     }
     if !config.policies.is_empty() {
         return refuse(FieldPath::root("policy"), "loading policies");
@@ -136,6 +136,19 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
         .map(|n| switch.add_network(n.switch.to_switch()))
         .collect();
     let datapath = Arc::new(Datapath::new(switch));
+    let mut nat = Vec::new();
+    for (n, &id) in config.networks.iter().zip(&network_ids) {
+        if let NetworkMode::Nat(c) = &n.mode {
+            let forwards: Vec<_> = config
+                .forwards
+                .iter()
+                .filter(|f| f.network == n.name)
+                .cloned()
+                .collect();
+            let started = NatNetwork::start(&n.name, id, id.0, c, &forwards, &datapath);
+            nat.push(started.map_err(|e| Error::Nat(n.name.clone(), e))?);
+        }
+    }
     let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Resource)?);
     let housekeeping = {
         let (dp, stop) = (Arc::clone(&datapath), Arc::clone(&stop));
@@ -150,6 +163,7 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
         config,
         network_ids,
         hooks: Hooks::default(),
+        nat,
         ports: Mutex::new(BTreeMap::new()),
         stop,
         housekeeping: Some(housekeeping),
@@ -265,6 +279,46 @@ impl Daemon {
         })
     }
 
+    /// The running NAT network named `name`.
+    pub fn nat_network(&self, name: &str) -> Option<&NatNetwork> {
+        self.nat.iter().find(|n| n.name() == name)
+    }
+
+    /// The running NAT networks.
+    pub fn nat_networks(&self) -> &[NatNetwork] {
+        &self.nat
+    }
+
+    /// Starts forwarding a host address and port into a guest of a NAT network.
+    pub fn add_forward(&self, forward: ForwardConfig) -> Result<(), Error> {
+        self.config
+            .check_forward(&forward, &[])
+            .map_err(|e| e.under(FieldPath::root("forward")))?;
+        let nat = self
+            .nat_network(&forward.network)
+            .ok_or_else(|| Error::NoSuchNatNetwork(forward.network.clone()))?;
+        nat.add_forward(forward)
+            .map_err(|e| Error::Nat(nat.name().to_string(), e))
+    }
+
+    /// Stops forwarding `forward` (connections already forwarded go on).
+    pub fn remove_forward(&self, forward: &ForwardConfig) -> Result<(), Error> {
+        let nat = self
+            .nat_network(&forward.network)
+            .ok_or_else(|| Error::NoSuchNatNetwork(forward.network.clone()))?;
+        nat.remove_forward(forward.clone())
+            .map_err(|e| Error::Nat(nat.name().to_string(), e))
+    }
+
+    /// The port forwards in place, on every NAT network.
+    pub fn forwards(&self) -> Vec<ForwardConfig> {
+        self.nat
+            .iter()
+            .filter_map(|n| n.forwards().ok())
+            .flatten()
+            .collect()
+    }
+
     /// Stops every port and thread and waits for them.
     pub fn shutdown(mut self) {
         self.stop_all();
@@ -274,6 +328,9 @@ impl Daemon {
         let handles = std::mem::take(&mut *self.lock_ports());
         for (_, handle) in handles {
             self.stop_port(handle);
+        }
+        for nat in std::mem::take(&mut self.nat) {
+            nat.stop(&self.datapath);
         }
         let _ = self.stop.write(1);
         if let Some(t) = self.housekeeping.take() {

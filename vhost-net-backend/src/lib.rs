@@ -21,6 +21,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod event_loop;
+pub mod nat;
 pub mod port;
 pub mod socket;
 pub mod sys;

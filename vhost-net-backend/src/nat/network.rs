@@ -1,0 +1,550 @@
+//! One NAT network at run time: its gateway port on the switch, its egress, and the event loop
+//! (rust-vmm's event-manager, one subscriber per source: the gateway's frames, the host
+//! sockets, the timer, the control calls, the stop signal) on a thread of its own.
+//!
+//! Each round of events ends with the same steps: the egress relays and sends, the gateway
+//! runs its timers, the frames gathered for the network go through the switch (each guest
+//! signalled once), socket registrations are applied, and the timer is set for the next
+//! deadline.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+
+use bridge_core::conntrack::{Conntrack, ConntrackConfig, FlowInfo};
+use bridge_core::gateway::icmp::ErrorKind;
+use bridge_core::gateway::leases::LeaseRecord;
+use bridge_core::time::{Duration, Instant};
+use bridge_core::wire::{EthernetAddress, Icmpv4DstUnreachable};
+use bridge_core::{NetworkId, PortId};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use tracing::{info, warn};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::gateway_port::{GatewayPort, GatewayPortError, Handoff};
+use super::inbox::Inbox;
+use super::outbox::Outbox;
+use super::rate_log::RateLimited;
+use super::registry::{Kind, Registry, Token};
+use super::user::forward::ForwardError;
+use super::user::{EgressCx, UserEgress};
+use super::{leases_file, resolv_conf};
+use crate::config::{ForwardConfig, NatConfig};
+use crate::datapath::host::{HostPort, Injector};
+use crate::datapath::Datapath;
+
+/// How often conntrack drops expired flows.
+const CONNTRACK_SWEEP: Duration = Duration::from_secs(1);
+/// How long a control call waits for the loop.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Errors starting or driving a NAT network.
+#[derive(Debug, thiserror::Error)]
+pub enum NatError {
+    /// The gateway port could not be set up.
+    #[error("setting up the gateway port")]
+    Gateway(#[from] GatewayPortError),
+    /// The switch refused the gateway port.
+    #[error("adding the gateway port to the switch")]
+    Switch(#[from] bridge_core::switch::Error),
+    /// An eventfd, a timer or the thread could not be made.
+    #[error("creating the network's event loop")]
+    Resource(#[source] io::Error),
+    /// A port forward could not be added or removed.
+    #[error("port forward")]
+    Forward(#[from] ForwardError),
+    /// The network's event loop is gone or did not answer.
+    #[error("the network's event loop does not answer")]
+    NotRunning,
+}
+
+/// Where a forward's addition or removal is answered.
+type ForwardReply = Sender<Result<(), ForwardError>>;
+
+/// A call into the event loop.
+enum Command {
+    AddForward(ForwardConfig, ForwardReply),
+    RemoveForward(ForwardConfig, ForwardReply),
+    Forwards(Sender<Vec<ForwardConfig>>),
+}
+
+/// A running NAT network.
+#[derive(Debug)]
+pub struct NatNetwork {
+    name: String,
+    port: PortId,
+    network: NetworkId,
+    mac: EthernetAddress,
+    conntrack: Arc<Conntrack>,
+    leases: Arc<Mutex<Vec<LeaseRecord>>>,
+    inbox: Arc<Inbox>,
+    commands: Mutex<Sender<Command>>,
+    wake: Arc<EventFd>,
+    stop: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl NatNetwork {
+    /// Starts network `name` (switch network `network`, conntrack zone `zone`) with `config`
+    /// and the port forwards `forwards`.
+    pub fn start(
+        name: &str,
+        network: NetworkId,
+        zone: u32,
+        config: &NatConfig,
+        forwards: &[ForwardConfig],
+        dp: &Arc<Datapath>,
+    ) -> Result<Self, NatError> {
+        let now = Instant::now();
+        let upstreams = match config.dns.as_ref().map(|d| d.upstreams.clone()) {
+            Some(u) if !u.is_empty() => u,
+            _ => resolv_conf::load(Path::new(resolv_conf::RESOLV_CONF)).unwrap_or_else(|e| {
+                warn!(network = name, error = %e, "no DNS upstreams: {} is unreadable", resolv_conf::RESOLV_CONF);
+                Vec::new()
+            }),
+        };
+        let gateway_config = config.gateway_config(name, &upstreams);
+        let mac = gateway_config.mac;
+        let address = gateway_config.address;
+        let mtu = gateway_config.mtu;
+        let leases_path = config
+            .leases_file
+            .clone()
+            .unwrap_or_else(|| leases_file::default_path(name));
+        let gateway = GatewayPort::new(name, gateway_config, Some(leases_path), now)?;
+        let leases = gateway.leases();
+        let dns_upstream = config.dns.as_ref().and(upstreams.first().copied());
+        let egress = UserEgress::new(address, mac, mtu, dns_upstream, seed(), now);
+
+        let switch = dp.switch();
+        let port = switch.add_port(network, bridge_core::PortConfig::default())?;
+        let inbox = Arc::new(Inbox::new().map_err(NatError::Resource)?);
+        if let Err(e) = switch.add_static(network, None, mac, port) {
+            let _ = switch.remove_port(port);
+            return Err(e.into());
+        }
+        dp.insert_host(port, Arc::clone(&inbox) as Arc<dyn HostPort>);
+
+        let conntrack = Arc::new(Conntrack::new(ConntrackConfig::default()));
+        let (commands, receiver) = mpsc::channel();
+        let resources = (|| {
+            Ok::<_, io::Error>((
+                Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
+                Arc::new(EventFd::new(libc::EFD_NONBLOCK)?),
+            ))
+        })();
+        let timer = match TimerFd::new() {
+            Ok(t) => t,
+            Err(e) => {
+                dp.remove(port);
+                let _ = switch.remove_port(port);
+                return Err(NatError::Resource(e.into()));
+            }
+        };
+        let mut nat = Nat {
+            name: name.to_string(),
+            gateway,
+            egress,
+            out: Outbox::default(),
+            reg: Registry::default(),
+            inbox: Arc::clone(&inbox),
+            frames: VecDeque::new(),
+            injector: Injector::new(Arc::clone(dp), port),
+            conntrack: Arc::clone(&conntrack),
+            zone,
+            log: RateLimited::default(),
+            commands: receiver,
+            next_conntrack_sweep: now + CONNTRACK_SWEEP,
+            timer,
+            removed: Vec::new(),
+        };
+        let started = resources.map_err(NatError::Resource).and_then(|r| {
+            for f in forwards {
+                nat.add_forward(f.clone())?;
+            }
+            Ok(r)
+        });
+        let (wake, stop) = match started {
+            Ok(r) => r,
+            Err(e) => {
+                dp.remove(port);
+                let _ = switch.remove_port(port);
+                return Err(e);
+            }
+        };
+        let thread = {
+            let (wake, stop) = (Arc::clone(&wake), Arc::clone(&stop));
+            thread::Builder::new()
+                .name(format!("nat-{name}"))
+                .spawn(move || run(nat, wake, stop))
+        };
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                dp.remove(port);
+                let _ = switch.remove_port(port);
+                return Err(NatError::Resource(e));
+            }
+        };
+        info!(network = name, gateway = %address, mac = %mac, ?upstreams, "NAT network up (user egress)");
+        Ok(NatNetwork {
+            name: name.to_string(),
+            port,
+            network,
+            mac,
+            conntrack,
+            leases,
+            inbox,
+            commands: Mutex::new(commands),
+            wake,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The network's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The gateway's switch port.
+    pub fn port(&self) -> PortId {
+        self.port
+    }
+
+    /// The bound DHCP leases.
+    pub fn leases(&self) -> Vec<LeaseRecord> {
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The flows conntrack holds.
+    pub fn flows(&self) -> Vec<FlowInfo<u32>> {
+        self.conntrack.flows(Instant::now())
+    }
+
+    /// The conntrack table.
+    pub fn conntrack(&self) -> &Arc<Conntrack> {
+        &self.conntrack
+    }
+
+    /// Frames the gateway port dropped because its queue was full.
+    pub fn inbox_drops(&self) -> u64 {
+        self.inbox.dropped()
+    }
+
+    fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, NatError> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(make(tx))
+            .map_err(|_| NatError::NotRunning)?;
+        // Fails only when the counter is saturated, which still wakes the loop.
+        let _ = self.wake.write(1);
+        rx.recv_timeout(CALL_TIMEOUT)
+            .map_err(|_| NatError::NotRunning)
+    }
+
+    /// Starts forwarding `forward` (its network is this one).
+    pub fn add_forward(&self, forward: ForwardConfig) -> Result<(), NatError> {
+        Ok(self.call(|tx| Command::AddForward(forward, tx))??)
+    }
+
+    /// Stops forwarding `forward`.
+    pub fn remove_forward(&self, forward: ForwardConfig) -> Result<(), NatError> {
+        Ok(self.call(|tx| Command::RemoveForward(forward, tx))??)
+    }
+
+    /// The port forwards in place.
+    pub fn forwards(&self) -> Result<Vec<ForwardConfig>, NatError> {
+        self.call(Command::Forwards)
+    }
+
+    /// Stops the event loop and removes the gateway port.
+    pub fn stop(mut self, dp: &Datapath) {
+        self.halt();
+        dp.remove(self.port);
+        let switch = dp.switch();
+        let _ = switch.remove_static(self.network, None, self.mac);
+        let _ = switch.remove_port(self.port);
+    }
+
+    fn halt(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for NatNetwork {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// A seed for the guest-facing TCP stack (initial sequence numbers, ports).
+fn seed() -> u64 {
+    use rand::{Rng, SeedableRng};
+    rand::rngs::StdRng::try_from_rng(&mut rand::rngs::SysRng)
+        .map(|mut r| r.next_u64())
+        .unwrap_or_else(|_| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            t.as_nanos() as u64 ^ u64::from(std::process::id())
+        })
+}
+
+/// The network's state on its event loop.
+struct Nat {
+    name: String,
+    gateway: GatewayPort,
+    egress: UserEgress,
+    out: Outbox,
+    reg: Registry,
+    inbox: Arc<Inbox>,
+    frames: VecDeque<Vec<u8>>,
+    injector: Injector,
+    conntrack: Arc<Conntrack>,
+    zone: u32,
+    log: RateLimited,
+    commands: Receiver<Command>,
+    next_conntrack_sweep: Instant,
+    timer: TimerFd,
+    /// Answers to removals, sent once the sockets they closed are closed.
+    removed: Vec<(ForwardReply, Result<(), ForwardError>)>,
+}
+
+impl Nat {
+    /// The egress with its context.
+    fn split(&mut self, now: Instant) -> (&mut UserEgress, &mut GatewayPort, EgressCx<'_>) {
+        let cx = EgressCx {
+            now,
+            out: &mut self.out,
+            reg: &mut self.reg,
+            gateway_mac: self.gateway.mac(),
+            gateway_ip: self.gateway.address(),
+            zone: self.zone,
+            conntrack: &self.conntrack,
+            log: &mut self.log,
+        };
+        (&mut self.egress, &mut self.gateway, cx)
+    }
+
+    /// Frames the switch sent to the gateway.
+    fn on_frames(&mut self) {
+        let now = Instant::now();
+        self.inbox.take(&mut self.frames);
+        let mut frames = std::mem::take(&mut self.frames);
+        for frame in frames.drain(..) {
+            let handoff = self
+                .gateway
+                .handle(now, &frame, &mut self.out, &mut self.reg);
+            let (egress, gateway, mut cx) = self.split(now);
+            match handoff {
+                Handoff::None => {}
+                // The point where a policy judges traffic before NAT egress.
+                Handoff::Egress => egress.outbound(&mut cx, &frame),
+                Handoff::Local => {
+                    if !egress.local(&mut cx, &frame) {
+                        // What libvirt's host firewall does with the rest (INPUT chain).
+                        let kind = ErrorKind::Unreachable(Icmpv4DstUnreachable::HostProhibited);
+                        gateway.reject(&frame, kind, cx.out);
+                    }
+                }
+            }
+            self.inbox.recycle(frame);
+        }
+        self.frames = frames;
+    }
+
+    /// A host socket is ready.
+    fn on_socket(&mut self, token: Token, events: EventSet) {
+        let now = Instant::now();
+        if token.kind == Kind::Dns {
+            return self
+                .gateway
+                .on_dns_socket(token.index as usize, &mut self.out, &mut self.reg);
+        }
+        let (egress, _, mut cx) = self.split(now);
+        egress.on_socket(&mut cx, token, events);
+    }
+
+    fn add_forward(&mut self, forward: ForwardConfig) -> Result<(), ForwardError> {
+        let (egress, _, mut cx) = self.split(Instant::now());
+        let added = egress.add_forward(&mut cx, forward.clone());
+        if added.is_ok() {
+            info!(network = %self.name, listen = %forward.listen, guest = %forward.guest, protocol = %forward.protocol, "port forward added");
+        }
+        added
+    }
+
+    /// Control calls.
+    fn on_commands(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::AddForward(f, reply) => {
+                    let _ = reply.send(self.add_forward(f));
+                }
+                Command::RemoveForward(f, reply) => {
+                    let (egress, _, mut cx) = self.split(Instant::now());
+                    let result = egress.remove_forward(&mut cx, &f);
+                    self.removed.push((reply, result));
+                }
+                Command::Forwards(reply) => {
+                    let _ = reply.send(self.egress.forwards());
+                }
+            }
+        }
+    }
+
+    /// The steps after each round of events; returns the next deadline.
+    fn after_round(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let (egress, _, mut cx) = self.split(now);
+        let egress_at = egress.poll(&mut cx);
+        let gateway_at = self.gateway.poll(now, &mut self.out, &mut self.reg);
+        if now >= self.next_conntrack_sweep {
+            self.conntrack.expire(now);
+            self.next_conntrack_sweep = now + CONNTRACK_SWEEP;
+        }
+        let injector = &mut self.injector;
+        self.gateway
+            .flush(now, &mut self.out, |frame| injector.send(frame));
+        self.injector.flush();
+        [egress_at, gateway_at, Some(self.next_conntrack_sweep)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// The subscriber of one source: what it watches and what it calls.
+struct Source {
+    fd: std::os::fd::RawFd,
+    nat: Rc<RefCell<Nat>>,
+    kind: SourceKind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SourceKind {
+    /// The gateway port's frames (the inbox's eventfd).
+    Frames,
+    /// Control calls (an eventfd).
+    Control,
+    /// The timer.
+    Timer,
+}
+
+impl MutEventSubscriber for Source {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let mut nat = self.nat.borrow_mut();
+        match self.kind {
+            SourceKind::Frames => nat.on_frames(),
+            SourceKind::Control => nat.on_commands(),
+            // Every round polls everything; the expiry count is not needed.
+            SourceKind::Timer => drop(nat.timer.wait()),
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new_raw(self.fd, EventSet::IN)) {
+            warn!(error = ?e, "a NAT event source cannot be watched");
+        }
+    }
+}
+
+/// The subscriber of the host sockets (DNS queries, flows, port forwards).
+struct Sockets(Rc<RefCell<Nat>>);
+
+impl MutEventSubscriber for Sockets {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if let Some(token) = Token::decode(events.data()) {
+            self.0.borrow_mut().on_socket(token, events.event_set());
+        }
+    }
+
+    fn init(&mut self, _ops: &mut EventOps) {}
+}
+
+/// Ends the loop.
+struct Stopper {
+    fd: Arc<EventFd>,
+    stopped: Rc<AtomicBool>,
+}
+
+impl MutEventSubscriber for Stopper {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        self.stopped.store(true, Ordering::Relaxed);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&*self.fd, EventSet::IN)) {
+            warn!(error = ?e, "the stop eventfd cannot be watched");
+        }
+    }
+}
+
+fn run(nat: Nat, wake: Arc<EventFd>, stop: Arc<EventFd>) {
+    use std::os::fd::AsRawFd;
+    let name = nat.name.clone();
+    let mut manager = match EventManager::<Box<dyn MutEventSubscriber>>::new() {
+        Ok(m) => m,
+        Err(e) => return warn!(network = %name, error = ?e, "no event loop for the NAT network"),
+    };
+    let inbox_fd = nat.inbox.wake_fd().as_raw_fd();
+    let timer_fd = nat.timer.as_raw_fd();
+    let nat = Rc::new(RefCell::new(nat));
+    let stopped = Rc::new(AtomicBool::new(false));
+    let source = |fd, kind| {
+        Box::new(Source {
+            fd,
+            nat: Rc::clone(&nat),
+            kind,
+        })
+    };
+    manager.add_subscriber(source(inbox_fd, SourceKind::Frames));
+    manager.add_subscriber(source(wake.as_raw_fd(), SourceKind::Control));
+    manager.add_subscriber(source(timer_fd, SourceKind::Timer));
+    let sockets = manager.add_subscriber(Box::new(Sockets(Rc::clone(&nat))));
+    manager.add_subscriber(Box::new(Stopper {
+        fd: stop,
+        stopped: Rc::clone(&stopped),
+    }));
+    loop {
+        let deadline = nat.borrow_mut().after_round();
+        let mut n = nat.borrow_mut();
+        if let Ok(mut ops) = manager.event_ops(sockets) {
+            n.reg.apply(&mut ops);
+        }
+        for (reply, result) in n.removed.drain(..) {
+            let _ = reply.send(result);
+        }
+        let now = Instant::now();
+        // A zero duration disarms the timer: a deadline due now waits a microsecond.
+        let wait = match deadline {
+            Some(d) if d > now => std::time::Duration::from_micros((d - now).total_micros()),
+            Some(_) => std::time::Duration::from_micros(1),
+            None => std::time::Duration::ZERO,
+        };
+        let _ = n.timer.reset(wait, None);
+        drop(n);
+        if let Err(e) = manager.run() {
+            return warn!(network = %name, error = ?e, "the NAT network's event loop failed");
+        }
+        if stopped.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
