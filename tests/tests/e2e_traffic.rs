@@ -154,9 +154,6 @@ fn jumbo_frames_with_mtu_9000() -> Result<(), Box<dyn Error>> {
 }
 
 #[test]
-#[ignore = "device bug: with queues=2 QEMU sends ADD_MEM_REG for the same regions once per queue \
-            pair on one connection; the daemon rejects the repeat as an overlap (\"memory table \
-            change failed\") and no frame moves"]
 fn two_queue_pairs_both_carry_traffic() -> Result<(), Box<dyn Error>> {
     let e2e = E2e::start();
     let traffic = Traffic {
