@@ -3,6 +3,9 @@
 //! In-process harness: [`frontend`] plays a VMM and its guest's virtio-net driver against a
 //! vhost-user backend socket.
 //!
+//! Load generation and benchmarks: [`load`] (guests, runs, the backends under test; used by the
+//! `loadgen` and `bench` binaries).
+//!
 //! End-to-end support: [`e2e`] (serial e2e tests, prerequisites, scratch directory),
 //! [`qemu`] (TCG guests with vhost-user NICs), [`guest_script`] (their /test.sh and what it
 //! prints), [`initramfs`] (how /test.sh gets in), [`daemon`] (the daemon as a child process),
@@ -15,6 +18,7 @@ pub mod e2e;
 pub mod frontend;
 pub mod guest_script;
 pub mod initramfs;
+pub mod load;
 pub mod netns;
 pub mod process;
 pub mod qemu;

@@ -4,6 +4,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`net`] | [`VirtioNet`](net::VirtioNet), the driver: negotiation, queue pairs, `send`/`recv` and their batch variants, stop/reset/reconnect; [`NetOptions`](net::NetOptions), [`TxLayout`](net::TxLayout), [`NetConfig`](net::NetConfig), [`Negotiated`](net::Negotiated) |
+//! | [`bulk`] | load generation on [`VirtioNet`](net::VirtioNet): `prepare_tx` / `send_prepared` / `send_stamped` (frames written once per transmit buffer), `recv_heads` (received frames reaped reading only their first bytes) |
 //! | [`replay`] | [`FrontendKind`](replay::FrontendKind): the message sequences of QEMU, cloud-hypervisor and DPDK virtio-user |
 //! | [`hostile`] | [`HostileChain`](hostile::HostileChain): descriptor chains a guest must not post, to check a backend drops them |
 //! | [`connection`] | [`Role`](connection::Role) (connect or listen), [`Connection`](connection::Connection): the `vhost` crate's `Frontend` plus message-level requests it refuses, with a log of every request |
@@ -26,6 +27,7 @@
 //! # Ok::<(), tests::frontend::net::NetError>(())
 //! ```
 
+pub mod bulk;
 pub mod connection;
 pub mod features;
 pub mod frames;

@@ -318,7 +318,7 @@ impl Notifiers {
 pub(super) struct Vring {
     pub(super) ring: SplitQueue,
     /// Buffer memory per descriptor index.
-    slots: Vec<GuestAddress>,
+    pub(super) slots: Vec<GuestAddress>,
     /// Indirect table memory per descriptor index (transmit vrings).
     tables: Vec<GuestAddress>,
     /// Per descriptor index: the head of a hostile chain in flight.
@@ -334,6 +334,9 @@ pub(super) struct Vring {
     /// The base the next start sends when the frontend kind keeps one (QEMU).
     pub(super) saved_base: u16,
     pub(super) stats: VringStats,
+    /// Per descriptor index: the length of the frame prepared in its transmit slot (empty when
+    /// the slots hold no prepared frames).
+    pub(super) prepared: Vec<u32>,
 }
 
 /// The guest side of one virtio-net NIC attached to a vhost-user backend.
@@ -350,9 +353,9 @@ pub struct VirtioNet {
     pub(super) mem_table_sent: bool,
     /// Queue pairs enabled (the guest driver's choice).
     pub(super) active_pairs: u16,
-    hdr_len: usize,
+    pub(super) hdr_len: usize,
     rx_buffer: u32,
-    tx_buffer: u32,
+    pub(super) tx_buffer: u32,
     epoll: Epoll,
     events: Vec<EpollEvent>,
     scratch: Vec<u8>,
@@ -425,6 +428,7 @@ impl VirtioNet {
                 enabled: false,
                 saved_base: 0,
                 stats: VringStats::default(),
+                prepared: Vec::new(),
             });
         }
 
@@ -835,7 +839,7 @@ impl VirtioNet {
     }
 
     /// Descriptors a frame of `len` bytes takes with the current layout.
-    fn tx_descriptors(&self, len: usize) -> Result<usize, NetError> {
+    pub(super) fn tx_descriptors(&self, len: usize) -> Result<usize, NetError> {
         let max = self.max_frame();
         if len > max {
             return Err(NetError::FrameTooLarge { len, max });
@@ -861,26 +865,51 @@ impl VirtioNet {
 
     /// Writes one frame into the transmit slot of the next head and makes it available.
     fn queue_frame(&mut self, index: usize, hdr: &NetHdr, frame: &[u8]) -> Result<(), NetError> {
-        let queue_err = queue_err(index);
-        let vring = &mut self.vrings[index];
+        let (_, slot) = self.next_tx_slot(index)?;
+        // The slot no longer holds the frame prepared for it.
+        self.vrings[index].prepared.clear();
+        self.write_tx_slot(index, slot, hdr, frame)?;
+        self.add_tx_chain(index, frame.len() as u32)
+    }
+
+    /// The next head of transmit vring `index` and its slot.
+    pub(super) fn next_tx_slot(&self, index: usize) -> Result<(u16, GuestAddress), NetError> {
+        let vring = &self.vrings[index];
         let head = vring
             .ring
             .next_head()
-            .ok_or_else(|| queue_err(QueueError::Full { needed: 1, free: 0 }))?;
-        let slot = vring.slots[usize::from(head)];
+            .ok_or_else(|| queue_err(index)(QueueError::Full { needed: 1, free: 0 }))?;
+        Ok((head, vring.slots[usize::from(head)]))
+    }
+
+    /// Writes `hdr` and `frame` into transmit slot `slot` of vring `index`.
+    pub(super) fn write_tx_slot(
+        &self,
+        index: usize,
+        slot: GuestAddress,
+        hdr: &NetHdr,
+        frame: &[u8],
+    ) -> Result<(), NetError> {
+        let queue_err = queue_err(index);
         let mut hdr_bytes = [0u8; HDR_LEN];
         hdr.encode(&mut hdr_bytes[..self.hdr_len]);
         let m = self.mem.mmap();
         m.write_slice(&hdr_bytes[..self.hdr_len], slot)
             .map_err(|e| queue_err(e.into()))?;
         let data = slot.unchecked_add(self.hdr_len as u64);
-        m.write_slice(frame, data)
-            .map_err(|e| queue_err(e.into()))?;
+        m.write_slice(frame, data).map_err(|e| queue_err(e.into()))
+    }
 
+    /// Makes the frame of `len` bytes in the transmit slot of the next head available, laid out
+    /// as the options say.
+    pub(super) fn add_tx_chain(&mut self, index: usize, len: u32) -> Result<(), NetError> {
+        let queue_err = queue_err(index);
+        let (head, slot) = self.next_tx_slot(index)?;
+        let vring = &mut self.vrings[index];
+        let data = slot.unchecked_add(self.hdr_len as u64);
         let layout = self.options.tx_layout;
         self.segments.clear();
         let hdr_len = self.hdr_len as u32;
-        let len = frame.len() as u32;
         let chunk = layout.chunk.filter(|&c| c > 0).unwrap_or(len.max(1));
         let mut offset = 0;
         if layout.header_apart && len > 0 {
@@ -933,6 +962,22 @@ impl VirtioNet {
         index: usize,
         sink: &mut impl FnMut(&NetHdr, &[u8]),
     ) -> Result<bool, NetError> {
+        self.take(
+            index,
+            usize::MAX,
+            &mut |hdr: &NetHdr, _len: usize, data: &[u8]| sink(hdr, data),
+        )
+    }
+
+    /// Takes one received frame from vring `index`, skipping hostile chains, and hands `sink`
+    /// its header, its length and its first `limit` bytes (all of it for `usize::MAX`).
+    /// Returns false when none is there. Does not repost buffers.
+    pub(super) fn take(
+        &mut self,
+        index: usize,
+        limit: usize,
+        sink: &mut impl FnMut(&NetHdr, usize, &[u8]),
+    ) -> Result<bool, NetError> {
         let first = loop {
             let Some(used) = self.pop_used(index)? else {
                 return Ok(false);
@@ -942,9 +987,11 @@ impl VirtioNet {
             }
         };
         let mut len = self.check_used(index, first, self.hdr_len)?;
-        self.scratch.resize(len, 0);
+        let limit = limit.saturating_add(self.hdr_len);
+        let mut read = len.min(limit);
+        self.scratch.resize(read, 0);
         let slot = self.vrings[index].slots[usize::from(first.head)];
-        self.read_slot(index, slot, 0, len)?;
+        self.read_slot(index, slot, 0, read)?;
         let hdr = NetHdr::decode(&self.scratch[..self.hdr_len]);
         if self.negotiated.has(features::MRG_RXBUF) {
             let deadline = Instant::now() + self.options.timeout;
@@ -965,9 +1012,13 @@ impl VirtioNet {
                     continue;
                 }
                 let more = self.check_used(index, used, 0)?;
-                self.scratch.resize(len + more, 0);
-                let slot = self.vrings[index].slots[usize::from(used.head)];
-                self.read_slot(index, slot, len, more)?;
+                let wanted = more.min(limit - read);
+                if wanted > 0 {
+                    self.scratch.resize(read + wanted, 0);
+                    let slot = self.vrings[index].slots[usize::from(used.head)];
+                    self.read_slot(index, slot, read, wanted)?;
+                    read += wanted;
+                }
                 len += more;
                 returned += 1;
             }
@@ -982,7 +1033,7 @@ impl VirtioNet {
         let stats = &mut self.vrings[index].stats;
         stats.frames += 1;
         stats.bytes += (len - self.hdr_len) as u64;
-        sink(&hdr, &self.scratch[self.hdr_len..len]);
+        sink(&hdr, len - self.hdr_len, &self.scratch[self.hdr_len..read]);
         Ok(true)
     }
 
@@ -1012,11 +1063,11 @@ impl VirtioNet {
             .map_err(|e| queue_err(index)(e.into()))
     }
 
-    fn tx_index(&self, pair: u16) -> Result<usize, NetError> {
+    pub(super) fn tx_index(&self, pair: u16) -> Result<usize, NetError> {
         Ok(self.rx_index(pair)? + 1)
     }
 
-    fn rx_index(&self, pair: u16) -> Result<usize, NetError> {
+    pub(super) fn rx_index(&self, pair: u16) -> Result<usize, NetError> {
         if pair >= self.options.queue_pairs {
             return Err(NetError::NoSuchPair(pair));
         }
