@@ -15,6 +15,7 @@
 //! | [`offload`] | software checksum and segmentation for virtio-net offloads: [`OffloadParams`], [`GsoType`], [`Segment`] |
 //! | [`gateway`] | [`Gateway`](gateway::Gateway) of a NAT network (ARP, ICMP, DHCP, DNS), its [`Action`](gateway::Action)s |
 //! | [`conntrack`] | [`Conntrack`](conntrack::Conntrack), [`FlowTuple`](conntrack::FlowTuple), [`PacketMeta`](conntrack::PacketMeta) |
+//! | [`policy`] | [`policy::PolicyHook`] (what the pipeline calls), [`policy::Verdict`] (cached in flows), [`policy::PolicyFrame`], [`policy::TokenBucket`] |
 //! | [`wire`], [`time`] | re-exports of `smoltcp::wire` (Ethernet, ARP, IPv4/6, UDP, TCP, ICMP, DHCPv4 views) and `smoltcp::time` |
 //!
 //! The datapath calls [`Switch::process`] for each frame and carries out the [`Decision`]:
@@ -30,6 +31,7 @@ pub mod frame;
 pub mod gateway;
 pub mod network;
 pub mod offload;
+pub mod policy;
 pub mod port;
 pub mod switch;
 pub mod vlan;
