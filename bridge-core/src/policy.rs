@@ -7,6 +7,8 @@
 //! and rate limits). Implementations: [`NoPolicy`] here, the WASM policy host in
 //! vhost-net-backend. [`TokenBucket`] is the rate limiter both use.
 
+use crate::{NetworkId, PortId};
+
 /// Where in the pipeline a frame is judged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HookPoint {
@@ -20,7 +22,7 @@ pub enum HookPoint {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BridgeOut {
     /// One output port.
-    Port(u32),
+    Port(PortId),
     /// Flooded to the network's ports.
     Flood,
     /// For the network's gateway (router).
@@ -63,9 +65,9 @@ pub struct PolicyFrame<'a> {
     /// Why it is judged.
     pub kind: JudgeKind,
     /// Network (tenant).
-    pub network: u32,
+    pub network: NetworkId,
     /// Port it came in on.
-    pub ingress_port: u32,
+    pub ingress_port: PortId,
     /// Whether that port is a guest's.
     pub from_guest: bool,
     /// The bridge's decision.
@@ -90,7 +92,7 @@ pub enum Action {
     /// Drop and answer as iptables REJECT does (ICMP port unreachable, TCP RST).
     Reject,
     /// Deliver to this port instead.
-    Redirect(u32),
+    Redirect(PortId),
 }
 
 /// Most rules one verdict is attributed to (one per module in a chain, at most).
@@ -102,7 +104,7 @@ pub struct Verdict {
     /// The action.
     pub action: Action,
     /// Also deliver a copy here.
-    pub mirror: Option<u32>,
+    pub mirror: Option<PortId>,
     /// Log frames of this flow (rate-limited).
     pub log: bool,
     /// Whether the pipeline may cache it in the flow (otherwise every frame is judged).
@@ -150,7 +152,7 @@ pub trait PolicyHook {
         &mut self,
         now_ns: u64,
         verdict: &Verdict,
-        ingress_port: u32,
+        ingress_port: PortId,
         frame_len: usize,
     ) -> bool;
 }
@@ -168,7 +170,7 @@ impl PolicyHook for NoPolicy {
         }
     }
 
-    fn admit(&mut self, _now_ns: u64, _verdict: &Verdict, _port: u32, _len: usize) -> bool {
+    fn admit(&mut self, _now_ns: u64, _verdict: &Verdict, _port: PortId, _len: usize) -> bool {
         true
     }
 }
@@ -259,8 +261,8 @@ mod tests {
             frame: &[0; 14],
             hook: HookPoint::PortIn,
             kind: JudgeKind::NewFlow,
-            network: 0,
-            ingress_port: 1,
+            network: NetworkId(0),
+            ingress_port: PortId(1),
             from_guest: true,
             bridge_out: BridgeOut::Flood,
             to_guest: true,
@@ -272,6 +274,6 @@ mod tests {
         NoPolicy.begin_batch();
         NoPolicy.judge(0, &[f], &mut v);
         assert_eq!(v, [Verdict::ACCEPT, Verdict::UNJUDGED]);
-        assert!(NoPolicy.admit(0, &v[0], 1, 14));
+        assert!(NoPolicy.admit(0, &v[0], PortId(1), 14));
     }
 }
