@@ -11,6 +11,7 @@
 //! | [`vring`] | [`vring::Vring`]: one virtqueue's configuration and the split-ring operations the datapath adds to `virtio_queue::Queue` |
 //! | [`vhu_net`] | the virtio-net device: offered features, config space, negotiated view |
 //! | [`datapath`] | descriptor chains ([`datapath::chain`]), virtio-net headers ([`datapath::vnet_hdr`]), the single copy ([`datapath::copy`]), delivery into RX queues ([`datapath::rx`]) |
+//! | [`policy`] | the WASM policy host: [`policy::PolicyHost`] (load, publish, quarantine), [`policy::PolicyWorker`] (a datapath thread's policy hook) |
 //! | [`sys`] | the crate's `unsafe` code (fd passing, poll, signals) |
 //!
 //! Design notes: docs/device.md; why the protocol layer is the project's own: docs/decisions.md.
@@ -22,6 +23,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod event_loop;
 pub mod nat;
+pub mod policy;
 pub mod port;
 pub mod socket;
 pub mod sys;

@@ -1,0 +1,2 @@
+//! Shared by the policy tests and benchmarks.
+pub mod policy_wasm;
