@@ -16,6 +16,13 @@ pub struct Endpoint {
     pub ip: [u8; 4],
 }
 
+impl Endpoint {
+    /// An endpoint with `mac` and `ip`.
+    pub const fn new(mac: [u8; 6], ip: [u8; 4]) -> Self {
+        Endpoint { mac, ip }
+    }
+}
+
 /// TCP SYN flag.
 pub const TCP_SYN: u8 = 0x02;
 /// TCP ACK flag.

@@ -18,25 +18,14 @@ use std::time::Duration;
 use support::policy_wasm::policy_wasm;
 use vhost_net_backend::policy::engine::LoadPath;
 use vhost_net_backend::policy::{
-    EngineConfig, FailMode, HostConfig, LoadError, PolicyHost, PolicySet, PolicySpec, Tier,
+    EngineConfig, FailMode, HostConfig, LoadError, PolicyHost, PolicySet, PolicySpec, PolicyWorker,
+    Tier,
 };
 
-const GW: Endpoint = Endpoint {
-    mac: [0x52, 0x54, 0, 0, 0, 1],
-    ip: [192, 168, 122, 1],
-};
-const VM3: Endpoint = Endpoint {
-    mac: [0x52, 0x54, 0, 0, 0, 3],
-    ip: [192, 168, 122, 10],
-};
-const VM4: Endpoint = Endpoint {
-    mac: [0x52, 0x54, 0, 0, 0, 4],
-    ip: [192, 168, 122, 44],
-};
-const NET: Endpoint = Endpoint {
-    mac: [0x52, 0x54, 0, 0, 0, 1],
-    ip: [203, 0, 113, 5],
-};
+const GW: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 1], [192, 168, 122, 1]);
+const VM3: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 3], [192, 168, 122, 10]);
+const VM4: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 4], [192, 168, 122, 44]);
+const NET: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 1], [203, 0, 113, 5]);
 
 fn spec(name: &str, wasm: Vec<u8>, config: &str, fail_mode: FailMode) -> PolicySpec {
     PolicySpec {
@@ -49,6 +38,20 @@ fn spec(name: &str, wasm: Vec<u8>, config: &str, fail_mode: FailMode) -> PolicyS
 
 fn host() -> PolicyHost {
     PolicyHost::new(HostConfig::default()).unwrap()
+}
+
+/// A host with one operator policy from crate `krate`, and a worker.
+fn load_one(name: &str, krate: &str, config: &str) -> (PolicyHost, PolicyWorker) {
+    let h = host();
+    h.apply(set(vec![spec(
+        name,
+        policy_wasm(krate),
+        config,
+        FailMode::Closed,
+    )]))
+    .unwrap();
+    let w = h.worker();
+    (h, w)
 }
 
 fn set(specs: Vec<PolicySpec>) -> PolicySet {
@@ -88,15 +91,7 @@ fn actions(v: &[Verdict]) -> Vec<Action> {
 
 #[test]
 fn allow_all_accepts_and_counts_its_rule() {
-    let h = host();
-    h.apply(set(vec![spec(
-        "all",
-        policy_wasm("allow-all"),
-        "",
-        FailMode::Closed,
-    )]))
-    .unwrap();
-    let mut w = h.worker();
+    let (h, mut w) = load_one("all", "allow-all", "");
     let bytes = tcp4(VM3, VM4, 1, 2, TCP_SYN);
     let v = judge(&mut w, &[frame(&bytes, 3, BridgeOut::Port(PortId(4)))]);
     assert_eq!(v[0].action, Action::Accept);
@@ -112,16 +107,8 @@ fn allow_all_accepts_and_counts_its_rule() {
 
 #[test]
 fn libvirt_nat_through_wasmtime() {
-    let h = host();
     let cfg = "network 192.168.122.0/24\ngateway 192.168.122.1";
-    h.apply(set(vec![spec(
-        "nat",
-        policy_wasm("libvirt-nat"),
-        cfg,
-        FailMode::Closed,
-    )]))
-    .unwrap();
-    let mut w = h.worker();
+    let (_, mut w) = load_one("nat", "libvirt-nat", cfg);
     let dns = udp4(VM3, GW, 5000, 53, b"q");
     let out = tcp4(VM3, NET, 5000, 443, TCP_SYN);
     let inbound = tcp4(NET, VM3, 443, 5000, TCP_SYN);
@@ -226,15 +213,7 @@ egress ipv4 any any 0.0.0.0/0
 
 #[test]
 fn security_group_is_stateful_default_deny() {
-    let h = host();
-    h.apply(set(vec![spec(
-        "sg",
-        policy_wasm("security-group"),
-        SG,
-        FailMode::Closed,
-    )]))
-    .unwrap();
-    let mut w = h.worker();
+    let (_, mut w) = load_one("sg", "security-group", SG);
     let ssh = tcp4(NET, VM3, 9, 22, TCP_SYN);
     let http = tcp4(NET, VM3, 9, 80, TCP_SYN);
     let mut reply = frame(&http, 0, BridgeOut::Port(PortId(3)));
@@ -263,16 +242,8 @@ fn security_group_is_stateful_default_deny() {
 
 #[test]
 fn rate_limit_classes_are_policed_per_port() {
-    let h = host();
     let cfg = "class 1 pps 5 bps 0\nport 3 class 1\n";
-    h.apply(set(vec![spec(
-        "rl",
-        policy_wasm("rate-limit"),
-        cfg,
-        FailMode::Closed,
-    )]))
-    .unwrap();
-    let mut w = h.worker();
+    let (_, mut w) = load_one("rl", "rate-limit", cfg);
     let bytes = udp4(VM3, GW, 1, 53, b"x");
     let other = udp4(VM4, GW, 1, 53, b"x");
     let v = judge(
@@ -640,16 +611,8 @@ fn policy_file_watch_applies_changes() {
 
 #[test]
 fn arp_is_judged_without_a_flow() {
-    let h = host();
     let cfg = "port 3 mac 52:54:00:00:00:03 ip 192.168.122.10";
-    h.apply(set(vec![spec(
-        "clean",
-        policy_wasm("clean-traffic"),
-        cfg,
-        FailMode::Closed,
-    )]))
-    .unwrap();
-    let mut w = h.worker();
+    let (_, mut w) = load_one("clean", "clean-traffic", cfg);
     let req = arp_request(VM3, GW.ip);
     let mut f = frame(&req, 3, BridgeOut::Flood);
     f.flow = None;

@@ -44,14 +44,8 @@ mod tests {
     use policy_sdk::frames::{arp_request, tcp4, Endpoint, TCP_SYN};
     use policy_sdk::testing::{rule, Harness, TestFrame};
 
-    const A: Endpoint = Endpoint {
-        mac: [2, 0, 0, 0, 0, 1],
-        ip: [10, 0, 0, 1],
-    };
-    const B: Endpoint = Endpoint {
-        mac: [2, 0, 0, 0, 0, 2],
-        ip: [10, 0, 0, 2],
-    };
+    const A: Endpoint = Endpoint::new([2, 0, 0, 0, 0, 1], [10, 0, 0, 1]);
+    const B: Endpoint = Endpoint::new([2, 0, 0, 0, 0, 2], [10, 0, 0, 2]);
 
     #[test]
     fn accepts_everything() {

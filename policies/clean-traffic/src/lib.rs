@@ -200,18 +200,9 @@ mod tests {
 
     const CONFIG: &str =
         "port 3 mac 52:54:00:00:00:03 ip 192.168.122.10\nport 4 mac 52:54:00:00:00:04\n";
-    const VM3: Endpoint = Endpoint {
-        mac: [0x52, 0x54, 0, 0, 0, 3],
-        ip: [192, 168, 122, 10],
-    };
-    const VM4: Endpoint = Endpoint {
-        mac: [0x52, 0x54, 0, 0, 0, 4],
-        ip: [192, 168, 122, 44],
-    };
-    const GW: Endpoint = Endpoint {
-        mac: [0x52, 0x54, 0, 0, 0, 1],
-        ip: [192, 168, 122, 1],
-    };
+    const VM3: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 3], [192, 168, 122, 10]);
+    const VM4: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 4], [192, 168, 122, 44]);
+    const GW: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 1], [192, 168, 122, 1]);
 
     fn rule_of(h: &mut Harness<CleanTraffic>, port: u32, bytes: Vec<u8>) -> (u8, u32) {
         let v = h.judge_one(TestFrame::new(bytes).port(port).from_guest());

@@ -148,22 +148,10 @@ mod tests {
     use policy_sdk::testing::{Harness, TestFrame};
 
     const CONFIG: &str = "network 192.168.122.0/24\ngateway 192.168.122.1\n";
-    const GW: Endpoint = Endpoint {
-        mac: [0x52, 0x54, 0, 0, 0, 1],
-        ip: [192, 168, 122, 1],
-    };
-    const VM1: Endpoint = Endpoint {
-        mac: [0x52, 0x54, 0, 0, 0, 0x10],
-        ip: [192, 168, 122, 10],
-    };
-    const VM2: Endpoint = Endpoint {
-        mac: [0x52, 0x54, 0, 0, 0, 0x11],
-        ip: [192, 168, 122, 11],
-    };
-    const NET: Endpoint = Endpoint {
-        mac: [0x52, 0x54, 0, 0, 0, 1],
-        ip: [203, 0, 113, 5],
-    };
+    const GW: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 1], [192, 168, 122, 1]);
+    const VM1: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 0x10], [192, 168, 122, 10]);
+    const VM2: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 0x11], [192, 168, 122, 11]);
+    const NET: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 1], [203, 0, 113, 5]);
 
     fn judge(h: &mut Harness<LibvirtNat>, f: TestFrame) -> (u8, u32) {
         let v = h.judge_one(f);

@@ -120,14 +120,8 @@ mod tests {
 
     const CONFIG: &str =
         "class 1 pps 1000 bps 1250000\nclass 2 pps 100 bps 0\nport 3 class 1\ndefault class 2\n";
-    const A: Endpoint = Endpoint {
-        mac: [2, 0, 0, 0, 0, 1],
-        ip: [10, 0, 0, 1],
-    };
-    const B: Endpoint = Endpoint {
-        mac: [2, 0, 0, 0, 0, 2],
-        ip: [10, 0, 0, 2],
-    };
+    const A: Endpoint = Endpoint::new([2, 0, 0, 0, 0, 1], [10, 0, 0, 1]);
+    const B: Endpoint = Endpoint::new([2, 0, 0, 0, 0, 2], [10, 0, 0, 2]);
 
     #[test]
     fn ports_get_their_class() {

@@ -312,22 +312,10 @@ group db ports 5
 ingress ipv4 tcp 5432 192.168.122.0/24
 egress ipv6 udp 53 fd00::/8
 ";
-    const WEB: Endpoint = Endpoint {
-        mac: [2, 0, 0, 0, 0, 3],
-        ip: [192, 168, 122, 3],
-    };
-    const DB: Endpoint = Endpoint {
-        mac: [2, 0, 0, 0, 0, 5],
-        ip: [192, 168, 122, 5],
-    };
-    const LAN: Endpoint = Endpoint {
-        mac: [2, 0, 0, 0, 0, 9],
-        ip: [10, 1, 2, 3],
-    };
-    const NET: Endpoint = Endpoint {
-        mac: [2, 0, 0, 0, 0, 1],
-        ip: [203, 0, 113, 9],
-    };
+    const WEB: Endpoint = Endpoint::new([2, 0, 0, 0, 0, 3], [192, 168, 122, 3]);
+    const DB: Endpoint = Endpoint::new([2, 0, 0, 0, 0, 5], [192, 168, 122, 5]);
+    const LAN: Endpoint = Endpoint::new([2, 0, 0, 0, 0, 9], [10, 1, 2, 3]);
+    const NET: Endpoint = Endpoint::new([2, 0, 0, 0, 0, 1], [203, 0, 113, 9]);
 
     fn inbound(bytes: Vec<u8>, to_port: u32) -> TestFrame {
         TestFrame::new(bytes).port(0).out(to_port).to_guest()

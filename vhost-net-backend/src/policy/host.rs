@@ -122,18 +122,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Frames every module must judge without fault before it is published, at each hook it
 /// declares: ARP, DHCP, TCP, UDP, ICMP, IPv6, a runt, both directions.
 fn golden_frames() -> Vec<(FrameDesc, Vec<u8>)> {
-    let a = Endpoint {
-        mac: [0x52, 0x54, 0, 0, 0, 0x10],
-        ip: [192, 168, 122, 10],
-    };
-    let b = Endpoint {
-        mac: [0x52, 0x54, 0, 0, 0, 0x11],
-        ip: [192, 168, 122, 11],
-    };
-    let out = Endpoint {
-        mac: [0x52, 0x54, 0, 0, 0, 1],
-        ip: [198, 51, 100, 7],
-    };
+    let a = Endpoint::new([0x52, 0x54, 0, 0, 0, 0x10], [192, 168, 122, 10]);
+    let b = Endpoint::new([0x52, 0x54, 0, 0, 0, 0x11], [192, 168, 122, 11]);
+    let out = Endpoint::new([0x52, 0x54, 0, 0, 0, 1], [198, 51, 100, 7]);
     let guest = FrameDesc {
         flow_id: 1,
         ingress_port: 1,

@@ -135,6 +135,41 @@ fn with_memory(
     f(mem, state)
 }
 
+#[derive(Clone, Copy)]
+enum MapOp {
+    Lookup,
+    Update,
+    Delete,
+}
+
+/// A map import: the key and value are `(pointer, length)` in the module's memory.
+fn map_op(
+    c: &mut Caller<'_, HostState>,
+    map: u32,
+    key: (u32, u32),
+    value: (u32, u32),
+    op: MapOp,
+) -> i32 {
+    with_memory(c, |mem, st| {
+        let (Some(k), Some(v)) = (
+            range(mem.len(), key.0, key.1),
+            range(mem.len(), value.0, value.1),
+        ) else {
+            return status::BOUNDS;
+        };
+        let Some(table) = st.shared.maps.get(map as usize) else {
+            return status::INVALID;
+        };
+        let key = mem[k].to_vec();
+        let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
+        match op {
+            MapOp::Lookup => table.lookup(&key, &mut mem[v]),
+            MapOp::Update => table.update(&key, &mem[v]),
+            MapOp::Delete => table.delete(&key),
+        }
+    })
+}
+
 /// The `"pol"` imports.
 pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut l = Linker::new(engine);
@@ -164,58 +199,22 @@ pub fn linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     l.func_wrap(
         IMPORT_MODULE,
         "map_lookup",
-        |mut c: Caller<'_, HostState>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| -> i32 {
-            with_memory(&mut c, |mem, st| {
-                let (Some(k), Some(v)) = (range(mem.len(), kp, kl), range(mem.len(), vp, vl))
-                else {
-                    return status::BOUNDS;
-                };
-                let Some(table) = st.shared.maps.get(map as usize) else {
-                    return status::INVALID;
-                };
-                let key = mem[k].to_vec();
-                table
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .lookup(&key, &mut mem[v])
-            })
+        |mut c: Caller<'_, HostState>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+            map_op(&mut c, map, (kp, kl), (vp, vl), MapOp::Lookup)
         },
     )?;
     l.func_wrap(
         IMPORT_MODULE,
         "map_update",
-        |mut c: Caller<'_, HostState>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| -> i32 {
-            with_memory(&mut c, |mem, st| {
-                let (Some(k), Some(v)) = (range(mem.len(), kp, kl), range(mem.len(), vp, vl))
-                else {
-                    return status::BOUNDS;
-                };
-                let Some(table) = st.shared.maps.get(map as usize) else {
-                    return status::INVALID;
-                };
-                table
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .update(&mem[k], &mem[v])
-            })
+        |mut c: Caller<'_, HostState>, map: u32, kp: u32, kl: u32, vp: u32, vl: u32| {
+            map_op(&mut c, map, (kp, kl), (vp, vl), MapOp::Update)
         },
     )?;
     l.func_wrap(
         IMPORT_MODULE,
         "map_delete",
-        |mut c: Caller<'_, HostState>, map: u32, kp: u32, kl: u32| -> i32 {
-            with_memory(&mut c, |mem, st| {
-                let Some(k) = range(mem.len(), kp, kl) else {
-                    return status::BOUNDS;
-                };
-                let Some(table) = st.shared.maps.get(map as usize) else {
-                    return status::INVALID;
-                };
-                table
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .delete(&mem[k])
-            })
+        |mut c: Caller<'_, HostState>, map: u32, kp: u32, kl: u32| {
+            map_op(&mut c, map, (kp, kl), (0, 0), MapOp::Delete)
         },
     )?;
     l.func_wrap(IMPORT_MODULE, "now_ns", |c: Caller<'_, HostState>| -> u64 {
