@@ -7,6 +7,7 @@
 //! and rate limits). Implementations: [`NoPolicy`] here, the WASM policy host in
 //! vhost-net-backend. [`TokenBucket`] is the rate limiter both use.
 
+use crate::conntrack::CtState;
 use crate::{NetworkId, PortId};
 
 /// Where in the pipeline a frame is judged.
@@ -29,21 +30,6 @@ pub enum BridgeOut {
     Gateway,
     /// No decision (yet).
     Undecided,
-}
-
-/// Conntrack's view of a frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CtState {
-    /// Not tracked (not IP).
-    Untracked,
-    /// First packet of a flow.
-    New,
-    /// The flow has seen packets both ways.
-    Established,
-    /// Related to a known flow (ICMP error).
-    Related,
-    /// Conntrack could not classify it.
-    Invalid,
 }
 
 /// Why a frame is judged.
@@ -76,10 +62,8 @@ pub struct PolicyFrame<'a> {
     pub to_guest: bool,
     /// Conntrack flow id, if tracked.
     pub flow: Option<u64>,
-    /// Conntrack state.
-    pub ct: CtState,
-    /// Whether it travels in its flow's reply direction.
-    pub reply: bool,
+    /// Conntrack state (`None`: not tracked, e.g. ARP).
+    pub ct: Option<CtState>,
 }
 
 /// What happens to a frame.
@@ -267,8 +251,7 @@ mod tests {
             bridge_out: BridgeOut::Flood,
             to_guest: true,
             flow: None,
-            ct: CtState::Untracked,
-            reply: false,
+            ct: None,
         };
         let mut v = [Verdict::UNJUDGED; 2];
         NoPolicy.begin_batch();

@@ -3,8 +3,9 @@
 
 mod support;
 
+use bridge_core::conntrack::CtState;
 use bridge_core::policy::{
-    Action, BridgeOut, CtState, HookPoint, JudgeKind, PolicyFrame, PolicyHook, Verdict,
+    Action, BridgeOut, HookPoint, JudgeKind, PolicyFrame, PolicyHook, Verdict,
 };
 use bridge_core::{NetworkId, PortId};
 use policy_sdk::abi::io_off;
@@ -73,8 +74,7 @@ fn frame(bytes: &[u8], port: u32, out: BridgeOut) -> PolicyFrame<'_> {
         bridge_out: out,
         to_guest: matches!(out, BridgeOut::Port(_)),
         flow: Some(1),
-        ct: CtState::New,
-        reply: false,
+        ct: Some(CtState::New),
     }
 }
 
@@ -114,8 +114,7 @@ fn libvirt_nat_through_wasmtime() {
     let inbound = tcp4(NET, VM3, 443, 5000, TCP_SYN);
     let dhcp = dhcp_request(VM3.mac);
     let mut reply = frame(&inbound, 0, BridgeOut::Port(PortId(3)));
-    reply.ct = CtState::Established;
-    reply.reply = true;
+    reply.ct = Some(CtState::Reply);
     let v = judge(
         &mut w,
         &[
@@ -217,7 +216,7 @@ fn security_group_is_stateful_default_deny() {
     let ssh = tcp4(NET, VM3, 9, 22, TCP_SYN);
     let http = tcp4(NET, VM3, 9, 80, TCP_SYN);
     let mut reply = frame(&http, 0, BridgeOut::Port(PortId(3)));
-    reply.ct = CtState::Established;
+    reply.ct = Some(CtState::Established);
     let v = judge(
         &mut w,
         &[
@@ -616,6 +615,6 @@ fn arp_is_judged_without_a_flow() {
     let req = arp_request(VM3, GW.ip);
     let mut f = frame(&req, 3, BridgeOut::Flood);
     f.flow = None;
-    f.ct = CtState::Untracked;
+    f.ct = None;
     assert_eq!(judge(&mut w, &[f])[0].action, Action::Accept);
 }

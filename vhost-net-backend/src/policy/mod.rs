@@ -13,6 +13,7 @@
 //! | [`worker`] | [`PolicyWorker`]: chains over batches, fail modes, rule counters, rate classes |
 //! | [`stats`] | per-policy and per-rule counters |
 //! | [`watch`] | policy sets from a TOML file, hot reload when it changes |
+//! | [`offline`] | running a module over a pcap/pcapng capture (the `policy test` tool) |
 //! | `precompiled` | the one `unsafe` call: loading a precompiled artifact |
 //!
 //! ABI and authoring guide: docs/policy.md.
@@ -22,6 +23,7 @@ pub mod engine;
 pub mod host;
 pub mod instance;
 pub mod module;
+pub mod offline;
 mod precompiled;
 pub mod stats;
 pub mod watch;

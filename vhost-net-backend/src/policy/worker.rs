@@ -8,9 +8,10 @@ use super::chain::{
 use super::host::PolicyHost;
 use super::instance::PolicyInstance;
 use super::stats::EntryStats;
+use bridge_core::conntrack::CtState;
 use bridge_core::policy::{
-    Action, BridgeOut, CtState, HookPoint, JudgeKind, PolicyFrame, PolicyHook, TokenBucket,
-    Verdict, MAX_RULE_HITS,
+    Action, BridgeOut, HookPoint, JudgeKind, PolicyFrame, PolicyHook, TokenBucket, Verdict,
+    MAX_RULE_HITS,
 };
 use bridge_core::{NetworkId, PortId};
 use policy_sdk::abi::{
@@ -67,12 +68,13 @@ fn desc_of(f: &PolicyFrame<'_>) -> FrameDesc {
         flags |= flag::TO_GUEST;
     }
     let ct_state = match f.ct {
-        CtState::Untracked => ct::UNTRACKED,
-        CtState::New => ct::NEW,
-        CtState::Established => ct::ESTABLISHED,
-        CtState::Related => ct::RELATED,
-        CtState::Invalid => ct::INVALID,
-    } | if f.reply { ct::REPLY } else { 0 };
+        None => ct::UNTRACKED,
+        Some(CtState::New) => ct::NEW,
+        Some(CtState::Established) => ct::ESTABLISHED,
+        Some(CtState::Reply) => ct::ESTABLISHED | ct::REPLY,
+        Some(CtState::Related) => ct::RELATED,
+        Some(CtState::Invalid) => ct::INVALID,
+    };
     let base = FrameDesc {
         flow_id: f.flow.unwrap_or(NO_FLOW),
         network: f.network.0,
