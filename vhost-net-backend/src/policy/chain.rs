@@ -8,30 +8,17 @@ use policy_sdk::headers::{Frame, ETH_ARP, IP_UDP};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// What a module's frames get when it cannot judge them (trap, timeout, quarantine).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FailMode {
-    /// Drop (the default).
-    #[default]
-    Closed,
-    /// No opinion: the rest of the chain decides.
-    Open,
-    /// A static baseline: established and related flows, ARP and DHCP pass; the rest drops.
-    Baseline,
-}
+pub use crate::config::FailMode;
 
-impl FailMode {
-    /// The verdict for one frame; never cached, so the flow is judged again once the module
-    /// works.
-    pub fn verdict(self, desc: &FrameDesc, header: &[u8]) -> Verdict {
-        let v = match self {
-            FailMode::Closed => Verdict::DROP,
-            FailMode::Open => Verdict::CONTINUE,
-            FailMode::Baseline => baseline(desc, header),
-        };
-        v.with_flags(vflag::NO_CACHE)
-    }
+/// The verdict `mode` gives one frame; never cached, so the flow is judged again once the
+/// module works.
+pub fn fail_verdict(mode: FailMode, desc: &FrameDesc, header: &[u8]) -> Verdict {
+    let v = match mode {
+        FailMode::Closed => Verdict::DROP,
+        FailMode::Open => Verdict::CONTINUE,
+        FailMode::Baseline => baseline(desc, header),
+    };
+    v.with_flags(vflag::NO_CACHE)
 }
 
 fn baseline(desc: &FrameDesc, header: &[u8]) -> Verdict {
@@ -219,7 +206,7 @@ mod tests {
                 ..FrameDesc::ZERO
             },
         );
-        mode.verdict(&d, bytes)
+        fail_verdict(mode, &d, bytes)
     }
 
     #[test]

@@ -551,7 +551,7 @@ impl PolicyHost {
             let ld = |c: &AtomicU64| c.load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
-                "\nPolicy {} ({tier}, fail {:?}{state}): {} frames, {} calls, {} traps, {} timeouts, {} fail-mode frames",
+                "\nPolicy {} ({tier}, fail {}{state}): {} frames, {} calls, {} traps, {} timeouts, {} fail-mode frames",
                 e.spec.name,
                 e.spec.fail_mode,
                 ld(&s.frames),

@@ -53,7 +53,7 @@ struct FileEntry {
     config: Option<String>,
     #[serde(default)]
     config_file: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "fail_mode")]
     fail_mode: FailMode,
     #[serde(default)]
     network: Option<u32>,
@@ -64,6 +64,11 @@ struct FileEntry {
 struct PolicyFile {
     #[serde(default)]
     policy: Vec<FileEntry>,
+}
+
+fn fail_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<FailMode, D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, WatchError> {

@@ -3,7 +3,8 @@
 //! fail modes on faults, counting rule hits and policing rate classes.
 
 use super::chain::{
-    class_handle, rule_handle, split_class_handle, split_rule_handle, ChainEntry, Generation,
+    class_handle, fail_verdict, rule_handle, split_class_handle, split_rule_handle, ChainEntry,
+    Generation,
 };
 use super::host::PolicyHost;
 use super::instance::PolicyInstance;
@@ -239,7 +240,7 @@ impl PolicyWorker {
                     .fail_applied
                     .fetch_add(sel.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 for (k, d) in descs.iter().enumerate() {
-                    out[k] = entry.spec.fail_mode.verdict(d, bytes[k]);
+                    out[k] = fail_verdict(entry.spec.fail_mode, d, bytes[k]);
                 }
             }
         }
