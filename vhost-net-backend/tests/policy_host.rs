@@ -37,8 +37,12 @@ fn spec(name: &str, wasm: Vec<u8>, config: &str, fail_mode: FailMode) -> PolicyS
     }
 }
 
+/// A host whose call deadline (1 s) a loaded test machine's preemption cannot reach: these
+/// tests check verdicts, not timeouts (the looping-module test keeps the default).
 fn host() -> PolicyHost {
-    PolicyHost::new(HostConfig::default()).unwrap()
+    let mut config = HostConfig::default();
+    config.limits.deadline_ticks = 1000;
+    PolicyHost::new(config).unwrap()
 }
 
 /// A host with one operator policy from crate `krate`, and a worker.
@@ -312,12 +316,15 @@ fn faulty_wat(fault: &str, always: bool) -> Vec<u8> {
     wat::parse_str(text).unwrap()
 }
 
+/// Quarantine after 3 faults; a 200 ms call deadline, above a loaded machine's preemption.
 fn quick_faults() -> HostConfig {
-    HostConfig {
+    let mut config = HostConfig {
         fault_threshold: 3,
         fault_window: Duration::from_secs(60),
         ..HostConfig::default()
-    }
+    };
+    config.limits.deadline_ticks = 200;
+    config
 }
 
 #[test]

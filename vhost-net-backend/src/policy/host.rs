@@ -399,11 +399,17 @@ impl PolicyHost {
         }
         let m = &module.manifest;
         let shared = Arc::new(self.shared(spec, &m.maps, &m.counters)?);
+        // The canary checks behaviour, not speed: its calls get the set-up deadline.
+        let limits = self.inner.config.limits;
+        let canary_limits = InstanceLimits {
+            deadline_ticks: limits.init_deadline_ticks,
+            ..limits
+        };
         let (mut canary, record) = PolicyInstance::new(
             &self.inner.linker,
             &module,
             shared.clone(),
-            self.inner.config.limits,
+            canary_limits,
             spec.config.as_bytes(),
             true,
         )

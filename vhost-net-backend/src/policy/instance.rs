@@ -89,7 +89,7 @@ impl Default for InstanceLimits {
     fn default() -> Self {
         InstanceLimits {
             memory_pages: 256,
-            deadline_ticks: 10,
+            deadline_ticks: 50,
             init_deadline_ticks: 1000,
         }
     }
