@@ -130,7 +130,7 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
     check_implemented(&config)?;
     let ports = std::mem::take(&mut config.ports);
     let switch = Arc::new(Switch::new());
-    let network_ids = config
+    let network_ids: Vec<_> = config
         .networks
         .iter()
         .map(|n| switch.add_network(n.switch.to_switch()))
