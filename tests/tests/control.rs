@@ -184,7 +184,8 @@ fn show_fdb_and_stats_see_the_traffic() {
     let show: ShowView = lab.json(&["show"]);
     assert_eq!(show.networks.len(), 1);
     assert_eq!(show.networks[0].name, "default");
-    assert_eq!(show.networks[0].ports, [0, 1]);
+    // The NAT gateway's port comes first, then the guests'.
+    assert_eq!(show.networks[0].ports, [0, 1, 2]);
     assert_eq!(show.networks[0].learned, 2);
     let links: Vec<Link> = show.ports.iter().map(|p| p.link).collect();
     assert_eq!(links, [Link::Up, Link::Up]);
@@ -195,12 +196,12 @@ fn show_fdb_and_stats_see_the_traffic() {
     let text = lab.cli(&["show"]).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(
-        lines[1].starts_with("default  nat   192.168.122.1/24") && lines[1].ends_with("port0 (up)"),
+        lines[1].starts_with("default  nat   192.168.122.1/24") && lines[1].ends_with("port1 (up)"),
         "{text}"
     );
-    assert!(lines[2].trim() == "port1 (up)", "{text}");
+    assert!(lines[2].trim() == "port2 (up)", "{text}");
     assert!(
-        text.contains("port1  default  up    52:54:00:00:00:02"),
+        text.contains("port2  default  up    52:54:00:00:00:02"),
         "{text}"
     );
 
@@ -209,17 +210,25 @@ fn show_fdb_and_stats_see_the_traffic() {
         .entries
         .iter()
         .map(|e| (e.mac.clone(), e.port, e.is_static))
+        .filter(|e| e.1 != 0)
         .collect();
     assert_eq!(
         entries,
         [
-            ("52:54:00:00:00:01".to_string(), 0, false),
-            ("52:54:00:00:00:02".to_string(), 1, false)
+            ("52:54:00:00:00:01".to_string(), 1, false),
+            ("52:54:00:00:00:02".to_string(), 2, false)
         ]
     );
+    let gateway: Vec<bool> = fdb
+        .entries
+        .iter()
+        .filter(|e| e.port == 0)
+        .map(|e| e.is_static)
+        .collect();
+    assert_eq!(gateway, [true], "the gateway's MAC is a static entry");
     let text = lab.cli(&["fdb", "default"]).unwrap();
     assert!(
-        text.contains("default  -     52:54:00:00:00:01  port0  learned"),
+        text.contains("default  -     52:54:00:00:00:01  port1  learned"),
         "{text}"
     );
     assert_eq!(
@@ -227,7 +236,7 @@ fn show_fdb_and_stats_see_the_traffic() {
         "no network is named \"nope\""
     );
 
-    let stats: StatsView = lab.json(&["stats", "port0"]);
+    let stats: StatsView = lab.json(&["stats", "port1"]);
     assert_eq!(stats.ports.len(), 1);
     let drops: Vec<&(String, u64)> = stats.ports[0]
         .switch_drops
@@ -238,7 +247,7 @@ fn show_fdb_and_stats_see_the_traffic() {
     let text = lab
         .cli(&["stats", &lab.socket("vm1.sock").display().to_string()])
         .unwrap();
-    assert!(text.starts_with("port1 "), "{text}");
+    assert!(text.starts_with("port2 "), "{text}");
     assert!(text.contains("switch drops: none"), "{text}");
     assert_eq!(lab.cli(&["stats", "port7"]).unwrap_err(), "no port port7");
 }
@@ -250,7 +259,7 @@ fn a_port_added_at_runtime_carries_traffic_and_a_removed_one_loses_its_link() {
     let spec = format!("{},mac=52:54:00:00:00:02", lab.socket("vm1.sock").display());
     let text = lab.cli(&["port", "add", &spec]).unwrap();
     assert!(
-        text.contains("port1  default  down  52:54:00:00:00:02"),
+        text.contains("port2  default  down  52:54:00:00:00:02"),
         "{text}"
     );
     let added: PortView = lab.json(&[
@@ -258,7 +267,7 @@ fn a_port_added_at_runtime_carries_traffic_and_a_removed_one_loses_its_link() {
         "add",
         &format!("{},mac=52:54:00:00:00:03", lab.socket("vm2.sock").display()),
     ]);
-    assert_eq!((added.id, added.link), (2, Link::Down));
+    assert_eq!((added.id, added.link), (3, Link::Down));
     let mut b = lab.attach(&lab.socket("vm1.sock"));
     introduce(&mut [(0, &mut a), (1, &mut b)]);
     unicast(&mut a, 0, &mut b, 1, 1, 10);
@@ -274,15 +283,15 @@ fn a_port_added_at_runtime_carries_traffic_and_a_removed_one_loses_its_link() {
         .unwrap_err();
     assert!(e.ends_with("no network is named \"lan\""), "{e}");
 
-    assert_eq!(lab.cli(&["port", "remove", "port1"]).unwrap(), "");
-    assert_eq!(lab.cli(&["port", "remove", "2"]).unwrap(), "");
+    assert_eq!(lab.cli(&["port", "remove", "port2"]).unwrap(), "");
+    assert_eq!(lab.cli(&["port", "remove", "3"]).unwrap(), "");
     let show: ShowView = lab.json(&["show"]);
     let ids: Vec<u32> = show.ports.iter().map(|p| p.id).collect();
-    assert_eq!(ids, [0]);
+    assert_eq!(ids, [1]);
     // The removed port's frames go nowhere: a's unicast to b's MAC is flooded to no one.
     a.send(0, &numbered(mac(1), mac(0), 77, 100)).unwrap();
     assert!(b.recv(Duration::from_millis(300)).unwrap().is_none());
-    assert_eq!(lab.cli(&["port", "remove", "1"]).unwrap_err(), "no port 1");
+    assert_eq!(lab.cli(&["port", "remove", "2"]).unwrap_err(), "no port 2");
 }
 
 /// Like [`unicast`], but `b` skips frames from others (and counts them in `foreign`).
@@ -487,6 +496,11 @@ impl Policies for Registered {
 #[test]
 fn hooked_views_answer_once_their_part_registers() {
     let lab = Lab::new(0);
+    // As if the daemon's NAT network registered nothing.
+    let hooks = lab.daemon.hooks();
+    hooks.set_leases(None);
+    hooks.set_conntrack(None);
+    hooks.set_forwards(None);
     for (args, error) in [
         (&["leases"][..], "no NAT network runs a gateway"),
         (&["conntrack"], "no part of this daemon tracks connections"),
@@ -503,7 +517,6 @@ fn hooked_views_answer_once_their_part_registers() {
         forwards: Mutex::new(Vec::new()),
         policies: Mutex::new(Vec::new()),
     });
-    let hooks = lab.daemon.hooks();
     hooks.set_leases(Some(part.clone()));
     hooks.set_conntrack(Some(part.clone()));
     hooks.set_forwards(Some(part.clone()));
