@@ -635,3 +635,134 @@ fn a_daemon_that_is_not_there_is_named() {
         "{e}"
     );
 }
+
+/// Waits until a capture runs.
+fn wait_capturing(daemon: &Daemon) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !daemon.captures().is_active() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the capture did not start"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `tshark -r FILE -T fields` with `fields`, one line per frame.
+fn tshark(file: &Path, fields: &[&str]) -> Vec<String> {
+    let mut cmd = std::process::Command::new("tshark");
+    cmd.arg("-r")
+        .arg(file)
+        .args(["-T", "fields", "-E", "separator=,"]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = cmd
+        .output()
+        .expect("tshark runs (scripts/install-deps installs it)");
+    assert!(
+        out.status.success(),
+        "tshark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_capture_of_both_directions_reads_back_in_tshark() {
+    let lab = Lab::new(2);
+    let mut a = lab.attach(&lab.socket("vm0.sock"));
+    let mut b = lab.attach(&lab.socket("vm1.sock"));
+    introduce(&mut [(0, &mut a), (1, &mut b)]);
+    let file = lab.socket("port0.pcapng");
+    let path = file.to_str().unwrap();
+    let done = thread::scope(|s| {
+        let capture = s.spawn(|| lab.cli(&["capture", "port0", "-w", path, "--count", "20"]));
+        wait_capturing(&lab.daemon);
+        unicast(&mut a, 0, &mut b, 1, 1, 10);
+        unicast(&mut b, 1, &mut a, 0, 101, 10);
+        capture.join().unwrap()
+    });
+    assert_eq!(done.unwrap(), format!("20 frames written to {path}\n"));
+    assert!(
+        !lab.daemon.captures().is_active(),
+        "the capture ended with its count"
+    );
+
+    let frames = tshark(
+        &file,
+        &[
+            "frame.len",
+            "eth.src",
+            "eth.dst",
+            "frame.packet_flags_direction",
+            "frame.interface_name",
+        ],
+    );
+    assert_eq!(frames.len(), 20, "{frames:?}");
+    for (i, line) in frames.iter().enumerate() {
+        let (src, dst, dir) = if i < 10 {
+            ("52:54:00:00:00:01", "52:54:00:00:00:02", "0x00000001")
+        } else {
+            ("52:54:00:00:00:02", "52:54:00:00:00:01", "0x00000002")
+        };
+        assert_eq!(line, &format!("100,{src},{dst},{dir},port0"), "frame {i}");
+    }
+    // The frames are the guests' bytes: tshark shows the numbers the harness put in them.
+    let data = tshark(&file, &["data.data"]);
+    assert!(data[0].starts_with("00000001"), "{}", data[0]);
+    assert!(data[10].starts_with("00000065"), "{}", data[10]);
+}
+
+#[test]
+fn a_timed_capture_ends_and_two_captures_run_at_once() {
+    let lab = Lab::new(2);
+    let mut a = lab.attach(&lab.socket("vm0.sock"));
+    let mut b = lab.attach(&lab.socket("vm1.sock"));
+    introduce(&mut [(0, &mut a), (1, &mut b)]);
+    let file = lab.socket("quiet.pcapng");
+    let path = file.to_str().unwrap();
+    let out = lab
+        .cli(&["capture", "1", "-w", path, "--duration", "0.3"])
+        .unwrap();
+    assert_eq!(out, format!("0 frames written to {path}\n"));
+    assert!(
+        tshark(&file, &["frame.len"]).is_empty(),
+        "a valid, empty capture"
+    );
+    assert!(!lab.daemon.captures().is_active());
+
+    // Two captures at once, of different ports, both see their frames.
+    let f0 = lab.socket("a.pcapng");
+    let f1 = lab.socket("b.pcapng");
+    let (p0, p1) = (f0.to_str().unwrap(), f1.to_str().unwrap());
+    thread::scope(|s| {
+        let c0 = s.spawn(|| lab.cli(&["capture", "0", "-w", p0, "-c", "5"]));
+        let c1 = s.spawn(|| lab.cli(&["capture", "1", "-w", p1, "-c", "5"]));
+        let deadline = std::time::Instant::now() + WAIT;
+        while !(lab.daemon.captures().wants(bridge_core::PortId(0))
+            && lab.daemon.captures().wants(bridge_core::PortId(1)))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "captures did not start"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        unicast(&mut a, 0, &mut b, 1, 1, 5);
+        c0.join().unwrap().unwrap();
+        c1.join().unwrap().unwrap();
+    });
+    let ins = tshark(&f0, &["frame.packet_flags_direction"]);
+    let outs = tshark(&f1, &["frame.packet_flags_direction"]);
+    assert_eq!((ins.len(), outs.len()), (5, 5));
+    assert!(ins.iter().all(|d| d == "0x00000001") && outs.iter().all(|d| d == "0x00000002"));
+    assert_eq!(
+        lab.cli(&["capture", "port9", "-c", "1"]).unwrap_err(),
+        "no port port9"
+    );
+}

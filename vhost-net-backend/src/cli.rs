@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::config::file::{self, LoadError};
 use crate::config::libvirt::{self, ImportError};
 use crate::config::{Config, ConfigError, Invalid, PortConfig};
+use crate::control::capture_client::{self, CaptureError, Sink};
 use crate::control::client::{Client, ClientError};
 use crate::control::protocol::{ForwardInfo, Request};
 use crate::control::{default_socket_path, render};
@@ -18,7 +19,7 @@ use crate::control::{default_socket_path, render};
 /// Without a subcommand, runs the daemon. Without --config or --import-libvirt it runs the
 /// embedded default: libvirt's "default" NAT network (192.168.122.0/24, gateway .1, DHCP
 /// .2-.254). The subcommands talk to a running daemon over its control socket.
-#[derive(Debug, Parser, PartialEq, Eq)]
+#[derive(Debug, Parser, PartialEq)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
 pub struct Args {
     /// A client subcommand; none runs the daemon.
@@ -77,7 +78,7 @@ pub struct ClientArgs {
 }
 
 /// The client subcommands.
-#[derive(Debug, Subcommand, PartialEq, Eq)]
+#[derive(Debug, Subcommand, PartialEq)]
 pub enum Command {
     /// Networks with their ports and uplinks, link states and counters (like `brctl show`).
     Show(ClientArgs),
@@ -108,6 +109,23 @@ pub enum Command {
     /// Port forwards into NAT networks: list, add, remove.
     #[command(subcommand)]
     Forward(ForwardCommand),
+    /// Captures a port's frames, both directions, as pcapng (Wireshark, tshark and tcpdump
+    /// read it); without -w, prints a line per frame.
+    Capture {
+        /// The port (id, `portN` or socket path).
+        port: String,
+        /// Write pcapng to FILE (`-`: standard output, e.g. `| wireshark -k -i -`).
+        #[arg(short = 'w', value_name = "FILE")]
+        write: Option<PathBuf>,
+        /// Stop after N frames.
+        #[arg(short = 'c', long, value_name = "N")]
+        count: Option<u64>,
+        /// Stop after SECONDS.
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<f64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `policy` subcommands.
@@ -232,6 +250,9 @@ pub enum CliError {
     /// The daemon could not be reached or refused the request.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// A capture could not be received.
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
     /// A path on the command line could not be made absolute.
     #[error("cannot resolve {}", .0.display())]
     Path(PathBuf, #[source] std::io::Error),
@@ -379,6 +400,32 @@ pub fn run(command: Command) -> Result<String, CliError> {
         }
         Command::Port(PortCommand::Remove { port, client }) => {
             ask(&client, &Request::PortRemove { port }, done)
+        }
+        Command::Capture {
+            port,
+            write,
+            count,
+            duration,
+            client,
+        } => {
+            let request = Request::Capture {
+                port,
+                count,
+                duration_ms: duration.map(|s| (s * 1000.0).round().max(1.0) as u64),
+            };
+            let (_, stream) = Client::connect(&client.socket())?.stream(&request)?;
+            let sink = match &write {
+                Some(p) if p.as_os_str() == "-" => Sink::Stdout,
+                Some(p) => Sink::File(p),
+                None => Sink::Lines { json: client.json },
+            };
+            let frames = capture_client::receive(stream, sink)?;
+            Ok(match write {
+                Some(p) if p.as_os_str() != "-" => {
+                    format!("{frames} frames written to {}\n", p.display())
+                }
+                _ => String::new(),
+            })
         }
         Command::Forward(ForwardCommand::List(c)) => {
             ask(&c, &Request::ForwardList, |f: &Vec<_>| render::forwards(f))

@@ -191,6 +191,11 @@ impl Daemon {
         &self.hooks
     }
 
+    /// The port captures.
+    pub fn captures(&self) -> &crate::capture::Captures {
+        self.datapath.captures()
+    }
+
     /// The datapath's clock, as the switch is given it.
     pub fn now(&self) -> bridge_core::time::Instant {
         self.datapath.now()

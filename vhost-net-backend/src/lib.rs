@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`config`] | [`config::Config`] (networks, ports, forwards, policies), the TOML file ([`config::file`]), libvirt XML import ([`config::libvirt`]) |
 //! | [`control`] | the control socket ([`control::Server`]), its protocol, views and client; [`control::hooks`] for the parts that fill views |
+//! | [`capture`] | live port capture to pcapng: [`capture::Captures`] (the datapath's check), [`capture::Tap`], [`capture::PcapNgStream`] |
 //! | [`cli`] | the command line: daemon options and the client subcommands |
 //! | [`event_loop`] | the event-manager loops (housekeeping, control) |
 //! | [`vhost_user`] | the protocol layer: [`vhost_user::wire`] (framing), [`vhost_user::session`] (the per-connection dispatcher), [`vhost_user::memory`] (memory table), [`vhost_user::device`] (state shared with the datapath), [`vhost_user::server`] (the connection loop) |
@@ -16,6 +17,7 @@
 //!
 //! Design notes: docs/device.md; why the protocol layer is the project's own: docs/decisions.md.
 
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -59,6 +59,16 @@ impl Client {
         }
     }
 
+    /// Sends `request` and returns the reader of what follows the answer (a capture's
+    /// pcapng stream) with the answer.
+    pub fn stream(
+        mut self,
+        request: &Request,
+    ) -> Result<(serde_json::Value, BufReader<UnixStream>), ClientError> {
+        let value = self.call(request)?;
+        Ok((value, self.reader))
+    }
+
     /// Sends `request` and decodes the result as `T`.
     pub fn get<T: serde::de::DeserializeOwned>(
         &mut self,

@@ -95,6 +95,7 @@ fn run(daemon: &Daemon, request: Request) -> Result<serde_json::Value, String> {
                 .map_err(|e| crate::cli::error_chain(&e))?;
             json(())
         }
+        Request::Capture { .. } => Err("a capture runs on its own connection".to_string()),
         Request::ForwardList => {
             let forwards = hooks.forwards().ok_or(NO_FORWARDS)?.list();
             json(forwards.iter().map(forward_info).collect::<Vec<_>>())

@@ -1,6 +1,6 @@
 //! The control API: a unix socket (JSON lines, permissions 0600 by default) and the views and
 //! changes it offers; the CLI subcommands (`show`, `fdb`, `stats`, `leases`, `conntrack`,
-//! `policy ...`, `port add|remove`, `forward ...`) are its client.
+//! `policy ...`, `port add|remove`, `forward ...`, `capture`) are its client.
 //!
 //! | module | what it holds |
 //! |---|---|
@@ -10,8 +10,10 @@
 //! | [`views`] | the views the daemon holds the data of: `show`, `fdb`, `stats` |
 //! | [`hooks`] | where the gateway, conntrack, the policy host and uplinks plug in their views |
 //! | [`client`] | [`Client`](client::Client), blocking, for the CLI |
+//! | [`capture_client`] | the client end of `capture`: pcapng to a file or standard output, or a line per frame |
 //! | [`render`] | the views as text tables |
 
+pub mod capture_client;
 pub mod client;
 pub mod handler;
 pub mod hooks;

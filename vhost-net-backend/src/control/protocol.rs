@@ -76,6 +76,19 @@ pub enum Request {
         /// The port (id or socket path).
         port: String,
     },
+    /// Captures a port's frames, both directions: answers a [`CaptureInfo`] line, then the
+    /// connection carries a pcapng stream until the count or duration is reached or the client
+    /// closes it.
+    Capture {
+        /// The port (id, `portN` or socket path).
+        port: String,
+        /// Stop after this many frames.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
+        /// Stop after this many milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+    },
     /// Port forwards: `Vec<`[`ForwardInfo`]`>`.
     ForwardList,
     /// Adds a port forward.
@@ -92,6 +105,15 @@ pub enum Response {
     Ok(serde_json::Value),
     /// Why it failed.
     Error(String),
+}
+
+/// The answer to a capture request, before the pcapng stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureInfo {
+    /// The port's id.
+    pub port: u32,
+    /// The interface name in the capture (`portN`).
+    pub interface: String,
 }
 
 /// The `brctl show` view: networks, ports, uplinks.

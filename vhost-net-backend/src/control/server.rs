@@ -10,13 +10,17 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use tracing::{info, warn};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::handler;
-use super::protocol::{Request, Response};
+use super::protocol::{CaptureInfo, Request, Response};
+use super::views;
+use crate::capture::{PcapNgStream, Tap};
 use crate::config::ControlConfig;
 use crate::daemon::Daemon;
 use crate::event_loop;
@@ -73,6 +77,7 @@ impl Server {
             daemon,
             listener,
             conns: HashMap::new(),
+            owners: HashMap::new(),
         };
         let loop_stop = Arc::clone(&stop);
         let thread = thread::Builder::new()
@@ -136,6 +141,18 @@ struct Conn {
     output: Vec<u8>,
     /// The client closed its side (or sent too much): close once the output is written.
     closing: bool,
+    /// The capture this connection streams, if it asked for one.
+    capture: Option<CaptureStream>,
+}
+
+/// A capture streamed to a connection.
+struct CaptureStream {
+    tap: Arc<Tap>,
+    pcapng: PcapNgStream,
+    /// Frames still to send, if counted.
+    remaining: Option<u64>,
+    /// Fires when the duration is over.
+    timer: Option<TimerFd>,
 }
 
 /// The control socket's subscriber: the listener and every connection.
@@ -143,6 +160,8 @@ struct Control {
     daemon: Arc<Daemon>,
     listener: UnixListener,
     conns: HashMap<RawFd, Conn>,
+    /// A capture's eventfd or timer, and the connection it belongs to.
+    owners: HashMap<RawFd, RawFd>,
 }
 
 impl Control {
@@ -163,6 +182,7 @@ impl Control {
                         input: Vec::new(),
                         output: Vec::new(),
                         closing: false,
+                        capture: None,
                     };
                     self.conns.insert(fd, conn);
                 }
@@ -175,7 +195,7 @@ impl Control {
 
     /// Reads what is there, answers complete lines, writes what it can. Returns whether the
     /// connection stays open.
-    fn serve(&mut self, fd: RawFd, events: EventSet) -> bool {
+    fn serve(&mut self, fd: RawFd, events: EventSet, ops: &mut EventOps) -> bool {
         let daemon = Arc::clone(&self.daemon);
         let Some(conn) = self.conns.get_mut(&fd) else {
             return false;
@@ -183,7 +203,25 @@ impl Control {
         if events.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP) {
             conn.read();
             while let Some(line) = conn.next_line() {
-                let response = answer(&daemon, &line);
+                if conn.capture.is_some() {
+                    // A capturing connection takes no more requests.
+                    continue;
+                }
+                let response = match serde_json::from_slice::<Request>(&line) {
+                    Ok(Request::Capture {
+                        port,
+                        count,
+                        duration_ms,
+                    }) => match start_capture(&daemon, &port, count, duration_ms) {
+                        Ok((info, capture)) => {
+                            watch(ops, &mut self.owners, fd, &capture);
+                            conn.capture = Some(capture);
+                            Response::Ok(serde_json::to_value(info).unwrap_or_default())
+                        }
+                        Err(e) => Response::Error(e),
+                    },
+                    _ => answer(&daemon, &line),
+                };
                 conn.respond(&response);
             }
             if conn.input.len() > MAX_REQUEST {
@@ -197,6 +235,100 @@ impl Control {
             return false;
         }
         conn.write() && !(conn.closing && conn.output.is_empty())
+    }
+}
+
+/// Starts capturing `port` for a connection.
+fn start_capture(
+    daemon: &Daemon,
+    port: &str,
+    count: Option<u64>,
+    duration_ms: Option<u64>,
+) -> Result<(CaptureInfo, CaptureStream), String> {
+    let id = views::find_port(daemon, port)?;
+    let socket = daemon
+        .port_report(id)
+        .map(|r| r.config.socket.display().to_string())
+        .unwrap_or_default();
+    let interface = format!("port{}", id.0);
+    let pcapng = PcapNgStream::new(&interface, &socket).map_err(|e| e.to_string())?;
+    let timer = match duration_ms {
+        None => None,
+        Some(ms) => {
+            let mut t = TimerFd::new().map_err(|e| e.to_string())?;
+            t.reset(Duration::from_millis(ms.max(1)), None)
+                .map_err(|e| e.to_string())?;
+            Some(t)
+        }
+    };
+    let tap = daemon.captures().open(id).map_err(|e| e.to_string())?;
+    info!(port = id.0, "capture started");
+    let info = CaptureInfo {
+        port: id.0,
+        interface,
+    };
+    Ok((
+        info,
+        CaptureStream {
+            tap,
+            pcapng,
+            remaining: count,
+            timer,
+        },
+    ))
+}
+
+/// Watches a capture's eventfd and timer for connection `conn`.
+fn watch(ops: &mut EventOps, owners: &mut HashMap<RawFd, RawFd>, conn: RawFd, c: &CaptureStream) {
+    let mut fds = vec![c.tap.wake_fd().as_raw_fd()];
+    fds.extend(c.timer.as_ref().map(AsRawFd::as_raw_fd));
+    for fd in fds {
+        if ops.add(Events::new_raw(fd, EventSet::IN)).is_ok() {
+            owners.insert(fd, conn);
+        }
+    }
+}
+
+impl Control {
+    /// Moves a capture's frames into its connection's output; ends the capture when its count
+    /// or time is up.
+    fn pump(&mut self, conn_fd: RawFd, timer_fired: bool, ops: &mut EventOps) {
+        let Some(conn) = self.conns.get_mut(&conn_fd) else {
+            return;
+        };
+        let Some(c) = conn.capture.as_mut() else {
+            return;
+        };
+        let (frames, mut dropped) = c.tap.take();
+        for frame in &frames {
+            if c.remaining == Some(0) {
+                break;
+            }
+            if c.pcapng.push(frame, dropped).is_ok() {
+                dropped = 0;
+                c.remaining = c.remaining.map(|n| n - 1);
+            }
+        }
+        conn.output.extend(c.pcapng.take());
+        if timer_fired || c.remaining == Some(0) {
+            conn.closing = true;
+            self.end_capture(conn_fd, ops);
+        }
+    }
+
+    /// Stops a connection's capture, if any.
+    fn end_capture(&mut self, conn_fd: RawFd, ops: &mut EventOps) {
+        let Some(c) = self.conns.get_mut(&conn_fd).and_then(|c| c.capture.take()) else {
+            return;
+        };
+        self.daemon.captures().close(&c.tap);
+        let mut fds = vec![c.tap.wake_fd().as_raw_fd()];
+        fds.extend(c.timer.as_ref().map(AsRawFd::as_raw_fd));
+        for fd in fds {
+            let _ = ops.remove(Events::empty_raw(fd));
+            self.owners.remove(&fd);
+        }
+        info!(port = c.tap.port().0, "capture ended");
     }
 }
 
@@ -267,19 +399,36 @@ impl Conn {
 
 impl MutEventSubscriber for Control {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        let fd = events.fd();
+        let mut fd = events.fd();
         if fd == self.listener.as_raw_fd() {
             return self.accept(ops);
         }
-        let open = self.serve(fd, events.event_set());
+        let open = match self.owners.get(&fd).copied() {
+            Some(conn_fd) => {
+                let timer = self
+                    .conns
+                    .get(&conn_fd)
+                    .and_then(|c| c.capture.as_ref())
+                    .and_then(|c| c.timer.as_ref())
+                    .is_some_and(|t| t.as_raw_fd() == fd);
+                fd = conn_fd;
+                self.pump(conn_fd, timer, ops);
+                self.conns
+                    .get_mut(&conn_fd)
+                    .is_some_and(|c| c.write() && !(c.closing && c.output.is_empty()))
+            }
+            None => self.serve(fd, events.event_set(), ops),
+        };
+        if !open {
+            self.end_capture(fd, ops);
+            if let Some(conn) = self.conns.remove(&fd) {
+                let _ = ops.remove(Events::empty(&conn.stream));
+            }
+            return;
+        }
         let Some(conn) = self.conns.get(&fd) else {
             return;
         };
-        if !open {
-            let _ = ops.remove(Events::empty(&conn.stream));
-            self.conns.remove(&fd);
-            return;
-        }
         let wanted = match (conn.closing, conn.output.is_empty()) {
             (true, _) => EventSet::OUT,
             (false, true) => EventSet::IN,

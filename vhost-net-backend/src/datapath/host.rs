@@ -15,6 +15,7 @@ use super::rx::{self, RxScratch};
 use super::tx::MAX_FRAME_LEN;
 use super::vnet_hdr::VnetHdr;
 use super::{Attachment, Datapath};
+use crate::capture::Direction;
 use crate::port::Port;
 
 /// A port served inside the daemon.
@@ -66,17 +67,21 @@ pub struct Injector {
     /// Receive queues that got frames since the last flush, to signal once each.
     touched: Vec<(PortId, usize)>,
     buf: Box<[u8]>,
+    /// Whether a capture ran at the last flush.
+    capturing: bool,
 }
 
 impl Injector {
     /// An injector for frames from host port `port`.
     pub fn new(dp: Arc<Datapath>, port: PortId) -> Self {
+        let capturing = dp.captures().is_active();
         Injector {
             dp,
             port,
             rx: RxScratch::default(),
             touched: Vec::new(),
             buf: vec![0; MAX_FRAME_LEN + 4].into_boxed_slice(),
+            capturing,
         }
     }
 
@@ -124,6 +129,11 @@ impl Injector {
         ) {
             Ok(n) => {
                 port.switch_counters().record_tx(n);
+                if let Some(c) = self.capturing.then(|| self.dp.captures()) {
+                    if c.wants(dst) {
+                        c.record(dst, Direction::Out, &[rewritten.head(), rewritten.tail()]);
+                    }
+                }
                 if !self.touched.contains(&(dst, ring)) {
                     self.touched.push((dst, ring));
                 }
@@ -134,6 +144,8 @@ impl Injector {
 
     /// Signals every guest that got frames since the last flush.
     pub fn flush(&mut self) {
+        // The capture check: once per flush.
+        self.capturing = self.dp.captures().is_active();
         if self.touched.is_empty() {
             return;
         }

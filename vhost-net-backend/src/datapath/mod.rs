@@ -16,6 +16,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use bridge_core::{PortId, Switch};
 
+use crate::capture::Captures;
 use crate::port::Port;
 use host::{HostAttachment, HostPort};
 
@@ -43,6 +44,7 @@ pub struct Datapath {
     switch: Arc<Switch>,
     ports: RwLock<Vec<Option<Attachment>>>,
     epoch: std::time::Instant,
+    captures: Captures,
 }
 
 /// The ports by switch id, read-locked for one batch.
@@ -55,7 +57,13 @@ impl Datapath {
             switch,
             ports: RwLock::new(Vec::new()),
             epoch: std::time::Instant::now(),
+            captures: Captures::default(),
         }
+    }
+
+    /// The port captures (checked once per batch).
+    pub fn captures(&self) -> &Captures {
+        &self.captures
     }
 
     /// The switch.

@@ -19,6 +19,7 @@ use super::counters::DeviceDrop;
 use super::rx::{self, RxScratch};
 use super::vnet_hdr::{Gso, VnetHdr, MAX_HDR_LEN};
 use super::{Attachment, Datapath, PortTable};
+use crate::capture::{self, Captures};
 use crate::port::Port;
 use crate::vhu_net::Negotiated;
 use crate::vring::{UsedElem, Vring, MAX_QUEUE_SIZE};
@@ -90,6 +91,8 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
             pair: ring / 2,
             features,
             params,
+            // The capture check: one relaxed load per batch.
+            captures: dp.captures().is_active().then(|| dp.captures()),
         };
         let mut n = 0;
         let mut drained = false;
@@ -142,6 +145,8 @@ struct Batch<'a> {
     pair: usize,
     features: Negotiated,
     params: WalkParams,
+    /// The captures, while any runs.
+    captures: Option<&'a Captures>,
 }
 
 /// A frame in the sender's memory.
@@ -199,7 +204,16 @@ impl Batch<'_> {
             frame_buf: &mut s.frame,
             egress_buf: &mut s.egress,
             gathered: false,
+            captures: self.captures,
         };
+        if let Some(c) = self.captures.filter(|c| c.wants(self.port.id())) {
+            out.gather(&frame);
+            c.record(
+                self.port.id(),
+                capture::Direction::In,
+                &[&out.frame_buf[..len]],
+            );
+        }
         match switch.process_head(self.now, self.port.id(), frame.head, len) {
             Decision::Forward { port, egress } => out.deliver(&frame, port, egress),
             Decision::Flood(flood) => switch
@@ -219,6 +233,8 @@ struct Out<'a> {
     egress_buf: &'a mut [u8],
     /// Whether `frame_buf` holds the frame already (gathered for a first software delivery).
     gathered: bool,
+    /// The captures, while any runs.
+    captures: Option<&'a Captures>,
 }
 
 impl Out<'_> {
@@ -264,6 +280,12 @@ impl Out<'_> {
         };
         if !delivered {
             return;
+        }
+        if let Some(c) = self.captures.filter(|c| c.wants(dst)) {
+            self.gather(frame);
+            if let Some(f) = egress.apply(&self.frame_buf[..frame.len]) {
+                c.record(dst, capture::Direction::Out, &[f.head(), f.tail()]);
+            }
         }
         if self.touched.contains(&(dst, ring)) {
             return;
