@@ -766,3 +766,57 @@ fn a_timed_capture_ends_and_two_captures_run_at_once() {
         "no port port9"
     );
 }
+
+#[test]
+fn the_metrics_endpoint_serves_port_network_and_drop_counters() {
+    use vhost_net_backend::metrics;
+    let lab = Lab::new(2);
+    let server =
+        metrics::Server::start(Arc::clone(&lab.daemon), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut a = lab.attach(&lab.socket("vm0.sock"));
+    let mut b = lab.attach(&lab.socket("vm1.sock"));
+    introduce(&mut [(0, &mut a), (1, &mut b)]);
+    unicast(&mut a, 0, &mut b, 1, 1, 10);
+    a.send(0, &numbered(mac(1), BROADCAST, 99, 60)).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while lab
+        .daemon
+        .port_report(lab.daemon.ports()[0])
+        .unwrap()
+        .switch
+        .drops
+        .total()
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "the drop is counted");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let response = metrics::scrape(server.addr()).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("Content-Type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{head}"
+    );
+    let lines: Vec<&str> = body.lines().collect();
+    for expected in [
+        "# TYPE vnb_port_rx_frames counter",
+        "vnb_port_rx_frames_total{port=\"port0\",network=\"default\"} 12",
+        "vnb_port_tx_frames_total{port=\"port1\",network=\"default\"} 11",
+        "vnb_port_drops_total{port=\"port0\",network=\"default\",layer=\"switch\",reason=\"source_multicast\"} 1",
+        "vnb_port_drops_total{port=\"port1\",network=\"default\",layer=\"device\",reason=\"rx_no_buffers\"} 0",
+        "vnb_port_link{port=\"port0\",network=\"default\"} 2",
+        "vnb_network_fdb_entries{network=\"default\",kind=\"learned\"} 2",
+        "vnb_captures_active 0",
+    ] {
+        assert!(lines.contains(&expected), "{expected} not in\n{body}");
+    }
+    assert_eq!(lines.last(), Some(&"# EOF"));
+
+    let mut s = std::net::TcpStream::connect(server.addr()).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 404 Not Found"), "{out}");
+}

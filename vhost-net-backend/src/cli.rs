@@ -565,6 +565,28 @@ mod tests {
     }
 
     #[test]
+    fn man_pages_are_current() {
+        use clap::CommandFactory;
+        let dir = tempfile::tempdir().unwrap();
+        clap_mangen::generate_to(Args::command(), dir.path()).unwrap();
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/man");
+        let mut pages = 0;
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            let generated = std::fs::read_to_string(entry.path()).unwrap();
+            let name = entry.file_name();
+            let current = std::fs::read_to_string(shipped.join(&name)).unwrap_or_default();
+            assert!(
+                generated == current,
+                "docs/man/{} is out of date: cargo run -p vhost-net-backend --example man",
+                name.to_string_lossy()
+            );
+            pages += 1;
+        }
+        assert_eq!(std::fs::read_dir(&shipped).unwrap().count(), pages);
+    }
+
+    #[test]
     fn errors_are_reported() {
         assert!(parse(&["--socket", "/a,mtu=10"])
             .unwrap_err()

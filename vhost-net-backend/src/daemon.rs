@@ -118,9 +118,6 @@ fn check_implemented(config: &Config) -> Result<(), Error> {
     if !config.policies.is_empty() {
         return refuse(FieldPath::root("policy"), "loading policies");
     }
-    if config.metrics.is_some() {
-        return refuse(FieldPath::root("metrics"), "the metrics endpoint");
-    }
     Ok(())
 }
 

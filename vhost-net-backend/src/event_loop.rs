@@ -1,6 +1,8 @@
-//! The daemon's event loops (housekeeping, control socket): rust-vmm's event-manager with one
-//! subscriber per source, run until a stop eventfd is signalled.
+//! The daemon's event loops (housekeeping, control socket, metrics): rust-vmm's event-manager
+//! with one subscriber per source, run until a stop eventfd is signalled; and the buffered
+//! non-blocking reads and writes their connections share.
 
+use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -44,4 +46,41 @@ pub fn run(stop: Arc<EventFd>, subscribers: Vec<Subscriber>) -> Result<(), event
         manager.run()?;
     }
     Ok(())
+}
+
+/// Reads what a non-blocking `stream` has into `input`, up to a little over `limit` bytes.
+/// Returns whether the peer closed its side (or the stream failed).
+pub fn read_available(stream: &mut impl Read, input: &mut Vec<u8>, limit: usize) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                input.extend_from_slice(&buf[..n]);
+                if input.len() > limit {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Writes what a non-blocking `stream` takes of `output`. Returns false when the stream
+/// failed.
+pub fn write_pending(stream: &mut impl Write, output: &mut Vec<u8>) -> bool {
+    while !output.is_empty() {
+        match stream.write(output) {
+            Ok(0) => return false,
+            Ok(n) => {
+                output.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
 }

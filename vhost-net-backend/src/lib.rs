@@ -6,6 +6,7 @@
 //! | [`control`] | the control socket ([`control::Server`]), its protocol, views and client; [`control::hooks`] for the parts that fill views |
 //! | [`capture`] | live port capture to pcapng: [`capture::Captures`] (the datapath's check), [`capture::Tap`], [`capture::PcapNgStream`] |
 //! | [`cli`] | the command line: daemon options and the client subcommands |
+//! | [`metrics`] | the OpenMetrics endpoint ([`metrics::Server`]) and the metrics it serves |
 //! | [`event_loop`] | the event-manager loops (housekeeping, control) |
 //! | [`vhost_user`] | the protocol layer: [`vhost_user::wire`] (framing), [`vhost_user::session`] (the per-connection dispatcher), [`vhost_user::memory`] (memory table), [`vhost_user::device`] (state shared with the datapath), [`vhost_user::server`] (the connection loop) |
 //! | [`socket`] | the listen and connect roles of a port's socket, with reconnect |
@@ -24,6 +25,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod event_loop;
+pub mod metrics;
 pub mod nat;
 pub mod policy;
 pub mod port;

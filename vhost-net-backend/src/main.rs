@@ -1,6 +1,6 @@
 //! `vhost-net-backend`: with a subcommand, asks a running daemon over its control socket and
-//! prints the answer; without, parses the configuration, starts the daemon and its control
-//! socket, and runs until SIGINT, SIGTERM or SIGHUP.
+//! prints the answer; without, parses the configuration, starts the daemon, its control socket
+//! and (if configured) its metrics endpoint, and runs until SIGINT, SIGTERM or SIGHUP.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 use vhost_net_backend::cli::{self, error_chain, Args, Loaded};
 use vhost_net_backend::config::file;
-use vhost_net_backend::{control, sys};
+use vhost_net_backend::{control, metrics, sys};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -52,6 +52,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let control_config = config.control.clone();
+    let metrics_addr = config.metrics;
     let daemon = match vhost_net_backend::start(config) {
         Ok(d) => Arc::new(d),
         Err(e) => {
@@ -66,12 +67,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let metrics = match metrics_addr.map(|a| metrics::Server::start(Arc::clone(&daemon), a)) {
+        Some(Err(e)) => {
+            error!("{}", error_chain(&e));
+            return ExitCode::FAILURE;
+        }
+        m => m.and_then(Result::ok),
+    };
     match sys::wait_for_termination() {
         Ok(sig) => info!(signal = sig, "shutting down"),
         Err(e) => error!(error = %e, "waiting for signals failed; shutting down"),
     }
-    // The control loop holds the other reference; it is joined here.
+    // The control and metrics loops hold the other references; they are joined here.
     drop(server);
+    drop(metrics);
     match Arc::try_unwrap(daemon) {
         Ok(d) => d.shutdown(),
         Err(_) => error!("the daemon is still in use; exiting without a clean shutdown"),

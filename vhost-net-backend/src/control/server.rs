@@ -3,7 +3,7 @@
 //! writing response lines without blocking the loop.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -342,26 +342,8 @@ fn answer(daemon: &Daemon, line: &[u8]) -> Response {
 
 impl Conn {
     fn read(&mut self) {
-        let mut buf = [0u8; 4096];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => {
-                    self.closing = true;
-                    return;
-                }
-                Ok(n) => {
-                    self.input.extend_from_slice(&buf[..n]);
-                    if self.input.len() > MAX_REQUEST {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.closing = true;
-                    return;
-                }
-            }
+        if event_loop::read_available(&mut self.stream, &mut self.input, MAX_REQUEST) {
+            self.closing = true;
         }
     }
 
@@ -382,18 +364,7 @@ impl Conn {
 
     /// Writes pending output. Returns false when the connection failed.
     fn write(&mut self) -> bool {
-        while !self.output.is_empty() {
-            match self.stream.write(&self.output) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    self.output.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        true
+        event_loop::write_pending(&mut self.stream, &mut self.output)
     }
 }
 

@@ -1,0 +1,431 @@
+//! The OpenMetrics endpoint (opt-in: `[metrics] listen = "127.0.0.1:9470"`): `GET /metrics`
+//! answers the daemon's counters in the OpenMetrics text format, encoded by prometheus-client
+//! from the live counters at each scrape. Served on its own event-manager loop.
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `vnb_port_rx_frames_total`, `vnb_port_rx_bytes_total` | port, network | frames and bytes from the guest |
+//! | `vnb_port_tx_frames_total`, `vnb_port_tx_bytes_total` | port, network | frames and bytes to the guest |
+//! | `vnb_port_drops_total` | port, network, layer (switch, device), reason | drops by reason |
+//! | `vnb_port_fdb_limit_hits_total` | port, network | new addresses not learned at a limit |
+//! | `vnb_port_link` | port, network | 0 down, 1 connected, 2 up |
+//! | `vnb_network_fdb_entries` | network, kind (learned, static) | FDB size |
+//! | `vnb_network_mac_moves_total`, `vnb_network_fdb_limit_hits_total` | network | FDB events |
+//! | `vnb_unknown_port_drops_total` | | frames from ports already gone |
+//! | `vnb_policy_packets_total`, `vnb_policy_bytes_total` | policy, network | judged by a policy |
+//! | `vnb_policy_rule_packets_total`, `vnb_policy_rule_bytes_total` | policy, rule | matched by a rule |
+//! | `vnb_policy_quarantined` | policy | 1 while the fail mode judges |
+//! | `vnb_uplink_rx_frames_total`, `vnb_uplink_tx_frames_total`, `vnb_uplink_drops_total` | uplink, network | uplink counters |
+//! | `vnb_captures_active` | | whether a capture runs |
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use tracing::{info, warn};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::daemon::Daemon;
+use crate::event_loop;
+use crate::port::Link;
+
+/// Longest request head read.
+const MAX_REQUEST: usize = 8192;
+
+/// Errors starting the endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    /// The address could not be bound.
+    #[error("cannot listen on {0}")]
+    Bind(SocketAddr, #[source] io::Error),
+    /// The stop eventfd or the thread could not be made.
+    #[error("cannot start the metrics loop")]
+    Resource(#[source] io::Error),
+}
+
+/// A running endpoint; dropping it stops it.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    stop: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Serves `daemon`'s metrics on `addr`.
+    pub fn start(daemon: Arc<Daemon>, addr: SocketAddr) -> Result<Server, MetricsError> {
+        let listener = TcpListener::bind(addr).map_err(|e| MetricsError::Bind(addr, e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| MetricsError::Bind(addr, e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| MetricsError::Bind(addr, e))?;
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(DaemonCollector(daemon)));
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(MetricsError::Resource)?);
+        let endpoint = Endpoint {
+            listener,
+            registry,
+            conns: HashMap::new(),
+        };
+        let loop_stop = Arc::clone(&stop);
+        let thread = thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || {
+                if let Err(e) = event_loop::run(loop_stop, vec![Box::new(endpoint)]) {
+                    warn!(error = ?e, "the metrics loop failed");
+                }
+            })
+            .map_err(MetricsError::Resource)?;
+        info!(%addr, "metrics endpoint");
+        Ok(Server {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The daemon's counters, read at each scrape.
+#[derive(Debug)]
+struct DaemonCollector(Arc<Daemon>);
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Writes one metric family with one sample per `(labels, value)`.
+fn family<M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: &[(Labels, M)],
+) -> Result<(), std::fmt::Error> {
+    if samples.is_empty() {
+        return Ok(());
+    }
+    let mut metric = encoder.encode_descriptor(name, help, None, samples[0].1.metric_type())?;
+    for (labels, value) in samples {
+        value.encode(metric.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(v: u64) -> ConstCounter<u64> {
+    ConstCounter::new(v)
+}
+
+fn gauge(v: i64) -> ConstGauge<i64> {
+    ConstGauge::new(v)
+}
+
+impl Collector for DaemonCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let daemon = &self.0;
+        let mut rx_frames = Vec::new();
+        let mut rx_bytes = Vec::new();
+        let mut tx_frames = Vec::new();
+        let mut tx_bytes = Vec::new();
+        let mut drops = Vec::new();
+        let mut limit_hits = Vec::new();
+        let mut links = Vec::new();
+        for id in daemon.ports() {
+            let Some(r) = daemon.port_report(id) else {
+                continue;
+            };
+            let labels: Labels = vec![
+                ("port", format!("port{}", id.0)),
+                ("network", r.config.network.clone()),
+            ];
+            rx_frames.push((labels.clone(), counter(r.switch.rx_frames)));
+            rx_bytes.push((labels.clone(), counter(r.switch.rx_bytes)));
+            tx_frames.push((labels.clone(), counter(r.switch.tx_frames)));
+            tx_bytes.push((labels.clone(), counter(r.switch.tx_bytes)));
+            limit_hits.push((labels.clone(), counter(r.switch.fdb_limit_hits)));
+            let link = match r.link {
+                Link::Down => 0,
+                Link::Connected => 1,
+                Link::Up => 2,
+            };
+            links.push((labels.clone(), gauge(link)));
+            let switch = r.switch.drops.iter().map(|(d, n)| ("switch", d.name(), n));
+            let device = r.device.iter().map(|(d, n)| ("device", d.name(), n));
+            for (layer, reason, n) in switch.chain(device) {
+                let mut l = labels.clone();
+                l.push(("layer", layer.to_string()));
+                l.push(("reason", reason.to_string()));
+                drops.push((l, counter(n)));
+            }
+        }
+        family(
+            &mut e,
+            "vnb_port_rx_frames",
+            "Frames from the guest.",
+            &rx_frames,
+        )?;
+        family(
+            &mut e,
+            "vnb_port_rx_bytes",
+            "Bytes from the guest.",
+            &rx_bytes,
+        )?;
+        family(
+            &mut e,
+            "vnb_port_tx_frames",
+            "Frames to the guest.",
+            &tx_frames,
+        )?;
+        family(
+            &mut e,
+            "vnb_port_tx_bytes",
+            "Bytes to the guest.",
+            &tx_bytes,
+        )?;
+        family(
+            &mut e,
+            "vnb_port_drops",
+            "Frames dropped, by layer and reason.",
+            &drops,
+        )?;
+        let help = "New source addresses not learned because of an FDB limit.";
+        family(&mut e, "vnb_port_fdb_limit_hits", help, &limit_hits)?;
+        let help = "Link state: 0 down, 1 connected, 2 up.";
+        family(&mut e, "vnb_port_link", help, &links)?;
+
+        let mut entries = Vec::new();
+        let mut moves = Vec::new();
+        let mut net_hits = Vec::new();
+        let infos = daemon.switch().networks();
+        for n in &daemon.config().networks {
+            let Some(info) = daemon
+                .network_id(&n.name)
+                .and_then(|id| infos.iter().find(|i| i.id == id))
+            else {
+                continue;
+            };
+            let labels: Labels = vec![("network", n.name.clone())];
+            for (kind, count) in [
+                ("learned", info.stats.learned),
+                ("static", info.stats.statics),
+            ] {
+                let mut l = labels.clone();
+                l.push(("kind", kind.to_string()));
+                entries.push((l, gauge(i64::from(count))));
+            }
+            moves.push((labels.clone(), counter(info.stats.mac_moves)));
+            net_hits.push((labels, counter(info.stats.fdb_limit_hits)));
+        }
+        family(&mut e, "vnb_network_fdb_entries", "FDB entries.", &entries)?;
+        let help = "Learned addresses that moved to another port.";
+        family(&mut e, "vnb_network_mac_moves", help, &moves)?;
+        let help = "New addresses not learned at the network's limit.";
+        family(&mut e, "vnb_network_fdb_limit_hits", help, &net_hits)?;
+        let unknown = [(Labels::new(), counter(daemon.switch().unknown_port_drops()))];
+        let help = "Frames from ports that were gone.";
+        family(&mut e, "vnb_unknown_port_drops", help, &unknown)?;
+
+        if let Some(policies) = daemon.hooks().policies() {
+            let mut packets = Vec::new();
+            let mut bytes = Vec::new();
+            let mut rule_packets = Vec::new();
+            let mut rule_bytes = Vec::new();
+            let mut quarantined = Vec::new();
+            for p in policies.list() {
+                let labels: Labels = vec![
+                    ("policy", p.name.clone()),
+                    ("network", p.network.clone().unwrap_or_default()),
+                ];
+                packets.push((labels.clone(), counter(p.packets)));
+                bytes.push((labels.clone(), counter(p.bytes)));
+                let q = i64::from(p.state == "quarantined");
+                quarantined.push((vec![("policy", p.name.clone())], gauge(q)));
+                for r in &p.rules {
+                    let l: Labels = vec![("policy", p.name.clone()), ("rule", r.id.to_string())];
+                    rule_packets.push((l.clone(), counter(r.packets)));
+                    rule_bytes.push((l, counter(r.bytes)));
+                }
+            }
+            family(&mut e, "vnb_policy_packets", "Packets judged.", &packets)?;
+            family(&mut e, "vnb_policy_bytes", "Bytes judged.", &bytes)?;
+            family(
+                &mut e,
+                "vnb_policy_rule_packets",
+                "Packets a rule matched.",
+                &rule_packets,
+            )?;
+            family(
+                &mut e,
+                "vnb_policy_rule_bytes",
+                "Bytes a rule matched.",
+                &rule_bytes,
+            )?;
+            let help = "1 while the policy's fail mode judges.";
+            family(&mut e, "vnb_policy_quarantined", help, &quarantined)?;
+        }
+        if let Some(uplinks) = daemon.hooks().uplinks() {
+            let mut rx = Vec::new();
+            let mut tx = Vec::new();
+            let mut dropped = Vec::new();
+            for u in uplinks.uplinks() {
+                let l: Labels = vec![("uplink", u.interface.clone()), ("network", u.network)];
+                rx.push((l.clone(), counter(u.rx_frames)));
+                tx.push((l.clone(), counter(u.tx_frames)));
+                dropped.push((l, counter(u.drops)));
+            }
+            family(&mut e, "vnb_uplink_rx_frames", "Frames from the LAN.", &rx)?;
+            family(&mut e, "vnb_uplink_tx_frames", "Frames to the LAN.", &tx)?;
+            family(&mut e, "vnb_uplink_drops", "Frames dropped.", &dropped)?;
+        }
+        let active = [(
+            Labels::new(),
+            gauge(i64::from(daemon.captures().is_active())),
+        )];
+        family(
+            &mut e,
+            "vnb_captures_active",
+            "Whether a capture runs.",
+            &active,
+        )
+    }
+}
+
+/// A scrape in progress.
+struct Conn {
+    stream: TcpStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    answered: bool,
+}
+
+/// The endpoint's subscriber: the listener and the scrapes in progress.
+struct Endpoint {
+    listener: TcpListener,
+    registry: Registry,
+    conns: HashMap<RawFd, Conn>,
+}
+
+impl Endpoint {
+    /// The HTTP response to a request head.
+    fn respond(&self, head: &[u8]) -> Vec<u8> {
+        let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+        let mut parts = line.split(|&b| b == b' ');
+        let (method, path) = (parts.next(), parts.next());
+        let (status, kind, body) = match (method, path) {
+            (Some(b"GET"), Some(b"/metrics")) => {
+                let mut body = String::new();
+                match prometheus_client::encoding::text::encode(&mut body, &self.registry) {
+                    Ok(()) => (
+                        "200 OK",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        body,
+                    ),
+                    Err(_) => ("500 Internal Server Error", "text/plain", String::new()),
+                }
+            }
+            (Some(b"GET"), _) => ("404 Not Found", "text/plain", "GET /metrics\n".into()),
+            _ => ("405 Method Not Allowed", "text/plain", String::new()),
+        };
+        let mut out = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body.as_bytes());
+        out
+    }
+
+    /// Reads, answers once the request head is complete, writes. Returns whether to keep it.
+    fn serve(&mut self, fd: RawFd) -> bool {
+        let Some(conn) = self.conns.get_mut(&fd) else {
+            return false;
+        };
+        let eof = event_loop::read_available(&mut conn.stream, &mut conn.input, MAX_REQUEST);
+        let head_end = conn.input.windows(4).position(|w| w == b"\r\n\r\n");
+        if !conn.answered && (head_end.is_some() || eof || conn.input.len() >= MAX_REQUEST) {
+            let head = std::mem::take(&mut conn.input);
+            conn.answered = true;
+            let response = self.respond(&head);
+            let Some(conn) = self.conns.get_mut(&fd) else {
+                return false;
+            };
+            conn.output = response;
+        }
+        let Some(conn) = self.conns.get_mut(&fd) else {
+            return false;
+        };
+        let ok = event_loop::write_pending(&mut conn.stream, &mut conn.output);
+        ok && !(conn.answered && conn.output.is_empty()) && (!eof || conn.answered)
+    }
+}
+
+impl MutEventSubscriber for Endpoint {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.listener.as_raw_fd() {
+            while let Ok((stream, _)) = self.listener.accept() {
+                if stream.set_nonblocking(true).is_err()
+                    || ops.add(Events::new(&stream, EventSet::IN)).is_err()
+                {
+                    continue;
+                }
+                let conn = Conn {
+                    stream,
+                    input: Vec::new(),
+                    output: Vec::new(),
+                    answered: false,
+                };
+                self.conns.insert(conn.stream.as_raw_fd(), conn);
+            }
+            return;
+        }
+        if self.serve(fd) {
+            if let Some(conn) = self.conns.get(&fd) {
+                let wanted = if conn.output.is_empty() {
+                    EventSet::IN
+                } else {
+                    EventSet::OUT
+                };
+                let _ = ops.modify(Events::new(&conn.stream, wanted));
+            }
+        } else if let Some(conn) = self.conns.remove(&fd) {
+            let _ = ops.remove(Events::empty(&conn.stream));
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.listener, EventSet::IN)) {
+            warn!(error = ?e, "the metrics socket cannot be watched");
+        }
+    }
+}
+
+/// Reads the whole response of `GET /metrics` from `addr` (for tests and the demo).
+pub fn scrape(addr: SocketAddr) -> io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
