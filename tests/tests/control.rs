@@ -157,15 +157,9 @@ fn the_control_socket_is_the_owners_only_and_not_stolen() {
     assert!(!stale.exists(), "removed when the server stops");
 }
 
-#[test]
-fn show_fdb_and_stats_see_the_traffic() {
-    let lab = Lab::new(2);
-    let mut a = lab.attach(&lab.socket("vm0.sock"));
-    let mut b = lab.attach(&lab.socket("vm1.sock"));
-    introduce(&mut [(0, &mut a), (1, &mut b)]);
-    unicast(&mut a, 0, &mut b, 1, 1, 30);
-    unicast(&mut b, 1, &mut a, 0, 1, 20);
-    // A frame with a multicast source: dropped by the switch and counted.
+/// Sends a frame with a multicast source from `a` (the first port) and waits until the switch
+/// has dropped and counted it.
+fn send_multicast_source(lab: &Lab, a: &mut VirtioNet) {
     a.send(0, &numbered(mac(1), BROADCAST, 99, 60)).unwrap();
     let deadline = std::time::Instant::now() + WAIT;
     while lab
@@ -180,6 +174,18 @@ fn show_fdb_and_stats_see_the_traffic() {
         assert!(std::time::Instant::now() < deadline, "the drop is counted");
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn show_fdb_and_stats_see_the_traffic() {
+    let lab = Lab::new(2);
+    let mut a = lab.attach(&lab.socket("vm0.sock"));
+    let mut b = lab.attach(&lab.socket("vm1.sock"));
+    introduce(&mut [(0, &mut a), (1, &mut b)]);
+    unicast(&mut a, 0, &mut b, 1, 1, 30);
+    unicast(&mut b, 1, &mut a, 0, 1, 20);
+    // A frame with a multicast source: dropped by the switch and counted.
+    send_multicast_source(&lab, &mut a);
 
     let show: ShowView = lab.json(&["show"]);
     assert_eq!(show.networks.len(), 1);
@@ -678,10 +684,10 @@ fn a_capture_of_both_directions_reads_back_in_tshark() {
     let mut a = lab.attach(&lab.socket("vm0.sock"));
     let mut b = lab.attach(&lab.socket("vm1.sock"));
     introduce(&mut [(0, &mut a), (1, &mut b)]);
-    let file = lab.socket("port0.pcapng");
+    let file = lab.socket("port1.pcapng");
     let path = file.to_str().unwrap();
     let done = thread::scope(|s| {
-        let capture = s.spawn(|| lab.cli(&["capture", "port0", "-w", path, "--count", "20"]));
+        let capture = s.spawn(|| lab.cli(&["capture", "port1", "-w", path, "--count", "20"]));
         wait_capturing(&lab.daemon);
         unicast(&mut a, 0, &mut b, 1, 1, 10);
         unicast(&mut b, 1, &mut a, 0, 101, 10);
@@ -710,7 +716,7 @@ fn a_capture_of_both_directions_reads_back_in_tshark() {
         } else {
             ("52:54:00:00:00:02", "52:54:00:00:00:01", "0x00000002")
         };
-        assert_eq!(line, &format!("100,{src},{dst},{dir},port0"), "frame {i}");
+        assert_eq!(line, &format!("100,{src},{dst},{dir},port1"), "frame {i}");
     }
     // The frames are the guests' bytes: tshark shows the numbers the harness put in them.
     let data = tshark(&file, &["data.data"]);
@@ -727,7 +733,7 @@ fn a_timed_capture_ends_and_two_captures_run_at_once() {
     let file = lab.socket("quiet.pcapng");
     let path = file.to_str().unwrap();
     let out = lab
-        .cli(&["capture", "1", "-w", path, "--duration", "0.3"])
+        .cli(&["capture", "2", "-w", path, "--duration", "0.3"])
         .unwrap();
     assert_eq!(out, format!("0 frames written to {path}\n"));
     assert!(
@@ -741,11 +747,11 @@ fn a_timed_capture_ends_and_two_captures_run_at_once() {
     let f1 = lab.socket("b.pcapng");
     let (p0, p1) = (f0.to_str().unwrap(), f1.to_str().unwrap());
     thread::scope(|s| {
-        let c0 = s.spawn(|| lab.cli(&["capture", "0", "-w", p0, "-c", "5"]));
-        let c1 = s.spawn(|| lab.cli(&["capture", "1", "-w", p1, "-c", "5"]));
+        let c0 = s.spawn(|| lab.cli(&["capture", "1", "-w", p0, "-c", "5"]));
+        let c1 = s.spawn(|| lab.cli(&["capture", "2", "-w", p1, "-c", "5"]));
         let deadline = std::time::Instant::now() + WAIT;
-        while !(lab.daemon.captures().wants(bridge_core::PortId(0))
-            && lab.daemon.captures().wants(bridge_core::PortId(1)))
+        while !(lab.daemon.captures().wants(bridge_core::PortId(1))
+            && lab.daemon.captures().wants(bridge_core::PortId(2)))
         {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -777,20 +783,7 @@ fn the_metrics_endpoint_serves_port_network_and_drop_counters() {
     let mut b = lab.attach(&lab.socket("vm1.sock"));
     introduce(&mut [(0, &mut a), (1, &mut b)]);
     unicast(&mut a, 0, &mut b, 1, 1, 10);
-    a.send(0, &numbered(mac(1), BROADCAST, 99, 60)).unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    while lab
-        .daemon
-        .port_report(lab.daemon.ports()[0])
-        .unwrap()
-        .switch
-        .drops
-        .total()
-        == 0
-    {
-        assert!(std::time::Instant::now() < deadline, "the drop is counted");
-        thread::sleep(Duration::from_millis(10));
-    }
+    send_multicast_source(&lab, &mut a);
     let response = metrics::scrape(server.addr()).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
@@ -801,11 +794,11 @@ fn the_metrics_endpoint_serves_port_network_and_drop_counters() {
     let lines: Vec<&str> = body.lines().collect();
     for expected in [
         "# TYPE vnb_port_rx_frames counter",
-        "vnb_port_rx_frames_total{port=\"port0\",network=\"default\"} 12",
-        "vnb_port_tx_frames_total{port=\"port1\",network=\"default\"} 11",
-        "vnb_port_drops_total{port=\"port0\",network=\"default\",layer=\"switch\",reason=\"source_multicast\"} 1",
-        "vnb_port_drops_total{port=\"port1\",network=\"default\",layer=\"device\",reason=\"rx_no_buffers\"} 0",
-        "vnb_port_link{port=\"port0\",network=\"default\"} 2",
+        "vnb_port_rx_frames_total{port=\"port1\",network=\"default\"} 12",
+        "vnb_port_tx_frames_total{port=\"port2\",network=\"default\"} 11",
+        "vnb_port_drops_total{port=\"port1\",network=\"default\",layer=\"switch\",reason=\"source_multicast\"} 1",
+        "vnb_port_drops_total{port=\"port2\",network=\"default\",layer=\"device\",reason=\"rx_no_buffers\"} 0",
+        "vnb_port_link{port=\"port1\",network=\"default\"} 2",
         "vnb_network_fdb_entries{network=\"default\",kind=\"learned\"} 2",
         "vnb_captures_active 0",
     ] {
