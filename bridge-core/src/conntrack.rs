@@ -30,6 +30,7 @@ use std::sync::{Mutex, MutexGuard};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     Icmpv4Message, Icmpv4Packet, IpProtocol, Ipv4Packet, TcpPacket, UdpPacket, IPV4_HEADER_LEN,
+    TCP_HEADER_LEN, UDP_HEADER_LEN,
 };
 
 /// Default bound on tracked flows.
@@ -167,14 +168,42 @@ pub struct PacketMeta {
 impl PacketMeta {
     /// Reads an IPv4 packet (from its IP header on) of network `zone`.
     pub fn parse_ipv4(zone: u32, packet: &[u8]) -> Result<Self, ConntrackError> {
-        let ip = Ipv4Packet::new_checked(packet).map_err(|_| ConntrackError::Malformed)?;
-        if ip.version() != 4 || !ip.verify_checksum() {
-            return Err(ConntrackError::Malformed);
+        Self::parse_ipv4_head(zone, packet, packet.len())
+    }
+
+    /// Reads an IPv4 packet of `packet_len` bytes of which only the first bytes, `head`, are
+    /// at hand (a datapath that peeks at headers): they must reach past the transport header
+    /// (for an ICMP error, past the quoted packet's first 8 transport bytes). Lengths are
+    /// checked against `packet_len` as [`parse_ipv4`](Self::parse_ipv4) checks them against
+    /// the whole packet.
+    pub fn parse_ipv4_head(
+        zone: u32,
+        head: &[u8],
+        packet_len: usize,
+    ) -> Result<Self, ConntrackError> {
+        let malformed = ConntrackError::Malformed;
+        if head.len() < IPV4_HEADER_LEN || head.len() > packet_len {
+            return Err(malformed);
+        }
+        // The length checks keep every accessor used below within `head`.
+        let ip = Ipv4Packet::new_unchecked(head);
+        let header_len = usize::from(ip.header_len());
+        let total_len = usize::from(ip.total_len());
+        if ip.version() != 4
+            || header_len < IPV4_HEADER_LEN
+            || head.len() < header_len
+            || total_len < header_len
+            || total_len > packet_len
+            || !ip.verify_checksum()
+        {
+            return Err(malformed);
         }
         if ip.frag_offset() != 0 {
             return Err(ConntrackError::Fragment);
         }
-        let payload = &ip.payload()[..usize::from(ip.total_len()) - usize::from(ip.header_len())];
+        // The transport bytes at hand, and the transport length of the whole packet.
+        let l4 = &head[header_len..total_len.min(head.len())];
+        let l4_len = total_len - header_len;
         let (src, dst) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));
         let tuple = |protocol, sport, dport| FlowTuple {
             zone,
@@ -190,7 +219,14 @@ impl PacketMeta {
         };
         match ip.next_header() {
             IpProtocol::Tcp => {
-                let tcp = TcpPacket::new_checked(payload).map_err(|_| ConntrackError::Malformed)?;
+                if l4.len() < TCP_HEADER_LEN {
+                    return Err(malformed);
+                }
+                let tcp = TcpPacket::new_unchecked(l4);
+                let tcp_header = usize::from(tcp.header_len());
+                if tcp_header < TCP_HEADER_LEN || tcp_header > l4_len {
+                    return Err(malformed);
+                }
                 let flags = TcpFlags {
                     syn: tcp.syn(),
                     ack: tcp.ack(),
@@ -203,15 +239,24 @@ impl PacketMeta {
                 })
             }
             IpProtocol::Udp => {
-                let udp = UdpPacket::new_checked(payload).map_err(|_| ConntrackError::Malformed)?;
+                if l4.len() < UDP_HEADER_LEN {
+                    return Err(malformed);
+                }
+                let udp = UdpPacket::new_unchecked(l4);
+                let udp_len = usize::from(udp.len());
+                if udp_len < UDP_HEADER_LEN || udp_len > l4_len {
+                    return Err(malformed);
+                }
                 Ok(Self {
                     tuple: tuple(Protocol::Udp, udp.src_port(), udp.dst_port()),
                     kind: PacketKind::Udp,
                 })
             }
             IpProtocol::Icmp => {
-                let icmp =
-                    Icmpv4Packet::new_checked(payload).map_err(|_| ConntrackError::Malformed)?;
+                if l4.len() < ICMP_HEADER_LEN {
+                    return Err(malformed);
+                }
+                let icmp = Icmpv4Packet::new_unchecked(l4);
                 match icmp.msg_type() {
                     Icmpv4Message::EchoRequest | Icmpv4Message::EchoReply => {
                         let id = icmp.echo_ident();
@@ -228,7 +273,7 @@ impl PacketMeta {
                     | Icmpv4Message::Redirect => Ok(Self {
                         tuple: tuple(Protocol::Icmp, 0, 0),
                         kind: PacketKind::IcmpError {
-                            quoted: quoted_tuple(zone, &payload[8..])?,
+                            quoted: quoted_tuple(zone, &l4[ICMP_HEADER_LEN..])?,
                         },
                     }),
                     _ => Err(ConntrackError::Unsupported),
@@ -238,6 +283,10 @@ impl PacketMeta {
         }
     }
 }
+
+/// ICMP header (type, code, checksum and the echo identifier and sequence, or the unused word
+/// of an error).
+const ICMP_HEADER_LEN: usize = 8;
 
 /// The flow of the packet an ICMP error quotes: its IPv4 header and at least 8 bytes after.
 fn quoted_tuple(zone: u32, quoted: &[u8]) -> Result<FlowTuple, ConntrackError> {
@@ -430,6 +479,15 @@ pub struct ConntrackStats {
 pub struct FlowRef {
     key: FlowKey,
     serial: u64,
+    id: u64,
+}
+
+impl FlowRef {
+    /// The flow's id: never 0, unique among the flows of its table for the table's lifetime
+    /// (a flow that replaces an expired or closed one gets a new id).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 /// The result of tracking a packet.
@@ -570,8 +628,24 @@ impl<V: Copy> Conntrack<V> {
         }
     }
 
+    fn shard_index(&self, key: &FlowKey) -> usize {
+        (self.hasher.hash_one(key) % self.shards.len() as u64) as usize
+    }
+
+    /// The handle of the flow `serial` of shard `index`.
+    fn flow_ref(&self, key: FlowKey, index: usize, serial: u64) -> FlowRef {
+        FlowRef {
+            key,
+            serial,
+            id: serial * self.shards.len() as u64 + index as u64 + 1,
+        }
+    }
+
     fn shard(&self, key: &FlowKey) -> MutexGuard<'_, Shard<V>> {
-        let index = (self.hasher.hash_one(key) % self.shards.len() as u64) as usize;
+        self.lock(self.shard_index(key))
+    }
+
+    fn lock(&self, index: usize) -> MutexGuard<'_, Shard<V>> {
         // A thread that panicked while holding the lock left the shard consistent (every
         // update is a single map operation), so a poisoned lock is taken as it is.
         self.shards[index]
@@ -597,14 +671,12 @@ impl<V: Copy> Conntrack<V> {
 
     fn related(&self, now: Instant, quoted: &FlowTuple) -> Tracked<V> {
         let key = quoted.key();
-        let shard = self.shard(&key);
+        let index = self.shard_index(&key);
+        let shard = self.lock(index);
         match shard.flows.get(&key) {
             Some(flow) if now < flow.info.expires => Tracked {
                 state: CtState::Related,
-                flow: Some(FlowRef {
-                    key,
-                    serial: flow.serial,
-                }),
+                flow: Some(self.flow_ref(key, index, flow.serial)),
                 // The error travels against the quoted packet.
                 direction: if quoted.src == flow.info.original.src {
                     Direction::Reply
@@ -621,7 +693,8 @@ impl<V: Copy> Conntrack<V> {
     fn track_flow(&self, now: Instant, packet: &PacketMeta) -> Result<Tracked<V>, ConntrackError> {
         let tuple = &packet.tuple;
         let key = tuple.key();
-        let mut shard = self.shard(&key);
+        let index = self.shard_index(&key);
+        let mut shard = self.lock(index);
         let expired = shard.flows.get(&key).is_some_and(|f| now >= f.info.expires);
         if expired {
             shard.remove(&key);
@@ -661,10 +734,7 @@ impl<V: Copy> Conntrack<V> {
                         Direction::Original if flow.info.replied => CtState::Established,
                         Direction::Original => CtState::New,
                     },
-                    flow: Some(FlowRef {
-                        key,
-                        serial: flow.serial,
-                    }),
+                    flow: Some(self.flow_ref(key, index, flow.serial)),
                     direction,
                     tcp: flow.info.tcp,
                     verdict: flow.info.verdict,
@@ -716,7 +786,7 @@ impl<V: Copy> Conntrack<V> {
         bump(&self.stats.created);
         Ok(Tracked {
             state: CtState::New,
-            flow: Some(FlowRef { key, serial }),
+            flow: Some(self.flow_ref(key, index, serial)),
             direction: Direction::Original,
             tcp,
             verdict: None,

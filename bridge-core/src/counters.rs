@@ -35,11 +35,19 @@ pub enum DropReason {
     Hairpin,
     /// The destination port is down.
     EgressDown,
+    /// A policy dropped it (a verdict, a fail mode, or a redirect outside its network).
+    PolicyDrop,
+    /// A policy rejected it (answered with a TCP RST or an ICMP error where one is due).
+    PolicyReject,
+    /// Over its policy rate-limit class's rate.
+    PolicyRateLimit,
+    /// It opens a flow while the policy's flow table is full.
+    ConntrackFull,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::TooShort,
         DropReason::Malformed,
         DropReason::SourceMulticast,
@@ -52,6 +60,10 @@ impl DropReason {
         DropReason::SpoofedStatic,
         DropReason::Hairpin,
         DropReason::EgressDown,
+        DropReason::PolicyDrop,
+        DropReason::PolicyReject,
+        DropReason::PolicyRateLimit,
+        DropReason::ConntrackFull,
     ];
     /// Number of reasons.
     pub const COUNT: usize = Self::ALL.len();
@@ -71,6 +83,10 @@ impl DropReason {
             DropReason::SpoofedStatic => "spoofed_static",
             DropReason::Hairpin => "hairpin",
             DropReason::EgressDown => "egress_down",
+            DropReason::PolicyDrop => "policy_drop",
+            DropReason::PolicyReject => "policy_reject",
+            DropReason::PolicyRateLimit => "policy_rate_limit",
+            DropReason::ConntrackFull => "conntrack_full",
         }
     }
 
@@ -129,7 +145,9 @@ impl PortCounters {
         self.rx_bytes.fetch_add(bytes as u64, Relaxed);
     }
 
-    pub(crate) fn record_drop(&self, reason: DropReason) {
+    /// Counts a drop. The switch counts its own; the datapath counts the drops it decides
+    /// after the switch (policy verdicts).
+    pub fn record_drop(&self, reason: DropReason) {
         self.drops[reason.index()].fetch_add(1, Relaxed);
     }
 

@@ -16,6 +16,7 @@
 //! | [`gateway`] | [`Gateway`](gateway::Gateway) of a NAT network (ARP, ICMP, DHCP, DNS), its [`Action`](gateway::Action)s |
 //! | [`conntrack`] | [`Conntrack`](conntrack::Conntrack), [`FlowTuple`](conntrack::FlowTuple), [`PacketMeta`](conntrack::PacketMeta) |
 //! | [`policy`] | [`policy::PolicyHook`] (what the pipeline calls), [`policy::Verdict`] (cached in flows), [`policy::PolicyFrame`], [`policy::TokenBucket`] |
+//! | [`reject`] | [`reject::reject_reply`]: the TCP RST or ICMP port unreachable a policy's REJECT answers with |
 //! | [`wire`], [`time`] | re-exports of `smoltcp::wire` (Ethernet, ARP, IPv4/6, UDP, TCP, ICMP, DHCPv4 views) and `smoltcp::time` |
 //!
 //! The datapath calls [`Switch::process`] for each frame and carries out the [`Decision`]:
@@ -33,6 +34,7 @@ pub mod network;
 pub mod offload;
 pub mod policy;
 pub mod port;
+pub mod reject;
 pub mod switch;
 pub mod vlan;
 

@@ -44,8 +44,11 @@ pub enum JudgeKind {
 /// A frame handed to a policy, with what the pipeline knows about it.
 #[derive(Clone, Copy, Debug)]
 pub struct PolicyFrame<'a> {
-    /// The whole frame.
+    /// The frame's bytes at hand: the whole frame, or at least its headers (a datapath that
+    /// peeks at guest memory).
     pub frame: &'a [u8],
+    /// The whole frame's length.
+    pub frame_len: usize,
     /// Hook point.
     pub hook: HookPoint,
     /// Why it is judged.
@@ -243,6 +246,7 @@ mod tests {
     fn no_policy_accepts() {
         let f = PolicyFrame {
             frame: &[0; 14],
+            frame_len: 14,
             hook: HookPoint::PortIn,
             kind: JudgeKind::NewFlow,
             network: NetworkId(0),

@@ -489,6 +489,11 @@ impl Switch {
         Some(Arc::clone(&topology.port(id)?.counters))
     }
 
+    /// The network port `id` is attached to.
+    pub fn port_network(&self, id: PortId) -> Option<NetworkId> {
+        Some(self.topology.load().port(id)?.network)
+    }
+
     /// A port's network, configuration, state and counters.
     pub fn port_info(&self, id: PortId) -> Option<PortInfo> {
         let topology = self.topology.load();

@@ -346,6 +346,43 @@ fn parsing_real_packets() {
     let _ = Ipv4Address::UNSPECIFIED;
 }
 
+#[test]
+fn parsing_headers_of_longer_packets() {
+    let long = udp_frame(&route(GUEST, WAN), 40000, 80, &[7; 1000]);
+    let ip = &long[14..];
+    let whole = PacketMeta::parse_ipv4(1, ip).unwrap();
+    assert_eq!(whole.tuple, tuple(Protocol::Udp));
+    // The first 28 bytes (IPv4 and UDP headers) are enough when the length is known.
+    for head in [28, 100, ip.len()] {
+        assert_eq!(
+            PacketMeta::parse_ipv4_head(1, &ip[..head], ip.len()),
+            Ok(whole),
+            "{head}"
+        );
+    }
+    assert_eq!(
+        PacketMeta::parse_ipv4_head(1, &ip[..27], ip.len()),
+        Err(ConntrackError::Malformed),
+        "the UDP header is cut"
+    );
+    assert_eq!(
+        PacketMeta::parse_ipv4_head(1, &ip[..28], ip.len() - 1),
+        Err(ConntrackError::Malformed),
+        "the IPv4 length says more than the packet holds"
+    );
+    assert_eq!(
+        PacketMeta::parse_ipv4_head(1, ip, 28),
+        Err(ConntrackError::Malformed),
+        "more bytes at hand than the packet has"
+    );
+    // A TCP header whose data offset reaches past the packet.
+    let bad = ipv4_frame(&route(GUEST, WAN), IpProtocol::Tcp, 20, |b| b[12] = 0x60);
+    assert_eq!(
+        PacketMeta::parse_ipv4_head(1, &bad[14..], bad.len() - 14),
+        Err(ConntrackError::Malformed)
+    );
+}
+
 fn small(overflow: Overflow) -> Conntrack {
     Conntrack::new(ConntrackConfig {
         capacity: 4,
@@ -441,6 +478,26 @@ fn verdict_slot() {
 }
 
 #[test]
+fn flow_ids_are_unique_and_stable() {
+    let ct = table();
+    let mut ids = std::collections::HashSet::new();
+    for port in 0..300u16 {
+        let p = udp_from(port, false);
+        let id = ct.track(T0, &p).unwrap().flow.unwrap().id();
+        assert_ne!(id, 0);
+        assert!(ids.insert(id), "port {port}: id {id} given twice");
+        let mut r = p;
+        r.tuple = p.tuple.reversed();
+        assert_eq!(ct.track(T0, &r).unwrap().flow.unwrap().id(), id, "same flow, same id");
+    }
+    // A flow that replaces an expired one gets a new id.
+    let p = udp_from(0, false);
+    let later = T0 + Duration::from_secs(200);
+    let id = ct.track(later, &p).unwrap().flow.unwrap().id();
+    assert!(!ids.contains(&id));
+}
+
+#[test]
 fn shared_by_threads() {
     let ct = Arc::new(table());
     let threads: Vec<_> = (0..4u16)
@@ -471,6 +528,12 @@ proptest::proptest! {
         let ct = table();
         if let Ok(meta) = PacketMeta::parse_ipv4(0, &bytes) {
             let _ = ct.track(T0, &meta);
+        }
+        for cut in [0, 20, 28, 40, bytes.len()] {
+            let head = &bytes[..cut.min(bytes.len())];
+            if let Ok(meta) = PacketMeta::parse_ipv4_head(0, head, bytes.len()) {
+                let _ = ct.track(T0, &meta);
+            }
         }
     }
 }

@@ -70,6 +70,7 @@ fn set(specs: Vec<PolicySpec>) -> PolicySet {
 fn frame(bytes: &[u8], port: u32, out: BridgeOut) -> PolicyFrame<'_> {
     PolicyFrame {
         frame: bytes,
+        frame_len: bytes.len(),
         hook: HookPoint::PortIn,
         kind: JudgeKind::NewFlow,
         network: NetworkId(0),

@@ -35,6 +35,21 @@ pub fn ipv4_frame(
     emit: impl FnOnce(&mut [u8]),
 ) -> Vec<u8> {
     let mut buf = vec![0u8; ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + payload_len];
+    ipv4_frame_into(&mut buf, route, protocol, payload_len, emit);
+    buf
+}
+
+/// [`ipv4_frame`] written into `out`; returns the frame's length, or `None` (nothing written)
+/// when `out` is too short.
+pub fn ipv4_frame_into(
+    out: &mut [u8],
+    route: &Ipv4Route,
+    protocol: IpProtocol,
+    payload_len: usize,
+    emit: impl FnOnce(&mut [u8]),
+) -> Option<usize> {
+    let len = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + payload_len;
+    let buf = out.get_mut(..len)?;
     let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
     EthernetRepr {
         src_addr: route.src_mac,
@@ -52,7 +67,7 @@ pub fn ipv4_frame(
     let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
     ip_repr.emit(&mut packet, &ChecksumCapabilities::default());
     emit(packet.payload_mut());
-    buf
+    Some(len)
 }
 
 /// An Ethernet frame carrying one UDP datagram.

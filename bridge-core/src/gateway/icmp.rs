@@ -14,10 +14,12 @@ use smoltcp::wire::{
     IPV4_HEADER_LEN,
 };
 
-use super::frame::{ipv4_frame, Ipv4Route};
+use super::frame::{ipv4_frame, ipv4_frame_into, Ipv4Route};
 
 /// Largest IPv4 datagram an ICMP error may make (RFC 1812 §4.3.2.3).
 const MAX_ERROR_DATAGRAM: usize = 576;
+/// Largest frame an ICMP error makes: an Ethernet header and [`MAX_ERROR_DATAGRAM`].
+pub const MAX_ERROR_FRAME: usize = smoltcp::wire::ETHERNET_HEADER_LEN + MAX_ERROR_DATAGRAM;
 /// ICMP header length of an error message (type, code, checksum, unused word).
 const ICMP_ERROR_HEADER_LEN: usize = 8;
 
@@ -39,6 +41,9 @@ pub enum IcmpError {
     /// The packet's source names no single host (0.0.0.0, broadcast, multicast, loopback, class E).
     #[error("no ICMP error to an invalid source address")]
     InvalidSource,
+    /// The buffer given for the error is shorter than [`MAX_ERROR_FRAME`].
+    #[error("the buffer is too short for the error")]
+    NoRoom,
 }
 
 /// The ICMP error to send about a packet.
@@ -87,6 +92,23 @@ pub fn error_reply(
     src_mac: EthernetAddress,
     src_ip: Ipv4Address,
 ) -> Result<Vec<u8>, IcmpError> {
+    let mut out = vec![0; MAX_ERROR_FRAME];
+    let len = error_reply_into(offending, kind, src_mac, src_ip, &mut out)?;
+    out.truncate(len);
+    Ok(out)
+}
+
+/// [`error_reply`] written into `out` (at least [`MAX_ERROR_FRAME`] bytes); returns its length.
+pub fn error_reply_into(
+    offending: &[u8],
+    kind: ErrorKind,
+    src_mac: EthernetAddress,
+    src_ip: Ipv4Address,
+    out: &mut [u8],
+) -> Result<usize, IcmpError> {
+    if out.len() < MAX_ERROR_FRAME {
+        return Err(IcmpError::NoRoom);
+    }
     let frame = EthernetFrame::new_checked(offending).map_err(|_| IcmpError::Malformed)?;
     if frame.ethertype() != EthernetProtocol::Ipv4 {
         return Err(IcmpError::Malformed);
@@ -145,7 +167,8 @@ pub fn error_reply(
         src_ip,
         dst_ip: src,
     };
-    Ok(ipv4_frame(
+    ipv4_frame_into(
+        out,
         &route,
         IpProtocol::Icmp,
         ICMP_ERROR_HEADER_LEN + quoted.len(),
@@ -156,5 +179,6 @@ pub fn error_reply(
             icmp.set_msg_code(code);
             icmp.fill_checksum();
         },
-    ))
+    )
+    .ok_or(IcmpError::NoRoom)
 }

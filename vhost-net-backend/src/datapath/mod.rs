@@ -10,6 +10,7 @@
 //! | [`vnet_hdr`] | the virtio-net header |
 //! | [`copy`] | copying guest to guest (or from local bytes) |
 //! | [`counters`] | device-level drop reasons |
+//! | [`policy`] | the policy stage: flow tables with cached verdicts ([`policy::PolicyPlane`]), a thread's [`policy::PolicyStage`] |
 //! | [`host`] | ports served in the daemon ([`host::HostPort`]: the NAT gateway, uplinks) and the [`host::Injector`] that sends their frames |
 
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
@@ -24,6 +25,7 @@ pub mod chain;
 pub mod copy;
 pub mod counters;
 pub mod host;
+pub mod policy;
 pub mod rx;
 pub mod tx;
 pub mod vnet_hdr;

@@ -156,6 +156,7 @@ pub fn run(
                 };
                 let frame = PolicyFrame {
                     frame: &f.bytes,
+                    frame_len: f.bytes.len(),
                     hook: opts.hook,
                     kind,
                     network: NetworkId(opts.network),

@@ -94,7 +94,10 @@ fn desc_of(f: &PolicyFrame<'_>) -> FrameDesc {
         flags,
         ..FrameDesc::ZERO
     };
-    describe(f.frame, base)
+    FrameDesc {
+        frame_len: u32::try_from(f.frame_len).unwrap_or(u32::MAX),
+        ..describe(f.frame, base)
+    }
 }
 
 impl PolicyWorker {
@@ -115,6 +118,16 @@ impl PolicyWorker {
     /// Id of the generation this worker judges with.
     pub fn generation_id(&self) -> u64 {
         self.generation.id
+    }
+
+    /// Whether this worker's generation has a policy at `hook` (otherwise judging at that hook
+    /// accepts every frame and can be skipped).
+    pub fn runs_at(&self, hook: HookPoint) -> bool {
+        let bit = match hook {
+            HookPoint::PortIn => abi::HOOK_PORT_IN,
+            HookPoint::NatEgress => abi::HOOK_NAT_EGRESS,
+        };
+        self.generation.entries.iter().any(|e| e.hooks & (1 << bit) != 0)
     }
 
     fn instantiate(&self, entry: &ChainEntry) -> Option<PolicyInstance> {

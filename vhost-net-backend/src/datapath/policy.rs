@@ -1,0 +1,332 @@
+//! The policy stage of the pipeline: where the datapath meets the WASM policy host.
+//!
+//! Every frame at a hook point ([`HookPoint::PortIn`] on the workers and injectors,
+//! [`HookPoint::NatEgress`] on the NAT networks' loops) is tracked in that hook's flow table, a
+//! [`Conntrack`] whose entries cache the flow's [`Verdict`]. A frame whose flow has a verdict of
+//! the current generation passes by it ([`PolicyStage::check`] answers at once); a frame that
+//! opens a flow, belongs to none (ARP, IPv6, fragments), or whose flow asked to be judged per
+//! frame is set aside, and the batch's set-aside frames are judged with one call per module
+//! ([`PolicyStage::judge_pending`]). Verdicts of an older generation are judged again, so a
+//! reload applies to established flows too.
+//!
+//! A stage costs one atomic load per batch while no policy runs at its hook. Nothing is
+//! allocated per frame: a stage's buffers are sized for one batch when it is made.
+
+use std::sync::Arc;
+
+use bridge_core::conntrack::{
+    Conntrack, ConntrackConfig, ConntrackError, CtState, FlowRef, PacketMeta,
+};
+use bridge_core::policy::{
+    Action, BridgeOut, HookPoint, JudgeKind, PolicyFrame, PolicyHook, TokenBucket, Verdict,
+};
+use bridge_core::time::Instant;
+use bridge_core::wire::EthernetProtocol;
+use bridge_core::{DropReason, L2Meta, NetworkId, PortId};
+use policy_sdk::abi::MAX_BATCH;
+
+use crate::policy::{PolicyHost, PolicyWorker};
+
+/// Bytes of each set-aside frame the stage keeps for the modules: the snapshot they see and
+/// what `frame_read` reaches.
+pub const HEAD_LEN: usize = bridge_core::offload::MAX_HEAD_LEN;
+
+/// Log lines per second for verdicts with the LOG flag, per stage.
+const LOG_PER_S: u64 = 10;
+
+/// What the datapath's policy stages share: the policy host and a flow table per hook point.
+#[derive(Debug)]
+pub struct PolicyPlane {
+    host: PolicyHost,
+    flows: [Conntrack<Verdict>; 2],
+}
+
+impl PolicyPlane {
+    /// The plane of `host`, with empty flow tables.
+    pub fn new(host: PolicyHost) -> Self {
+        PolicyPlane {
+            host,
+            flows: [(); 2].map(|()| Conntrack::new(ConntrackConfig::default())),
+        }
+    }
+
+    /// The policy host.
+    pub fn host(&self) -> &PolicyHost {
+        &self.host
+    }
+
+    /// The flows tracked at `hook`, with their cached verdicts.
+    pub fn flows(&self, hook: HookPoint) -> &Conntrack<Verdict> {
+        &self.flows[match hook {
+            HookPoint::PortIn => 0,
+            HookPoint::NatEgress => 1,
+        }]
+    }
+
+    /// Removes the flows expired at `now` (from a timer).
+    pub fn expire(&self, now: Instant) {
+        for flows in &self.flows {
+            flows.expire(now);
+        }
+    }
+}
+
+/// Where a frame is and where the switch sends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameCtx {
+    /// The port it came in on.
+    pub ingress: PortId,
+    /// That port's network.
+    pub network: NetworkId,
+    /// Whether that port is a guest's.
+    pub from_guest: bool,
+    /// The switch's decision.
+    pub out: BridgeOut,
+    /// Whether the switch delivers it to a guest.
+    pub to_guest: bool,
+}
+
+/// What to do with a frame, its verdict carried out as far as the stage can.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Deliver it: as the switch decided, or to `redirect`; a copy to `mirror` too.
+    Deliver {
+        /// The port it goes to instead of the switch's choice.
+        redirect: Option<PortId>,
+        /// The port that gets a copy.
+        mirror: Option<PortId>,
+    },
+    /// Drop it: count `reason` on the ingress port.
+    Drop(DropReason),
+    /// Drop it, count [`DropReason::PolicyReject`], and answer its sender
+    /// ([`bridge_core::reject::reject_reply`]).
+    Reject,
+}
+
+impl Outcome {
+    /// Delivery as the switch decided.
+    pub const PASS: Outcome = Outcome::Deliver {
+        redirect: None,
+        mirror: None,
+    };
+}
+
+/// The answer of [`PolicyStage::check`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Decided now (by the flow's verdict, or a full flow table).
+    Now(Outcome),
+    /// Set aside for [`PolicyStage::judge_pending`]; its outcome comes in that order.
+    Later,
+}
+
+/// A frame set aside for judging.
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    ctx: FrameCtx,
+    head_len: usize,
+    frame_len: usize,
+    flow: Option<FlowRef>,
+    ct: Option<CtState>,
+    kind: JudgeKind,
+}
+
+/// One thread's policy stage at one hook point.
+#[derive(Debug)]
+pub struct PolicyStage {
+    plane: Arc<PolicyPlane>,
+    worker: PolicyWorker,
+    hook: HookPoint,
+    pending: Vec<Pending>,
+    heads: Box<[u8]>,
+    verdicts: Vec<Verdict>,
+    outcomes: Vec<Outcome>,
+    log: TokenBucket,
+}
+
+/// Nanoseconds of a datapath instant (the policy host's clock for rate classes).
+fn nanos(now: Instant) -> u64 {
+    u64::try_from(now.total_micros()).unwrap_or(0) * 1000
+}
+
+impl PolicyStage {
+    /// A stage at `hook` of `plane`.
+    pub fn new(plane: Arc<PolicyPlane>, hook: HookPoint) -> Self {
+        let worker = plane.host.worker();
+        PolicyStage {
+            plane,
+            worker,
+            hook,
+            pending: Vec::with_capacity(MAX_BATCH),
+            heads: vec![0; MAX_BATCH * HEAD_LEN].into_boxed_slice(),
+            verdicts: Vec::with_capacity(MAX_BATCH),
+            outcomes: Vec::with_capacity(MAX_BATCH),
+            log: TokenBucket::new(LOG_PER_S, 0),
+        }
+    }
+
+    /// Starts a batch: takes up a newly published generation. Returns whether a policy runs at
+    /// this stage's hook; if not, the batch's frames need no [`check`](Self::check).
+    pub fn begin_batch(&mut self) -> bool {
+        self.worker.begin_batch();
+        self.worker.runs_at(self.hook)
+    }
+
+    /// Whether as many frames are set aside as one call judges: call
+    /// [`judge_pending`](Self::judge_pending) before the next [`check`](Self::check).
+    pub fn is_full(&self) -> bool {
+        self.pending.len() == MAX_BATCH
+    }
+
+    /// Whether frames are set aside.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Tracks a frame of `len` bytes whose first bytes are `head` (at least its headers),
+    /// and decides it by its flow's verdict, or sets it aside. Must not be called while
+    /// [`is_full`](Self::is_full).
+    pub fn check(&mut self, now: Instant, ctx: FrameCtx, head: &[u8], len: usize) -> Check {
+        let (flow, ct, verdict) = match self.track(now, ctx.network, head, len) {
+            Ok(t) => t,
+            Err(()) => return Check::Now(Outcome::Drop(DropReason::ConntrackFull)),
+        };
+        let current = self.worker.generation_id();
+        let kind = match verdict {
+            Some(v) if v.generation == current && v.cache => {
+                return Check::Now(self.outcome(now, &ctx, &v, len));
+            }
+            Some(v) if v.generation == current => JudgeKind::EveryFrame,
+            _ => JudgeKind::NewFlow,
+        };
+        let slot = self.pending.len();
+        let head_len = head.len().min(HEAD_LEN);
+        self.heads[slot * HEAD_LEN..][..head_len].copy_from_slice(&head[..head_len]);
+        self.pending.push(Pending {
+            ctx,
+            head_len,
+            frame_len: len,
+            flow,
+            ct,
+            kind,
+        });
+        Check::Later
+    }
+
+    /// The frame's flow, state and cached verdict; `Err` when its new flow does not fit the
+    /// table. Frames conntrack does not follow (non-IPv4, fragments, other protocols) have
+    /// neither flow nor state; malformed IPv4 is invalid.
+    fn track(
+        &self,
+        now: Instant,
+        network: NetworkId,
+        head: &[u8],
+        len: usize,
+    ) -> Result<(Option<FlowRef>, Option<CtState>, Option<Verdict>), ()> {
+        let Ok(l2) = L2Meta::parse(head) else {
+            return Ok((None, None, None));
+        };
+        if l2.ethertype != EthernetProtocol::Ipv4 {
+            return Ok((None, None, None));
+        }
+        let l3 = usize::from(l2.l3_offset);
+        let meta = PacketMeta::parse_ipv4_head(network.0, &head[l3..], len - l3);
+        let meta = match meta {
+            Ok(m) => m,
+            Err(ConntrackError::Malformed) => return Ok((None, Some(CtState::Invalid), None)),
+            Err(_) => return Ok((None, None, None)),
+        };
+        match self.plane.flows(self.hook).track(now, &meta) {
+            Ok(t) => Ok((t.flow, Some(t.state), t.verdict)),
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Judges the frames set aside, one call per module; their outcomes, in order, are then
+    /// in [`outcomes`](Self::outcomes).
+    pub fn judge_pending(&mut self, now: Instant) -> &[Outcome] {
+        self.outcomes.clear();
+        if self.pending.is_empty() {
+            return &self.outcomes;
+        }
+        let now_ns = nanos(now);
+        let hook = self.hook;
+        let heads = &self.heads;
+        let unused = PolicyFrame {
+            frame: &[],
+            frame_len: 0,
+            hook,
+            kind: JudgeKind::NewFlow,
+            network: NetworkId(0),
+            ingress_port: PortId(0),
+            from_guest: false,
+            bridge_out: BridgeOut::Undecided,
+            to_guest: false,
+            flow: None,
+            ct: None,
+        };
+        let frames: [PolicyFrame<'_>; MAX_BATCH] = std::array::from_fn(|i| {
+            self.pending.get(i).map_or(unused, |p| PolicyFrame {
+                frame: &heads[i * HEAD_LEN..][..p.head_len],
+                frame_len: p.frame_len,
+                kind: p.kind,
+                network: p.ctx.network,
+                ingress_port: p.ctx.ingress,
+                from_guest: p.ctx.from_guest,
+                bridge_out: p.ctx.out,
+                to_guest: p.ctx.to_guest,
+                flow: p.flow.map(|f| f.id()),
+                ct: p.ct,
+                ..unused
+            })
+        });
+        let n = self.pending.len();
+        self.verdicts.clear();
+        self.verdicts.resize(n, Verdict::UNJUDGED);
+        self.worker.judge(now_ns, &frames[..n], &mut self.verdicts);
+        for i in 0..n {
+            let (p, v) = (self.pending[i], self.verdicts[i]);
+            if let Some(flow) = &p.flow {
+                self.plane.flows(hook).set_verdict(flow, v);
+            }
+            let outcome = self.outcome(now, &p.ctx, &v, p.frame_len);
+            self.outcomes.push(outcome);
+        }
+        self.pending.clear();
+        &self.outcomes
+    }
+
+    /// The outcomes of the last [`judge_pending`](Self::judge_pending).
+    pub fn outcomes(&self) -> &[Outcome] {
+        &self.outcomes
+    }
+
+    /// Passes a frame under `v`: rule counters, rate class, log; the outcome.
+    fn outcome(&mut self, now: Instant, ctx: &FrameCtx, v: &Verdict, len: usize) -> Outcome {
+        let now_ns = nanos(now);
+        if v.log && self.log.take(now_ns, 1) {
+            tracing::info!(
+                port = ctx.ingress.0,
+                network = ctx.network.0,
+                len,
+                action = ?v.action,
+                "policy log"
+            );
+        }
+        if !self.worker.admit(now_ns, v, ctx.ingress, len) {
+            return Outcome::Drop(DropReason::PolicyRateLimit);
+        }
+        match v.action {
+            Action::Accept => Outcome::Deliver {
+                redirect: None,
+                mirror: v.mirror,
+            },
+            Action::Redirect(port) => Outcome::Deliver {
+                redirect: Some(port),
+                mirror: v.mirror,
+            },
+            Action::Drop => Outcome::Drop(DropReason::PolicyDrop),
+            Action::Reject => Outcome::Reject,
+        }
+    }
+}
