@@ -9,9 +9,8 @@
 //! only dropped.
 
 use smoltcp::wire::{
-    EthernetFrame, EthernetProtocol, Icmpv4DstUnreachable, IpAddress,
-    IpProtocol, Ipv4Packet, TcpPacket, TcpSeqNumber, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN,
-    TCP_HEADER_LEN,
+    EthernetFrame, EthernetProtocol, Icmpv4DstUnreachable, IpAddress, IpProtocol, Ipv4Packet,
+    TcpPacket, TcpSeqNumber, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, TCP_HEADER_LEN,
 };
 
 use crate::gateway::frame::{ipv4_frame_into, Ipv4Route};
@@ -175,7 +174,10 @@ mod tests {
         assert!(tcp.verify_checksum(&IpAddress::Ipv4(IP_B), &IpAddress::Ipv4(IP_A)));
         assert_eq!((tcp.src_port(), tcp.dst_port()), (22, 40000));
         assert!(tcp.rst() && tcp.ack() && !tcp.syn());
-        assert_eq!((tcp.seq_number(), tcp.ack_number()), (TcpSeqNumber(0), TcpSeqNumber(1001)));
+        assert_eq!(
+            (tcp.seq_number(), tcp.ack_number()),
+            (TcpSeqNumber(0), TcpSeqNumber(1001))
+        );
     }
 
     #[test]

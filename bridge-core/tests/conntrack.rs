@@ -488,7 +488,11 @@ fn flow_ids_are_unique_and_stable() {
         assert!(ids.insert(id), "port {port}: id {id} given twice");
         let mut r = p;
         r.tuple = p.tuple.reversed();
-        assert_eq!(ct.track(T0, &r).unwrap().flow.unwrap().id(), id, "same flow, same id");
+        assert_eq!(
+            ct.track(T0, &r).unwrap().flow.unwrap().id(),
+            id,
+            "same flow, same id"
+        );
     }
     // A flow that replaces an expired one gets a new id.
     let p = udp_from(0, false);

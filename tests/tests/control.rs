@@ -507,6 +507,7 @@ fn hooked_views_answer_once_their_part_registers() {
     hooks.set_leases(None);
     hooks.set_conntrack(None);
     hooks.set_forwards(None);
+    hooks.set_policies(None);
     for (args, error) in [
         (&["leases"][..], "no NAT network runs a gateway"),
         (&["conntrack"], "no part of this daemon tracks connections"),

@@ -16,9 +16,12 @@ use vmm_sys_util::timerfd::TimerFd;
 use crate::config::{Config, Egress, FieldPath, ForwardConfig, Invalid, NetworkMode, PortConfig};
 use crate::control::hooks::Hooks;
 use crate::datapath::counters::DeviceStats;
+use crate::datapath::policy::PolicyPlane;
 use crate::datapath::{worker, Datapath};
 use crate::event_loop;
 use crate::nat::network::{NatError, NatNetwork};
+use crate::policy::control::{ControlError, PolicyControl};
+use crate::policy::{HostConfig, LoadError, PolicyHost};
 use crate::port::{self, Link, Port};
 use crate::socket::{Endpoint, SocketError};
 
@@ -63,6 +66,12 @@ pub enum Error {
     /// A port forward names a network that is not a running NAT network.
     #[error("no NAT network is named {0:?}")]
     NoSuchNatNetwork(String),
+    /// The policy host could not start.
+    #[error("the policy host could not start")]
+    PolicyHost(#[source] LoadError),
+    /// A configured policy could not be loaded.
+    #[error("loading the configured policies failed")]
+    Policy(#[source] ControlError),
 }
 
 /// A running port and its threads.
@@ -95,6 +104,8 @@ pub struct Daemon {
     network_ids: Vec<NetworkId>,
     /// What other parts register for the control API's views.
     hooks: Hooks,
+    /// The policy host and the configuration of each loaded policy.
+    policies: Arc<PolicyControl>,
     /// The NAT networks' gateways and egress.
     nat: Vec<NatNetwork>,
     ports: Mutex<BTreeMap<PortId, PortHandle>>,
@@ -115,9 +126,6 @@ fn check_implemented(config: &Config) -> Result<(), Error> {
             NetworkMode::Nat(_) | NetworkMode::Isolated => {}
         }
     }
-    if !config.policies.is_empty() {
-        return refuse(FieldPath::root("policy"), "loading policies");
-    }
     Ok(())
 }
 
@@ -132,7 +140,15 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
         .iter()
         .map(|n| switch.add_network(n.switch.to_switch()))
         .collect();
-    let datapath = Arc::new(Datapath::new(switch));
+    let host = PolicyHost::new(HostConfig::default()).map_err(Error::PolicyHost)?;
+    let plane = Arc::new(PolicyPlane::new(host.clone()));
+    let datapath = Arc::new(Datapath::with_policy(switch, Some(plane)));
+    let names = config.networks.iter().map(|n| n.name.clone());
+    let policies = Arc::new(PolicyControl::new(
+        host,
+        names.zip(network_ids.clone()).collect(),
+    ));
+    policies.apply(&config.policies).map_err(Error::Policy)?;
     let mut nat = Vec::new();
     for (n, &id) in config.networks.iter().zip(&network_ids) {
         if let NetworkMode::Nat(c) = &n.mode {
@@ -160,11 +176,13 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
         config,
         network_ids,
         hooks: Hooks::default(),
+        policies: Arc::clone(&policies),
         nat,
         ports: Mutex::new(BTreeMap::new()),
         stop,
         housekeeping: Some(housekeeping),
     };
+    daemon.hooks.set_policies(Some(policies));
     for port in ports {
         daemon.add_port(port)?;
     }
@@ -222,6 +240,7 @@ impl Daemon {
         let endpoint = Endpoint::new(&config.socket, config.role)?;
         let switch = self.switch();
         let id = switch.add_port(network, config.switch_config())?;
+        self.policies.host().set_port_network(id.0, Some(network.0));
         let counters = switch.port_counters(id).ok_or(Error::NoSuchPort(id))?;
         let port = match Port::new(id, config, counters) {
             Ok(p) => Arc::new(p),
@@ -342,6 +361,7 @@ impl Daemon {
 
     fn stop_port(&self, handle: PortHandle) {
         let id = handle.port.id();
+        self.policies.host().set_port_network(id.0, None);
         if let Err(e) = self.switch().remove_port(id) {
             warn!(port = id.0, error = %e, "removing the port from the switch failed");
         }
@@ -374,7 +394,11 @@ struct Ageing {
 impl MutEventSubscriber for Ageing {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.timer.wait();
-        self.datapath.switch().age(self.datapath.now());
+        let now = self.datapath.now();
+        self.datapath.switch().age(now);
+        if let Some(plane) = self.datapath.policy() {
+            plane.expire(now);
+        }
     }
 
     fn init(&mut self, ops: &mut EventOps) {

@@ -1,6 +1,8 @@
 //! The policy host through wasmtime: every policy module built for wasm32 and judged by a
 //! worker as the datapath would, hot reload under traffic, faults and their fail modes.
 
+#[path = "support/faulty.rs"]
+mod faulty;
 mod support;
 
 use bridge_core::conntrack::CtState;
@@ -8,11 +10,10 @@ use bridge_core::policy::{
     Action, BridgeOut, HookPoint, JudgeKind, PolicyFrame, PolicyHook, Verdict,
 };
 use bridge_core::{NetworkId, PortId};
-use policy_sdk::abi::io_off;
+use faulty::faulty_wat;
 use policy_sdk::frames::{
     arp, arp_request, dhcp_reply, dhcp_request, ping4, tcp4, udp4, Endpoint, TCP_SYN,
 };
-use policy_sdk::manifest::{encode, encoded_len, Manifest};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -276,47 +277,6 @@ fn rate_limit_classes_are_policed_per_port() {
     );
 }
 
-/// A hand-written module: continues every frame, but traps (or loops, with `fault = "loop"`)
-/// on frames from port 666, which the canary's golden frames never use.
-fn faulty_wat(fault: &str, always: bool) -> Vec<u8> {
-    const M: Manifest<'static> = Manifest {
-        name: "faulty",
-        version: "1",
-        hooks: 0b11,
-        caps: 0,
-        memory_pages: 2,
-        maps: &[],
-        counters: &[],
-    };
-    const LEN: usize = encoded_len(&M);
-    let manifest: String = encode::<LEN>(&M)
-        .iter()
-        .map(|b| format!("\\{b:02x}"))
-        .collect();
-    let port_at = io_off::DESC + 16;
-    let body = match fault {
-        "trap" => "unreachable",
-        _ => "(loop $forever (br $forever))",
-    };
-    let cond = if always {
-        "(i32.const 1)".to_owned()
-    } else {
-        format!("(i32.eq (i32.load (i32.const {port_at})) (i32.const 666))")
-    };
-    let text = format!(
-        r#"(module
-          (memory (export "memory") 2)
-          (func (export "policy_abi_v1"))
-          (func (export "pol_io") (result i32) (i32.const 0))
-          (func (export "pol_init") (param i32) (result i32) (i32.const 0))
-          (func (export "pol_on_new_flow") (param i32) (result i32)
-            (if {cond} (then {body}))
-            (local.get 0))
-          (@custom "pol_manifest" "{manifest}"))"#
-    );
-    wat::parse_str(text).unwrap()
-}
-
 /// Quarantine after 3 faults; a 200 ms call deadline, above a loaded machine's preemption.
 fn quick_faults() -> HostConfig {
     let mut config = HostConfig {
@@ -343,7 +303,7 @@ fn a_module_that_faults_on_every_call_is_refused_by_the_canary() {
         let err = h
             .apply(set(vec![spec(
                 "bad",
-                faulty_wat(fault, true),
+                faulty_wat(fault, None),
                 "",
                 FailMode::Closed,
             )]))
@@ -363,7 +323,7 @@ fn fault_run(fault: &str, mode: FailMode, expect: Action) {
     )]))
     .unwrap();
     let good = h.generation_id();
-    let faulty = vec![spec("faulty", faulty_wat(fault, false), "", mode)];
+    let faulty = vec![spec("faulty", faulty_wat(fault, Some((16, 666))), "", mode)];
     let bad = h.apply(set(faulty)).unwrap().generation;
     let mut w = h.worker();
     let bytes = tcp4(VM3, VM4, 1, 2, TCP_SYN);
@@ -394,7 +354,7 @@ fn fault_run(fault: &str, mode: FailMode, expect: Action) {
     // The same module is refused until it changes.
     let again = h.apply(set(vec![spec(
         "faulty",
-        faulty_wat(fault, false),
+        faulty_wat(fault, Some((16, 666))),
         "",
         mode,
     )]));

@@ -8,9 +8,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use bridge_core::{Decision, Egress, PortCounters, PortId};
+use bridge_core::policy::HookPoint;
+use bridge_core::reject::{reject_reply, MAX_REPLY_LEN};
+use bridge_core::{Decision, DropReason, Egress, NetworkId, PortCounters, PortId};
 
-use super::copy::Source;
+use super::policy::{for_each_target, Check, FrameCtx, Outcome, PolicyStage, HEAD_LEN};
 use super::rx::{self, RxScratch};
 use super::tx::MAX_FRAME_LEN;
 use super::vnet_hdr::VnetHdr;
@@ -67,6 +69,13 @@ pub struct Injector {
     /// Receive queues that got frames since the last flush, to signal once each.
     touched: Vec<(PortId, usize)>,
     buf: Box<[u8]>,
+    /// The policy stage, when the datapath has policies.
+    policy: Option<PolicyStage>,
+    /// The host port's network and counters (policy drops are counted there).
+    network: NetworkId,
+    counters: Option<Arc<PortCounters>>,
+    /// A REJECT's answer.
+    reply: Box<[u8]>,
     /// Whether a capture ran at the last flush.
     capturing: bool,
 }
@@ -74,6 +83,11 @@ pub struct Injector {
 impl Injector {
     /// An injector for frames from host port `port`.
     pub fn new(dp: Arc<Datapath>, port: PortId) -> Self {
+        let policy = dp
+            .policy()
+            .map(|plane| PolicyStage::new(Arc::clone(plane), HookPoint::PortIn));
+        let network = dp.switch().port_network(port).unwrap_or(NetworkId(0));
+        let counters = dp.switch().port_counters(port);
         let capturing = dp.captures().is_active();
         Injector {
             dp,
@@ -81,22 +95,63 @@ impl Injector {
             rx: RxScratch::default(),
             touched: Vec::new(),
             buf: vec![0; MAX_FRAME_LEN + 4].into_boxed_slice(),
+            policy,
+            network,
+            counters,
+            reply: vec![0; MAX_REPLY_LEN].into_boxed_slice(),
             capturing,
         }
     }
 
-    /// Sends one complete frame (checksums filled, at most the MTU). A receiver without room
-    /// drops it (counted on that receiver).
+    /// Sends one complete frame (checksums filled, at most the MTU) through the switch and
+    /// the policies. A receiver without room drops it (counted on that receiver).
+    ///
+    /// A frame the policies must judge is judged at once (host ports send one frame at a
+    /// time); frames of flows with a cached verdict pass by it.
     pub fn send(&mut self, frame: &[u8]) {
         let dp = Arc::clone(&self.dp);
         let ports = dp.ports();
         let switch = dp.switch();
-        match switch.process(dp.now(), self.port, frame) {
-            Decision::Forward { port, egress } => self.deliver(&ports, frame, port, egress),
-            Decision::Flood(flood) => switch.for_each_flood_target(&flood, |port, egress| {
-                self.deliver(&ports, frame, port, egress);
-            }),
-            Decision::Drop(_) => {}
+        let now = dp.now();
+        let decision = switch.process(now, self.port, frame);
+        if let Decision::Drop(_) = decision {
+            return;
+        }
+        let judging = self.policy.as_mut().is_some_and(PolicyStage::begin_batch);
+        let outcome = match self.policy.as_mut() {
+            Some(stage) if judging => {
+                let network = self.network;
+                let ctx = FrameCtx::of(self.port, network, false, &decision, &ports);
+                let head = &frame[..frame.len().min(HEAD_LEN)];
+                match stage.check(now, ctx, head, frame.len()) {
+                    Check::Now(o) => o,
+                    Check::Later => stage.judge_pending(now)[0],
+                }
+            }
+            _ => Outcome::PASS,
+        };
+        match outcome {
+            Outcome::Deliver { redirect, mirror } => {
+                for_each_target(switch, &decision, redirect, mirror, |port, egress| {
+                    self.deliver(&ports, frame, port, egress);
+                });
+            }
+            Outcome::Drop(reason) => self.record_drop(reason),
+            Outcome::Reject => {
+                self.record_drop(DropReason::PolicyReject);
+                if let Ok(n) = reject_reply(frame, &mut self.reply) {
+                    let port = self.port;
+                    let reply = std::mem::take(&mut self.reply);
+                    self.deliver(&ports, &reply[..n], port, Egress::AsIs);
+                    self.reply = reply;
+                }
+            }
+        }
+    }
+
+    fn record_drop(&self, reason: DropReason) {
+        if let Some(c) = &self.counters {
+            c.record_drop(reason);
         }
     }
 
@@ -111,34 +166,16 @@ impl Injector {
     }
 
     fn deliver_to_guest(&mut self, port: &Port, frame: &[u8], dst: PortId, egress: Egress) {
-        let Some(rewritten) = egress.apply(frame) else {
+        let Some(ring) = rx::deliver_bytes(port, 0, frame, egress, &mut self.rx) else {
             return;
         };
-        let Some((ring, mut vring)) = port.rx_vring(0) else {
-            return port
-                .counters()
-                .record(super::counters::DeviceDrop::RxNotRunning);
-        };
-        let body = Source::Local(rewritten.tail());
-        match rx::deliver(
-            &mut vring,
-            &VnetHdr::default(),
-            rewritten.head(),
-            body,
-            &mut self.rx,
-        ) {
-            Ok(n) => {
-                port.switch_counters().record_tx(n);
-                if let Some(c) = self.capturing.then(|| self.dp.captures()) {
-                    if c.wants(dst) {
-                        c.record(dst, Direction::Out, &[rewritten.head(), rewritten.tail()]);
-                    }
-                }
-                if !self.touched.contains(&(dst, ring)) {
-                    self.touched.push((dst, ring));
-                }
+        if let Some(c) = self.capturing.then(|| self.dp.captures()) {
+            if let Some(rewritten) = egress.apply(frame).filter(|_| c.wants(dst)) {
+                c.record(dst, Direction::Out, &[rewritten.head(), rewritten.tail()]);
             }
-            Err(e) => port.counters().record(e.into()),
+        }
+        if !self.touched.contains(&(dst, ring)) {
+            self.touched.push((dst, ring));
         }
     }
 

@@ -20,6 +20,7 @@ use bridge_core::{PortId, Switch};
 use crate::capture::Captures;
 use crate::port::Port;
 use host::{HostAttachment, HostPort};
+use policy::PolicyPlane;
 
 pub mod chain;
 pub mod copy;
@@ -40,11 +41,13 @@ pub enum Attachment {
     Host(HostAttachment),
 }
 
-/// What all workers share: the switch, the ports by switch id, and the clock's origin.
+/// What all workers share: the switch, the ports by switch id, the policy plane, and the
+/// clock's origin.
 #[derive(Debug)]
 pub struct Datapath {
     switch: Arc<Switch>,
     ports: RwLock<Vec<Option<Attachment>>>,
+    policy: Option<Arc<PolicyPlane>>,
     epoch: std::time::Instant,
     captures: Captures,
 }
@@ -53,11 +56,17 @@ pub struct Datapath {
 pub type PortTable<'a> = RwLockReadGuard<'a, Vec<Option<Attachment>>>;
 
 impl Datapath {
-    /// A datapath around `switch` with no ports.
+    /// A datapath around `switch` with no ports and no policies.
     pub fn new(switch: Arc<Switch>) -> Self {
+        Self::with_policy(switch, None)
+    }
+
+    /// A datapath around `switch` whose frames pass the policies of `policy`.
+    pub fn with_policy(switch: Arc<Switch>, policy: Option<Arc<PolicyPlane>>) -> Self {
         Datapath {
             switch,
             ports: RwLock::new(Vec::new()),
+            policy,
             epoch: std::time::Instant::now(),
             captures: Captures::default(),
         }
@@ -66,6 +75,11 @@ impl Datapath {
     /// The port captures (checked once per batch).
     pub fn captures(&self) -> &Captures {
         &self.captures
+    }
+
+    /// The policy plane, if frames pass policies.
+    pub fn policy(&self) -> Option<&Arc<PolicyPlane>> {
+        self.policy.as_ref()
     }
 
     /// The switch.

@@ -22,9 +22,10 @@ use bridge_core::policy::{
 };
 use bridge_core::time::Instant;
 use bridge_core::wire::EthernetProtocol;
-use bridge_core::{DropReason, L2Meta, NetworkId, PortId};
+use bridge_core::{Decision, DropReason, Egress, L2Meta, NetworkId, PortId, Switch};
 use policy_sdk::abi::MAX_BATCH;
 
+use super::Attachment;
 use crate::policy::{PolicyHost, PolicyWorker};
 
 /// Bytes of each set-aside frame the stage keeps for the modules: the snapshot they see and
@@ -86,6 +87,54 @@ pub struct FrameCtx {
     pub to_guest: bool,
 }
 
+impl FrameCtx {
+    /// The context of a frame from `ingress` (in `network`; a guest's port when `from_guest`)
+    /// that the switch decided to `decision`. A host port as destination is the gateway.
+    pub fn of(
+        ingress: PortId,
+        network: NetworkId,
+        from_guest: bool,
+        decision: &Decision,
+        ports: &[Option<Attachment>],
+    ) -> Self {
+        let (out, to_guest) = match *decision {
+            Decision::Forward { port, .. } => match ports.get(port.0 as usize) {
+                Some(Some(Attachment::Host(_))) => (BridgeOut::Gateway, false),
+                _ => (BridgeOut::Port(port), true),
+            },
+            Decision::Flood(_) => (BridgeOut::Flood, true),
+            Decision::Drop(_) => (BridgeOut::Undecided, false),
+        };
+        FrameCtx {
+            ingress,
+            network,
+            from_guest,
+            out,
+            to_guest,
+        }
+    }
+}
+
+/// Calls `f` with every port (and its tag action) a frame goes to: the switch's `decision`,
+/// or the policy's `redirect` instead; and the policy's `mirror` too.
+pub fn for_each_target(
+    switch: &Switch,
+    decision: &Decision,
+    redirect: Option<PortId>,
+    mirror: Option<PortId>,
+    mut f: impl FnMut(PortId, Egress),
+) {
+    match (redirect, decision) {
+        (Some(port), _) => f(port, Egress::AsIs),
+        (None, Decision::Forward { port, egress }) => f(*port, *egress),
+        (None, Decision::Flood(flood)) => switch.for_each_flood_target(flood, &mut f),
+        (None, Decision::Drop(_)) => {}
+    }
+    if let Some(port) = mirror {
+        f(port, Egress::AsIs);
+    }
+}
+
 /// What to do with a frame, its verdict carried out as far as the stage can.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -129,6 +178,17 @@ struct Pending {
     flow: Option<FlowRef>,
     ct: Option<CtState>,
     kind: JudgeKind,
+    /// An earlier frame of the batch that opens the same flow: this one takes its verdict
+    /// (if cacheable) instead of being judged too.
+    follows: Option<usize>,
+}
+
+/// What conntrack knows of a frame.
+#[derive(Clone, Copy, Debug, Default)]
+struct FlowState {
+    flow: Option<FlowRef>,
+    ct: Option<CtState>,
+    verdict: Option<Verdict>,
 }
 
 /// One thread's policy stage at one hook point.
@@ -140,6 +200,8 @@ pub struct PolicyStage {
     pending: Vec<Pending>,
     heads: Box<[u8]>,
     verdicts: Vec<Verdict>,
+    /// Indices into `pending` of the frames one call judges.
+    selected: Vec<usize>,
     outcomes: Vec<Outcome>,
     log: TokenBucket,
 }
@@ -160,6 +222,7 @@ impl PolicyStage {
             pending: Vec::with_capacity(MAX_BATCH),
             heads: vec![0; MAX_BATCH * HEAD_LEN].into_boxed_slice(),
             verdicts: Vec::with_capacity(MAX_BATCH),
+            selected: Vec::with_capacity(MAX_BATCH),
             outcomes: Vec::with_capacity(MAX_BATCH),
             log: TokenBucket::new(LOG_PER_S, 0),
         }
@@ -187,9 +250,8 @@ impl PolicyStage {
     /// and decides it by its flow's verdict, or sets it aside. Must not be called while
     /// [`is_full`](Self::is_full).
     pub fn check(&mut self, now: Instant, ctx: FrameCtx, head: &[u8], len: usize) -> Check {
-        let (flow, ct, verdict) = match self.track(now, ctx.network, head, len) {
-            Ok(t) => t,
-            Err(()) => return Check::Now(Outcome::Drop(DropReason::ConntrackFull)),
+        let Some(FlowState { flow, ct, verdict }) = self.track(now, ctx.network, head, len) else {
+            return Check::Now(Outcome::Drop(DropReason::ConntrackFull));
         };
         let current = self.worker.generation_id();
         let kind = match verdict {
@@ -198,6 +260,13 @@ impl PolicyStage {
             }
             Some(v) if v.generation == current => JudgeKind::EveryFrame,
             _ => JudgeKind::NewFlow,
+        };
+        let id = flow.map(|f| f.id());
+        let follows = match kind {
+            JudgeKind::NewFlow if id.is_some() => self.pending.iter().position(|p| {
+                p.kind == JudgeKind::NewFlow && p.follows.is_none() && p.flow.map(|f| f.id()) == id
+            }),
+            _ => None,
         };
         let slot = self.pending.len();
         let head_len = head.len().min(HEAD_LEN);
@@ -209,11 +278,12 @@ impl PolicyStage {
             flow,
             ct,
             kind,
+            follows,
         });
         Check::Later
     }
 
-    /// The frame's flow, state and cached verdict; `Err` when its new flow does not fit the
+    /// The frame's flow, state and cached verdict; `None` when its new flow does not fit the
     /// table. Frames conntrack does not follow (non-IPv4, fragments, other protocols) have
     /// neither flow nor state; malformed IPv4 is invalid.
     fn track(
@@ -222,40 +292,84 @@ impl PolicyStage {
         network: NetworkId,
         head: &[u8],
         len: usize,
-    ) -> Result<(Option<FlowRef>, Option<CtState>, Option<Verdict>), ()> {
+    ) -> Option<FlowState> {
+        let untracked = FlowState::default();
         let Ok(l2) = L2Meta::parse(head) else {
-            return Ok((None, None, None));
+            return Some(untracked);
         };
         if l2.ethertype != EthernetProtocol::Ipv4 {
-            return Ok((None, None, None));
+            return Some(untracked);
         }
         let l3 = usize::from(l2.l3_offset);
         let meta = PacketMeta::parse_ipv4_head(network.0, &head[l3..], len - l3);
         let meta = match meta {
             Ok(m) => m,
-            Err(ConntrackError::Malformed) => return Ok((None, Some(CtState::Invalid), None)),
-            Err(_) => return Ok((None, None, None)),
+            Err(ConntrackError::Malformed) => {
+                return Some(FlowState {
+                    ct: Some(CtState::Invalid),
+                    ..untracked
+                })
+            }
+            Err(_) => return Some(untracked),
         };
-        match self.plane.flows(self.hook).track(now, &meta) {
-            Ok(t) => Ok((t.flow, Some(t.state), t.verdict)),
-            Err(_) => Err(()),
-        }
+        let t = self.plane.flows(self.hook).track(now, &meta).ok()?;
+        Some(FlowState {
+            flow: t.flow,
+            ct: Some(t.state),
+            verdict: t.verdict,
+        })
     }
 
-    /// Judges the frames set aside, one call per module; their outcomes, in order, are then
-    /// in [`outcomes`](Self::outcomes).
+    /// Judges the frames set aside, one call per module (frames that follow an earlier frame of
+    /// their new flow take its verdict when it may be cached; when not, they are judged per
+    /// frame in a second call); their outcomes, in order, are then in
+    /// [`outcomes`](Self::outcomes).
     pub fn judge_pending(&mut self, now: Instant) -> &[Outcome] {
         self.outcomes.clear();
-        if self.pending.is_empty() {
+        let n = self.pending.len();
+        if n == 0 {
             return &self.outcomes;
         }
-        let now_ns = nanos(now);
-        let hook = self.hook;
+        self.verdicts.clear();
+        self.verdicts.resize(n, Verdict::UNJUDGED);
+        self.selected.clear();
+        let leads = (0..n).filter(|&i| self.pending[i].follows.is_none());
+        self.selected.extend(leads);
+        self.judge_selected(now, None);
+        self.selected.clear();
+        for i in 0..n {
+            if let Some(j) = self.pending[i].follows {
+                match self.verdicts[j] {
+                    v if v.cache => self.verdicts[i] = v,
+                    _ => self.selected.push(i),
+                }
+            }
+        }
+        self.judge_selected(now, Some(JudgeKind::EveryFrame));
+        for i in 0..n {
+            let (p, v) = (self.pending[i], self.verdicts[i]);
+            if let (Some(flow), None) = (&p.flow, p.follows) {
+                self.plane.flows(self.hook).set_verdict(flow, v);
+            }
+            let outcome = self.outcome(now, &p.ctx, &v, p.frame_len);
+            self.outcomes.push(outcome);
+        }
+        self.pending.clear();
+        &self.outcomes
+    }
+
+    /// Judges the set-aside frames at `selected` in one call (as `kind` if given), into
+    /// `verdicts`.
+    fn judge_selected(&mut self, now: Instant, kind: Option<JudgeKind>) {
+        let count = self.selected.len();
+        if count == 0 {
+            return;
+        }
         let heads = &self.heads;
         let unused = PolicyFrame {
             frame: &[],
             frame_len: 0,
-            hook,
+            hook: self.hook,
             kind: JudgeKind::NewFlow,
             network: NetworkId(0),
             ingress_port: PortId(0),
@@ -265,11 +379,15 @@ impl PolicyStage {
             flow: None,
             ct: None,
         };
-        let frames: [PolicyFrame<'_>; MAX_BATCH] = std::array::from_fn(|i| {
-            self.pending.get(i).map_or(unused, |p| PolicyFrame {
+        let frames: [PolicyFrame<'_>; MAX_BATCH] = std::array::from_fn(|k| {
+            let Some(&i) = self.selected.get(k) else {
+                return unused;
+            };
+            let p = &self.pending[i];
+            PolicyFrame {
                 frame: &heads[i * HEAD_LEN..][..p.head_len],
                 frame_len: p.frame_len,
-                kind: p.kind,
+                kind: kind.unwrap_or(p.kind),
                 network: p.ctx.network,
                 ingress_port: p.ctx.ingress,
                 from_guest: p.ctx.from_guest,
@@ -278,22 +396,14 @@ impl PolicyStage {
                 flow: p.flow.map(|f| f.id()),
                 ct: p.ct,
                 ..unused
-            })
-        });
-        let n = self.pending.len();
-        self.verdicts.clear();
-        self.verdicts.resize(n, Verdict::UNJUDGED);
-        self.worker.judge(now_ns, &frames[..n], &mut self.verdicts);
-        for i in 0..n {
-            let (p, v) = (self.pending[i], self.verdicts[i]);
-            if let Some(flow) = &p.flow {
-                self.plane.flows(hook).set_verdict(flow, v);
             }
-            let outcome = self.outcome(now, &p.ctx, &v, p.frame_len);
-            self.outcomes.push(outcome);
+        });
+        let mut judged = [Verdict::UNJUDGED; MAX_BATCH];
+        self.worker
+            .judge(nanos(now), &frames[..count], &mut judged[..count]);
+        for (&i, v) in self.selected.iter().zip(&judged[..count]) {
+            self.verdicts[i] = *v;
         }
-        self.pending.clear();
-        &self.outcomes
     }
 
     /// The outcomes of the last [`judge_pending`](Self::judge_pending).

@@ -8,8 +8,12 @@ use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::chain::{self, ChainError, Direction, Seg, WalkParams};
+use bridge_core::Egress;
+
 use super::copy::{Reader, Source};
+use super::counters::DeviceDrop;
 use super::vnet_hdr::{VnetHdr, MAX_HDR_LEN};
+use crate::port::Port;
 use crate::vhu_net::Negotiated;
 use crate::vring::{UsedElem, Vring, MAX_QUEUE_SIZE};
 
@@ -62,6 +66,40 @@ fn num_buffers_addrs(segs: &[Seg]) -> [Option<u64>; 2] {
         base += u64::from(s.len);
     }
     out
+}
+
+/// Delivers `frame`, bytes in the backend, to `port`'s receive queue of pair `pair` (or its
+/// first), after the switch's `egress` rewrite; failures are counted on `port`. Returns the
+/// receive ring's index when delivered, for one signal per batch.
+pub fn deliver_bytes(
+    port: &Port,
+    pair: usize,
+    frame: &[u8],
+    egress: Egress,
+    scratch: &mut RxScratch,
+) -> Option<usize> {
+    let rewritten = egress.apply(frame)?;
+    let Some((ring, mut vring)) = port.rx_vring(pair) else {
+        port.counters().record(DeviceDrop::RxNotRunning);
+        return None;
+    };
+    let body = Source::Local(rewritten.tail());
+    match deliver(
+        &mut vring,
+        &VnetHdr::default(),
+        rewritten.head(),
+        body,
+        scratch,
+    ) {
+        Ok(n) => {
+            port.switch_counters().record_tx(n);
+            Some(ring)
+        }
+        Err(e) => {
+            port.counters().record(e.into());
+            None
+        }
+    }
 }
 
 /// Delivers a frame made of `head` (rewritten headers, possibly empty) and `body` to the guest

@@ -9,13 +9,16 @@
 //! the eventfd writes that signal guests are per batch.
 
 use bridge_core::offload::{self, GsoType, OffloadParams};
-use bridge_core::{Decision, Egress, PortId};
+use bridge_core::policy::HookPoint;
+use bridge_core::reject::{reject_reply, MAX_REPLY_LEN};
+use bridge_core::{Decision, DropReason, Egress, NetworkId, PortId};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 use super::chain::{self, Direction, Seg, WalkParams};
 use super::copy::{Reader, Source};
 use super::counters::DeviceDrop;
+use super::policy::{for_each_target, Check, FrameCtx, Outcome, PolicyStage};
 use super::rx::{self, RxScratch};
 use super::vnet_hdr::{Gso, VnetHdr, MAX_HDR_LEN};
 use super::{Attachment, Datapath, PortTable};
@@ -47,6 +50,12 @@ pub struct TxScratch {
     frame: Box<[u8]>,
     egress: Box<[u8]>,
     rx: RxScratch,
+    /// The worker's policy stage, made at its first batch on a datapath with policies.
+    policy: Option<PolicyStage>,
+    /// Frames set aside for the policy stage: chain head and the switch's decision.
+    deferred: Vec<(u16, Decision)>,
+    /// A REJECT's answer.
+    reply: Box<[u8]>,
 }
 
 impl Default for TxScratch {
@@ -59,13 +68,26 @@ impl Default for TxScratch {
             frame: vec![0; MAX_FRAME_LEN].into_boxed_slice(),
             egress: vec![0; MAX_FRAME_LEN + 4].into_boxed_slice(),
             rx: RxScratch::default(),
+            policy: None,
+            deferred: Vec::with_capacity(BATCH),
+            reply: vec![0; MAX_REPLY_LEN].into_boxed_slice(),
         }
     }
 }
 
 /// Runs one batch on transmit queue `ring` of `port`. Returns whether the queue has more work
 /// (the batch was full, or buffers arrived while kicks were being re-enabled).
+///
+/// With policies, a frame whose flow has a verdict is carried out at once; the others are
+/// set aside, judged together (when the stage is full and at the end of the batch), and then
+/// read again from the guest's buffers, which stay the guest's until the batch publishes them.
 pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> bool {
+    if s.policy.is_none() {
+        if let Some(plane) = dp.policy() {
+            s.policy = Some(PolicyStage::new(plane.clone(), HookPoint::PortIn));
+        }
+    }
+    let judging = s.policy.as_mut().is_some_and(PolicyStage::begin_batch);
     let ports = dp.ports();
     let more = {
         let Some(mut vring) = port.device().vring(ring) else {
@@ -93,6 +115,8 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
             params,
             // The capture check: one relaxed load per batch.
             captures: dp.captures().is_active().then(|| dp.captures()),
+            judging,
+            network: dp.switch().port_network(port.id()).unwrap_or(NetworkId(0)),
         };
         let mut n = 0;
         let mut drained = false;
@@ -115,6 +139,9 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
                 s.used[n] = UsedElem { head, len: 0 };
                 n += 1;
             }
+        }
+        if !s.deferred.is_empty() {
+            batch.judge_deferred(mem, s);
         }
         Vring::add_used(queue, mem, &s.used[..n]);
         let more = !drained || Vring::enable_kicks(queue, mem);
@@ -147,6 +174,10 @@ struct Batch<'a> {
     params: WalkParams,
     /// The captures, while any runs.
     captures: Option<&'a Captures>,
+    /// Whether a policy runs at the port-in hook this batch.
+    judging: bool,
+    /// The port's network.
+    network: NetworkId,
 }
 
 /// A frame in the sender's memory.
@@ -162,40 +193,61 @@ struct TxFrame<'a> {
 }
 
 impl Batch<'_> {
-    /// Checks, decides and delivers the frame at chain `head`.
-    fn frame(&self, mem: &GuestMemoryMmap, head: u16, s: &mut TxScratch) {
+    /// Walks and checks the chain at `head`: the frame, or `None` (counted) if unusable.
+    fn read<'s>(
+        &self,
+        mem: &'s GuestMemoryMmap,
+        head: u16,
+        segs: &'s mut [Seg],
+        peek: &'s mut [u8; MAX_HDR_LEN + PEEK_LEN],
+    ) -> Option<TxFrame<'s>> {
         let counters = self.port.counters();
-        let (nsegs, total) = match chain::walk(mem, &self.params, head, &mut s.segs) {
+        let (nsegs, total) = match chain::walk(mem, &self.params, head, segs) {
             Ok(found) => found,
-            Err(e) => return counters.record(e.into()),
+            Err(e) => {
+                counters.record(e.into());
+                return None;
+            }
         };
-        let segs = &s.segs[..nsegs];
+        let segs = &segs[..nsegs];
         let total = total as usize;
         let hdr_len = self.features.header_len();
         if total < hdr_len + ETH_HEADER {
-            return counters.record(DeviceDrop::TxTruncated);
+            counters.record(DeviceDrop::TxTruncated);
+            return None;
         }
-        let peek_len = total.min(s.peek.len());
+        let peek_len = total.min(peek.len());
         Reader::new(&[], &[], Source::Guest { mem, segs, skip: 0 })
-            .read_local(&mut s.peek[..peek_len]);
+            .read_local(&mut peek[..peek_len]);
         let len = total - hdr_len;
-        let vnet = match VnetHdr::parse_tx(&s.peek[..hdr_len], self.features, len) {
+        let vnet = match VnetHdr::parse_tx(&peek[..hdr_len], self.features, len) {
             Ok(v) => v,
-            Err(e) => return counters.record(e.into()),
+            Err(e) => {
+                counters.record(e.into());
+                return None;
+            }
         };
         if vnet.gso == Gso::None && len > usize::from(self.port.config().mtu) + ETH_OVERHEAD {
-            return counters.record(DeviceDrop::TxOverMtu);
+            counters.record(DeviceDrop::TxOverMtu);
+            return None;
         }
-        let frame = TxFrame {
+        Some(TxFrame {
             mem,
             segs,
             hdr_len,
             len,
             vnet,
-            head: &s.peek[hdr_len..peek_len],
+            head: &peek[hdr_len..peek_len],
             pair: self.pair,
+        })
+    }
+
+    /// Checks, decides, judges and delivers the frame at chain `head` (or sets it aside for
+    /// judging).
+    fn frame(&self, mem: &GuestMemoryMmap, head: u16, s: &mut TxScratch) {
+        let Some(frame) = self.read(mem, head, &mut s.segs, &mut s.peek) else {
+            return;
         };
-        let switch = self.dp.switch();
         let mut out = Out {
             ports: self.ports,
             src: self.port,
@@ -203,22 +255,81 @@ impl Batch<'_> {
             touched: &mut s.touched,
             frame_buf: &mut s.frame,
             egress_buf: &mut s.egress,
+            reply: &mut s.reply,
             gathered: false,
             captures: self.captures,
         };
         if let Some(c) = self.captures.filter(|c| c.wants(self.port.id())) {
             out.gather(&frame);
-            c.record(
-                self.port.id(),
-                capture::Direction::In,
-                &[&out.frame_buf[..len]],
-            );
+            let bytes = &out.frame_buf[..frame.len];
+            c.record(self.port.id(), capture::Direction::In, &[bytes]);
         }
-        match switch.process_head(self.now, self.port.id(), frame.head, len) {
-            Decision::Forward { port, egress } => out.deliver(&frame, port, egress),
-            Decision::Flood(flood) => switch
-                .for_each_flood_target(&flood, |port, egress| out.deliver(&frame, port, egress)),
-            Decision::Drop(_) => {}
+        let switch = self.dp.switch();
+        let decision = switch.process_head(self.now, self.port.id(), frame.head, frame.len);
+        if let Decision::Drop(_) = decision {
+            return;
+        }
+        let mut outcome = Outcome::PASS;
+        if let Some(stage) = s.policy.as_mut().filter(|_| self.judging) {
+            let id = self.port.id();
+            let ctx = FrameCtx::of(id, self.network, true, &decision, self.ports);
+            match stage.check(self.now, ctx, frame.head, frame.len) {
+                Check::Now(o) => outcome = o,
+                Check::Later => {
+                    s.deferred.push((head, decision));
+                    if stage.is_full() {
+                        self.judge_deferred(mem, s);
+                    }
+                    return;
+                }
+            }
+        }
+        self.carry_out(&frame, &decision, outcome, &mut out);
+    }
+
+    /// Judges the frames set aside and carries out their outcomes, in order.
+    fn judge_deferred(&self, mem: &GuestMemoryMmap, s: &mut TxScratch) {
+        let Some(stage) = s.policy.as_mut() else {
+            return;
+        };
+        stage.judge_pending(self.now);
+        for (i, &(head, decision)) in s.deferred.iter().enumerate() {
+            let outcome = stage.outcomes().get(i).copied().unwrap_or(Outcome::PASS);
+            let Some(frame) = self.read(mem, head, &mut s.segs, &mut s.peek) else {
+                continue;
+            };
+            let mut out = Out {
+                ports: self.ports,
+                src: self.port,
+                rx: &mut s.rx,
+                touched: &mut s.touched,
+                frame_buf: &mut s.frame,
+                egress_buf: &mut s.egress,
+                reply: &mut s.reply,
+                gathered: false,
+                captures: self.captures,
+            };
+            self.carry_out(&frame, &decision, outcome, &mut out);
+        }
+        s.deferred.clear();
+    }
+
+    /// Delivers, drops or rejects a frame the switch decided and the policies judged.
+    fn carry_out(&self, frame: &TxFrame<'_>, decision: &Decision, outcome: Outcome, out: &mut Out) {
+        match outcome {
+            Outcome::Deliver { redirect, mirror } => {
+                let switch = self.dp.switch();
+                for_each_target(switch, decision, redirect, mirror, |port, egress| {
+                    out.deliver(frame, port, egress);
+                });
+            }
+            Outcome::Drop(reason) => self.port.switch_counters().record_drop(reason),
+            Outcome::Reject => {
+                self.port
+                    .switch_counters()
+                    .record_drop(DropReason::PolicyReject);
+                out.reject(frame);
+            }
         }
     }
 }
@@ -231,6 +342,7 @@ struct Out<'a> {
     touched: &'a mut Vec<(PortId, usize)>,
     frame_buf: &'a mut [u8],
     egress_buf: &'a mut [u8],
+    reply: &'a mut [u8],
     /// Whether `frame_buf` holds the frame already (gathered for a first software delivery).
     gathered: bool,
     /// The captures, while any runs.
@@ -294,6 +406,26 @@ impl Out<'_> {
             self.touched.push((dst, ring));
         } else {
             rx.notify();
+        }
+    }
+
+    /// Answers a rejected frame to its sender (a TCP RST or an ICMP port unreachable, where one
+    /// is due).
+    fn reject(&mut self, frame: &TxFrame<'_>) {
+        self.gather(frame);
+        let Ok(n) = reject_reply(&self.frame_buf[..frame.len], self.reply) else {
+            return;
+        };
+        let (src, reply) = (self.src, &self.reply[..n]);
+        if let Some(ring) = rx::deliver_bytes(src, frame.pair, reply, Egress::AsIs, self.rx) {
+            if self.touched.contains(&(src.id(), ring)) {
+                return;
+            }
+            if self.touched.len() < TOUCHED_MAX {
+                self.touched.push((src.id(), ring));
+            } else if let Some(mut v) = src.device().vring(ring) {
+                v.notify();
+            }
         }
     }
 

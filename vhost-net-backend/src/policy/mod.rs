@@ -12,6 +12,7 @@
 //! | [`host`] | [`PolicyHost`]: load/reload/unload, canary and golden frames, quarantine and roll-back, counters listing |
 //! | [`worker`] | [`PolicyWorker`]: chains over batches, fail modes, rule counters, rate classes |
 //! | [`stats`] | per-policy and per-rule counters |
+//! | [`control`] | [`control::PolicyControl`]: the daemon's configured policies and the control API's `policy` commands |
 //! | [`watch`] | policy sets from a TOML file, hot reload when it changes |
 //! | [`offline`] | running a module over a pcap/pcapng capture (the `policy test` tool) |
 //! | `precompiled` | the one `unsafe` call: loading a precompiled artifact |
@@ -19,6 +20,7 @@
 //! ABI and authoring guide: docs/policy.md.
 
 pub mod chain;
+pub mod control;
 pub mod engine;
 pub mod host;
 pub mod instance;

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 pub struct EntryStats {
     /// Frames the module judged.
     pub frames: AtomicU64,
+    /// Bytes of those frames.
+    pub bytes: AtomicU64,
     /// Calls into the module.
     pub calls: AtomicU64,
     /// Verdicts by action: continue, accept, drop, reject, redirect.

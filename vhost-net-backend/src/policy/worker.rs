@@ -127,7 +127,10 @@ impl PolicyWorker {
             HookPoint::PortIn => abi::HOOK_PORT_IN,
             HookPoint::NatEgress => abi::HOOK_NAT_EGRESS,
         };
-        self.generation.entries.iter().any(|e| e.hooks & (1 << bit) != 0)
+        self.generation
+            .entries
+            .iter()
+            .any(|e| e.hooks & (1 << bit) != 0)
     }
 
     fn instantiate(&self, entry: &ChainEntry) -> Option<PolicyInstance> {
@@ -233,9 +236,13 @@ impl PolicyWorker {
         };
         match result {
             Ok(()) => {
+                let bytes: usize = sel.iter().map(|&i| frames[i].frame_len).sum();
                 stats
                     .frames
                     .fetch_add(sel.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                stats
+                    .bytes
+                    .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
             }
             Err(fault) => {
                 if let Some(fault) = fault {

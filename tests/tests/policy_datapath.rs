@@ -1,0 +1,410 @@
+//! WASM policies in the datapath, driven by the in-process frontend harness: a daemon on
+//! libvirt's default NAT network with `[[policy]]` entries in its configuration and policies
+//! loaded through the control hooks; firewall verdicts (drop, reject, counted), cached flows,
+//! hot reload under traffic without a lost frame, and faulting modules contained by their fail
+//! mode.
+
+#[path = "../../vhost-net-backend/tests/support/faulty.rs"]
+mod faulty;
+#[path = "../../vhost-net-backend/tests/support/policy_wasm.rs"]
+mod policy_wasm;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bridge_core::{DropReason, PortId};
+use clap::Parser;
+use policy_sdk::frames::{tcp4, udp4, Endpoint, TCP_SYN};
+use tests::frontend::connection::Role;
+use tests::frontend::frames::numbered;
+use tests::frontend::net::{NetOptions, VirtioNet};
+use tests::frontend::net_hdr::NetHdr;
+use vhost_net_backend::cli::{self, error_chain, Args};
+use vhost_net_backend::config::{FailMode, PolicyConfig};
+use vhost_net_backend::control::protocol::PolicyInfo;
+use vhost_net_backend::control::Server;
+use vhost_net_backend::{start, Config, Daemon, MacAddr, PortConfig};
+
+const WAIT: Duration = Duration::from_secs(5);
+const QUIET: Duration = Duration::from_millis(200);
+
+const A: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 0x0a], [192, 168, 122, 10]);
+const B: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 0x0b], [192, 168, 122, 11]);
+/// A's MAC with an address outside the network.
+const SPOOF: Endpoint = Endpoint::new(A.mac, [10, 9, 9, 9]);
+
+const LIBVIRT_NAT: &str = "network 192.168.122.0/24\ngateway 192.168.122.1\n";
+
+/// A daemon with guests A and B on the default NAT network, in a scratch directory that also
+/// holds the policy modules.
+struct Lab {
+    daemon: Arc<Daemon>,
+    server: Server,
+    a: VirtioNet,
+    b: VirtioNet,
+    ids: [PortId; 2],
+    dir: tempfile::TempDir,
+}
+
+/// Writes policy crate `name`'s module (or `wasm`) into `dir`; returns its path.
+fn module(dir: &tempfile::TempDir, file: &str, wasm: &[u8]) -> PathBuf {
+    let path = dir.path().join(file);
+    std::fs::write(&path, wasm).unwrap();
+    path
+}
+
+fn policy(name: &str, module: PathBuf, config: &str, fail_mode: FailMode) -> PolicyConfig {
+    PolicyConfig {
+        name: name.into(),
+        module,
+        config: config.into(),
+        fail_mode,
+        network: None,
+    }
+}
+
+/// Starts the daemon with the policies `policies(dir)` makes, attaches A and B, and has each
+/// broadcast once so the switch knows where they are.
+fn lab(policies: impl FnOnce(&tempfile::TempDir) -> Vec<PolicyConfig>) -> Lab {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = [A, B]
+        .iter()
+        .enumerate()
+        .map(|(i, e)| PortConfig {
+            mac: MacAddr(e.mac),
+            ..PortConfig::new(dir.path().join(format!("port{i}.sock")))
+        })
+        .collect();
+    let mut config = Config::with_ports(ports);
+    config.policies = policies(&dir);
+    config.control.socket = Some(dir.path().join("control.sock"));
+    let control = config.control.clone();
+    let daemon = Arc::new(start(config).unwrap());
+    let server = Server::start(Arc::clone(&daemon), &control).unwrap();
+    let ids = daemon.ports();
+    assert_eq!(ids.len(), 2);
+    let attach = |i: usize| {
+        let options = NetOptions {
+            timeout: WAIT,
+            ..NetOptions::default()
+        };
+        let role = Role::Connect(dir.path().join(format!("port{i}.sock")));
+        VirtioNet::new(role, options).unwrap()
+    };
+    let (mut a, mut b) = (attach(0), attach(1));
+    let hello = |from: &mut VirtioNet, to: &mut VirtioNet, e: Endpoint| {
+        let hello = numbered([0xff; 6], e.mac, 0, 60);
+        from.send(0, &hello).unwrap();
+        let got = to.recv(WAIT).unwrap().expect("the broadcast passes").1;
+        assert_eq!(got, hello);
+    };
+    hello(&mut a, &mut b, A);
+    hello(&mut b, &mut a, B);
+    Lab {
+        daemon,
+        server,
+        a,
+        b,
+        ids: [ids[0], ids[1]],
+        dir,
+    }
+}
+
+impl Lab {
+    fn drops(&self, port: usize, reason: DropReason) -> u64 {
+        let report = self.daemon.port_report(self.ids[port]).unwrap();
+        report.switch.drops.get(reason)
+    }
+
+    fn policies(&self) -> Arc<dyn vhost_net_backend::control::hooks::Policies> {
+        self.daemon
+            .hooks()
+            .policies()
+            .expect("the daemon runs a policy host")
+    }
+
+    fn list(&self, name: &str) -> PolicyInfo {
+        let all = self.policies().list();
+        all.into_iter().find(|p| p.name == name).expect("listed")
+    }
+
+    /// Runs a CLI subcommand against the daemon's control socket: its output, or its error.
+    fn cli(&self, args: &[&str]) -> Result<String, String> {
+        cli_at(self.server.path(), args)
+    }
+}
+
+/// Runs a CLI subcommand against the control socket at `control`.
+fn cli_at(control: &std::path::Path, args: &[&str]) -> Result<String, String> {
+    let control = control.to_str().unwrap();
+    let argv = ["vhost-net-backend"]
+        .into_iter()
+        .chain(args.iter().copied())
+        .chain(["--control", control]);
+    let args = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
+    cli::run(args.command.expect("a subcommand")).map_err(|e| error_chain(&e))
+}
+
+impl Lab {
+    fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).display().to_string()
+    }
+}
+
+/// Frames B receives within [`QUIET`], ignoring the gateway's IPv6 and ARP chatter.
+fn received(nic: &mut VirtioNet) -> Vec<Vec<u8>> {
+    let frames = nic.drain(QUIET).unwrap();
+    frames
+        .into_iter()
+        .map(|(_, f)| f)
+        .filter(|f| f[12..14] == [0x08, 0x00])
+        .collect()
+}
+
+#[test]
+fn a_firewall_drops_rejects_and_counts_and_caches_flow_verdicts() {
+    let mut lab = lab(|dir| {
+        let wasm = policy_wasm::policy_wasm("libvirt-nat");
+        let path = module(dir, "libvirt_nat.wasm", &wasm);
+        vec![policy("nat", path, LIBVIRT_NAT, FailMode::Closed)]
+    });
+    // B's security group, in the network's chain, loaded through the control socket.
+    let sg = policy_wasm::policy_wasm("security-group");
+    module(&lab.dir, "security_group.wasm", &sg);
+    let config = format!(
+        "group b ports {}\ningress ipv4 tcp 22 0.0.0.0/0\negress ipv4 any any 0.0.0.0/0\n",
+        lab.ids[1].0
+    );
+    let path = lab.path("security_group.wasm");
+    let load = ["policy", "load", "sg", &path, "--config", &config];
+    lab.cli(&[&load[..], &["--network", "default"]].concat())
+        .unwrap();
+
+    // Allowed: A to B on tcp 22, five times the same flow: judged once, counted five times.
+    let ssh = tcp4(A, B, 40000, 22, TCP_SYN);
+    for _ in 0..5 {
+        lab.a.send(0, &ssh).unwrap();
+    }
+    let got = received(&mut lab.b);
+    assert_eq!(got, vec![ssh.clone(); 5]);
+    let sg_info = lab.list("sg");
+    assert_eq!(
+        sg_info.packets, 1,
+        "the flow's later frames use the cached verdict"
+    );
+    let rule = |info: &PolicyInfo, text: &str| {
+        let r = info.rules.iter().find(|r| r.description.contains(text));
+        r.unwrap_or_else(|| panic!("rule {text:?} in {info:?}"))
+            .packets
+    };
+    assert_eq!(rule(&sg_info, "dpt:22-22"), 5);
+
+    // Dropped: tcp 80 to B is not in B's group.
+    let web = tcp4(A, B, 40001, 80, TCP_SYN);
+    lab.a.send(0, &web).unwrap();
+    lab.a.send(0, &web).unwrap();
+    assert!(received(&mut lab.b).is_empty(), "tcp 80 is dropped");
+    assert_eq!(lab.drops(0, DropReason::PolicyDrop), 2);
+    assert_eq!(rule(&lab.list("sg"), "default ingress DROP"), 2);
+    let text = lab.cli(&["policy", "list"]).unwrap();
+    assert!(
+        text.contains("Policy sg (network default, fail closed, active, 2 packets"),
+        "{text}"
+    );
+    let line = text.lines().find(|l| l.contains("default ingress DROP"));
+    let words: Vec<&str> = line
+        .expect("the rule is listed")
+        .split_whitespace()
+        .collect();
+    assert_eq!(words[..3], ["2", "108", "3"], "{text}");
+
+    // Rejected: a spoofed source gets a TCP RST from the destination, or an ICMP port
+    // unreachable for UDP; nothing reaches B.
+    let spoofed = tcp4(SPOOF, B, 40002, 22, TCP_SYN);
+    lab.a.send(0, &spoofed).unwrap();
+    let rst = lab.a.recv(WAIT).unwrap().expect("a TCP RST").1;
+    assert_eq!((&rst[0..6], &rst[6..12]), (&A.mac[..], &B.mac[..]));
+    assert_eq!((&rst[26..30], &rst[30..34]), (&B.ip[..], &SPOOF.ip[..]));
+    assert_eq!(rst[23], 6, "TCP");
+    assert_eq!(rst[47] & 0x04, 0x04, "RST");
+    let dns = udp4(SPOOF, B, 40003, 53, b"query");
+    lab.a.send(0, &dns).unwrap();
+    let icmp = lab.a.recv(WAIT).unwrap().expect("an ICMP error").1;
+    assert_eq!(
+        (icmp[23], icmp[34], icmp[35]),
+        (1, 3, 3),
+        "ICMP port unreachable"
+    );
+    assert_eq!(&icmp[42..], &dns[14..], "quoting the datagram");
+    assert!(
+        received(&mut lab.b).is_empty(),
+        "spoofed frames are rejected"
+    );
+    assert_eq!(lab.drops(0, DropReason::PolicyReject), 2);
+    let nat = lab.list("nat");
+    assert_eq!(rule(&nat, "FORWARD from the network REJECT"), 2);
+    assert_eq!(nat.state, "active");
+
+    // Unloaded: tcp 80 passes.
+    lab.cli(&["policy", "unload", "sg"]).unwrap();
+    let web = tcp4(A, B, 40004, 80, TCP_SYN);
+    lab.a.send(0, &web).unwrap();
+    assert_eq!(received(&mut lab.b), vec![web]);
+}
+
+/// A UDP datagram from A to B carrying `n`.
+fn numbered_udp(n: u32) -> Vec<u8> {
+    let mut payload = n.to_be_bytes().to_vec();
+    payload.resize(64, 0);
+    udp4(A, B, 5000 + (n % 8) as u16, 7000, &payload)
+}
+
+fn udp_number(frame: &[u8]) -> Option<u32> {
+    let bytes = frame.get(42..46)?;
+    Some(u32::from_be_bytes(bytes.try_into().ok()?))
+}
+
+#[test]
+fn reloading_every_100_ms_under_traffic_loses_no_frame() {
+    let mut lab = lab(|dir| {
+        let wasm = policy_wasm::policy_wasm("libvirt-nat");
+        let path = module(dir, "libvirt_nat.wasm", &wasm);
+        vec![policy("nat", path, LIBVIRT_NAT, FailMode::Closed)]
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let reloader = {
+        let stop = Arc::clone(&stop);
+        let control = lab.server.path().to_owned();
+        thread::spawn(move || {
+            let mut reloads = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                thread::sleep(Duration::from_millis(100));
+                // Alternate two configurations: each reload is a new generation.
+                let config = match reloads % 2 {
+                    0 => "gateway 192.168.122.1\nnetwork 192.168.122.0/24\n",
+                    _ => LIBVIRT_NAT,
+                };
+                cli_at(&control, &["policy", "reload", "nat", "--config", config]).unwrap();
+                reloads += 1;
+            }
+            reloads
+        })
+    };
+    let start = Instant::now();
+    let (mut sent, mut received) = (0u32, 0u32);
+    while start.elapsed() < Duration::from_secs(3) || received < sent {
+        if sent - received < 128 && start.elapsed() < Duration::from_secs(3) {
+            let frames: Vec<Vec<u8>> = (sent..sent + 32).map(numbered_udp).collect();
+            sent += lab
+                .a
+                .send_batch(0, &NetHdr::plain(), frames.iter().map(Vec::as_slice))
+                .unwrap() as u32;
+        }
+        let got = lab
+            .b
+            .recv_batch(0, 64, WAIT, |_, data| {
+                if let Some(n) = udp_number(data).filter(|_| data[12..14] == [8, 0]) {
+                    assert_eq!(n, received, "in order");
+                    received += 1;
+                }
+            })
+            .unwrap();
+        assert!(got > 0, "stalled at {received} of {sent}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reloads = reloader.join().unwrap();
+    assert!(reloads >= 20, "{reloads} reloads");
+    assert_eq!(received, sent, "no frame lost to {reloads} reloads");
+    assert_eq!(lab.drops(0, DropReason::PolicyDrop), 0);
+    let nat = lab.list("nat");
+    assert!(
+        nat.packets > u64::from(reloads),
+        "flows judged again by each generation"
+    );
+}
+
+/// Runs allow-all (from the configuration) and a module that faults on frames of 999 bytes in
+/// the network's chain (loaded through the control API); sends A's frames to B one at a time,
+/// normal ones and 999-byte ones, and checks that the faulty frames get the fail mode while the
+/// rest pass, and that the fifth fault quarantines the module and rolls back to allow-all.
+fn faulty_run(fault: &str, fail_mode: FailMode) {
+    let mut lab = lab(|dir| {
+        let wasm = policy_wasm::policy_wasm("allow-all");
+        let path = module(dir, "allow_all.wasm", &wasm);
+        vec![policy("all", path, "", FailMode::Closed)]
+    });
+    let path = module(
+        &lab.dir,
+        "faulty.wasm",
+        &faulty::faulty_wat(fault, Some((8, 999))),
+    );
+    let faulty = PolicyConfig {
+        network: Some("default".into()),
+        ..policy("faulty", path, "", fail_mode)
+    };
+    lab.policies().load(faulty).unwrap();
+    for n in 1..=5 {
+        // One frame at a time: a call's frames all get the fail mode when it faults.
+        let bad = numbered(B.mac, A.mac, 1000 + n, 999);
+        lab.a.send(0, &bad).unwrap();
+        match fail_mode {
+            FailMode::Open => {
+                let got = lab.b.recv(WAIT).unwrap().expect("fail open passes it");
+                assert_eq!(got.1, bad, "frame {n}");
+            }
+            _ => {
+                let deadline = Instant::now() + WAIT;
+                while lab.drops(0, DropReason::PolicyDrop) < u64::from(n) {
+                    assert!(Instant::now() < deadline, "frame {n} not dropped");
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        let normal = numbered(B.mac, A.mac, n, 100);
+        lab.a.send(0, &normal).unwrap();
+        let got = lab.b.recv(WAIT).unwrap();
+        let got = got.unwrap_or_else(|| panic!("normal frame {n} lost")).1;
+        assert_eq!(got, normal, "frame {n}");
+    }
+    if fail_mode == FailMode::Closed {
+        assert_eq!(lab.drops(0, DropReason::PolicyDrop), 5);
+    }
+    // Five faults within the window: quarantined, rolled back to the generation before it.
+    let names: Vec<String> = lab.policies().list().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["all"]);
+    for n in [100, 999] {
+        let frame = numbered(B.mac, A.mac, 2000 + n as u32, n);
+        lab.a.send(0, &frame).unwrap();
+        let got = lab
+            .b
+            .recv(WAIT)
+            .unwrap()
+            .expect("forwarding after the roll-back");
+        assert_eq!(got.1, frame);
+    }
+    // The quarantined module is refused until it changes.
+    let path = module(
+        &lab.dir,
+        "faulty.wasm",
+        &faulty::faulty_wat(fault, Some((8, 999))),
+    );
+    let again = PolicyConfig {
+        network: Some("default".into()),
+        ..policy("faulty", path, "", fail_mode)
+    };
+    let refused = lab.policies().load(again).unwrap_err();
+    assert!(refused.contains("quarantined"), "{refused}");
+}
+
+#[test]
+fn a_trapping_module_fails_closed_and_the_datapath_runs_on() {
+    faulty_run("trap", FailMode::Closed);
+}
+
+#[test]
+fn a_looping_module_times_out_fails_open_and_the_datapath_runs_on() {
+    faulty_run("loop", FailMode::Open);
+}
