@@ -336,16 +336,15 @@ fn faulty_run(fault: &str, fail_mode: FailMode) {
         let path = module(dir, "allow_all.wasm", &wasm);
         vec![policy("all", path, "", FailMode::Closed)]
     });
-    let path = module(
-        &lab.dir,
-        "faulty.wasm",
-        &faulty::faulty_wat(fault, Some((8, 999))),
-    );
-    let faulty = PolicyConfig {
-        network: Some("default".into()),
-        ..policy("faulty", path, "", fail_mode)
+    let faulty = || {
+        let wasm = faulty::faulty_wat(fault, Some((8, 999)));
+        let path = module(&lab.dir, "faulty.wasm", &wasm);
+        PolicyConfig {
+            network: Some("default".into()),
+            ..policy("faulty", path, "", fail_mode)
+        }
     };
-    lab.policies().load(faulty).unwrap();
+    lab.policies().load(faulty()).unwrap();
     for n in 1..=5 {
         // One frame at a time: a call's frames all get the fail mode when it faults.
         let bad = numbered(B.mac, A.mac, 1000 + n, 999);
@@ -386,16 +385,7 @@ fn faulty_run(fault: &str, fail_mode: FailMode) {
         assert_eq!(got.1, frame);
     }
     // The quarantined module is refused until it changes.
-    let path = module(
-        &lab.dir,
-        "faulty.wasm",
-        &faulty::faulty_wat(fault, Some((8, 999))),
-    );
-    let again = PolicyConfig {
-        network: Some("default".into()),
-        ..policy("faulty", path, "", fail_mode)
-    };
-    let refused = lab.policies().load(again).unwrap_err();
+    let refused = lab.policies().load(faulty()).unwrap_err();
     assert!(refused.contains("quarantined"), "{refused}");
 }
 

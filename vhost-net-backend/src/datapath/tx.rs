@@ -46,14 +46,20 @@ pub struct TxScratch {
     segs: Box<[Seg]>,
     peek: [u8; MAX_HDR_LEN + PEEK_LEN],
     used: [UsedElem; BATCH],
-    touched: Vec<(PortId, usize)>,
-    frame: Box<[u8]>,
-    egress: Box<[u8]>,
-    rx: RxScratch,
+    out: OutBufs,
     /// The worker's policy stage, made at its first batch on a datapath with policies.
     policy: Option<PolicyStage>,
     /// Frames set aside for the policy stage: chain head and the switch's decision.
     deferred: Vec<(u16, Decision)>,
+}
+
+/// The buffers delivery uses.
+#[derive(Debug)]
+struct OutBufs {
+    touched: Vec<(PortId, usize)>,
+    frame: Box<[u8]>,
+    egress: Box<[u8]>,
+    rx: RxScratch,
     /// A REJECT's answer.
     reply: Box<[u8]>,
 }
@@ -64,13 +70,15 @@ impl Default for TxScratch {
             segs: vec![Seg::default(); usize::from(MAX_QUEUE_SIZE)].into_boxed_slice(),
             peek: [0; MAX_HDR_LEN + PEEK_LEN],
             used: [UsedElem::default(); BATCH],
-            touched: Vec::with_capacity(TOUCHED_MAX),
-            frame: vec![0; MAX_FRAME_LEN].into_boxed_slice(),
-            egress: vec![0; MAX_FRAME_LEN + 4].into_boxed_slice(),
-            rx: RxScratch::default(),
+            out: OutBufs {
+                touched: Vec::with_capacity(TOUCHED_MAX),
+                frame: vec![0; MAX_FRAME_LEN].into_boxed_slice(),
+                egress: vec![0; MAX_FRAME_LEN + 4].into_boxed_slice(),
+                rx: RxScratch::default(),
+                reply: vec![0; MAX_REPLY_LEN].into_boxed_slice(),
+            },
             policy: None,
             deferred: Vec::with_capacity(BATCH),
-            reply: vec![0; MAX_REPLY_LEN].into_boxed_slice(),
         }
     }
 }
@@ -148,7 +156,7 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
         vring.notify();
         more
     };
-    for (dst, ring) in s.touched.drain(..) {
+    for (dst, ring) in s.out.touched.drain(..) {
         if let Some(mut v) = lookup(&ports, dst).and_then(|p| p.device().vring(ring)) {
             v.notify();
         }
@@ -192,7 +200,25 @@ struct TxFrame<'a> {
     pair: usize,
 }
 
-impl Batch<'_> {
+impl<'a> Batch<'a> {
+    /// Delivery of one frame with `bufs`.
+    fn out<'o>(&'o self, bufs: &'o mut OutBufs) -> Out<'o>
+    where
+        'a: 'o,
+    {
+        Out {
+            ports: self.ports,
+            src: self.port,
+            rx: &mut bufs.rx,
+            touched: &mut bufs.touched,
+            frame_buf: &mut bufs.frame,
+            egress_buf: &mut bufs.egress,
+            reply: &mut bufs.reply,
+            gathered: false,
+            captures: self.captures,
+        }
+    }
+
     /// Walks and checks the chain at `head`: the frame, or `None` (counted) if unusable.
     fn read<'s>(
         &self,
@@ -248,17 +274,7 @@ impl Batch<'_> {
         let Some(frame) = self.read(mem, head, &mut s.segs, &mut s.peek) else {
             return;
         };
-        let mut out = Out {
-            ports: self.ports,
-            src: self.port,
-            rx: &mut s.rx,
-            touched: &mut s.touched,
-            frame_buf: &mut s.frame,
-            egress_buf: &mut s.egress,
-            reply: &mut s.reply,
-            gathered: false,
-            captures: self.captures,
-        };
+        let mut out = self.out(&mut s.out);
         if let Some(c) = self.captures.filter(|c| c.wants(self.port.id())) {
             out.gather(&frame);
             let bytes = &out.frame_buf[..frame.len];
@@ -298,17 +314,7 @@ impl Batch<'_> {
             let Some(frame) = self.read(mem, head, &mut s.segs, &mut s.peek) else {
                 continue;
             };
-            let mut out = Out {
-                ports: self.ports,
-                src: self.port,
-                rx: &mut s.rx,
-                touched: &mut s.touched,
-                frame_buf: &mut s.frame,
-                egress_buf: &mut s.egress,
-                reply: &mut s.reply,
-                gathered: false,
-                captures: self.captures,
-            };
+            let mut out = self.out(&mut s.out);
             self.carry_out(&frame, &decision, outcome, &mut out);
         }
         s.deferred.clear();
