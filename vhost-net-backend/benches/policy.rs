@@ -1,0 +1,157 @@
+//! What a policy costs per frame: `cargo bench -p vhost-net-backend --bench policy`.
+//!
+//! - `call/*`: a worker judging batches of 1, 32 and 64 new TCP flows (one call per module per
+//!   batch), with allow-all and with a 24-rule security group (the frames match the last rule).
+//! - `stage/*`: the datapath's policy stage on frames of 64 established flows: with no policy
+//!   (the stage's `begin_batch` says no policy runs; the datapath skips `check`), and with
+//!   allow-all and the security group (the verdict cached in the flow: conntrack lookup, rule
+//!   counters, no call into WebAssembly).
+//!
+//! Throughput is in frames: criterion's time per element is the cost per frame.
+
+#[path = "../tests/support/policy_wasm.rs"]
+mod policy_wasm;
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use bridge_core::policy::{BridgeOut, HookPoint, JudgeKind, PolicyFrame, PolicyHook, Verdict};
+use bridge_core::time::Instant;
+use bridge_core::{NetworkId, PortId};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use policy_sdk::frames::{tcp4, Endpoint, TCP_SYN};
+use vhost_net_backend::datapath::policy::{Check, FrameCtx, PolicyPlane, PolicyStage};
+use vhost_net_backend::policy::{FailMode, HostConfig, PolicyHost, PolicySet, PolicySpec};
+
+const CLIENT: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 1], [192, 168, 122, 10]);
+const SERVER: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 2], [192, 168, 122, 11]);
+
+/// 23 rules that do not match, then the one that does.
+fn security_group() -> String {
+    let mut config = String::from("group servers ports 2\n");
+    for i in 0..23 {
+        config.push_str(&format!("ingress ipv4 tcp {} 10.0.0.0/8\n", 1000 + i));
+    }
+    config.push_str("ingress ipv4 tcp 22 0.0.0.0/0\n");
+    config
+}
+
+/// A host running `policy` (crate name and configuration), or no policy.
+fn host(policy: Option<(&str, &str)>) -> PolicyHost {
+    let host = PolicyHost::new(HostConfig::default()).unwrap();
+    if let Some((name, config)) = policy {
+        let mut set = PolicySet::default();
+        set.operator.push(PolicySpec {
+            name: name.into(),
+            wasm: policy_wasm::policy_wasm(name).into(),
+            config: config.into(),
+            fail_mode: FailMode::Closed,
+        });
+        host.apply(set).unwrap();
+    }
+    host
+}
+
+/// SYNs of 64 flows from the client to the server's ssh port.
+fn flows() -> Vec<Vec<u8>> {
+    (0..64)
+        .map(|i| tcp4(CLIENT, SERVER, 40000 + i, 22, TCP_SYN))
+        .collect()
+}
+
+fn policies() -> [(&'static str, String); 2] {
+    [
+        ("allow-all", String::new()),
+        ("security-group", security_group()),
+    ]
+}
+
+fn call(c: &mut Criterion) {
+    let frames = flows();
+    let mut group = c.benchmark_group("call");
+    for (name, config) in policies() {
+        let mut worker = host(Some((name, &config))).worker();
+        worker.begin_batch();
+        for batch in [1, 32, 64] {
+            let judged: Vec<PolicyFrame<'_>> = frames[..batch]
+                .iter()
+                .enumerate()
+                .map(|(i, f)| PolicyFrame {
+                    frame: f,
+                    frame_len: f.len(),
+                    hook: HookPoint::PortIn,
+                    kind: JudgeKind::NewFlow,
+                    network: NetworkId(0),
+                    ingress_port: PortId(1),
+                    from_guest: true,
+                    bridge_out: BridgeOut::Port(PortId(2)),
+                    to_guest: true,
+                    flow: Some(i as u64 + 1),
+                    ct: Some(bridge_core::conntrack::CtState::New),
+                })
+                .collect();
+            let mut verdicts = vec![Verdict::UNJUDGED; batch];
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_function(BenchmarkId::new(name, batch), |b| {
+                b.iter(|| {
+                    worker.judge(0, black_box(&judged), &mut verdicts);
+                    black_box(&verdicts);
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+fn stage(c: &mut Criterion) {
+    let frames = flows();
+    let ctx = FrameCtx {
+        ingress: PortId(1),
+        network: NetworkId(0),
+        from_guest: true,
+        out: BridgeOut::Port(PortId(2)),
+        to_guest: true,
+    };
+    let mut group = c.benchmark_group("stage");
+    group.throughput(Throughput::Elements(frames.len() as u64));
+    let mut cases: Vec<(&str, Option<(&str, String)>)> = vec![("none", None)];
+    cases.extend(policies().map(|(n, c)| (n, Some((n, c)))));
+    for (label, policy) in cases {
+        let host = host(policy.as_ref().map(|(n, c)| (*n, c.as_str())));
+        let mut stage = PolicyStage::new(Arc::new(PolicyPlane::new(host)), HookPoint::PortIn);
+        let now = Instant::from_millis(1);
+        // Establish the flows: their verdicts are cached from here on.
+        if stage.begin_batch() {
+            for f in &frames {
+                let _ = stage.check(now, ctx, f, f.len());
+            }
+            stage.judge_pending(now);
+        }
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                if !stage.begin_batch() {
+                    return;
+                }
+                for f in &frames {
+                    let checked = stage.check(now, ctx, black_box(f), f.len());
+                    assert!(matches!(checked, Check::Now(_)), "cached");
+                }
+            });
+        });
+    }
+    group.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = call, stage
+}
+criterion_main!(benches);
