@@ -9,7 +9,8 @@
 //! End-to-end support: [`e2e`] (serial e2e tests, prerequisites, scratch directory),
 //! [`qemu`] (TCG guests with vhost-user NICs), [`guest_script`] (their /test.sh and what it
 //! prints), [`initramfs`] (how /test.sh gets in), [`daemon`] (the daemon as a child process),
-//! [`process`] and [`console`] (child processes and their output), [`netns`] (network
+//! [`process`] and [`console`] (child processes and their output), [`testpmd`] (DPDK testpmd
+//! as a frontend and as the load generator's reference backend), [`netns`] (network
 //! namespaces and veth pairs), [`wan`] (the hosts NAT tests reach).
 
 pub mod console;
@@ -22,5 +23,6 @@ pub mod load;
 pub mod netns;
 pub mod process;
 pub mod qemu;
+pub mod testpmd;
 pub mod vm_network;
 pub mod wan;

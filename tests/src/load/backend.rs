@@ -9,16 +9,13 @@ use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
 use crate::daemon::is_listening;
-
-/// Where testpmd is installed by Debian's dpdk-dev.
-pub const TESTPMD: &str = "dpdk-testpmd";
+use crate::testpmd::{eal_args_for_new_instance, TESTPMD};
 
 /// Errors starting a backend.
 #[derive(Debug, Error)]
@@ -86,9 +83,6 @@ pub struct Backend {
     log: PathBuf,
     dir: tempfile::TempDir,
 }
-
-/// Distinguishes testpmd instances of one process (DPDK's runtime directory).
-static INSTANCE: AtomicUsize = AtomicUsize::new(0);
 
 impl Backend {
     /// Starts `device` with `ports` ports and waits until it listens on every socket. With
@@ -246,20 +240,7 @@ fn testpmd_args(sockets: &[PathBuf], tso: bool, cpus: Option<Cpus>) -> Vec<Strin
         main: 0,
         datapath: 1,
     });
-    let lcores = format!("{},{}", cpus.main, cpus.datapath);
-    let instance = INSTANCE.fetch_add(1, Ordering::Relaxed);
-    let mut args = vec![
-        "-l".to_string(),
-        lcores,
-        "--no-pci".into(),
-        "--no-huge".into(),
-        "-m".into(),
-        "1024".into(),
-        "--file-prefix".into(),
-        format!("vnb-bench-{}-{instance}", std::process::id()),
-        "--log-level".into(),
-        "lib.eal:error".into(),
-    ];
+    let mut args = eal_args_for_new_instance(cpus.main, cpus.datapath, 1024);
     for (i, s) in sockets.iter().enumerate() {
         args.push("--vdev".into());
         args.push(format!(
@@ -278,16 +259,6 @@ fn testpmd_args(sockets: &[PathBuf], tso: bool, cpus: Option<Cpus>) -> Vec<Strin
         .map(String::from),
     );
     args
-}
-
-/// Whether testpmd can be run here.
-pub fn testpmd_installed() -> bool {
-    Command::new(TESTPMD)
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
 }
 
 #[cfg(test)]
