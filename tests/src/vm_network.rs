@@ -80,9 +80,16 @@ impl Network {
         guests: &[GuestSpec],
     ) -> Result<Self, NetworkError> {
         let nics: Vec<&NicSpec> = guests.iter().flat_map(|g| &g.nics).collect();
-        // Its own control socket, so that daemons of other tests or users do not clash.
+        // Its own control socket and state (leases files), so that daemons of other tests or
+        // users do not clash.
         let control = e2e.path("control.sock").display().to_string();
-        let mut args = vec!["--control".to_string(), control];
+        let state = e2e.dir().display().to_string();
+        let mut args = vec![
+            "--control".to_string(),
+            control,
+            "--state-dir".into(),
+            state,
+        ];
         for nic in &nics {
             args.push("--socket".to_string());
             args.push(port_arg(nic));

@@ -31,8 +31,11 @@ fn sockets(dir: &tempfile::TempDir, n: usize) -> Vec<PathBuf> {
         .collect()
 }
 
-fn config(paths: &[PathBuf]) -> Config {
-    Config::with_ports(paths.iter().map(PortConfig::new).collect())
+/// The embedded default with a port per path, its state in `dir`.
+fn config(dir: &tempfile::TempDir, paths: &[PathBuf]) -> Config {
+    let mut config = Config::with_ports(paths.iter().map(PortConfig::new).collect());
+    config.state_dir = Some(dir.path().to_path_buf());
+    config
 }
 
 /// Sends numbered frames `from` -> `to` and checks they all arrive, in order.
@@ -50,7 +53,7 @@ fn exchange(from: &mut VirtioNet, to: &mut VirtioNet, src: u8, dst: u8, first: u
 fn ports_are_added_and_removed_while_others_run() {
     let dir = tempfile::tempdir().unwrap();
     let paths = sockets(&dir, 3);
-    let daemon = start(config(&paths[..2])).unwrap();
+    let daemon = start(config(&dir, &paths[..2])).unwrap();
     let nic = |i: usize| {
         VirtioNet::new(Role::Connect(paths[i].clone()), options(FrontendKind::Qemu)).unwrap()
     };
@@ -102,7 +105,7 @@ fn a_daemon_restart_resumes_traffic_under_every_frontend_kind() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let paths = sockets(&dir, 2);
-        let daemon = start(config(&paths)).unwrap();
+        let daemon = start(config(&dir, &paths)).unwrap();
         let nic =
             |i: usize| VirtioNet::new(Role::Connect(paths[i].clone()), options(kind)).unwrap();
         let (mut a, mut b) = (nic(0), nic(1));
@@ -112,7 +115,7 @@ fn a_daemon_restart_resumes_traffic_under_every_frontend_kind() {
         }
         exchange(&mut b, &mut a, 2, 1, 300, 10);
         drop(daemon);
-        let daemon = start(config(&paths)).unwrap();
+        let daemon = start(config(&dir, &paths)).unwrap();
         a.reconnect().unwrap();
         b.reconnect().unwrap();
         exchange(&mut a, &mut b, 1, 2, 1000, 50);

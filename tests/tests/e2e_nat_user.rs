@@ -56,6 +56,7 @@ fn config(e2e: &E2e, guests: usize) -> Config {
         upstreams: vec![format!("{}:53", wan::WAN_ADDR).parse().unwrap()],
     });
     nat.leases_file = Some(e2e.path("default.leases"));
+    config.state_dir = Some(e2e.dir().to_path_buf());
     for i in 0..guests {
         let mut port = PortConfig::new(e2e.path(&format!("vm{i}.sock")));
         port.mac = mac(i).parse::<MacAddr>().unwrap();

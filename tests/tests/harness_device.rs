@@ -35,6 +35,13 @@ fn mac(i: usize) -> [u8; 6] {
     [0x52, 0x54, 0x00, 0x00, 0x00, i as u8 + 1]
 }
 
+/// The embedded default with `ports`, its state in `dir`.
+fn config(dir: &tempfile::TempDir, ports: &[PortConfig]) -> Config {
+    let mut config = Config::with_ports(ports.to_vec());
+    config.state_dir = Some(dir.path().to_path_buf());
+    config
+}
+
 /// Starts a daemon with one port per entry of `ports` (queue pairs, MTU, daemon's socket role).
 fn lab(ports: &[(u16, u16, SocketRole)]) -> Lab {
     let dir = tempfile::tempdir().unwrap();
@@ -49,7 +56,7 @@ fn lab(ports: &[(u16, u16, SocketRole)]) -> Lab {
             ..PortConfig::new(dir.path().join(format!("port{i}.sock")))
         })
         .collect();
-    let daemon = start(Config::with_ports(ports.clone())).unwrap();
+    let daemon = start(config(&dir, &ports)).unwrap();
     let ids = daemon.ports();
     assert_eq!(ids.len(), ports.len());
     Lab {
@@ -643,7 +650,7 @@ fn daemon_restart_resumes_traffic_without_a_guest_reset() {
         daemon, _dir: dir, ..
     } = lab;
     daemon.shutdown();
-    let daemon = start(Config::with_ports(configs.clone())).unwrap();
+    let daemon = start(config(&dir, &configs)).unwrap();
     let lab = Lab {
         ids: daemon.ports(),
         daemon,

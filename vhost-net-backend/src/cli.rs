@@ -60,6 +60,12 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
 
+    /// Where the daemon keeps its state, the NAT networks' leases files (default:
+    /// /var/lib/vhost-net-backend for root, else $XDG_STATE_HOME/vhost-net-backend or
+    /// ~/.local/state/vhost-net-backend); overrides the file's `state_dir`.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// Print the resulting configuration as TOML, every setting explicit, and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -304,6 +310,9 @@ impl TryFrom<&DaemonArgs> for Loaded {
         if let Some(control) = &args.control {
             config.control.socket = Some(control.clone());
         }
+        if let Some(dir) = &args.state_dir {
+            config.state_dir = Some(dir.clone());
+        }
         Ok(Loaded { config, notes })
     }
 }
@@ -468,6 +477,7 @@ mod tests {
     use super::*;
     use crate::config::{NetworkMode, SocketRole};
     use std::io::Write;
+    use std::path::Path;
 
     fn parse(args: &[&str]) -> Result<Loaded, String> {
         let args =
@@ -531,6 +541,19 @@ mod tests {
         );
         let e = parse(&["--config", path, "--socket", "/tmp/c.sock,network=wan"]).unwrap_err();
         assert!(e.ends_with("no network is named \"wan\""), "{e}");
+    }
+
+    #[test]
+    fn the_state_dir_option_overrides_the_file() {
+        let f = file("state_dir = \"/var/lib/vnb-test\"\n");
+        let path = f.path().to_str().unwrap();
+        let c = parse(&["--config", path]).unwrap().config;
+        assert_eq!(c.state_dir.as_deref(), Some(Path::new("/var/lib/vnb-test")));
+        let c = parse(&["--config", path, "--state-dir", "/tmp/s"])
+            .unwrap()
+            .config;
+        assert_eq!(c.state_dir.as_deref(), Some(Path::new("/tmp/s")));
+        assert_eq!(parse(&[]).unwrap().config.state_dir, None);
     }
 
     #[test]

@@ -566,6 +566,10 @@ pub struct Config {
     pub control: ControlConfig,
     /// The OpenMetrics endpoint's address, if any (off by default).
     pub metrics: Option<SocketAddr>,
+    /// Where the daemon keeps its state (the NAT networks' leases files); `None`: the default
+    /// location (`/var/lib/vhost-net-backend` for root, else `$XDG_STATE_HOME` or
+    /// `~/.local/state`, `/vhost-net-backend`).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -578,6 +582,7 @@ impl Default for Config {
             policies: Vec::new(),
             control: ControlConfig::default(),
             metrics: None,
+            state_dir: None,
         }
     }
 }

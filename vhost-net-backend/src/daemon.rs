@@ -158,7 +158,8 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
                 .filter(|f| f.network == n.name)
                 .cloned()
                 .collect();
-            let started = NatNetwork::start(&n.name, id, id.0, c, &forwards, &datapath);
+            let state_dir = config.state_dir.as_deref();
+            let started = NatNetwork::start(&n.name, id, id.0, c, &forwards, state_dir, &datapath);
             nat.push(started.map_err(|e| Error::Nat(n.name.clone(), e))?);
         }
     }

@@ -287,6 +287,8 @@ impl Display for LimitName {
 #[serde(deny_unknown_fields)]
 struct File {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    state_dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     control: Option<ControlFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     metrics: Option<MetricsFile>,
@@ -529,6 +531,7 @@ impl File {
             policies,
             control,
             metrics: self.metrics.map(|m| m.listen),
+            state_dir: self.state_dir.map(|d| resolve(dir, d)),
         })
     }
 
@@ -538,6 +541,7 @@ impl File {
             mode: Some(c.control.mode),
         });
         File {
+            state_dir: c.state_dir.clone(),
             control,
             metrics: c.metrics.map(|listen| MetricsFile { listen }),
             networks: c.networks.iter().map(NetworkFile::from_network).collect(),
@@ -880,6 +884,8 @@ mod tests {
     }
 
     const FULL: &str = r#"
+state_dir = "state"
+
 [control]
 socket = "run/control.sock"
 mode = 0o660
@@ -958,6 +964,7 @@ config = "deny tcp 25"
         );
         assert_eq!(c.control.mode, 0o660);
         assert_eq!(c.metrics, Some("127.0.0.1:9470".parse().unwrap()));
+        assert_eq!(c.state_dir.as_deref(), Some(Path::new("/etc/vnb/state")));
         let names: Vec<&str> = c.networks.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["default", "lan", "office", "tenants"]);
         let NetworkMode::Nat(nat) = &c.networks[0].mode else {

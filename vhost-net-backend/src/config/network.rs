@@ -160,7 +160,8 @@ pub struct NatConfig {
     pub dns: Option<DnsConfig>,
     /// How guests' traffic to the outside leaves.
     pub egress: Egress,
-    /// Where leases are kept across restarts; `None`: the daemon's default.
+    /// Where leases are kept across restarts; `None`: `<network name>.leases` in the daemon's
+    /// state directory ([`Config::state_dir`]).
     pub leases_file: Option<PathBuf>,
 }
 

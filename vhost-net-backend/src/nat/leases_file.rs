@@ -22,11 +22,19 @@ pub enum LeasesFileError {
     Write(PathBuf, #[source] io::Error),
 }
 
-/// Where a network's leases are kept when the configuration names no file: under
-/// `/var/lib/vhost-net-backend` for root, else under `$XDG_STATE_HOME` (or
-/// `~/.local/state`) `/vhost-net-backend`; `<network>.leases`.
-pub fn default_path(network: &str) -> PathBuf {
-    let dir = if is_root() {
+/// Where a network's leases are kept when the configuration names no file:
+/// `<state_dir>/<network>.leases`, in the configured state directory or else
+/// [`default_state_dir`].
+pub fn default_path(state_dir: Option<&Path>, network: &str) -> PathBuf {
+    let dir = state_dir.map_or_else(default_state_dir, Path::to_path_buf);
+    dir.join(format!("{network}.leases"))
+}
+
+/// The daemon's state directory when the configuration names none:
+/// `/var/lib/vhost-net-backend` for root, else under `$XDG_STATE_HOME` (or `~/.local/state`)
+/// `/vhost-net-backend`.
+pub fn default_state_dir() -> PathBuf {
+    if is_root() {
         PathBuf::from("/var/lib/vhost-net-backend")
     } else if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
         PathBuf::from(state).join("vhost-net-backend")
@@ -34,8 +42,7 @@ pub fn default_path(network: &str) -> PathBuf {
         PathBuf::from(home).join(".local/state/vhost-net-backend")
     } else {
         std::env::temp_dir().join("vhost-net-backend")
-    };
-    dir.join(format!("{network}.leases"))
+    }
 }
 
 fn is_root() -> bool {
@@ -115,7 +122,11 @@ mod tests {
     }
 
     #[test]
-    fn the_default_path_is_named_after_the_network() {
-        assert!(default_path("default").ends_with("vhost-net-backend/default.leases"));
+    fn the_default_path_is_named_after_the_network_in_the_state_dir() {
+        assert!(default_path(None, "default").ends_with("vhost-net-backend/default.leases"));
+        assert_eq!(
+            default_path(Some(Path::new("/tmp/state")), "nat1"),
+            Path::new("/tmp/state/nat1.leases")
+        );
     }
 }

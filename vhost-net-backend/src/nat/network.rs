@@ -93,13 +93,15 @@ pub struct NatNetwork {
 
 impl NatNetwork {
     /// Starts network `name` (switch network `network`, conntrack zone `zone`) with `config`
-    /// and the port forwards `forwards`.
+    /// and the port forwards `forwards`; its leases file, unless configured, goes into
+    /// `state_dir` (`None`: the default state directory).
     pub fn start(
         name: &str,
         network: NetworkId,
         zone: u32,
         config: &NatConfig,
         forwards: &[ForwardConfig],
+        state_dir: Option<&Path>,
         dp: &Arc<Datapath>,
     ) -> Result<Self, NatError> {
         let now = Instant::now();
@@ -117,7 +119,7 @@ impl NatNetwork {
         let leases_path = config
             .leases_file
             .clone()
-            .unwrap_or_else(|| leases_file::default_path(name));
+            .unwrap_or_else(|| leases_file::default_path(state_dir, name));
         let gateway = GatewayPort::new(name, gateway_config, Some(leases_path), now)?;
         let leases = gateway.leases();
         let dns_upstream = config.dns.as_ref().and(upstreams.first().copied());
