@@ -13,10 +13,27 @@ use vmm_sys_util::eventfd::EventFd;
 /// A boxed subscriber that can move to the loop's thread.
 pub type Subscriber = Box<dyn MutEventSubscriber + Send>;
 
-/// Ends the loop when its eventfd is signalled.
-struct Stopper {
+/// Ends an event loop when its eventfd is signalled: add it to the loop's subscribers and check
+/// the flag from [`Stopper::stopped`] after each run.
+#[derive(Debug)]
+pub struct Stopper {
     stop: Arc<EventFd>,
     stopped: Arc<AtomicBool>,
+}
+
+impl Stopper {
+    /// A stopper watching `stop`.
+    pub fn new(stop: Arc<EventFd>) -> Self {
+        Stopper {
+            stop,
+            stopped: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Set once `stop` was signalled.
+    pub fn stopped(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stopped)
+    }
 }
 
 impl MutEventSubscriber for Stopper {
@@ -34,14 +51,12 @@ impl MutEventSubscriber for Stopper {
 /// Runs `subscribers` until `stop` is signalled.
 pub fn run(stop: Arc<EventFd>, subscribers: Vec<Subscriber>) -> Result<(), event_manager::Error> {
     let mut manager = EventManager::<Subscriber>::new()?;
-    let stopped = Arc::new(AtomicBool::new(false));
     for s in subscribers {
         manager.add_subscriber(s);
     }
-    manager.add_subscriber(Box::new(Stopper {
-        stop,
-        stopped: Arc::clone(&stopped),
-    }));
+    let stopper = Stopper::new(stop);
+    let stopped = stopper.stopped();
+    manager.add_subscriber(Box::new(stopper));
     while !stopped.load(Ordering::Relaxed) {
         manager.run()?;
     }

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -39,6 +39,7 @@ use super::{leases_file, resolv_conf};
 use crate::config::{ForwardConfig, NatConfig};
 use crate::datapath::host::{HostPort, Injector};
 use crate::datapath::Datapath;
+use crate::event_loop::Stopper;
 
 /// How often conntrack drops expired flows.
 const CONNTRACK_SWEEP: Duration = Duration::from_secs(1);
@@ -480,24 +481,6 @@ impl MutEventSubscriber for Sockets {
     fn init(&mut self, _ops: &mut EventOps) {}
 }
 
-/// Ends the loop.
-struct Stopper {
-    fd: Arc<EventFd>,
-    stopped: Rc<AtomicBool>,
-}
-
-impl MutEventSubscriber for Stopper {
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        self.stopped.store(true, Ordering::Relaxed);
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&*self.fd, EventSet::IN)) {
-            warn!(error = ?e, "the stop eventfd cannot be watched");
-        }
-    }
-}
-
 fn run(nat: Nat, wake: Arc<EventFd>, stop: Arc<EventFd>) {
     use std::os::fd::AsRawFd;
     let name = nat.name.clone();
@@ -508,7 +491,6 @@ fn run(nat: Nat, wake: Arc<EventFd>, stop: Arc<EventFd>) {
     let inbox_fd = nat.inbox.wake_fd().as_raw_fd();
     let timer_fd = nat.timer.as_raw_fd();
     let nat = Rc::new(RefCell::new(nat));
-    let stopped = Rc::new(AtomicBool::new(false));
     let source = |fd, kind| {
         Box::new(Source {
             fd,
@@ -520,10 +502,9 @@ fn run(nat: Nat, wake: Arc<EventFd>, stop: Arc<EventFd>) {
     manager.add_subscriber(source(wake.as_raw_fd(), SourceKind::Control));
     manager.add_subscriber(source(timer_fd, SourceKind::Timer));
     let sockets = manager.add_subscriber(Box::new(Sockets(Rc::clone(&nat))));
-    manager.add_subscriber(Box::new(Stopper {
-        fd: stop,
-        stopped: Rc::clone(&stopped),
-    }));
+    let stopper = Stopper::new(stop);
+    let stopped = stopper.stopped();
+    manager.add_subscriber(Box::new(stopper));
     loop {
         let deadline = nat.borrow_mut().after_round();
         let mut n = nat.borrow_mut();
