@@ -1,7 +1,7 @@
 //! Test support: an in-process vhost-user frontend and QEMU guest helpers.
 //!
 //! In-process harness: [`frontend`] plays a VMM and its guest's virtio-net driver against a
-//! vhost-user backend socket.
+//! vhost-user backend socket; [`guest_stack`] puts a guest's TCP/IP stack (smoltcp) on it.
 //!
 //! Load generation and benchmarks: [`load`] (guests, runs, the backends under test; used by the
 //! `loadgen` and `bench` binaries).
@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod e2e;
 pub mod frontend;
 pub mod guest_script;
+pub mod guest_stack;
 pub mod initramfs;
 pub mod load;
 pub mod netns;

@@ -20,6 +20,7 @@ use crate::datapath::policy::PolicyPlane;
 use crate::datapath::{worker, Datapath};
 use crate::event_loop;
 use crate::nat::network::{NatError, NatNetwork};
+use crate::nat::views::NatViews;
 use crate::policy::control::{ControlError, PolicyControl};
 use crate::policy::{HostConfig, LoadError, PolicyHost};
 use crate::port::{self, Link, Port};
@@ -172,11 +173,20 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
             .spawn(move || housekeeping(dp, timer, stop))
             .map_err(Error::Resource)?
     };
+    let hooks = Hooks::default();
+    if !nat.is_empty() {
+        let views = Arc::new(NatViews::new(
+            nat.iter().map(|n| n.handle().clone()).collect(),
+        ));
+        hooks.set_leases(Some(views.clone()));
+        hooks.set_conntrack(Some(views.clone()));
+        hooks.set_forwards(Some(views));
+    }
     let daemon = Daemon {
         datapath,
         config,
         network_ids,
-        hooks: Hooks::default(),
+        hooks,
         policies: Arc::clone(&policies),
         nat,
         ports: Mutex::new(BTreeMap::new()),
@@ -303,7 +313,7 @@ impl Daemon {
 
     /// The running NAT network named `name`.
     pub fn nat_network(&self, name: &str) -> Option<&NatNetwork> {
-        self.nat.iter().find(|n| n.name() == name)
+        self.nat.iter().find(|n| n.handle().name() == name)
     }
 
     /// The running NAT networks.
@@ -319,6 +329,7 @@ impl Daemon {
         let nat = self
             .nat_network(&forward.network)
             .ok_or_else(|| Error::NoSuchNatNetwork(forward.network.clone()))?;
+        let nat = nat.handle();
         nat.add_forward(forward)
             .map_err(|e| Error::Nat(nat.name().to_string(), e))
     }
@@ -328,6 +339,7 @@ impl Daemon {
         let nat = self
             .nat_network(&forward.network)
             .ok_or_else(|| Error::NoSuchNatNetwork(forward.network.clone()))?;
+        let nat = nat.handle();
         nat.remove_forward(forward.clone())
             .map_err(|e| Error::Nat(nat.name().to_string(), e))
     }
@@ -336,7 +348,7 @@ impl Daemon {
     pub fn forwards(&self) -> Vec<ForwardConfig> {
         self.nat
             .iter()
-            .filter_map(|n| n.forwards().ok())
+            .filter_map(|n| n.handle().forwards().ok())
             .flatten()
             .collect()
     }

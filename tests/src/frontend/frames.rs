@@ -204,7 +204,7 @@ impl TcpFlow {
 
 /// Writes the ones' complement of the sum of `frame[start..]` at `start + offset`, as a device
 /// completing a partial checksum does.
-fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) {
+pub fn complete_checksum(frame: &mut [u8], start: usize, offset: usize) {
     let sum = checksum::data(&frame[start..]);
     frame[start + offset..start + offset + 2].copy_from_slice(&(!sum).to_be_bytes());
 }

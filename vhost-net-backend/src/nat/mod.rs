@@ -3,12 +3,13 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`network`] | [`network::NatNetwork`]: starts a network's gateway port and egress, its event loop, and the calls the daemon makes on it (port forwards, leases, conntrack) |
+//! | [`network`] | [`network::NatNetwork`] and its [`network::NatHandle`]: starts a network's gateway port and egress, its event loop, and the calls the daemon makes on it (port forwards, leases, conntrack) |
 //! | [`gateway_port`] | [`gateway_port::GatewayPort`]: bridge-core's gateway fed with frames, DNS upstream sockets, the leases file; independent of the egress kind |
 //! | [`inbox`] | the gateway port's side of the switch: a bounded frame queue and its eventfd |
 //! | [`outbox`] | frames into the network, addressed by the gateway's ARP table |
 //! | [`user`] | the `user` egress: smoltcp TCP, UDP and ICMP flows from host sockets, port forwards |
 //! | [`leases_file`], [`resolv_conf`] | the leases file (dnsmasq's format, atomic rewrite) and the host's resolvers |
+//! | [`views`] | [`views::NatViews`]: leases, conntrack and port forwards for the control API |
 //! | [`registry`], [`slots`], [`rate_log`] | host sockets watched by the event loop, bounded tables, rate-limited logging |
 //!
 //! Design and figures: docs/nat.md.
@@ -23,3 +24,4 @@ pub mod registry;
 pub mod resolv_conf;
 pub mod slots;
 pub mod user;
+pub mod views;

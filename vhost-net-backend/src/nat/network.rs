@@ -76,18 +76,32 @@ enum Command {
     Forwards(Sender<Vec<ForwardConfig>>),
 }
 
+/// A running NAT network as other threads reach it (the daemon, the control API's views): its
+/// leases, its flows, and calls into its event loop. Cheap to clone; once the network stopped,
+/// calls fail with [`NatError::NotRunning`].
+#[derive(Clone, Debug)]
+pub struct NatHandle {
+    name: Arc<str>,
+    conntrack: Arc<Conntrack>,
+    leases: Arc<Mutex<Vec<LeaseRecord>>>,
+    calls: Arc<Calls>,
+}
+
+/// The way into the event loop.
+#[derive(Debug)]
+struct Calls {
+    commands: Mutex<Sender<Command>>,
+    wake: Arc<EventFd>,
+}
+
 /// A running NAT network.
 #[derive(Debug)]
 pub struct NatNetwork {
-    name: String,
+    handle: NatHandle,
     port: PortId,
     network: NetworkId,
     mac: EthernetAddress,
-    conntrack: Arc<Conntrack>,
-    leases: Arc<Mutex<Vec<LeaseRecord>>>,
     inbox: Arc<Inbox>,
-    commands: Mutex<Sender<Command>>,
-    wake: Arc<EventFd>,
     stop: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
@@ -198,23 +212,27 @@ impl NatNetwork {
         };
         info!(network = name, gateway = %address, mac = %mac, ?upstreams, "NAT network up (user egress)");
         Ok(NatNetwork {
-            name: name.to_string(),
+            handle: NatHandle {
+                name: name.into(),
+                conntrack,
+                leases,
+                calls: Arc::new(Calls {
+                    commands: Mutex::new(commands),
+                    wake,
+                }),
+            },
             port,
             network,
             mac,
-            conntrack,
-            leases,
             inbox,
-            commands: Mutex::new(commands),
-            wake,
             stop,
             thread: Some(thread),
         })
     }
 
-    /// The network's name.
-    pub fn name(&self) -> &str {
-        &self.name
+    /// The way to the network from other threads.
+    pub fn handle(&self) -> &NatHandle {
+        &self.handle
     }
 
     /// The gateway's switch port.
@@ -222,55 +240,9 @@ impl NatNetwork {
         self.port
     }
 
-    /// The bound DHCP leases.
-    pub fn leases(&self) -> Vec<LeaseRecord> {
-        self.leases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// The flows conntrack holds.
-    pub fn flows(&self) -> Vec<FlowInfo<u32>> {
-        self.conntrack.flows(Instant::now())
-    }
-
-    /// The conntrack table.
-    pub fn conntrack(&self) -> &Arc<Conntrack> {
-        &self.conntrack
-    }
-
     /// Frames the gateway port dropped because its queue was full.
     pub fn inbox_drops(&self) -> u64 {
         self.inbox.dropped()
-    }
-
-    fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, NatError> {
-        let (tx, rx) = mpsc::channel();
-        self.commands
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send(make(tx))
-            .map_err(|_| NatError::NotRunning)?;
-        // Fails only when the counter is saturated, which still wakes the loop.
-        let _ = self.wake.write(1);
-        rx.recv_timeout(CALL_TIMEOUT)
-            .map_err(|_| NatError::NotRunning)
-    }
-
-    /// Starts forwarding `forward` (its network is this one).
-    pub fn add_forward(&self, forward: ForwardConfig) -> Result<(), NatError> {
-        Ok(self.call(|tx| Command::AddForward(forward, tx))??)
-    }
-
-    /// Stops forwarding `forward`.
-    pub fn remove_forward(&self, forward: ForwardConfig) -> Result<(), NatError> {
-        Ok(self.call(|tx| Command::RemoveForward(forward, tx))??)
-    }
-
-    /// The port forwards in place.
-    pub fn forwards(&self) -> Result<Vec<ForwardConfig>, NatError> {
-        self.call(Command::Forwards)
     }
 
     /// Stops the event loop and removes the gateway port.
@@ -293,6 +265,60 @@ impl NatNetwork {
 impl Drop for NatNetwork {
     fn drop(&mut self) {
         self.halt();
+    }
+}
+
+impl NatHandle {
+    /// The network's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The bound DHCP leases.
+    pub fn leases(&self) -> Vec<LeaseRecord> {
+        self.leases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The flows conntrack holds.
+    pub fn flows(&self) -> Vec<FlowInfo<u32>> {
+        self.conntrack.flows(Instant::now())
+    }
+
+    /// The conntrack table.
+    pub fn conntrack(&self) -> &Arc<Conntrack> {
+        &self.conntrack
+    }
+
+    fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, NatError> {
+        let (tx, rx) = mpsc::channel();
+        self.calls
+            .commands
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send(make(tx))
+            .map_err(|_| NatError::NotRunning)?;
+        // Fails only when the counter is saturated, which still wakes the loop.
+        let _ = self.calls.wake.write(1);
+        rx.recv_timeout(CALL_TIMEOUT)
+            .map_err(|_| NatError::NotRunning)
+    }
+
+    /// Starts forwarding `forward` (its network is this one).
+    pub fn add_forward(&self, forward: ForwardConfig) -> Result<(), NatError> {
+        Ok(self.call(|tx| Command::AddForward(forward, tx))??)
+    }
+
+    /// Stops forwarding `forward`.
+    pub fn remove_forward(&self, forward: ForwardConfig) -> Result<(), NatError> {
+        Ok(self.call(|tx| Command::RemoveForward(forward, tx))??)
+    }
+
+    /// The port forwards in place.
+    pub fn forwards(&self) -> Result<Vec<ForwardConfig>, NatError> {
+        self.call(Command::Forwards)
     }
 }
 

@@ -69,7 +69,13 @@ pub struct EgressCx<'a> {
 impl EgressCx<'_> {
     /// Queues the ICMP error `kind` about a guest's `frame`, from the gateway.
     pub fn reject(&mut self, frame: &[u8], kind: ErrorKind) {
-        if let Ok(reply) = error_reply(frame, kind, self.gateway_mac, self.gateway_ip) {
+        self.reject_from(frame, kind, self.gateway_ip);
+    }
+
+    /// Queues the ICMP error `kind` about a guest's `frame`, from `source` (the host that
+    /// refused it, as masquerading would pass its error on).
+    pub fn reject_from(&mut self, frame: &[u8], kind: ErrorKind, source: Ipv4Addr) {
+        if let Ok(reply) = error_reply(frame, kind, self.gateway_mac, source) {
             self.out.frame(reply);
         }
     }

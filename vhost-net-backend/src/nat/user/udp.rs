@@ -110,10 +110,8 @@ impl UdpFlows {
         match flow.socket.send(payload) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                cx.reject(
-                    frame,
-                    ErrorKind::Unreachable(Icmpv4DstUnreachable::PortUnreachable),
-                );
+                let kind = ErrorKind::Unreachable(Icmpv4DstUnreachable::PortUnreachable);
+                cx.reject_from(frame, kind, *peer.ip());
             }
             Err(_) => self.stats.dropped += 1,
         }
@@ -163,7 +161,7 @@ impl UdpFlows {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
                     let kind = ErrorKind::Unreachable(Icmpv4DstUnreachable::PortUnreachable);
-                    cx.reject(&flow.last, kind);
+                    cx.reject_from(&flow.last, kind, *flow.peer.ip());
                 }
                 Err(_) => return,
             }

@@ -1,0 +1,629 @@
+//! The NAT network's `user` egress without a VM: the daemon runs in-process with its embedded
+//! default network, guests are harness NICs (a smoltcp stack for TCP, frames built here for
+//! the rest), and the hosts they reach are sockets of this test on loopback. The control
+//! socket's views of the network (leases, conntrack, port forwards) are asked through the CLI.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use bridge_core::gateway::frame::{ipv4_frame, udp_frame, Ipv4Route};
+use bridge_core::wire::{
+    DhcpMessageType, DhcpOption, DhcpPacket, DhcpRepr, EthernetAddress, EthernetFrame,
+    EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4Repr, IpAddress,
+    IpProtocol, Ipv4Address, Ipv4Packet, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket,
+};
+use clap::Parser;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::socket::tcp::State;
+use tests::frontend::connection::Role;
+use tests::frontend::net::{NetOptions, VirtioNet};
+use tests::guest_stack::GuestStack;
+use vhost_net_backend::cli::{self, error_chain, Args};
+use vhost_net_backend::config::{DnsConfig, NetworkMode};
+use vhost_net_backend::control::protocol::{FlowInfo, LeaseInfo};
+use vhost_net_backend::control::Server;
+use vhost_net_backend::{start, Config, Daemon, MacAddr, PortConfig};
+
+const WAIT: Duration = Duration::from_secs(10);
+const GATEWAY: Ipv4Address = Ipv4Address::new(192, 168, 122, 1);
+const LOOPBACK: Ipv4Address = Ipv4Address::new(127, 0, 0, 1);
+
+fn mac(i: usize) -> [u8; 6] {
+    [0x52, 0x54, 0x00, 0x00, 0x01, i as u8 + 1]
+}
+
+/// A guest's static address (in the DHCP range, which no test uses up).
+fn guest_ip(i: usize) -> Ipv4Address {
+    Ipv4Address::new(192, 168, 122, 50 + i as u8)
+}
+
+/// A daemon with the embedded default network, `n` ports and its control socket, its state
+/// and sockets in a scratch directory; DNS goes to a socket of the test.
+struct Lab {
+    daemon: Arc<Daemon>,
+    server: Server,
+    dir: tempfile::TempDir,
+    _dns: UdpSocket,
+}
+
+impl Lab {
+    fn new(n: usize) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let dns = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let ports = (0..n)
+            .map(|i| PortConfig {
+                mac: MacAddr(mac(i)),
+                ..PortConfig::new(dir.path().join(format!("vm{i}.sock")))
+            })
+            .collect();
+        let mut config = Config::with_ports(ports);
+        let NetworkMode::Nat(nat) = &mut config.networks[0].mode else {
+            panic!("the default network is NAT");
+        };
+        nat.dns = Some(DnsConfig {
+            upstreams: vec![dns.local_addr().unwrap()],
+        });
+        config.state_dir = Some(dir.path().to_path_buf());
+        config.control.socket = Some(dir.path().join("control.sock"));
+        let control = config.control.clone();
+        let daemon = Arc::new(start(config).unwrap());
+        let server = Server::start(Arc::clone(&daemon), &control).unwrap();
+        Lab {
+            daemon,
+            server,
+            dir,
+            _dns: dns,
+        }
+    }
+
+    fn nic(&self, i: usize, options: NetOptions) -> VirtioNet {
+        let path = self.dir.path().join(format!("vm{i}.sock"));
+        VirtioNet::new(Role::Connect(path), options).unwrap()
+    }
+
+    /// Guest `i` with its stack at its static address.
+    fn guest(&self, i: usize) -> GuestStack {
+        let nic = self.nic(i, NetOptions::default());
+        let cidr = bridge_core::wire::Ipv4Cidr::new(guest_ip(i), 24);
+        GuestStack::new(nic, mac(i), cidr, GATEWAY)
+    }
+
+    /// The gateway's MAC.
+    fn gateway_mac(&self) -> EthernetAddress {
+        let NetworkMode::Nat(nat) = &self.daemon.config().networks[0].mode else {
+            panic!("the default network is NAT");
+        };
+        EthernetAddress(nat.gateway_mac("default").0)
+    }
+
+    /// Runs a CLI subcommand against the daemon: its output, or its error in one line.
+    fn cli(&self, args: &[&str]) -> Result<String, String> {
+        let control = self.server.path().to_str().unwrap().to_string();
+        let argv = ["vhost-net-backend"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .chain(["--control", &control]);
+        let args = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
+        cli::run(args.command.expect("a subcommand")).map_err(|e| error_chain(&e))
+    }
+
+    /// Runs a CLI subcommand with `--json` and decodes its output.
+    fn json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
+        let mut with_json = args.to_vec();
+        with_json.push("--json");
+        serde_json::from_str(&self.cli(&with_json).unwrap()).unwrap()
+    }
+}
+
+/// The route of guest `i`'s frames through the gateway to `dst`.
+fn route(lab: &Lab, i: usize, dst: Ipv4Address) -> Ipv4Route {
+    Ipv4Route {
+        src_mac: EthernetAddress(mac(i)),
+        dst_mac: lab.gateway_mac(),
+        src_ip: guest_ip(i),
+        dst_ip: dst,
+    }
+}
+
+/// Bytes that differ from one position to the next.
+fn pattern(len: usize, salt: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt) ^ (i >> 9) as u8)
+        .collect()
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The host's end of a connection the guest opens to `listener` (the guest's stack runs
+/// meanwhile, so its SYN goes out).
+fn accept(g: &mut GuestStack, listener: &TcpListener) -> TcpStream {
+    listener.set_nonblocking(true).unwrap();
+    let mut accepted = None;
+    g.until(WAIT, |_| {
+        accepted = listener.accept().ok();
+        accepted.is_some()
+    });
+    let (s, _) = accepted.expect("the guest's connection reaches the host");
+    s.set_nonblocking(false).unwrap();
+    s
+}
+
+/// The IPv4 packet of an Ethernet frame, if it is one.
+fn ipv4(frame: &[u8]) -> Option<Ipv4Packet<&[u8]>> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EthernetProtocol::Ipv4 {
+        return None;
+    }
+    Ipv4Packet::new_checked(&frame[14..]).ok()
+}
+
+/// The ICMP message of a frame, with the IPv4 source.
+fn icmp(frame: &[u8]) -> Option<(Ipv4Address, Icmpv4Message, u8, Vec<u8>)> {
+    let ip = ipv4(frame)?;
+    if ip.next_header() != IpProtocol::Icmp {
+        return None;
+    }
+    let packet = Icmpv4Packet::new_checked(ip.payload()).ok()?;
+    Some((
+        ip.src_addr(),
+        packet.msg_type(),
+        packet.msg_code(),
+        packet.into_inner().to_vec(),
+    ))
+}
+
+#[test]
+fn tcp_is_relayed_both_ways_with_half_close() {
+    let lab = Lab::new(1);
+    let mut g = lab.guest(0);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (up, down) = (pattern(700_000, 1), pattern(900_000, 2));
+    let host = {
+        let down = down.clone();
+        thread::spawn(move || {
+            let (mut s, peer) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            // The guest's FIN ends the read; the other way is still open.
+            s.read_to_end(&mut got).unwrap();
+            s.write_all(&down).unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            (got, peer)
+        })
+    };
+    let tcp = g.connect(SocketAddrV4::new(LOOPBACK, port));
+    let mut received = Vec::new();
+    assert!(
+        g.exchange(tcp, &up, &mut received, 0, WAIT),
+        "the guest sends"
+    );
+    g.tcp(tcp).close();
+    assert!(g.until(WAIT, |g| {
+        let s = g.tcp(tcp);
+        while s.can_recv() {
+            let _ = s.recv(|b| {
+                received.extend_from_slice(b);
+                (b.len(), ())
+            });
+        }
+        !s.may_recv()
+    }));
+    let (got, peer) = host.join().unwrap();
+    assert_eq!(got.len(), up.len());
+    assert!(got == up, "the guest's bytes arrive intact");
+    assert_eq!(received.len(), down.len());
+    assert!(received == down, "the host's bytes arrive intact");
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::from(Ipv4Addr::LOCALHOST),
+        "re-originated from the daemon's host socket"
+    );
+    assert!(g.until(WAIT, |g| matches!(
+        g.tcp(tcp).state(),
+        State::TimeWait | State::Closed
+    )));
+}
+
+#[test]
+fn refused_and_reset_connections_reset_the_other_side() {
+    let lab = Lab::new(1);
+    let mut g = lab.guest(0);
+
+    // Nothing listens: the guest's SYN is answered with RST.
+    let port = closed_port();
+    let tcp = g.connect(SocketAddrV4::new(LOOPBACK, port));
+    assert!(g.until(WAIT, |g| g.tcp(tcp).state() == State::Closed));
+    let rst = g.take_seen(|f| {
+        ipv4(f).is_some_and(|ip| {
+            ip.next_header() == IpProtocol::Tcp
+                && TcpPacket::new_checked(ip.payload())
+                    .is_ok_and(|t| t.rst() && t.src_port() == port)
+        })
+    });
+    assert!(rst.is_some(), "an RST from the refused port");
+
+    // The host resets: the guest's connection is reset.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp = g.connect(SocketAddrV4::new(
+        LOOPBACK,
+        listener.local_addr().unwrap().port(),
+    ));
+    let s = accept(&mut g, &listener);
+    assert!(g.until(WAIT, |g| g.tcp(tcp).state() == State::Established));
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+    assert!(g.until(WAIT, |g| g.tcp(tcp).state() == State::Closed));
+    assert!(
+        g.take_seen(|f| ipv4(f)
+            .is_some_and(|ip| TcpPacket::new_checked(ip.payload()).is_ok_and(|t| t.rst())))
+            .is_some(),
+        "the reset reaches the guest as RST"
+    );
+
+    // The guest resets: the host's connection is reset.
+    let tcp = g.connect(SocketAddrV4::new(
+        LOOPBACK,
+        listener.local_addr().unwrap().port(),
+    ));
+    let mut s = accept(&mut g, &listener);
+    assert!(g.until(WAIT, |g| g.tcp(tcp).state() == State::Established));
+    g.tcp(tcp).abort();
+    g.poll(Duration::ZERO);
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let e = s.read(&mut [0u8; 16]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ConnectionReset);
+}
+
+#[test]
+fn udp_flows_carry_replies_and_port_unreachable() {
+    let lab = Lab::new(1);
+    let mut g = lab.guest(0);
+    let host = UdpSocket::bind("127.0.0.1:0").unwrap();
+    host.set_read_timeout(Some(WAIT)).unwrap();
+    let port = host.local_addr().unwrap().port();
+    let r = route(&lab, 0, LOOPBACK);
+    g.nic()
+        .send(0, &udp_frame(&r, 5000, port, b"hello"))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = host.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello");
+    host.send_to(b"hello yourself", from).unwrap();
+    let reply = {
+        let mut reply = None;
+        g.until(WAIT, |g| {
+            reply = g.take_seen(|f| ipv4(f).is_some_and(|ip| ip.next_header() == IpProtocol::Udp));
+            reply.is_some()
+        });
+        reply.expect("the host's reply reaches the guest")
+    };
+    let ip = ipv4(&reply).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (LOOPBACK, guest_ip(0)));
+    let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!((udp.src_port(), udp.dst_port()), (port, 5000));
+    assert_eq!(udp.payload(), b"hello yourself");
+    assert!(udp.verify_checksum(
+        &IpAddress::Ipv4(ip.src_addr()),
+        &IpAddress::Ipv4(ip.dst_addr())
+    ));
+
+    // A datagram to a closed port: the kernel's port unreachable goes on to the guest.
+    let closed = {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let sent = udp_frame(&r, 5001, closed, b"anyone?");
+    // The first datagram draws the kernel's error; the next send or read reports it.
+    let mut error = None;
+    for _ in 0..3 {
+        g.nic().send(0, &sent).unwrap();
+        g.until(Duration::from_secs(2), |g| {
+            error = g.take_seen(|f| icmp(f).is_some());
+            error.is_some()
+        });
+        if error.is_some() {
+            break;
+        }
+    }
+    let (src, msg, code, body) = icmp(&error.expect("an ICMP error")).unwrap();
+    assert_eq!(src, LOOPBACK);
+    assert_eq!(msg, Icmpv4Message::DstUnreachable);
+    assert_eq!(code, u8::from(Icmpv4DstUnreachable::PortUnreachable));
+    let quoted = Ipv4Packet::new_unchecked(&body[8..]);
+    assert_eq!(quoted.dst_addr(), LOOPBACK);
+    assert_eq!(quoted.src_addr(), guest_ip(0));
+}
+
+/// `net.ipv4.ping_group_range` opened to every group while it lives (ping sockets), then set
+/// back.
+struct PingGroups(String);
+
+impl PingGroups {
+    const PATH: &'static str = "/proc/sys/net/ipv4/ping_group_range";
+
+    fn open() -> PingGroups {
+        let old = std::fs::read_to_string(Self::PATH).unwrap();
+        std::fs::write(Self::PATH, "0 2147483647").expect("root may set ping_group_range");
+        PingGroups(old.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
+}
+
+impl Drop for PingGroups {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
+#[test]
+fn echo_requests_go_out_through_ping_sockets() {
+    let _groups = PingGroups::open();
+    let lab = Lab::new(1);
+    let mut g = lab.guest(0);
+    let r = route(&lab, 0, LOOPBACK);
+    let request = Icmpv4Repr::EchoRequest {
+        ident: 0x1234,
+        seq_no: 7,
+        data: b"are you there",
+    };
+    let frame = ipv4_frame(&r, IpProtocol::Icmp, request.buffer_len(), |b| {
+        request.emit(
+            &mut Icmpv4Packet::new_unchecked(b),
+            &ChecksumCapabilities::default(),
+        );
+    });
+    g.nic().send(0, &frame).unwrap();
+    let mut reply = None;
+    g.until(WAIT, |g| {
+        reply = g.take_seen(|f| icmp(f).is_some());
+        reply.is_some()
+    });
+    let reply = reply.expect("an echo reply");
+    let ip = ipv4(&reply).unwrap();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (LOOPBACK, guest_ip(0)));
+    let packet = Icmpv4Packet::new_checked(ip.payload()).unwrap();
+    let repr = Icmpv4Repr::parse(&packet, &ChecksumCapabilities::default()).unwrap();
+    assert_eq!(
+        repr,
+        Icmpv4Repr::EchoReply {
+            ident: 0x1234,
+            seq_no: 7,
+            data: b"are you there",
+        },
+        "the guest's identifier comes back"
+    );
+}
+
+#[test]
+fn other_protocols_and_the_gateways_own_tcp_ports_are_refused() {
+    let lab = Lab::new(1);
+    let mut g = lab.guest(0);
+    // SCTP to the outside: port unreachable, as libvirt's FORWARD chain rejects it.
+    let sctp = ipv4_frame(
+        &route(&lab, 0, LOOPBACK),
+        IpProtocol::Unknown(132),
+        16,
+        |b| b.fill(1),
+    );
+    g.nic().send(0, &sctp).unwrap();
+    // TCP to the gateway's port 22: host prohibited, as the host's INPUT chain rejects it.
+    let syn = TcpRepr {
+        src_port: 40000,
+        dst_port: 22,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(1000),
+        ack_number: None,
+        window_len: 1024,
+        window_scale: None,
+        max_seg_size: Some(1460),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let r = route(&lab, 0, GATEWAY);
+    let ssh = ipv4_frame(&r, IpProtocol::Tcp, syn.buffer_len(), |b| {
+        syn.emit(
+            &mut TcpPacket::new_unchecked(b),
+            &IpAddress::Ipv4(r.src_ip),
+            &IpAddress::Ipv4(r.dst_ip),
+            &ChecksumCapabilities::default(),
+        );
+    });
+    g.nic().send(0, &ssh).unwrap();
+    let mut errors = Vec::new();
+    g.until(WAIT, |g| {
+        while let Some(f) = g.take_seen(|f| icmp(f).is_some()) {
+            errors.push(icmp(&f).unwrap());
+        }
+        errors.len() == 2
+    });
+    let mut kinds: Vec<(Ipv4Address, u8)> = errors.iter().map(|e| (e.0, e.2)).collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            (GATEWAY, u8::from(Icmpv4DstUnreachable::PortUnreachable)),
+            (GATEWAY, u8::from(Icmpv4DstUnreachable::HostProhibited)),
+        ]
+    );
+    assert!(errors.iter().all(|e| e.1 == Icmpv4Message::DstUnreachable));
+}
+
+/// A DHCP message from guest `i` (broadcast, from 0.0.0.0).
+fn dhcp_frame(i: usize, repr: &DhcpRepr<'_>) -> Vec<u8> {
+    let mut payload = vec![0u8; repr.buffer_len()];
+    repr.emit(&mut DhcpPacket::new_unchecked(&mut payload[..]))
+        .unwrap();
+    let route = Ipv4Route {
+        src_mac: EthernetAddress(mac(i)),
+        dst_mac: EthernetAddress([0xff; 6]),
+        src_ip: Ipv4Address::UNSPECIFIED,
+        dst_ip: Ipv4Address::BROADCAST,
+    };
+    udp_frame(&route, 68, 67, &payload)
+}
+
+/// The gateway's DHCP answer of type `kind` to guest `i`'s transaction: (address, server).
+fn dhcp_answer(g: &mut GuestStack, kind: DhcpMessageType) -> (Ipv4Address, Ipv4Address) {
+    let mut got = None;
+    g.until(WAIT, |g| {
+        let frame = g.take_seen(|f| {
+            ipv4(f).is_some_and(|ip| {
+                UdpPacket::new_checked(ip.payload()).is_ok_and(|u| u.dst_port() == 68)
+            })
+        });
+        if let Some(frame) = frame {
+            let ip = ipv4(&frame).unwrap();
+            let udp = UdpPacket::new_checked(ip.payload()).unwrap();
+            let packet = DhcpPacket::new_checked(udp.payload()).unwrap();
+            let repr = DhcpRepr::parse(&packet).unwrap();
+            if repr.message_type == kind {
+                got = Some((repr.your_ip, repr.server_identifier.unwrap()));
+            }
+        }
+        got.is_some()
+    });
+    got.unwrap_or_else(|| panic!("a DHCP {kind:?}"))
+}
+
+fn dhcp_repr(i: usize, kind: DhcpMessageType) -> DhcpRepr<'static> {
+    DhcpRepr {
+        message_type: kind,
+        transaction_id: 0x5eed,
+        secs: 0,
+        client_hardware_address: EthernetAddress(mac(i)),
+        client_ip: Ipv4Address::UNSPECIFIED,
+        your_ip: Ipv4Address::UNSPECIFIED,
+        server_ip: Ipv4Address::UNSPECIFIED,
+        router: None,
+        subnet_mask: None,
+        relay_agent_ip: Ipv4Address::UNSPECIFIED,
+        broadcast: true,
+        requested_ip: None,
+        client_identifier: None,
+        server_identifier: None,
+        parameter_request_list: None,
+        dns_servers: None,
+        max_size: None,
+        lease_duration: None,
+        renew_duration: None,
+        rebind_duration: None,
+        additional_options: &[],
+    }
+}
+
+#[test]
+fn the_cli_shows_leases_and_flows_and_manages_port_forwards() {
+    let lab = Lab::new(2);
+    let mut g = lab.guest(0);
+
+    // A lease, by DHCP with a hostname.
+    let mut leaser = lab.guest(1);
+    let discover = dhcp_repr(1, DhcpMessageType::Discover);
+    leaser.nic().send(0, &dhcp_frame(1, &discover)).unwrap();
+    let (offered, server) = dhcp_answer(&mut leaser, DhcpMessageType::Offer);
+    let hostname = [DhcpOption {
+        kind: 12,
+        data: b"alpha",
+    }];
+    let request = DhcpRepr {
+        requested_ip: Some(offered),
+        server_identifier: Some(server),
+        additional_options: &hostname,
+        ..dhcp_repr(1, DhcpMessageType::Request)
+    };
+    leaser.nic().send(0, &dhcp_frame(1, &request)).unwrap();
+    let (acked, _) = dhcp_answer(&mut leaser, DhcpMessageType::Ack);
+    assert_eq!(acked, offered);
+    let text = lab.cli(&["leases"]).unwrap();
+    assert!(
+        text.contains(&format!("default  {acked}  52:54:00:00:01:02  alpha")),
+        "{text}"
+    );
+    let leases: Vec<LeaseInfo> = lab.json(&["leases"]);
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0].hostname.as_deref(), Some("alpha"));
+    let show: vhost_net_backend::control::protocol::ShowView = lab.json(&["show"]);
+    assert_eq!(show.networks[0].gateway_running, Some(true));
+
+    // A TCP flow and a UDP flow in conntrack.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_port = listener.local_addr().unwrap().port();
+    let tcp = g.connect(SocketAddrV4::new(LOOPBACK, tcp_port));
+    let _host = accept(&mut g, &listener);
+    assert!(g.until(WAIT, |g| g.tcp(tcp).state() == State::Established));
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(WAIT)).unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+    let r = route(&lab, 0, LOOPBACK);
+    g.nic()
+        .send(0, &udp_frame(&r, 5353, udp_port, b"q"))
+        .unwrap();
+    let (_, from) = udp.recv_from(&mut [0u8; 8]).unwrap();
+    udp.send_to(b"a", from).unwrap();
+    assert!(g.until(WAIT, |g| g
+        .take_seen(|f| ipv4(f).is_some_and(|ip| ip.next_header() == IpProtocol::Udp))
+        .is_some()));
+    let flows: Vec<FlowInfo> = lab.json(&["conntrack"]);
+    let find = |proto: &str, dst: u16| {
+        flows
+            .iter()
+            .find(|f| f.protocol == proto && f.dst == format!("127.0.0.1:{dst}"))
+            .unwrap_or_else(|| panic!("a {proto} flow to port {dst}: {flows:?}"))
+    };
+    let t = find("tcp", tcp_port);
+    assert_eq!(t.state, "ESTABLISHED");
+    assert!(t.src.starts_with("192.168.122.50:"), "{t:?}");
+    assert_eq!(t.reply_src, t.dst);
+    let u = find("udp", udp_port);
+    assert_eq!(
+        (u.state.as_str(), u.src.as_str()),
+        ("ASSURED", "192.168.122.50:5353")
+    );
+    let text = lab.cli(&["conntrack"]).unwrap();
+    assert!(
+        text.contains("udp    ASSURED") && text.contains(&format!("127.0.0.1:{udp_port}")),
+        "{text}"
+    );
+
+    // A port forward added, used and removed through the CLI.
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, closed_port()));
+    let guest = format!("{}:8080", guest_ip(0));
+    let forward = ["forward", "add", "tcp", &listen.to_string(), &guest];
+    lab.cli(&forward).unwrap();
+    let text = lab.cli(&["forward", "list"]).unwrap();
+    assert!(
+        text.contains(&listen.to_string()) && text.contains(&guest),
+        "{text}"
+    );
+    let server = g.listen(8080);
+    let mut client = TcpStream::connect_timeout(&listen, WAIT).unwrap();
+    client.write_all(b"through the forward").unwrap();
+    let mut got = Vec::new();
+    assert!(g.exchange(server, b"and back", &mut got, 19, WAIT));
+    assert_eq!(got, b"through the forward");
+    // The guest's stack sends its answer (and sees it acknowledged) while it runs.
+    assert!(g.until(WAIT, |g| g.tcp(server).send_queue() == 0));
+    let mut back = [0u8; 8];
+    client.set_read_timeout(Some(WAIT)).unwrap();
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"and back");
+    let e = lab.cli(&forward).unwrap_err();
+    assert!(e.ends_with("is forwarded twice"), "{e}");
+    lab.cli(&["forward", "remove", "tcp", &listen.to_string(), &guest])
+        .unwrap();
+    assert!(lab.cli(&["forward", "list"]).unwrap().lines().count() <= 1);
+    assert!(TcpStream::connect_timeout(&listen, Duration::from_secs(2)).is_err());
+}

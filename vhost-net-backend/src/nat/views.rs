@@ -1,0 +1,136 @@
+//! The NAT networks behind the control API's views: their DHCP leases (`leases`), their
+//! conntrack tables (`conntrack`) and their port forwards (`forward list/add/remove`), as the
+//! daemon registers them in its [`Hooks`](crate::control::hooks::Hooks).
+
+use bridge_core::conntrack::{FlowInfo as CtFlow, Protocol, TcpState};
+use bridge_core::time::Instant;
+
+use super::network::NatHandle;
+use crate::cli::error_chain;
+use crate::config::{ForwardConfig, MacAddr};
+use crate::control::hooks::{Conntrack, Forwards, Leases};
+use crate::control::protocol::{FlowInfo, LeaseInfo};
+
+/// The running NAT networks.
+#[derive(Debug)]
+pub struct NatViews {
+    networks: Vec<NatHandle>,
+}
+
+impl NatViews {
+    /// The views of `networks`.
+    pub fn new(networks: Vec<NatHandle>) -> Self {
+        NatViews { networks }
+    }
+
+    fn network(&self, name: &str) -> Result<&NatHandle, String> {
+        self.networks
+            .iter()
+            .find(|n| n.name() == name)
+            .ok_or_else(|| format!("no NAT network is named {name:?}"))
+    }
+}
+
+impl Leases for NatViews {
+    fn leases(&self) -> Vec<LeaseInfo> {
+        self.networks
+            .iter()
+            .flat_map(|n| {
+                n.leases().into_iter().map(|l| LeaseInfo {
+                    network: n.name().to_string(),
+                    expires: l.expires,
+                    mac: MacAddr(l.mac.0).to_string(),
+                    ip: l.ip.to_string(),
+                    hostname: l.hostname,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Conntrack for NatViews {
+    fn flows(&self) -> Vec<FlowInfo> {
+        let now = Instant::now();
+        self.networks
+            .iter()
+            .flat_map(|n| {
+                let name = n.name();
+                n.flows().into_iter().map(move |f| flow_info(name, now, &f))
+            })
+            .collect()
+    }
+}
+
+impl Forwards for NatViews {
+    fn list(&self) -> Vec<ForwardConfig> {
+        self.networks
+            .iter()
+            .filter_map(|n| n.forwards().ok())
+            .flatten()
+            .collect()
+    }
+
+    fn add(&self, forward: ForwardConfig) -> Result<(), String> {
+        let network = self.network(&forward.network)?;
+        network.add_forward(forward).map_err(|e| error_chain(&e))
+    }
+
+    fn remove(&self, forward: &ForwardConfig) -> Result<(), String> {
+        let network = self.network(&forward.network)?;
+        network
+            .remove_forward(forward.clone())
+            .map_err(|e| error_chain(&e))
+    }
+}
+
+/// A flow as `conntrack -L` shows it. The `user` egress originates the host side from its own
+/// sockets, so the reply direction is the original one reversed.
+fn flow_info(network: &str, now: Instant, f: &CtFlow<u32>) -> FlowInfo {
+    let t = &f.original;
+    let endpoint = |e: &bridge_core::conntrack::Endpoint| format!("{}:{}", e.addr, e.port);
+    let (protocol, state) = match (t.protocol, f.tcp) {
+        (Protocol::Tcp, s) => ("tcp", s.map_or("NONE", tcp_state_name)),
+        (Protocol::Udp, _) => ("udp", assurance(f)),
+        (Protocol::Icmp, _) => ("icmp", assurance(f)),
+    };
+    let expires_in = if f.expires > now {
+        (f.expires - now).secs()
+    } else {
+        0
+    };
+    FlowInfo {
+        network: network.to_string(),
+        protocol: protocol.into(),
+        state: state.into(),
+        expires_in,
+        src: endpoint(&t.src),
+        dst: endpoint(&t.dst),
+        reply_src: endpoint(&t.dst),
+        reply_dst: endpoint(&t.src),
+        packets: None,
+        bytes: None,
+        verdict: f.verdict.map(|v| v.to_string()),
+    }
+}
+
+fn assurance(f: &CtFlow<u32>) -> &'static str {
+    if f.assured {
+        "ASSURED"
+    } else {
+        "UNREPLIED"
+    }
+}
+
+/// The state's name as Linux's conntrack prints it.
+fn tcp_state_name(s: TcpState) -> &'static str {
+    match s {
+        TcpState::SynSent => "SYN_SENT",
+        TcpState::SynRecv => "SYN_RECV",
+        TcpState::Established => "ESTABLISHED",
+        TcpState::FinWait => "FIN_WAIT",
+        TcpState::CloseWait => "CLOSE_WAIT",
+        TcpState::LastAck => "LAST_ACK",
+        TcpState::TimeWait => "TIME_WAIT",
+        TcpState::Close => "CLOSE",
+    }
+}
