@@ -6,6 +6,8 @@
 //! Load generation and benchmarks: [`load`] (guests, runs, the backends under test; used by the
 //! `loadgen` and `bench` binaries).
 //!
+//! In-process daemons: [`control_cli`] runs CLI subcommands against their control sockets.
+//!
 //! End-to-end support: [`e2e`] (serial e2e tests, prerequisites, scratch directory),
 //! [`qemu`] (TCG guests with vhost-user NICs), [`guest_script`] (their /test.sh and what it
 //! prints), [`initramfs`] (how /test.sh gets in), [`daemon`] (the daemon as a child process),
@@ -14,6 +16,7 @@
 //! namespaces and veth pairs), [`wan`] (the hosts NAT tests reach).
 
 pub mod console;
+pub mod control_cli;
 pub mod daemon;
 pub mod e2e;
 pub mod frontend;

@@ -11,6 +11,7 @@ use std::thread;
 use std::time::Duration;
 
 use clap::Parser;
+use tests::control_cli;
 use tests::frontend::connection::Role;
 use tests::frontend::frames::{number, numbered};
 use tests::frontend::net::{NetOptions, VirtioNet};
@@ -67,21 +68,12 @@ impl Lab {
 
     /// Runs a CLI subcommand against the daemon: its output, or its error in one line.
     fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let control = self.server.path().to_str().unwrap().to_string();
-        let argv = ["vhost-net-backend"]
-            .into_iter()
-            .chain(args.iter().copied())
-            .chain(["--control", &control]);
-        let args = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
-        cli::run(args.command.expect("a subcommand")).map_err(|e| error_chain(&e))
+        control_cli::run(self.server.path(), args)
     }
 
     /// Runs a CLI subcommand with `--json` and decodes its output.
     fn json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
-        let mut with_json = args.to_vec();
-        with_json.push("--json");
-        let text = self.cli(&with_json).unwrap();
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+        control_cli::json(self.server.path(), args)
     }
 
     fn attach(&self, socket: &Path) -> VirtioNet {

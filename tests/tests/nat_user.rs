@@ -15,13 +15,12 @@ use bridge_core::wire::{
     EthernetProtocol, Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4Repr, IpAddress,
     IpProtocol, Ipv4Address, Ipv4Packet, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket,
 };
-use clap::Parser;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::tcp::State;
+use tests::control_cli;
 use tests::frontend::connection::Role;
 use tests::frontend::net::{NetOptions, VirtioNet};
 use tests::guest_stack::GuestStack;
-use vhost_net_backend::cli::{self, error_chain, Args};
 use vhost_net_backend::config::{DnsConfig, NetworkMode};
 use vhost_net_backend::control::protocol::{FlowInfo, LeaseInfo};
 use vhost_net_backend::control::Server;
@@ -101,20 +100,12 @@ impl Lab {
 
     /// Runs a CLI subcommand against the daemon: its output, or its error in one line.
     fn cli(&self, args: &[&str]) -> Result<String, String> {
-        let control = self.server.path().to_str().unwrap().to_string();
-        let argv = ["vhost-net-backend"]
-            .into_iter()
-            .chain(args.iter().copied())
-            .chain(["--control", &control]);
-        let args = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
-        cli::run(args.command.expect("a subcommand")).map_err(|e| error_chain(&e))
+        control_cli::run(self.server.path(), args)
     }
 
     /// Runs a CLI subcommand with `--json` and decodes its output.
     fn json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
-        let mut with_json = args.to_vec();
-        with_json.push("--json");
-        serde_json::from_str(&self.cli(&with_json).unwrap()).unwrap()
+        control_cli::json(self.server.path(), args)
     }
 }
 
@@ -156,6 +147,22 @@ fn accept(g: &mut GuestStack, listener: &TcpListener) -> TcpStream {
     let (s, _) = accepted.expect("the guest's connection reaches the host");
     s.set_nonblocking(false).unwrap();
     s
+}
+
+/// The next frame the guest gets holding a UDP datagram from port `port` (other guests' DHCP
+/// broadcasts come too).
+fn udp_from(g: &mut GuestStack, port: u16) -> Vec<u8> {
+    let mut frame = None;
+    g.until(WAIT, |g| {
+        frame = g.take_seen(|f| {
+            ipv4(f).is_some_and(|ip| {
+                ip.next_header() == IpProtocol::Udp
+                    && UdpPacket::new_checked(ip.payload()).is_ok_and(|u| u.src_port() == port)
+            })
+        });
+        frame.is_some()
+    });
+    frame.expect("a datagram from the host reaches the guest")
 }
 
 /// The IPv4 packet of an Ethernet frame, if it is one.
@@ -301,14 +308,7 @@ fn udp_flows_carry_replies_and_port_unreachable() {
     let (n, from) = host.recv_from(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"hello");
     host.send_to(b"hello yourself", from).unwrap();
-    let reply = {
-        let mut reply = None;
-        g.until(WAIT, |g| {
-            reply = g.take_seen(|f| ipv4(f).is_some_and(|ip| ip.next_header() == IpProtocol::Udp));
-            reply.is_some()
-        });
-        reply.expect("the host's reply reaches the guest")
-    };
+    let reply = udp_from(&mut g, port);
     let ip = ipv4(&reply).unwrap();
     assert_eq!((ip.src_addr(), ip.dst_addr()), (LOOPBACK, guest_ip(0)));
     let udp = UdpPacket::new_checked(ip.payload()).unwrap();
@@ -573,9 +573,7 @@ fn the_cli_shows_leases_and_flows_and_manages_port_forwards() {
         .unwrap();
     let (_, from) = udp.recv_from(&mut [0u8; 8]).unwrap();
     udp.send_to(b"a", from).unwrap();
-    assert!(g.until(WAIT, |g| g
-        .take_seen(|f| ipv4(f).is_some_and(|ip| ip.next_header() == IpProtocol::Udp))
-        .is_some()));
+    udp_from(&mut g, udp_port);
     let flows: Vec<FlowInfo> = lab.json(&["conntrack"]);
     let find = |proto: &str, dst: u16| {
         flows
