@@ -81,6 +81,7 @@ fn lab(policies: impl FnOnce(&tempfile::TempDir) -> Vec<PolicyConfig>) -> Lab {
     let mut config = Config::with_ports(ports);
     config.policies = policies(&dir);
     config.control.socket = Some(dir.path().join("control.sock"));
+    config.state_dir = Some(dir.path().to_path_buf());
     let control = config.control.clone();
     let daemon = Arc::new(start(config).unwrap());
     let server = Server::start(Arc::clone(&daemon), &control).unwrap();
