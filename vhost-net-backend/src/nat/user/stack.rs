@@ -6,7 +6,7 @@
 use bridge_core::wire::{
     EthernetAddress, EthernetFrame, EthernetProtocol, IpCidr, Ipv4Cidr, ETHERNET_HEADER_LEN,
 };
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::iface::{Config, Interface, PollResult, SocketHandle, SocketSet};
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
@@ -147,10 +147,14 @@ impl Stack {
             .poll_ingress_single(now, &mut phy, &mut self.sockets);
     }
 
-    /// Lets the sockets send what they have.
+    /// Lets the sockets send what they have: every segment their windows allow, not one per
+    /// socket (smoltcp's `poll_egress` dispatches each socket once; it is called until nothing
+    /// more goes out).
     pub fn egress(&mut self, now: Instant) {
         let mut phy = Self::phy(&mut self.tx, self.mac, self.mtu, None);
-        self.iface.poll_egress(now, &mut phy, &mut self.sockets);
+        while self.iface.poll_egress(now, &mut phy, &mut self.sockets)
+            == PollResult::SocketStateChanged
+        {}
         self.iface.poll_maintenance(now);
     }
 
