@@ -20,6 +20,16 @@ use crate::process::{Process, ProcessError};
 /// Where Debian's dpdk-dev installs testpmd.
 pub const TESTPMD: &str = "dpdk-testpmd";
 
+/// Whether testpmd is installed here (it can be started; `--help` exits at once).
+pub fn installed() -> bool {
+    std::process::Command::new(TESTPMD)
+        .arg("--help")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok()
+}
+
 /// Distinguishes testpmd instances of one process (DPDK's runtime directory).
 static INSTANCE: AtomicUsize = AtomicUsize::new(0);
 

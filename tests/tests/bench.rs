@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use tests::load::backend::testpmd_installed;
+use tests::testpmd;
 
 #[test]
 fn bench_smoke_prints_its_tables() {
@@ -33,7 +33,7 @@ fn bench_smoke_prints_its_tables() {
         stdout.contains("| vhost-net-backend  |"),
         "a latency row:\n{stdout}"
     );
-    if testpmd_installed() {
+    if testpmd::installed() {
         let ratios = row.split('|').filter(|c| c.trim().ends_with('x')).count();
         assert_eq!(ratios, 2, "rate and CPU ratios to testpmd: {row}");
         assert!(stdout.contains("| testpmd io-forward |"), "{stdout}");

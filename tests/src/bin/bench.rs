@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tests::load::backend::{self, Backend, Cpus, Device};
+use tests::load::backend::{Backend, Cpus, Device};
 use tests::load::guest::{Frames, Guest};
 use tests::load::report::{fixed, median, mega, ratio, Table};
 use tests::load::run::{self, LatencySpec, Throughput, ThroughputSpec};
@@ -89,8 +89,8 @@ impl Policy {
         match self {
             Policy::None => Ok(String::new()),
             Policy::AllowAll | Policy::SecurityGroup24 => Err(
-                "the daemon does not load policies yet (the policy host's datapath integration \
-                 is not on main)"
+                "bench does not load policy modules into the daemon yet (the daemon runs \
+                 [[policy]] entries since dc054f6; bench's rows do not build and load them)"
                     .into(),
             ),
         }
@@ -177,7 +177,7 @@ fn bench(args: &Args) -> Result<(), BoxError> {
         Some(p) => p.clone(),
         None => tests::daemon::binary()?.to_path_buf(),
     };
-    let testpmd = !args.no_testpmd && backend::testpmd_installed();
+    let testpmd = !args.no_testpmd && tests::testpmd::installed();
     let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.contains(o));
     print_machine(args, testpmd);
     if cpus.is_some() {
