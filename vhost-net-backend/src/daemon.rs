@@ -25,6 +25,7 @@ use crate::policy::control::{ControlError, PolicyControl};
 use crate::policy::{HostConfig, LoadError, PolicyHost};
 use crate::port::{self, Link, Port};
 use crate::socket::{Endpoint, SocketError};
+use crate::uplink::{self, UplinkError, UplinkHandle, UplinkStatus, UplinkViews};
 
 /// How often learned addresses are aged out.
 const AGEING_INTERVAL: Duration = Duration::from_secs(1);
@@ -58,6 +59,9 @@ pub enum Error {
     /// No network has this name.
     #[error("no network is named {0:?}")]
     NoSuchNetwork(String),
+    /// A bridged network's uplink could not be started.
+    #[error("starting an uplink failed")]
+    Uplink(#[from] UplinkError),
     /// Creating an eventfd, a timer or a thread failed.
     #[error("creating a daemon resource failed")]
     Resource(#[source] io::Error),
@@ -110,6 +114,8 @@ pub struct Daemon {
     /// The NAT networks' gateways and egress.
     nat: Vec<NatNetwork>,
     ports: Mutex<BTreeMap<PortId, PortHandle>>,
+    /// The bridged networks' uplinks.
+    uplinks: Vec<UplinkHandle>,
     stop: Arc<EventFd>,
     housekeeping: Option<JoinHandle<()>>,
 }
@@ -120,11 +126,10 @@ fn check_implemented(config: &Config) -> Result<(), Error> {
     for (i, n) in config.networks.iter().enumerate() {
         let at = FieldPath::root("network").index(i);
         match &n.mode {
-            NetworkMode::Bridge(_) => return refuse(at.key("mode"), "a bridged network's uplink"),
             NetworkMode::Nat(nat) if matches!(nat.egress, Egress::Kernel { .. }) => {
                 return refuse(at.key("egress"), "kernel egress");
             }
-            NetworkMode::Nat(_) | NetworkMode::Isolated => {}
+            NetworkMode::Nat(_) | NetworkMode::Isolated | NetworkMode::Bridge(_) => {}
         }
     }
     Ok(())
@@ -182,6 +187,17 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
         hooks.set_conntrack(Some(views.clone()));
         hooks.set_forwards(Some(views));
     }
+    let mut uplinks = Vec::new();
+    for (n, id) in config.networks.iter().zip(&network_ids) {
+        if let NetworkMode::Bridge(bridge) = &n.mode {
+            let port = datapath
+                .switch()
+                .add_port(*id, bridge_core::PortConfig::default())?;
+            let handle = uplink::start(&datapath, &n.name, port, bridge.uplink.clone())?;
+            info!(network = %n.name, kind = bridge.uplink.kind(), interface = bridge.uplink.interface(), "uplink started");
+            uplinks.push(handle);
+        }
+    }
     let daemon = Daemon {
         datapath,
         config,
@@ -190,10 +206,22 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
         policies: Arc::clone(&policies),
         nat,
         ports: Mutex::new(BTreeMap::new()),
+        uplinks,
         stop,
         housekeeping: Some(housekeeping),
     };
     daemon.hooks.set_policies(Some(policies));
+    if !daemon.uplinks.is_empty() {
+        let views = UplinkViews {
+            ports: daemon
+                .uplinks
+                .iter()
+                .map(|u| Arc::clone(u.port()))
+                .collect(),
+            switch: Arc::clone(daemon.switch()),
+        };
+        daemon.hooks.set_uplinks(Some(Arc::new(views)));
+    }
     for port in ports {
         daemon.add_port(port)?;
     }
@@ -295,6 +323,12 @@ impl Daemon {
     }
 
     /// The ports' ids.
+    /// The bridged networks' uplinks: host interface, link state, counters.
+    pub fn uplinks(&self) -> Vec<UplinkStatus> {
+        self.uplinks.iter().map(|u| u.port().status()).collect()
+    }
+
+    /// The ports' ids.
     pub fn ports(&self) -> Vec<PortId> {
         self.lock_ports().keys().copied().collect()
     }
@@ -365,6 +399,11 @@ impl Daemon {
         }
         for nat in std::mem::take(&mut self.nat) {
             nat.stop(&self.datapath);
+        }
+        for uplink in self.uplinks.drain(..) {
+            let id = uplink.port().status().port;
+            self.datapath.remove(id);
+            uplink.stop();
         }
         let _ = self.stop.write(1);
         if let Some(t) = self.housekeeping.take() {

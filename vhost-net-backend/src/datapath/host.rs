@@ -12,6 +12,8 @@ use bridge_core::policy::HookPoint;
 use bridge_core::reject::{reject_reply, MAX_REPLY_LEN};
 use bridge_core::{Decision, DropReason, Egress, NetworkId, PortCounters, PortId};
 
+use super::copy::Source;
+use super::counters::DeviceDrop;
 use super::policy::{for_each_target, Check, FrameCtx, Outcome, PolicyStage, HEAD_LEN};
 use super::rx::{self, RxScratch};
 use super::tx::MAX_FRAME_LEN;
@@ -19,6 +21,7 @@ use super::vnet_hdr::VnetHdr;
 use super::{Attachment, Datapath};
 use crate::capture::Direction;
 use crate::port::Port;
+use crate::vhu_net::Negotiated;
 
 /// A port served inside the daemon.
 pub trait HostPort: Send + Sync + fmt::Debug {
@@ -109,6 +112,13 @@ impl Injector {
     /// A frame the policies must judge is judged at once (host ports send one frame at a
     /// time); frames of flows with a cached verdict pass by it.
     pub fn send(&mut self, frame: &[u8]) {
+        self.send_offloaded(&VnetHdr::default(), frame);
+    }
+
+    /// Sends a frame whose offloads `hdr` describes (a partial checksum, a TSO super-frame, as
+    /// an uplink receives them), as [`Injector::send`] does: passed whole to receivers that
+    /// negotiated the offloads, completed in software for the others.
+    pub fn send_offloaded(&mut self, hdr: &VnetHdr, frame: &[u8]) {
         let dp = Arc::clone(&self.dp);
         let ports = dp.ports();
         let switch = dp.switch();
@@ -133,7 +143,7 @@ impl Injector {
         match outcome {
             Outcome::Deliver { redirect, mirror } => {
                 for_each_target(switch, &decision, redirect, mirror, |port, egress| {
-                    self.deliver(&ports, frame, port, egress);
+                    self.deliver(&ports, hdr, frame, port, egress);
                 });
             }
             Outcome::Drop(reason) => self.record_drop(reason),
@@ -142,7 +152,8 @@ impl Injector {
                 if let Ok(n) = reject_reply(frame, &mut self.reply) {
                     let port = self.port;
                     let reply = std::mem::take(&mut self.reply);
-                    self.deliver(&ports, &reply[..n], port, Egress::AsIs);
+                    let plain = VnetHdr::default();
+                    self.deliver(&ports, &plain, &reply[..n], port, Egress::AsIs);
                     self.reply = reply;
                 }
             }
@@ -155,18 +166,35 @@ impl Injector {
         }
     }
 
-    fn deliver(&mut self, ports: &[Option<Attachment>], frame: &[u8], dst: PortId, e: Egress) {
+    fn deliver(
+        &mut self,
+        ports: &[Option<Attachment>],
+        hdr: &VnetHdr,
+        frame: &[u8],
+        dst: PortId,
+        e: Egress,
+    ) {
         match ports.get(dst.0 as usize) {
-            Some(Some(Attachment::Guest(port))) => self.deliver_to_guest(port, frame, dst, e),
-            Some(Some(Attachment::Host(host))) => {
-                host.deliver(&VnetHdr::default(), frame, e, &mut self.buf);
-            }
+            Some(Some(Attachment::Guest(port))) => self.deliver_to_guest(port, hdr, frame, dst, e),
+            Some(Some(Attachment::Host(host))) => host.deliver(hdr, frame, e, &mut self.buf),
             _ => {}
         }
     }
 
-    fn deliver_to_guest(&mut self, port: &Port, frame: &[u8], dst: PortId, egress: Egress) {
-        let Some(ring) = rx::deliver_bytes(port, 0, frame, egress, &mut self.rx) else {
+    fn deliver_to_guest(
+        &mut self,
+        port: &Port,
+        hdr: &VnetHdr,
+        frame: &[u8],
+        dst: PortId,
+        egress: Egress,
+    ) {
+        let delivered = if *hdr == VnetHdr::default() {
+            rx::deliver_bytes(port, 0, frame, egress, &mut self.rx)
+        } else {
+            self.deliver_offloaded(port, hdr, frame, egress)
+        };
+        let Some(ring) = delivered else {
             return;
         };
         if let Some(c) = self.capturing.then(|| self.dp.captures()) {
@@ -177,6 +205,55 @@ impl Injector {
         if !self.touched.contains(&(dst, ring)) {
             self.touched.push((dst, ring));
         }
+    }
+
+    /// Delivers `frame`, with offloads still to do (`hdr`), to `port`'s first receive queue
+    /// after the switch's `egress` rewrite: whole if the guest negotiated the offloads,
+    /// checksummed and segmented in software otherwise. Returns the ring's index when
+    /// anything was delivered.
+    fn deliver_offloaded(
+        &mut self,
+        port: &Port,
+        hdr: &VnetHdr,
+        frame: &[u8],
+        egress: Egress,
+    ) -> Option<usize> {
+        let rewritten = egress.apply(frame)?;
+        let replaced = frame.len() - rewritten.tail().len();
+        let hdr = hdr.shifted(rewritten.head().len() as isize - replaced as isize);
+        let Some((ring, mut vring)) = port.rx_vring(0) else {
+            port.counters().record(DeviceDrop::RxNotRunning);
+            return None;
+        };
+        let mut delivered = false;
+        let mut record = |r: Result<usize, rx::RxError>| match r {
+            Ok(n) => {
+                port.switch_counters().record_tx(n);
+                delivered = true;
+            }
+            Err(e) => port.counters().record(e.into()),
+        };
+        if hdr.fits(Negotiated(vring.features())) {
+            let body = Source::Local(rewritten.tail());
+            record(rx::deliver(
+                &mut vring,
+                &hdr,
+                rewritten.head(),
+                body,
+                &mut self.rx,
+            ));
+        } else {
+            let full = if egress == Egress::AsIs {
+                frame
+            } else {
+                let n = rewritten.copy_to(&mut self.buf)?;
+                &self.buf[..n]
+            };
+            if rx::deliver_completed(&mut vring, &hdr, full, &mut self.rx, record).is_err() {
+                port.counters().record(DeviceDrop::OffloadFailed);
+            }
+        }
+        delivered.then_some(ring)
     }
 
     /// Signals every guest that got frames since the last flush.

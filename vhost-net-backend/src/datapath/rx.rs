@@ -4,6 +4,7 @@
 //! The caller holds the RX vring's lock and signals the guest once per batch
 //! ([`Vring::notify`]).
 
+use bridge_core::offload;
 use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -184,6 +185,30 @@ pub fn deliver(
     }
     Vring::add_used(queue, mem, &scratch.used[..count]);
     Ok(frame_len)
+}
+
+/// Delivers `frame`, whose sender left offloads to do (`hdr`: a partial checksum, a TSO
+/// super-frame), to a guest that did not negotiate them: checksummed and segmented in software
+/// by bridge-core, each segment a frame of its own. `each` gets every segment's result. Fails
+/// when the frame's headers do not match its offload request.
+pub fn deliver_completed(
+    vring: &mut Vring,
+    hdr: &VnetHdr,
+    frame: &[u8],
+    scratch: &mut RxScratch,
+    mut each: impl FnMut(Result<usize, RxError>),
+) -> Result<(), offload::Error> {
+    offload::complete(frame, &hdr.offload_params(), |seg| {
+        let body = Source::Local(seg.payload());
+        each(deliver(
+            vring,
+            &VnetHdr::default(),
+            seg.head(),
+            body,
+            scratch,
+        ));
+    })
+    .map(drop)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! segment it in software. Nothing is allocated per frame and no system call is made per frame;
 //! the eventfd writes that signal guests are per batch.
 
-use bridge_core::offload::{self, GsoType, OffloadParams};
+use bridge_core::offload;
 use bridge_core::policy::HookPoint;
 use bridge_core::reject::{reject_reply, MAX_REPLY_LEN};
 use bridge_core::{Decision, DropReason, Egress, NetworkId, PortId};
@@ -470,28 +470,13 @@ impl Out<'_> {
                 None => return false,
             },
         };
-        let params = OffloadParams {
-            needs_csum: hdr.needs_csum,
-            csum_start: hdr.csum_start,
-            csum_offset: hdr.csum_offset,
-            gso_type: match hdr.gso {
-                Gso::None => GsoType::None,
-                Gso::Tcp4 => GsoType::TcpV4,
-                Gso::Tcp6 => GsoType::TcpV6,
-            },
-            gso_size: hdr.gso_size,
-        };
         let mut delivered = false;
-        let rx_scratch = &mut *self.rx;
-        let result = offload::complete(full, &params, |seg| {
-            let body = Source::Local(seg.payload());
-            match rx::deliver(rx, &VnetHdr::default(), seg.head(), body, rx_scratch) {
-                Ok(n) => {
-                    port.switch_counters().record_tx(n);
-                    delivered = true;
-                }
-                Err(e) => port.counters().record(e.into()),
+        let result = rx::deliver_completed(rx, hdr, full, self.rx, |r| match r {
+            Ok(n) => {
+                port.switch_counters().record_tx(n);
+                delivered = true;
             }
+            Err(e) => port.counters().record(e.into()),
         });
         if result.is_err() {
             self.src.counters().record(DeviceDrop::OffloadFailed);

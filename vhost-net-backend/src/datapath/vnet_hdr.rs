@@ -6,6 +6,8 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_HDR_GSO_TCPV6,
 };
 
+use bridge_core::offload::{GsoType, OffloadParams};
+
 use crate::vhu_net::Negotiated;
 
 /// Largest header (VERSION_1 or MRG_RXBUF: with num_buffers).
@@ -104,6 +106,21 @@ impl VnetHdr {
             Gso::Tcp6 => tso6,
         };
         gso_ok && (!self.needs_csum || features.guest_csum())
+    }
+
+    /// What bridge-core's offload helpers need to complete the frame in software.
+    pub fn offload_params(&self) -> OffloadParams {
+        OffloadParams {
+            needs_csum: self.needs_csum,
+            csum_start: self.csum_start,
+            csum_offset: self.csum_offset,
+            gso_type: match self.gso {
+                Gso::None => GsoType::None,
+                Gso::Tcp4 => GsoType::TcpV4,
+                Gso::Tcp6 => GsoType::TcpV6,
+            },
+            gso_size: self.gso_size,
+        }
     }
 
     /// The header after `shift` bytes were inserted (positive) or removed (negative) in front
