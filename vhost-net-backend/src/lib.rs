@@ -14,6 +14,8 @@
 //! | [`vhu_net`] | the virtio-net device: offered features, config space, negotiated view |
 //! | [`datapath`] | descriptor chains ([`datapath::chain`]), virtio-net headers ([`datapath::vnet_hdr`]), the single copy ([`datapath::copy`]), delivery into RX queues ([`datapath::rx`]) |
 //! | [`policy`] | the WASM policy host: [`policy::PolicyHost`] (load, publish, quarantine), [`policy::PolicyWorker`] (a datapath thread's policy hook) |
+//! | [`uplink`] | bridged networks' uplinks ([`uplink::UplinkPort`]: af_packet, tap), rtnetlink ([`uplink::netlink`]) |
+//! | [`kernel_egress`] | a NAT network's `kernel` egress: TAP with the gateway address, forwarding, nftables ([`kernel_egress::KernelEgress`]) |
 //! | [`sys`] | the crate's `unsafe` code (fd passing, poll, signals) |
 //!
 //! Design notes: docs/device.md; why the protocol layer is the project's own: docs/decisions.md.
@@ -25,12 +27,14 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod event_loop;
+pub mod kernel_egress;
 pub mod metrics;
 pub mod nat;
 pub mod policy;
 pub mod port;
 pub mod socket;
 pub mod sys;
+pub mod uplink;
 pub mod vhost_user;
 pub mod vhu_net;
 pub mod vring;
