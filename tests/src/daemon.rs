@@ -79,6 +79,17 @@ impl Daemon {
         })
     }
 
+    /// Starts the daemon with `args` inside network namespace `netns` (its uplinks and host
+    /// interfaces live there; its unix sockets are paths as usual).
+    pub fn start_in_netns<S: AsRef<str>>(netns: &str, args: &[S]) -> Result<Self, DaemonError> {
+        let binary = binary()?.display().to_string();
+        let mut full = vec!["netns".to_string(), "exec".into(), netns.into(), binary];
+        full.extend(args.iter().map(|a| a.as_ref().to_string()));
+        Ok(Daemon {
+            process: Process::start("daemon", "ip", full)?,
+        })
+    }
+
     /// Waits until the daemon listens on each of `sockets`.
     pub fn wait_listening(
         &mut self,
@@ -87,7 +98,7 @@ impl Daemon {
     ) -> Result<(), DaemonError> {
         let deadline = Instant::now() + timeout;
         for socket in sockets {
-            while !is_listening(socket) {
+            while !is_listening_in(self.process.pid(), socket) {
                 if !self.process.is_running()? {
                     return Err(DaemonError::Exited);
                 }
@@ -121,9 +132,19 @@ impl DerefMut for Daemon {
 /// Whether a unix socket bound to `path` is listening, from /proc/net/unix (a stale socket file
 /// left by a killed daemon does not count).
 pub fn is_listening(path: &Path) -> bool {
+    is_listening_in_table("/proc/net/unix", path)
+}
+
+/// [`is_listening`] in the network namespace of process `pid` (unix sockets are listed per
+/// namespace).
+pub fn is_listening_in(pid: u32, path: &Path) -> bool {
+    is_listening_in_table(&format!("/proc/{pid}/net/unix"), path)
+}
+
+fn is_listening_in_table(table: &str, path: &Path) -> bool {
     /// `__SO_ACCEPTCON`: the socket listens.
     const ACCEPTCON: &str = "00010000";
-    let Ok(table) = fs::read_to_string("/proc/net/unix") else {
+    let Ok(table) = fs::read_to_string(table) else {
         return false;
     };
     let path = path.to_string_lossy();

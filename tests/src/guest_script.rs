@@ -15,7 +15,12 @@
 //! - `carrier`: `GUEST CARRIER <eth0's carrier_changes>` (how often the link went up or down);
 //! - `offloads`: `GUEST OFFLOAD <feature> on|off` for eth0's checksum and TSO offloads;
 //! - `notify HOST` / `wait_notified`: one guest tells another it is done (TCP port 5001; both
-//!   give up after a while).
+//!   give up after a while);
+//! - `dhcp`: busybox udhcpc on eth0 (address, default route): `GUEST LEASE <address/prefix>`
+//!   or `GUEST NO-LEASE`;
+//! - `fetch HOST PATH`: an HTTP/1.0 GET over busybox nc (the static busybox's wget crashes
+//!   resolving even a literal address), the response's lines as `GUEST FETCH ...` and
+//!   `GUEST FETCH-RC <rc>`.
 
 /// Shell functions every network script defines.
 const FUNCTIONS: &str = r#"
@@ -55,6 +60,26 @@ notify() {
   until echo done | nc "$1" 5001; do i=$((i+1)); [ $i -ge 30 ] && return 1; sleep 1; done
 }
 wait_notified() { timeout 180 nc -l -p 5001 >/dev/null; }
+dhcp() {
+  cat > /tmp/udhcpc.sh <<'S'
+#!/bin/sh
+case "$1" in bound|renew)
+  ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface"
+  [ -n "$router" ] && ip route replace default via "${router%% *}" ;;
+esac
+S
+  chmod +x /tmp/udhcpc.sh
+  if udhcpc -i eth0 -s /tmp/udhcpc.sh -n -q -t 60 -T 2 >/dev/null 2>&1; then
+    say LEASE "$(ip -4 addr show eth0 | awk '/inet /{print $2}')"
+  else
+    say NO-LEASE
+  fi
+}
+fetch() {
+  out=$(printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$2" "$1" | nc -w 10 "$1" 80 2>&1); rc=$?
+  echo "$out" | while read -r l; do say FETCH "$l"; done
+  say FETCH-RC $rc
+}
 offloads() {
   ethtool -k eth0 | grep -E '^(tx-checksumming|rx-checksumming|tcp-segmentation-offload):' |
     while read -r k v rest; do say OFFLOAD "${k%:}" "$v"; done
@@ -71,6 +96,12 @@ pub fn script(body: &str) -> String {
 pub fn net_script(address: &str, mtu: Option<u16>, body: &str) -> String {
     let mtu = mtu.map_or(String::new(), |mtu| format!("ip link set eth0 mtu {mtu}\n"));
     script(&format!("ip addr add {address} dev eth0\n{mtu}{body}"))
+}
+
+/// A script that gets eth0's address by DHCP ((the `dhcp` function's `GUEST LEASE` line), defines the
+/// functions above, then runs `body`.
+pub fn net_script_dhcp(body: &str) -> String {
+    script(&format!("dhcp\n{body}"))
 }
 
 /// A ping summary: frames sent and replies received.

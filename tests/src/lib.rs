@@ -13,7 +13,8 @@
 //! prints), [`initramfs`] (how /test.sh gets in), [`daemon`] (the daemon as a child process),
 //! [`process`] and [`console`] (child processes and their output), [`testpmd`] (DPDK testpmd
 //! as a frontend and as the load generator's reference backend), [`netns`] (network
-//! namespaces and veth pairs), [`wan`] (the hosts NAT tests reach).
+//! namespaces and veth pairs), [`wan`] (the hosts NAT tests reach), [`lan`] (a LAN behind a
+//! bridged network's uplink).
 
 pub mod console;
 pub mod control_cli;
@@ -23,6 +24,7 @@ pub mod frontend;
 pub mod guest_script;
 pub mod guest_stack;
 pub mod initramfs;
+pub mod lan;
 pub mod load;
 pub mod netns;
 pub mod process;

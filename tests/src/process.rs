@@ -63,6 +63,11 @@ impl Process {
         &self.name
     }
 
+    /// The process id (the program's: wrappers exec it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for the next stdout line (after the last one `expect` returned) that contains
     /// `prefix`, and returns it from `prefix` on.
     pub fn expect(&mut self, prefix: &str, timeout: Duration) -> Result<String, ProcessError> {
