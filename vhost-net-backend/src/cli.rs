@@ -95,9 +95,10 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
-    /// Counters and drop reasons of every port, or of one (id, `portN` or socket path).
+    /// Counters and drop reasons of every port and uplink, or of one (id, `portN`, socket
+    /// path, or an uplink's host interface).
     Stats {
-        /// Only this port.
+        /// Only this port or uplink.
         port: Option<String>,
         #[command(flatten)]
         client: ClientArgs,

@@ -322,7 +322,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// The ports' ids.
     /// The bridged networks' uplinks: host interface, link state, counters.
     pub fn uplinks(&self) -> Vec<UplinkStatus> {
         self.uplinks.iter().map(|u| u.port().status()).collect()

@@ -19,43 +19,15 @@ use vhost_net_backend::config::{ForwardConfig, NatConfig, Protocol};
 use vhost_net_backend::datapath::vnet_hdr::VnetHdr;
 use vhost_net_backend::kernel_egress::KernelEgress;
 
-const INSIDE: &str = "VNB_KERNEL_EGRESS_NETNS";
+mod netns;
 
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use netns::run;
+
+const INSIDE: &str = "VNB_KERNEL_EGRESS_NETNS";
 
 #[test]
 fn kernel_egress_in_a_namespace() {
-    let ns = format!("vnb-kegress-{}", std::process::id());
-    run("ip", &["netns", "add", &ns]);
-    let me = std::env::current_exe().unwrap();
-    let out = Command::new("ip")
-        .args(["netns", "exec", &ns])
-        .arg(&me)
-        .args([
-            "--exact",
-            "inside_the_namespace",
-            "--include-ignored",
-            "--nocapture",
-        ])
-        .env(INSIDE, "1")
-        .output()
-        .unwrap();
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("1 passed"), "the inner test ran: {text}");
+    netns::run_inside("vnb-kegress", "inside_the_namespace", INSIDE);
 }
 
 fn nat() -> NatConfig {
@@ -108,11 +80,7 @@ fn echo_request(gateway_mac: [u8; 6]) -> Vec<u8> {
 #[test]
 #[ignore = "changes the network namespace it runs in: run by kernel_egress_in_a_namespace"]
 fn inside_the_namespace() {
-    assert_eq!(
-        std::env::var(INSIDE).as_deref(),
-        Ok("1"),
-        "run inside its namespace only"
-    );
+    netns::assert_inside(INSIDE);
     let nat = nat();
     let mac = nat.gateway_mac("t");
     // A table as a crashed run leaves it.

@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
-use super::protocol::{FlowInfo, LeaseInfo, PolicyInfo, UplinkInfo};
+use super::protocol::{FlowInfo, LeaseInfo, PolicyInfo, UplinkInfo, UplinkStatsView};
 use crate::config::{ForwardConfig, PolicyConfig};
 
 /// The DHCP leases of the NAT networks.
@@ -50,6 +50,8 @@ pub trait Policies: Send + Sync {
 pub trait Uplinks: Send + Sync {
     /// Every uplink with its link state and counters.
     fn uplinks(&self) -> Vec<UplinkInfo>;
+    /// Every uplink's counters with their drop reasons.
+    fn stats(&self) -> Vec<UplinkStatsView>;
 }
 
 /// The registered implementations.

@@ -245,11 +245,40 @@ pub struct PortStatsView {
     pub device_drops: Vec<(String, u64)>,
 }
 
+/// An uplink's counters with every drop reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkStatsView {
+    /// Its switch port.
+    pub port: u32,
+    /// Its network.
+    pub network: String,
+    /// The host interface (the NIC, or the TAP).
+    pub interface: String,
+    /// Frames from the LAN.
+    pub rx_frames: u64,
+    /// Bytes from the LAN.
+    pub rx_bytes: u64,
+    /// Frames to the LAN.
+    pub tx_frames: u64,
+    /// Bytes to the LAN.
+    pub tx_bytes: u64,
+    /// The switch's drops of frames from the LAN, by reason (every reason, zeros too).
+    pub switch_drops: Vec<(String, u64)>,
+    /// The uplink's own drops (host interface refused a frame or was gone, frames from the LAN
+    /// too big or with a header the daemon does not take), by reason.
+    pub uplink_drops: Vec<(String, u64)>,
+    /// Times the uplink reopened after its host interface came back.
+    pub recoveries: u64,
+}
+
 /// The counters view.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsView {
     /// The ports.
     pub ports: Vec<PortStatsView>,
+    /// The uplinks of bridged networks.
+    #[serde(default)]
+    pub uplinks: Vec<UplinkStatsView>,
     /// Frames whose ingress port was gone.
     pub unknown_port_drops: u64,
 }
@@ -258,6 +287,8 @@ pub struct StatsView {
 /// [`Uplinks`](super::hooks::Uplinks)).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UplinkInfo {
+    /// Its switch port.
+    pub port: u32,
     /// Its network.
     pub network: String,
     /// af_packet or tap.
@@ -267,8 +298,18 @@ pub struct UplinkInfo {
     /// The kernel bridge a TAP is enslaved to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bridge: Option<String>,
-    /// Whether the host interface is up with carrier.
+    /// Whether frames pass: the host interface (the NIC, or the TAP's bridge) is there and up
+    /// (with carrier, for a NIC).
     pub up: bool,
+    /// The host interface's MTU (the bridge's for a TAP in one); none while it is not there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// The host interface's MAC address (the bridge's for a TAP in one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Times the uplink reopened after its host interface came back.
+    #[serde(default)]
+    pub recoveries: u64,
     /// Frames from the LAN.
     pub rx_frames: u64,
     /// Frames to the LAN.

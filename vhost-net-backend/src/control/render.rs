@@ -124,12 +124,16 @@ pub fn show(v: &ShowView) -> String {
         out.push('\n');
         let mut t = Table::new(&[
             "uplink",
+            "port",
             "network",
             "kind",
             "link",
+            "mtu",
+            "mac",
             "rx frames",
             "tx frames",
             "drops",
+            "recoveries",
         ]);
         for u in &v.uplinks {
             let kind = match &u.bridge {
@@ -138,12 +142,16 @@ pub fn show(v: &ShowView) -> String {
             };
             t.row(vec![
                 u.interface.clone(),
+                port_name(u.port),
                 u.network.clone(),
                 kind,
                 (if u.up { "up" } else { "down" }).to_string(),
+                u.mtu.map_or_else(|| "-".to_string(), |m| m.to_string()),
+                u.mac.clone().unwrap_or_else(|| "-".to_string()),
                 count(u.rx_frames),
                 count(u.tx_frames),
                 count(u.drops),
+                u.recoveries.to_string(),
             ]);
         }
         out.push_str(&t.render());
@@ -210,6 +218,20 @@ pub fn fdb(v: &FdbView) -> String {
     t.render()
 }
 
+/// The drop reasons that counted anything, or `none`.
+fn counted(drops: &[(String, u64)]) -> String {
+    let counted: Vec<String> = drops
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    if counted.is_empty() {
+        "none".to_string()
+    } else {
+        counted.join(", ")
+    }
+}
+
 /// `stats`: counters, and the drop reasons that counted anything.
 pub fn stats(v: &StatsView) -> String {
     let mut out = String::new();
@@ -221,17 +243,24 @@ pub fn stats(v: &StatsView) -> String {
             p.rx_frames, p.rx_bytes, p.tx_frames, p.tx_bytes, p.fdb_limit_hits
         );
         for (what, drops) in [("switch", &p.switch_drops), ("device", &p.device_drops)] {
-            let counted: Vec<String> = drops
-                .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(reason, n)| format!("{reason} {n}"))
-                .collect();
-            let text = if counted.is_empty() {
-                "none".to_string()
-            } else {
-                counted.join(", ")
-            };
-            let _ = writeln!(out, "  {what} drops: {text}");
+            let _ = writeln!(out, "  {what} drops: {}", counted(drops));
+        }
+    }
+    for u in &v.uplinks {
+        let _ = writeln!(
+            out,
+            "uplink {} {} (network {})",
+            u.interface,
+            port_name(u.port),
+            u.network
+        );
+        let _ = writeln!(
+            out,
+            "  from LAN {} frames {} bytes, to LAN {} frames {} bytes, recoveries {}",
+            u.rx_frames, u.rx_bytes, u.tx_frames, u.tx_bytes, u.recoveries
+        );
+        for (what, drops) in [("switch", &u.switch_drops), ("uplink", &u.uplink_drops)] {
+            let _ = writeln!(out, "  {what} drops: {}", counted(drops));
         }
     }
     if v.unknown_port_drops > 0 {

@@ -1,10 +1,11 @@
 //! The views whose data the daemon itself holds: networks, ports and their links (`show`), the
 //! FDB, counters with drop reasons; and finding a port by id or socket path.
 
-use bridge_core::{FdbEntryKind, PortId, PortVlan, VlanId};
+use bridge_core::{DropCounts, FdbEntryKind, PortId, PortVlan, VlanId};
 
 use super::protocol::{
     FdbEntryView, FdbView, NetworkView, PortStatsView, PortView, ShowView, StatsView,
+    UplinkStatsView,
 };
 use crate::config::{format_vlan_list, MacAddr, NetworkConfig, NetworkMode, PortConfig, Uplink};
 use crate::daemon::{Daemon, PortReport};
@@ -170,9 +171,29 @@ pub fn fdb(daemon: &Daemon, network: Option<&str>) -> Result<FdbView, String> {
     Ok(FdbView { entries })
 }
 
-/// Counters and drop reasons of `port` (every port when `None`).
+/// The switch's drop counters by reason name (every reason, zeros too).
+pub fn switch_drops(drops: &DropCounts) -> Vec<(String, u64)> {
+    drops
+        .iter()
+        .map(|(reason, n)| (reason.name().to_string(), n))
+        .collect()
+}
+
+/// Counters and drop reasons of `port` (every port and uplink when `None`); an uplink is
+/// named by its port id or its host interface.
 pub fn stats(daemon: &Daemon, port: Option<&str>) -> Result<StatsView, String> {
-    let wanted = port.map(|p| find_port(daemon, p)).transpose()?;
+    let uplinks = daemon
+        .hooks()
+        .uplinks()
+        .map(|u| u.stats())
+        .unwrap_or_default();
+    let wanted = port
+        .map(|p| find_port(daemon, p).or_else(|e| find_uplink(&uplinks, p).ok_or(e)))
+        .transpose()?;
+    let uplinks = uplinks
+        .into_iter()
+        .filter(|u| wanted.is_none_or(|w| w.0 == u.port))
+        .collect();
     let ports = reports(daemon)
         .into_iter()
         .filter(|(id, _)| wanted.is_none_or(|w| w == *id))
@@ -184,12 +205,7 @@ pub fn stats(daemon: &Daemon, port: Option<&str>) -> Result<StatsView, String> {
             tx_frames: r.switch.tx_frames,
             tx_bytes: r.switch.tx_bytes,
             fdb_limit_hits: r.switch.fdb_limit_hits,
-            switch_drops: r
-                .switch
-                .drops
-                .iter()
-                .map(|(reason, n)| (reason.name().to_string(), n))
-                .collect(),
+            switch_drops: switch_drops(&r.switch.drops),
             device_drops: r
                 .device
                 .iter()
@@ -199,8 +215,18 @@ pub fn stats(daemon: &Daemon, port: Option<&str>) -> Result<StatsView, String> {
         .collect();
     Ok(StatsView {
         ports,
+        uplinks,
         unknown_port_drops: daemon.switch().unknown_port_drops(),
     })
+}
+
+/// The uplink named by `name`: its port's id (`3`, `port3`) or its host interface.
+fn find_uplink(uplinks: &[UplinkStatsView], name: &str) -> Option<PortId> {
+    let number = name.strip_prefix("port").unwrap_or(name);
+    uplinks
+        .iter()
+        .find(|u| u.interface == name || number.parse() == Ok(u.port))
+        .map(|u| PortId(u.port))
 }
 
 /// The port named by `name`: its id (`3`, `port3`) or its socket path.

@@ -798,11 +798,21 @@ mod tests {
         assert_eq!((hdr, got), (want_hdr, f.clone()));
 
         // C did not: three segments of 1000 bytes, each with correct checksums.
-        assert_eq!(c_rx.used_idx(), 3);
+        assert_segments_of(&g[2], &c_rx, &f);
+        assert_eq!(
+            g[0].stats().total() + g[1].stats().total() + g[2].stats().total(),
+            0
+        );
+    }
+
+    /// Asserts that `rx` holds `f` (a [`tcp_frame`] of 3000 bytes) as three segments of 1000
+    /// bytes with plain headers and correct checksums.
+    fn assert_segments_of(g: &Guest, rx: &TestRing, f: &[u8]) {
+        assert_eq!(rx.used_idx(), 3);
         let (src, dst) = (IpAddress::v4(10, 0, 0, 1), IpAddress::v4(10, 0, 0, 2));
         let mut payload = Vec::new();
         for i in 0..3 {
-            let (hdr, seg) = received(&g[2], &c_rx, i);
+            let (hdr, seg) = received(g, rx, i);
             assert_eq!(hdr, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0], "a plain header");
             assert_eq!(seg.len(), 54 + 1000);
             let ip = Ipv4Packet::new_checked(&seg[14..]).unwrap();
@@ -813,10 +823,36 @@ mod tests {
             payload.extend_from_slice(tcp.payload());
         }
         assert_eq!(payload, f[54..]);
-        assert_eq!(
-            g[0].stats().total() + g[1].stats().total() + g[2].stats().total(),
-            0
-        );
+    }
+
+    #[test]
+    fn a_host_ports_offloaded_frame_passes_whole_or_is_completed() {
+        // What an uplink does with a GRO'd TCP frame from the LAN (partial checksum, TSO).
+        let (dp, g) = setup(&[V1 | MRG | GUEST_TSO, V1 | MRG]);
+        let dp = Arc::new(dp);
+        let (mut b_rx, mut c_rx) = (g[0].rx(), g[1].rx());
+        post_rx(&mut b_rx, 8, 4096);
+        post_rx(&mut c_rx, 8, 4096);
+        let switch = dp.switch();
+        let net = switch.networks()[0].id;
+        let host = switch
+            .add_port(net, bridge_core::PortConfig::default())
+            .unwrap();
+        let f = tcp_frame(3000);
+        let hdr = VnetHdr::parse_tx(&tso_hdr(1000), Negotiated(HOST_TSO), f.len()).unwrap();
+        let mut injector = super::super::host::Injector::new(Arc::clone(&dp), host);
+        injector.send_offloaded(&hdr, &f);
+        injector.flush();
+
+        // B negotiated the offloads: the frame whole with its header.
+        assert_eq!(b_rx.used_idx(), 1);
+        let mut want_hdr = tso_hdr(1000);
+        want_hdr[10] = 1; // num_buffers
+        assert_eq!(received(&g[0], &b_rx, 0), (want_hdr, f.clone()));
+        // C did not: segmented and checksummed in software.
+        assert_segments_of(&g[1], &c_rx, &f);
+        assert_eq!(g[0].stats().total() + g[1].stats().total(), 0);
+        assert_eq!(switch.port_info(host).unwrap().stats.rx_frames, 1);
     }
 
     #[test]

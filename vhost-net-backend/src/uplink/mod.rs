@@ -33,7 +33,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::Uplink;
 use crate::control::hooks::Uplinks;
-use crate::control::protocol::UplinkInfo;
+use crate::control::protocol::{UplinkInfo, UplinkStatsView};
+use crate::control::views::switch_drops;
 use crate::datapath::host::{HostPort, Injector};
 use crate::datapath::tx::MAX_FRAME_LEN;
 use crate::datapath::vnet_hdr::VnetHdr;
@@ -130,6 +131,18 @@ struct Counters {
     rx_truncated: AtomicU64,
     rx_bad_header: AtomicU64,
     recoveries: AtomicU64,
+}
+
+impl UplinkCounters {
+    /// The drops by reason (every reason, zeros too).
+    pub fn drops(&self) -> [(&'static str, u64); 4] {
+        [
+            ("tx_error", self.tx_errors),
+            ("tx_link_down", self.tx_link_down),
+            ("rx_truncated", self.rx_truncated),
+            ("rx_bad_header", self.rx_bad_header),
+        ]
+    }
 }
 
 impl Counters {
@@ -259,6 +272,7 @@ pub fn start(
         ring: None,
         sender: None,
         retired: Vec::new(),
+        attached_before: false,
     };
     link.refresh()?;
     dp.insert_host(port, Arc::clone(&shared) as Arc<dyn HostPort>);
@@ -292,6 +306,9 @@ struct Link {
     /// Senders replaced since the loop last looked: kept open until their descriptor is out
     /// of the event loop (a new socket may reuse the number).
     retired: Vec<Arc<Sender>>,
+    /// Whether the uplink was attached to its host interface before (attaching again is a
+    /// recovery).
+    attached_before: bool,
 }
 
 impl Link {
@@ -310,6 +327,13 @@ impl Link {
             warn!(error = %e, "setting the uplink's port state failed");
         }
         Ok(())
+    }
+
+    /// Counts a recovery if the uplink was attached before.
+    fn attached(&mut self) {
+        if std::mem::replace(&mut self.attached_before, true) {
+            self.shared.counters.recoveries.fetch_add(1, Relaxed);
+        }
     }
 
     fn set_host(&self, host: Option<LinkInfo>) {
@@ -352,9 +376,7 @@ impl Link {
             Some(index) if self.sender.is_none() || open_on != Some(index) => {
                 match af_packet::open(index) {
                     Ok((socket, ring)) => {
-                        if self.sender.is_some() || open_on.is_some() {
-                            self.shared.counters.recoveries.fetch_add(1, Relaxed);
-                        }
+                        self.attached();
                         info!(network = %self.shared.network, interface, index, "uplink open on the interface");
                         self.ring = Some(ring);
                         self.publish(Some(Sender::Packet(socket)));
@@ -390,17 +412,8 @@ impl Link {
             return Ok(false);
         };
         if bridge.is_some() && info.master != Some(host.index) {
-            if self
-                .shared
-                .host
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_some()
-                || self.sender.is_some()
-            {
-                self.shared.counters.recoveries.fetch_add(1, Relaxed);
-            }
             self.netlink.set_master(info.index, host.index)?;
+            self.attached();
             info!(network = %self.shared.network, tap = tap.name(), bridge = host.name, "TAP enslaved");
         }
         if !info.up {
@@ -587,18 +600,54 @@ impl Uplinks for UplinkViews {
                     Uplink::Tap { interface, bridge } => (interface.clone(), bridge.clone()),
                 };
                 UplinkInfo {
+                    port: status.port.0,
                     network: status.network,
                     kind: status.config.kind().to_string(),
                     interface,
                     bridge,
                     up: status.up,
+                    mtu: status.host.as_ref().map(|h| h.mtu),
+                    mac: status
+                        .host
+                        .as_ref()
+                        .and_then(|h| h.mac)
+                        .map(|m| m.to_string()),
+                    recoveries: c.recoveries,
                     rx_frames: stats.as_ref().map_or(0, |s| s.rx_frames),
                     tx_frames: stats.as_ref().map_or(0, |s| s.tx_frames),
                     drops: stats.as_ref().map_or(0, |s| s.drops.total())
-                        + c.tx_errors
-                        + c.tx_link_down
-                        + c.rx_truncated
-                        + c.rx_bad_header,
+                        + c.drops().iter().map(|(_, n)| n).sum::<u64>(),
+                }
+            })
+            .collect()
+    }
+
+    fn stats(&self) -> Vec<UplinkStatsView> {
+        self.ports
+            .iter()
+            .map(|p| {
+                let status = p.status();
+                let stats = self
+                    .switch
+                    .port_info(status.port)
+                    .map(|i| i.stats)
+                    .unwrap_or_default();
+                UplinkStatsView {
+                    port: status.port.0,
+                    network: status.network,
+                    interface: status.config.interface().to_string(),
+                    rx_frames: stats.rx_frames,
+                    rx_bytes: stats.rx_bytes,
+                    tx_frames: stats.tx_frames,
+                    tx_bytes: stats.tx_bytes,
+                    switch_drops: switch_drops(&stats.drops),
+                    uplink_drops: status
+                        .counters
+                        .drops()
+                        .iter()
+                        .map(|(reason, n)| (reason.to_string(), *n))
+                        .collect(),
+                    recoveries: status.counters.recoveries,
                 }
             })
             .collect()
