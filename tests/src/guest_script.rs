@@ -149,12 +149,23 @@ pub struct IperfFigure {
 /// the `[SUM]` line, which comes last).
 pub fn iperf_receiver(lines: &[String], direction: &str) -> Option<IperfFigure> {
     let prefix = format!("GUEST IPERF {direction} ");
+    receiver_figure(lines.iter().filter(|line| line.starts_with(&prefix)))
+}
+
+/// The receiver's figure in iperf3's own output (`iperf3 -f m` run on a host).
+pub fn iperf_output_receiver(output: &str) -> Option<IperfFigure> {
+    receiver_figure(output.lines())
+}
+
+/// The last iperf3 `receiver` line's figure among `lines`.
+fn receiver_figure<'a, S: AsRef<str> + 'a>(
+    lines: impl DoubleEndedIterator<Item = S>,
+) -> Option<IperfFigure> {
     lines
-        .iter()
         .rev()
-        .filter(|line| line.starts_with(&prefix) && line.trim_end().ends_with("receiver"))
+        .filter(|line| line.as_ref().trim_end().ends_with("receiver"))
         .find_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
+            let words: Vec<&str> = line.as_ref().split_whitespace().collect();
             let before = |unit: &str| {
                 words
                     .get(words.iter().position(|w| *w == unit)?.checked_sub(1)?)?
@@ -214,6 +225,14 @@ mod tests {
             (receive.megabytes, receive.megabits_per_second),
             (60.5, 101.0)
         );
+        let host = "[  5]   0.00-3.00   sec   400 MBytes  1118 Mbits/sec    2             sender\n\
+                    [  5]   0.00-3.01   sec   399 MBytes  1112 Mbits/sec                  receiver\n";
+        let figure = iperf_output_receiver(host).unwrap();
+        assert_eq!(
+            (figure.megabytes, figure.megabits_per_second),
+            (399.0, 1112.0)
+        );
+        assert_eq!(iperf_output_receiver("iperf3: error"), None);
     }
 
     #[test]
