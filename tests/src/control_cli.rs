@@ -25,3 +25,60 @@ pub fn json<T: serde::de::DeserializeOwned>(control: &Path, args: &[&str]) -> T 
     let text = run(control, &with_json).unwrap();
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
 }
+
+/// A daemon started in-process with its control socket; its ports' sockets, control socket and
+/// state live in a scratch directory.
+#[derive(Debug)]
+pub struct Lab {
+    pub daemon: std::sync::Arc<vhost_net_backend::Daemon>,
+    pub server: vhost_net_backend::control::Server,
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// A daemon on the embedded default config with `n` ports (`vm<i>.sock`, MAC `mac(i)`),
+    /// changed by `adjust` before it starts.
+    pub fn start(
+        n: usize,
+        mac: impl Fn(usize) -> [u8; 6],
+        adjust: impl FnOnce(&mut vhost_net_backend::Config),
+    ) -> Lab {
+        use vhost_net_backend::{Config, MacAddr, PortConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let ports = (0..n)
+            .map(|i| PortConfig {
+                mac: MacAddr(mac(i)),
+                ..PortConfig::new(dir.path().join(format!("vm{i}.sock")))
+            })
+            .collect();
+        let mut config = Config::with_ports(ports);
+        config.control.socket = Some(dir.path().join("control.sock"));
+        config.state_dir = Some(dir.path().to_path_buf());
+        adjust(&mut config);
+        let control = config.control.clone();
+        let daemon = std::sync::Arc::new(vhost_net_backend::start(config).unwrap());
+        let server =
+            vhost_net_backend::control::Server::start(std::sync::Arc::clone(&daemon), &control)
+                .unwrap();
+        Lab {
+            daemon,
+            server,
+            dir,
+        }
+    }
+
+    /// A path in the scratch directory.
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Runs a CLI subcommand against the daemon: its output, or its error in one line.
+    pub fn cli(&self, args: &[&str]) -> Result<String, String> {
+        run(self.server.path(), args)
+    }
+
+    /// Runs a CLI subcommand with `--json` and decodes its output.
+    pub fn json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
+        json(self.server.path(), args)
+    }
+}

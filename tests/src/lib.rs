@@ -6,7 +6,8 @@
 //! Load generation and benchmarks: [`load`] (guests, runs, the backends under test; used by the
 //! `loadgen` and `bench` binaries).
 //!
-//! In-process daemons: [`control_cli`] runs CLI subcommands against their control sockets.
+//! In-process daemons: [`control_cli`] starts one with its control socket (`Lab`) and runs CLI
+//! subcommands against control sockets.
 //!
 //! End-to-end support: [`e2e`] (serial e2e tests, prerequisites, scratch directory),
 //! [`qemu`] (TCG guests with vhost-user NICs), [`guest_script`] (their /test.sh and what it

@@ -24,7 +24,7 @@ use vhost_net_backend::control::protocol::{
 };
 use vhost_net_backend::control::server::ServerError;
 use vhost_net_backend::control::Server;
-use vhost_net_backend::{start, Config, Daemon, MacAddr, PortConfig};
+use vhost_net_backend::Daemon;
 
 const WAIT: Duration = Duration::from_secs(5);
 const BROADCAST: [u8; 6] = [0xff; 6];
@@ -33,47 +33,23 @@ fn mac(i: usize) -> [u8; 6] {
     [0x52, 0x54, 0x00, 0x00, 0x00, i as u8 + 1]
 }
 
-/// A daemon with `n` ports and its control socket, in a scratch directory.
-struct Lab {
-    daemon: Arc<Daemon>,
-    server: Server,
-    dir: tempfile::TempDir,
+/// The control tests' daemon: the default config with `n` ports.
+struct Lab(control_cli::Lab);
+
+impl std::ops::Deref for Lab {
+    type Target = control_cli::Lab;
+    fn deref(&self) -> &control_cli::Lab {
+        &self.0
+    }
 }
 
 impl Lab {
     fn new(n: usize) -> Lab {
-        let dir = tempfile::tempdir().unwrap();
-        let ports = (0..n)
-            .map(|i| PortConfig {
-                mac: MacAddr(mac(i)),
-                ..PortConfig::new(dir.path().join(format!("vm{i}.sock")))
-            })
-            .collect();
-        let mut config = Config::with_ports(ports);
-        config.control.socket = Some(dir.path().join("control.sock"));
-        config.state_dir = Some(dir.path().to_path_buf());
-        let control = config.control.clone();
-        let daemon = Arc::new(start(config).unwrap());
-        let server = Server::start(Arc::clone(&daemon), &control).unwrap();
-        Lab {
-            daemon,
-            server,
-            dir,
-        }
+        Lab(control_cli::Lab::start(n, mac, |_| {}))
     }
 
     fn socket(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Runs a CLI subcommand against the daemon: its output, or its error in one line.
-    fn cli(&self, args: &[&str]) -> Result<String, String> {
-        control_cli::run(self.server.path(), args)
-    }
-
-    /// Runs a CLI subcommand with `--json` and decodes its output.
-    fn json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
-        control_cli::json(self.server.path(), args)
+        self.path(name)
     }
 
     fn attach(&self, socket: &Path) -> VirtioNet {

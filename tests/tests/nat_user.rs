@@ -5,7 +5,6 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -23,8 +22,6 @@ use tests::frontend::net::{NetOptions, VirtioNet};
 use tests::guest_stack::GuestStack;
 use vhost_net_backend::config::{DnsConfig, NetworkMode};
 use vhost_net_backend::control::protocol::{FlowInfo, LeaseInfo};
-use vhost_net_backend::control::Server;
-use vhost_net_backend::{start, Config, Daemon, MacAddr, PortConfig};
 
 const WAIT: Duration = Duration::from_secs(10);
 const GATEWAY: Ipv4Address = Ipv4Address::new(192, 168, 122, 1);
@@ -39,47 +36,37 @@ fn guest_ip(i: usize) -> Ipv4Address {
     Ipv4Address::new(192, 168, 122, 50 + i as u8)
 }
 
-/// A daemon with the embedded default network, `n` ports and its control socket, its state
-/// and sockets in a scratch directory; DNS goes to a socket of the test.
+/// A daemon with the embedded default network and `n` ports (see [`control_cli::Lab`]); DNS
+/// goes to a socket of the test.
 struct Lab {
-    daemon: Arc<Daemon>,
-    server: Server,
-    dir: tempfile::TempDir,
+    lab: control_cli::Lab,
     _dns: UdpSocket,
+}
+
+impl std::ops::Deref for Lab {
+    type Target = control_cli::Lab;
+    fn deref(&self) -> &control_cli::Lab {
+        &self.lab
+    }
 }
 
 impl Lab {
     fn new(n: usize) -> Lab {
-        let dir = tempfile::tempdir().unwrap();
         let dns = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let ports = (0..n)
-            .map(|i| PortConfig {
-                mac: MacAddr(mac(i)),
-                ..PortConfig::new(dir.path().join(format!("vm{i}.sock")))
-            })
-            .collect();
-        let mut config = Config::with_ports(ports);
-        let NetworkMode::Nat(nat) = &mut config.networks[0].mode else {
-            panic!("the default network is NAT");
-        };
-        nat.dns = Some(DnsConfig {
-            upstreams: vec![dns.local_addr().unwrap()],
+        let upstream = dns.local_addr().unwrap();
+        let lab = control_cli::Lab::start(n, mac, |config| {
+            let NetworkMode::Nat(nat) = &mut config.networks[0].mode else {
+                panic!("the default network is NAT");
+            };
+            nat.dns = Some(DnsConfig {
+                upstreams: vec![upstream],
+            });
         });
-        config.state_dir = Some(dir.path().to_path_buf());
-        config.control.socket = Some(dir.path().join("control.sock"));
-        let control = config.control.clone();
-        let daemon = Arc::new(start(config).unwrap());
-        let server = Server::start(Arc::clone(&daemon), &control).unwrap();
-        Lab {
-            daemon,
-            server,
-            dir,
-            _dns: dns,
-        }
+        Lab { lab, _dns: dns }
     }
 
     fn nic(&self, i: usize, options: NetOptions) -> VirtioNet {
-        let path = self.dir.path().join(format!("vm{i}.sock"));
+        let path = self.path(&format!("vm{i}.sock"));
         VirtioNet::new(Role::Connect(path), options).unwrap()
     }
 
@@ -96,16 +83,6 @@ impl Lab {
             panic!("the default network is NAT");
         };
         EthernetAddress(nat.gateway_mac("default").0)
-    }
-
-    /// Runs a CLI subcommand against the daemon: its output, or its error in one line.
-    fn cli(&self, args: &[&str]) -> Result<String, String> {
-        control_cli::run(self.server.path(), args)
-    }
-
-    /// Runs a CLI subcommand with `--json` and decodes its output.
-    fn json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
-        control_cli::json(self.server.path(), args)
     }
 }
 
