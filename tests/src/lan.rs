@@ -145,12 +145,12 @@ impl Lan {
 
     /// A counter of interface `dev` in the host namespace (`tx_packets`, `rx_packets`, ...).
     pub fn host_counter(&self, dev: &str, name: &str) -> Result<u64, NetnsError> {
-        let path = format!("/sys/class/net/{dev}/statistics/{name}");
-        let out = self.host.exec(&["cat", &path])?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0))
+        counter(&self.host, dev, name)
+    }
+
+    /// A counter of interface `dev` in the lan namespace.
+    pub fn lan_counter(&self, dev: &str, name: &str) -> Result<u64, NetnsError> {
+        counter(&self.lan, dev, name)
     }
 
     /// Deletes the host end of the veth pair (the uplink's NIC), or the bridge for a tap
@@ -194,6 +194,16 @@ impl Lan {
     }
 }
 
+/// A counter of interface `dev` in namespace `ns`, 0 if it cannot be read.
+fn counter(ns: &Netns, dev: &str, name: &str) -> Result<u64, NetnsError> {
+    let path = format!("/sys/class/net/{dev}/statistics/{name}");
+    let out = ns.exec(&["cat", &path])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0))
+}
+
 /// How long the guests may take for each step (TCG boots, DHCP, iperf3 runs).
 const STEP: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -226,9 +236,17 @@ pub fn bridged_network(attach: Attach, label: &str) -> Result<(), Box<dyn std::e
     );
     let config_path = e2e.path("bridge.toml");
     fs::write(&config_path, config)?;
+    let control = e2e.path("control.sock");
     let mut daemon = crate::daemon::Daemon::start_in_netns(
         lan.host.name(),
-        &["--config", &config_path.display().to_string()],
+        &[
+            "--config",
+            &config_path.display().to_string(),
+            "--control",
+            &control.display().to_string(),
+            "--state-dir",
+            &e2e.dir().display().to_string(),
+        ],
     )?;
     daemon.wait_listening(
         &[&nic0.socket, &nic1.socket],
@@ -298,6 +316,22 @@ pub fn bridged_network(attach: Attach, label: &str) -> Result<(), Box<dyn std::e
     let summary = guest_script::ping_summary(&pair).ok_or("no ping summary")?;
     assert_eq!(summary.received, 20, "guest 1 -> guest 0: {pair:?}");
     vm1.expect("GUEST FINISHED", STEP)?;
+
+    // No loop: the uplink took in no more frames than reached its host interface from the LAN
+    // (and, for a TAP, from the host's bridge itself), while the guests sent it thousands. A
+    // few frames of the host namespace's own (IPv6 multicast) are not in those counters.
+    let stats: vhost_net_backend::control::protocol::StatsView =
+        crate::control_cli::json(&control, &["stats"]);
+    let up = stats.uplinks.first().ok_or("no uplink in stats")?;
+    let from_lan = lan.lan_counter(&lan.veth.b.name, "tx_packets")?
+        + match attach {
+            Attach::Nic => 0,
+            Attach::Bridge => lan.host_counter(BRIDGE, "tx_packets")?,
+        };
+    assert!(
+        up.rx_frames <= from_lan + 20 && up.tx_frames > 1000,
+        "the uplink looped frames back: {up:?}, {from_lan} frames sent to it"
+    );
 
     // Recovery: the host interface goes away and comes back.
     vm0.expect("GUEST PING", STEP)?;
