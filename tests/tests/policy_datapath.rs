@@ -27,6 +27,7 @@ use vhost_net_backend::config::{FailMode, PolicyConfig};
 use vhost_net_backend::control::protocol::PolicyInfo;
 use vhost_net_backend::control::Server;
 use vhost_net_backend::{start, Config, Daemon, MacAddr, PortConfig};
+use vm_memory::{Address, Bytes};
 
 const WAIT: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(200);
@@ -398,4 +399,93 @@ fn a_trapping_module_fails_closed_and_the_datapath_runs_on() {
 #[test]
 fn a_looping_module_times_out_fails_open_and_the_datapath_runs_on() {
     faulty_run("loop", FailMode::Open);
+}
+
+/// A's address with its two 16-bit words swapped: outside the network, and the same IPv4
+/// header checksum as A's.
+const SWAPPED: [u8; 4] = [A.ip[2], A.ip[3], A.ip[0], A.ip[1]];
+
+/// A guest that rewrites its frames after posting them, as a hostile guest may while the
+/// device works on them: A sends UDP from its own address while a thread keeps switching the
+/// source address in A's transmit buffers between A's and one outside the network.
+/// clean-traffic (judging every frame) drops the frames it sees spoofed; B must never receive
+/// one, whatever the timing: the bytes delivered are the bytes judged.
+#[test]
+fn a_guest_rewriting_frames_after_posting_them_cannot_pass_unjudged_bytes() {
+    let mut lab = lab(|_| Vec::new());
+    let wasm = policy_wasm::policy_wasm("clean-traffic");
+    let path = module(&lab.dir, "clean_traffic.wasm", &wasm);
+    let [a, b] = [A, B].map(|e| {
+        let mac = e.mac.map(|x| format!("{x:02x}")).join(":");
+        let ip = e.ip.map(|x| x.to_string()).join(".");
+        format!("mac {mac} ip {ip}")
+    });
+    let config = format!("port {} {a}\nport {} {b}\n", lab.ids[0].0, lab.ids[1].0);
+    lab.policies()
+        .load(policy("clean", path, &config, FailMode::Closed))
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flipper = {
+        let stop = Arc::clone(&stop);
+        let mem = lab.a.memory().mmap().clone();
+        let sources: Vec<_> = lab
+            .a
+            .tx_frame_addresses(0)
+            .unwrap()
+            .into_iter()
+            .map(|frame| frame.unchecked_add(26))
+            .collect();
+        thread::spawn(move || {
+            let mut flips = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for ip in [SWAPPED, A.ip] {
+                    for &at in &sources {
+                        mem.write_slice(&ip, at).unwrap();
+                    }
+                }
+                flips += 1;
+            }
+            flips
+        })
+    };
+    let dropped = |lab: &Lab| lab.drops(0, DropReason::PolicyDrop) as u32;
+    let start = Instant::now();
+    let (mut sent, mut received, mut spoofed) = (0u32, 0u32, 0u32);
+    while start.elapsed() < Duration::from_secs(3) || received + dropped(&lab) < sent {
+        if sent - received - dropped(&lab) < 128 && start.elapsed() < Duration::from_secs(3) {
+            let frames: Vec<Vec<u8>> = (sent..sent + 32).map(numbered_udp).collect();
+            sent += lab
+                .a
+                .send_batch(0, &NetHdr::plain(), frames.iter().map(Vec::as_slice))
+                .unwrap() as u32;
+        }
+        lab.b
+            .recv_batch(0, 64, QUIET, |_, data| {
+                if data[12..14] == [8, 0] {
+                    received += 1;
+                    if data[26..30] != A.ip {
+                        spoofed += 1;
+                    }
+                }
+            })
+            .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(30), "stalled");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let flips = flipper.join().unwrap();
+    let drops = dropped(&lab);
+    assert_eq!(
+        spoofed, 0,
+        "B received {spoofed} frames the policy never judged"
+    );
+    assert_eq!(received + drops, sent, "every frame delivered or dropped");
+    assert!(
+        drops > 0 && received > 0,
+        "the rewrites raced the device: {drops} judged spoofed and dropped, {received} \
+         delivered, of {sent} ({flips} rounds of rewrites)"
+    );
+    let rule = lab.list("clean").rules;
+    let ip_spoof = rule.iter().find(|r| r.description == "no-ip-spoofing DROP");
+    assert_eq!(ip_spoof.expect("listed").packets, u64::from(drops));
 }

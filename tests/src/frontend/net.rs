@@ -569,6 +569,19 @@ impl VirtioNet {
         Ok(sent)
     }
 
+    /// Where the frames sent on `pair` lie in guest memory: the first frame byte (after the
+    /// virtio-net header) of every transmit slot. A test playing a guest that rewrites a frame
+    /// after posting it writes there (through a clone of [`GuestMemory::mmap`]).
+    pub fn tx_frame_addresses(&self, pair: u16) -> Result<Vec<GuestAddress>, NetError> {
+        let vring = &self.vrings[self.tx_index(pair)?];
+        let hdr_len = self.hdr_len as u64;
+        Ok(vring
+            .slots
+            .iter()
+            .map(|s| s.unchecked_add(hdr_len))
+            .collect())
+    }
+
     /// Reclaims the transmit buffers of `pair` the device finished with; returns how many.
     pub fn reclaim_tx(&mut self, pair: u16) -> Result<usize, NetError> {
         let vring = self.tx_index(pair)?;

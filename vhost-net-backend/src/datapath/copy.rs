@@ -29,10 +29,11 @@ pub enum Source<'a> {
     Local(&'a [u8]),
 }
 
-/// Reads two local pieces (a virtio-net header, a rewritten head), then a [`Source`], in order.
+/// Reads up to three local pieces (a virtio-net header, a rewritten head, the rest of a frame's
+/// copied head), then a [`Source`], in order.
 #[derive(Debug)]
 pub struct Reader<'a> {
-    locals: [&'a [u8]; 2],
+    locals: [&'a [u8]; 3],
     source: Source<'a>,
     seg: usize,
     seg_off: usize,
@@ -42,15 +43,19 @@ pub struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// `first`, `second`, then `source`. A guest source is read to the end of its chain.
     pub fn new(first: &'a [u8], second: &'a [u8], source: Source<'a>) -> Self {
+        Self::with_locals([first, second, &[]], source)
+    }
+
+    /// The `locals` in order, then `source`.
+    pub fn with_locals(locals: [&'a [u8]; 3], source: Source<'a>) -> Self {
         let mut r = Reader {
-            locals: [first, second],
+            locals,
             source,
             seg: 0,
             seg_off: 0,
             remaining: 0,
         };
-        r.remaining = first.len()
-            + second.len()
+        r.remaining = locals.iter().map(|l| l.len()).sum::<usize>()
             + match source {
                 Source::Local(bytes) => bytes.len(),
                 Source::Guest { segs, skip, .. } => {

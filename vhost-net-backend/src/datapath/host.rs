@@ -238,7 +238,7 @@ impl Injector {
             record(rx::deliver(
                 &mut vring,
                 &hdr,
-                rewritten.head(),
+                [rewritten.head(), &[]],
                 body,
                 &mut self.rx,
             ));

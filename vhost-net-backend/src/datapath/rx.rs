@@ -88,7 +88,7 @@ pub fn deliver_bytes(
     match deliver(
         &mut vring,
         &VnetHdr::default(),
-        rewritten.head(),
+        [rewritten.head(), &[]],
         body,
         scratch,
     ) {
@@ -103,12 +103,13 @@ pub fn deliver_bytes(
     }
 }
 
-/// Delivers a frame made of `head` (rewritten headers, possibly empty) and `body` to the guest
-/// behind `vring`, with `hdr` as its virtio-net header. Returns the frame length.
+/// Delivers a frame made of `head` (local pieces: rewritten headers, the rest of a copied head;
+/// possibly empty) and `body` to the guest behind `vring`, with `hdr` as its virtio-net header.
+/// Returns the frame length.
 pub fn deliver(
     vring: &mut Vring,
     hdr: &VnetHdr,
-    head: &[u8],
+    head: [&[u8]; 2],
     body: Source<'_>,
     scratch: &mut RxScratch,
 ) -> Result<usize, RxError> {
@@ -117,7 +118,7 @@ pub fn deliver(
     let hdr_len = features.header_len();
     let mut vnet = [0u8; MAX_HDR_LEN];
     hdr.emit(&mut vnet[..hdr_len], 1);
-    let mut reader = Reader::new(&vnet[..hdr_len], head, body);
+    let mut reader = Reader::with_locals([&vnet[..hdr_len], head[0], head[1]], body);
     let frame_len = reader.remaining() - hdr_len;
 
     let params = WalkParams {
@@ -203,7 +204,7 @@ pub fn deliver_completed(
         each(deliver(
             vring,
             &VnetHdr::default(),
-            seg.head(),
+            [seg.head(), &[]],
             body,
             scratch,
         ));
@@ -229,7 +230,7 @@ mod tests {
         deliver(
             v,
             &VnetHdr::default(),
-            &[],
+            [&[], &[]],
             Source::Local(f),
             &mut RxScratch::default(),
         )
@@ -277,7 +278,7 @@ mod tests {
         deliver(
             &mut v,
             &VnetHdr::default(),
-            &head,
+            [&head[..10], &head[10..]],
             Source::Local(&f),
             &mut RxScratch::default(),
         )
@@ -318,20 +319,20 @@ mod tests {
         let f = frame(250);
         let hdr = VnetHdr::default();
         assert_eq!(
-            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            deliver(&mut v, &hdr, [&[], &[]], Source::Local(&f), &mut scratch),
             Err(RxError::NoBuffers)
         );
         // Two buffers are not enough for 262 bytes: both stay available.
         ring.post(&[(0x100000, 100, W)]);
         ring.post(&[(0x101000, 100, W)]);
         assert_eq!(
-            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            deliver(&mut v, &hdr, [&[], &[]], Source::Local(&f), &mut scratch),
             Err(RxError::NoBuffers)
         );
         assert_eq!(ring.used_idx(), 0);
         ring.post(&[(0x102000, 100, W)]);
         assert_eq!(
-            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            deliver(&mut v, &hdr, [&[], &[]], Source::Local(&f), &mut scratch),
             Ok(250)
         );
         assert_eq!(ring.used_idx(), 3);
@@ -347,12 +348,18 @@ mod tests {
         let big = frame(9000);
         let hdr = VnetHdr::default();
         assert_eq!(
-            deliver(&mut v, &hdr, &[], Source::Local(&big), &mut scratch),
+            deliver(&mut v, &hdr, [&[], &[]], Source::Local(&big), &mut scratch),
             Err(RxError::TooBig)
         );
         assert_eq!(ring.used_idx(), 0);
         assert_eq!(
-            deliver(&mut v, &hdr, &[], Source::Local(&frame(1514)), &mut scratch),
+            deliver(
+                &mut v,
+                &hdr,
+                [&[], &[]],
+                Source::Local(&frame(1514)),
+                &mut scratch
+            ),
             Ok(1514)
         );
         assert_eq!(ring.used(0).1, 1526);
@@ -369,21 +376,21 @@ mod tests {
         // A device-readable buffer in a receive chain.
         let bad = ring.post(&[(0x100000, 2048, 0)]);
         assert_eq!(
-            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            deliver(&mut v, &hdr, [&[], &[]], Source::Local(&f), &mut scratch),
             Err(RxError::Chain(ChainError::WrongDirection))
         );
         assert_eq!((ring.used_idx(), ring.used(0)), (1, (u32::from(bad), 0)));
         // A buffer outside guest memory.
         let bad = ring.post(&[(crate::test_util::MEM_SIZE, 2048, W)]);
         assert_eq!(
-            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            deliver(&mut v, &hdr, [&[], &[]], Source::Local(&f), &mut scratch),
             Err(RxError::Chain(ChainError::OutOfMemory))
         );
         assert_eq!(ring.used(1), (u32::from(bad), 0));
         // A head index past the table: consumed, not returned (it names no descriptor).
         ring.post_head(40);
         assert_eq!(
-            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            deliver(&mut v, &hdr, [&[], &[]], Source::Local(&f), &mut scratch),
             Err(RxError::Chain(ChainError::BadIndex))
         );
         assert_eq!(ring.used_idx(), 2);
@@ -391,7 +398,7 @@ mod tests {
         ring.put_desc(7, 0x100000, 64, W | 1, 300);
         ring.post_head(7);
         assert_eq!(
-            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            deliver(&mut v, &hdr, [&[], &[]], Source::Local(&f), &mut scratch),
             Err(RxError::Chain(ChainError::BadIndex))
         );
         assert_eq!((ring.used_idx(), ring.used(2)), (3, (7, 0)));
@@ -399,13 +406,13 @@ mod tests {
         ring.put_desc(9, 0x100000, 64, W | 1, 9);
         ring.post_head(9);
         assert_eq!(
-            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            deliver(&mut v, &hdr, [&[], &[]], Source::Local(&f), &mut scratch),
             Err(RxError::Chain(ChainError::TooLong))
         );
         // A good buffer still works.
         let good = ring.post(&[(0x100000, 2048, W)]);
         assert_eq!(
-            deliver(&mut v, &hdr, &[], Source::Local(&f), &mut scratch),
+            deliver(&mut v, &hdr, [&[], &[]], Source::Local(&f), &mut scratch),
             Ok(100)
         );
         assert_eq!(ring.used_idx(), 5, "the looping chain was returned too");

@@ -2,11 +2,14 @@
 //! checked, decided by the switch and delivered; then the used entries published with one index
 //! update, the sender signalled once and every receive queue that got frames signalled once.
 //!
-//! A frame goes from the sender's buffers straight into the receiver's (one copy), with its
-//! virtio-net header passed on when the receiver negotiated the same offloads. For a receiver
-//! that did not, the frame is gathered once and bridge-core's offload helpers checksum and
-//! segment it in software. Nothing is allocated per frame and no system call is made per frame;
-//! the eventfd writes that signal guests are per batch.
+//! A frame's first bytes (its virtio-net header and up to [`offload::MAX_HEAD_LEN`] bytes of
+//! headers) are copied out of the sender's buffers once; the switch decides on that copy, the
+//! policies judge it, and it is what receivers get: the sender cannot change the headers
+//! between the decision and the delivery. The rest goes from the sender's buffers straight into
+//! the receiver's (one copy), with the virtio-net header passed on when the receiver negotiated
+//! the same offloads. For a receiver that did not, the frame is gathered once and bridge-core's
+//! offload helpers checksum and segment it in software. Nothing is allocated per frame and no
+//! system call is made per frame; the eventfd writes that signal guests are per batch.
 
 use bridge_core::offload;
 use bridge_core::policy::HookPoint;
@@ -14,6 +17,8 @@ use bridge_core::reject::{reject_reply, MAX_REPLY_LEN};
 use bridge_core::{Decision, DropReason, Egress, NetworkId, PortId};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
+
+use std::ops::Range;
 
 use super::chain::{self, Direction, Seg, WalkParams};
 use super::copy::{Reader, Source};
@@ -49,8 +54,89 @@ pub struct TxScratch {
     out: OutBufs,
     /// The worker's policy stage, made at its first batch on a datapath with policies.
     policy: Option<PolicyStage>,
-    /// Frames set aside for the policy stage: chain head and the switch's decision.
-    deferred: Vec<(u16, Decision)>,
+    /// Frames set aside for the policy stage.
+    aside: SetAside,
+}
+
+/// The frames of a batch set aside for the policy stage: what their delivery needs, kept from
+/// the one read of their chains (the chains are not walked or read again).
+#[derive(Debug)]
+struct SetAside {
+    frames: Vec<AsideFrame>,
+    /// The frames' first bytes, a slot of [`HEAD_SLOT`] bytes each.
+    heads: Box<[u8]>,
+    /// The frames' chains' buffers, one after another; never grown (a frame that would not fit
+    /// has the frames before it judged first).
+    segs: Vec<Seg>,
+}
+
+/// A frame set aside: the switch's decision and the frame as [`Batch::read`] found it.
+#[derive(Clone, Debug)]
+struct AsideFrame {
+    decision: Decision,
+    len: usize,
+    vnet: VnetHdr,
+    head_len: usize,
+    segs: Range<usize>,
+}
+
+/// Bytes of a frame's copied head (what follows its virtio-net header in the peek).
+const HEAD_SLOT: usize = MAX_HDR_LEN + PEEK_LEN;
+
+impl SetAside {
+    fn new() -> Self {
+        SetAside {
+            frames: Vec::with_capacity(BATCH),
+            heads: vec![0; BATCH * HEAD_SLOT].into_boxed_slice(),
+            segs: Vec::with_capacity(usize::from(MAX_QUEUE_SIZE)),
+        }
+    }
+
+    /// Whether `frame` fits beside the frames set aside.
+    fn fits(&self, frame: &TxFrame<'_>) -> bool {
+        self.frames.len() < BATCH && self.segs.len() + frame.segs.len() <= self.segs.capacity()
+    }
+
+    /// Keeps `frame` (which [`fits`](Self::fits)) and its `decision`.
+    fn push(&mut self, frame: &TxFrame<'_>, decision: Decision) {
+        let slot = self.frames.len() * HEAD_SLOT;
+        self.heads[slot..][..frame.head.len()].copy_from_slice(frame.head);
+        let start = self.segs.len();
+        self.segs.extend_from_slice(frame.segs);
+        self.frames.push(AsideFrame {
+            decision,
+            len: frame.len,
+            vnet: frame.vnet,
+            head_len: frame.head.len(),
+            segs: start..self.segs.len(),
+        });
+    }
+
+    /// Set-aside frame `i` in `mem`, sent on queue pair `pair` with virtio-net headers of
+    /// `hdr_len` bytes.
+    fn frame<'s>(
+        &'s self,
+        i: usize,
+        mem: &'s GuestMemoryMmap,
+        hdr_len: usize,
+        pair: usize,
+    ) -> TxFrame<'s> {
+        let f = &self.frames[i];
+        TxFrame {
+            mem,
+            segs: &self.segs[f.segs.clone()],
+            hdr_len,
+            len: f.len,
+            vnet: f.vnet,
+            head: &self.heads[i * HEAD_SLOT..][..f.head_len],
+            pair,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.segs.clear();
+    }
 }
 
 /// The buffers delivery uses.
@@ -78,7 +164,7 @@ impl Default for TxScratch {
                 reply: vec![0; MAX_REPLY_LEN].into_boxed_slice(),
             },
             policy: None,
-            deferred: Vec::with_capacity(BATCH),
+            aside: SetAside::new(),
         }
     }
 }
@@ -87,8 +173,8 @@ impl Default for TxScratch {
 /// (the batch was full, or buffers arrived while kicks were being re-enabled).
 ///
 /// With policies, a frame whose flow has a verdict is carried out at once; the others are
-/// set aside, judged together (when the stage is full and at the end of the batch), and then
-/// read again from the guest's buffers, which stay the guest's until the batch publishes them.
+/// set aside with their copied heads, judged together (when the stage is full and at the end of
+/// the batch), and carried out from what was judged.
 pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> bool {
     if s.policy.is_none() {
         if let Some(plane) = dp.policy() {
@@ -148,8 +234,8 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
                 n += 1;
             }
         }
-        if !s.deferred.is_empty() {
-            batch.judge_deferred(mem, s);
+        if let Some(stage) = s.policy.as_mut() {
+            batch.judge_set_aside(mem, stage, &mut s.aside, &mut s.out);
         }
         Vring::add_used(queue, mem, &s.used[..n]);
         let more = !drained || Vring::enable_kicks(queue, mem);
@@ -188,16 +274,28 @@ struct Batch<'a> {
     network: NetworkId,
 }
 
-/// A frame in the sender's memory.
+/// A frame: its first bytes copied, the rest in the sender's memory.
 struct TxFrame<'a> {
     mem: &'a GuestMemoryMmap,
     segs: &'a [Seg],
     hdr_len: usize,
     len: usize,
     vnet: VnetHdr,
-    /// The frame's first bytes.
+    /// The frame's first bytes, read once from the sender's memory: the bytes the switch and
+    /// the policies see, and the bytes delivered.
     head: &'a [u8],
     pair: usize,
+}
+
+impl<'a> TxFrame<'a> {
+    /// The frame's bytes after [`head`](Self::head), in the sender's buffers.
+    fn rest(&self) -> Source<'a> {
+        Source::Guest {
+            mem: self.mem,
+            segs: self.segs,
+            skip: self.hdr_len + self.head.len(),
+        }
+    }
 }
 
 impl<'a> Batch<'a> {
@@ -274,8 +372,8 @@ impl<'a> Batch<'a> {
         let Some(frame) = self.read(mem, head, &mut s.segs, &mut s.peek) else {
             return;
         };
-        let mut out = self.out(&mut s.out);
         if let Some(c) = self.captures.filter(|c| c.wants(self.port.id())) {
+            let mut out = self.out(&mut s.out);
             out.gather(&frame);
             let bytes = &out.frame_buf[..frame.len];
             c.record(self.port.id(), capture::Direction::In, &[bytes]);
@@ -287,37 +385,45 @@ impl<'a> Batch<'a> {
         }
         let mut outcome = Outcome::PASS;
         if let Some(stage) = s.policy.as_mut().filter(|_| self.judging) {
+            if !s.aside.fits(&frame) {
+                self.judge_set_aside(mem, stage, &mut s.aside, &mut s.out);
+            }
             let id = self.port.id();
             let ctx = FrameCtx::of(id, self.network, true, &decision, self.ports);
             match stage.check(self.now, ctx, frame.head, frame.len) {
                 Check::Now(o) => outcome = o,
                 Check::Later => {
-                    s.deferred.push((head, decision));
+                    s.aside.push(&frame, decision);
                     if stage.is_full() {
-                        self.judge_deferred(mem, s);
+                        self.judge_set_aside(mem, stage, &mut s.aside, &mut s.out);
                     }
                     return;
                 }
             }
         }
-        self.carry_out(&frame, &decision, outcome, &mut out);
+        self.carry_out(&frame, &decision, outcome, &mut self.out(&mut s.out));
     }
 
-    /// Judges the frames set aside and carries out their outcomes, in order.
-    fn judge_deferred(&self, mem: &GuestMemoryMmap, s: &mut TxScratch) {
-        let Some(stage) = s.policy.as_mut() else {
+    /// Judges the frames set aside and carries out their outcomes, in order, on the bytes that
+    /// were judged.
+    fn judge_set_aside(
+        &self,
+        mem: &GuestMemoryMmap,
+        stage: &mut PolicyStage,
+        aside: &mut SetAside,
+        bufs: &mut OutBufs,
+    ) {
+        if aside.frames.is_empty() {
             return;
-        };
-        stage.judge_pending(self.now);
-        for (i, &(head, decision)) in s.deferred.iter().enumerate() {
-            let outcome = stage.outcomes().get(i).copied().unwrap_or(Outcome::PASS);
-            let Some(frame) = self.read(mem, head, &mut s.segs, &mut s.peek) else {
-                continue;
-            };
-            let mut out = self.out(&mut s.out);
-            self.carry_out(&frame, &decision, outcome, &mut out);
         }
-        s.deferred.clear();
+        stage.judge_pending(self.now);
+        let hdr_len = self.features.header_len();
+        for (i, f) in aside.frames.iter().enumerate() {
+            let outcome = stage.outcomes().get(i).copied().unwrap_or(Outcome::PASS);
+            let frame = aside.frame(i, mem, hdr_len, self.pair);
+            self.carry_out(&frame, &f.decision, outcome, &mut self.out(bufs));
+        }
+        aside.clear();
     }
 
     /// Delivers, drops or rejects a frame the switch decided and the policies judged.
@@ -378,12 +484,8 @@ impl Out<'_> {
             return port.counters().record(DeviceDrop::RxNotRunning);
         };
         let delivered = if hdr.fits(Negotiated(rx.features())) {
-            let body = Source::Guest {
-                mem: frame.mem,
-                segs: frame.segs,
-                skip: frame.hdr_len + replaced,
-            };
-            match rx::deliver(&mut rx, &hdr, rewritten.head(), body, self.rx) {
+            let head = [rewritten.head(), rewritten.tail()];
+            match rx::deliver(&mut rx, &hdr, head, frame.rest(), self.rx) {
                 Ok(n) => {
                     port.switch_counters().record_tx(n);
                     true
@@ -435,15 +537,10 @@ impl Out<'_> {
         }
     }
 
-    /// Copies the frame into `frame_buf`, once per frame.
+    /// Copies the frame (its copied head, then the rest) into `frame_buf`, once per frame.
     fn gather(&mut self, frame: &TxFrame<'_>) {
         if !self.gathered {
-            let body = Source::Guest {
-                mem: frame.mem,
-                segs: frame.segs,
-                skip: frame.hdr_len,
-            };
-            Reader::new(&[], &[], body).read_local(&mut self.frame_buf[..frame.len]);
+            Reader::new(frame.head, &[], frame.rest()).read_local(&mut self.frame_buf[..frame.len]);
             self.gathered = true;
         }
     }
