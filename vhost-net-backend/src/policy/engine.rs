@@ -1,7 +1,8 @@
-//! The wasmtime engine for policies: configuration (epoch interruption), the epoch ticker,
+//! The wasmtime engine for policies: configuration (epoch interruption), its epoch ticker,
 //! and compilation off the datapath with a cache by content hash, in memory and (optionally)
 //! on disk as precompiled artifacts.
 
+use super::epoch::EpochTicker;
 use super::module::{ModuleError, PolicyModule};
 use super::precompiled;
 use sha2::{Digest, Sha256};
@@ -10,9 +11,8 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 use wasmtime::{Config, Engine, Module, OptLevel};
 
@@ -96,8 +96,7 @@ pub struct PolicyEngine {
     config: EngineConfig,
     cache: Mutex<HashMap<[u8; 32], Arc<PolicyModule>>>,
     stats: EngineStats,
-    stop: Arc<AtomicBool>,
-    ticker: Option<JoinHandle<()>>,
+    ticker: EpochTicker,
 }
 
 fn boxed(e: wasmtime::Error) -> BoxError {
@@ -114,7 +113,7 @@ fn hex(hash: &[u8; 32]) -> String {
 }
 
 impl PolicyEngine {
-    /// Builds the engine and starts its epoch ticker.
+    /// Builds the engine and starts its epoch ticker (parked until module code runs).
     pub fn new(config: EngineConfig) -> Result<Self, EngineError> {
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
@@ -127,32 +126,25 @@ impl PolicyEngine {
                 .create(dir)
                 .map_err(|e| EngineError::CacheDir(dir.clone(), e))?;
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let ticker = {
-            let (engine, stop, tick) = (engine.clone(), stop.clone(), config.epoch_tick);
-            std::thread::Builder::new()
-                .name("policy-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
-                        engine.increment_epoch();
-                    }
-                })
-                .map_err(EngineError::Ticker)?
-        };
+        let ticker =
+            EpochTicker::start(engine.clone(), config.epoch_tick).map_err(EngineError::Ticker)?;
         Ok(PolicyEngine {
             engine,
             config,
             cache: Mutex::default(),
             stats: EngineStats::default(),
-            stop,
-            ticker: Some(ticker),
+            ticker,
         })
     }
 
     /// The wasmtime engine.
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The epoch ticker (it ticks while module code runs).
+    pub fn ticker(&self) -> &EpochTicker {
+        &self.ticker
     }
 
     /// The settings.
@@ -237,14 +229,5 @@ impl PolicyEngine {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|_, m| Arc::strong_count(m) > 1);
-    }
-}
-
-impl Drop for PolicyEngine {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.ticker.take() {
-            let _ = t.join();
-        }
     }
 }

@@ -407,6 +407,7 @@ impl PolicyHost {
         };
         let (mut canary, record) = PolicyInstance::new(
             &self.inner.linker,
+            self.inner.engine.ticker().handle(),
             &module,
             shared.clone(),
             canary_limits,

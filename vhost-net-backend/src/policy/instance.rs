@@ -2,6 +2,7 @@
 //! bounded calls (epoch deadline, memory limit). Each worker owns its instances; the host
 //! runs a canary instance before publishing.
 
+use super::epoch::TickerHandle;
 use super::module::PolicyModule;
 use super::stats::EntryShared;
 use bridge_core::policy::TokenBucket;
@@ -283,6 +284,8 @@ pub struct PolicyInstance {
     on_new_flow: TypedFunc<u32, i32>,
     on_frames: Option<TypedFunc<u32, i32>>,
     deadline_ticks: u64,
+    /// Keeps the epoch ticking during calls.
+    ticker: TickerHandle,
 }
 
 impl std::fmt::Debug for PolicyInstance {
@@ -295,10 +298,11 @@ impl std::fmt::Debug for PolicyInstance {
 }
 
 impl PolicyInstance {
-    /// Instantiates `module`, runs `pol_init` over `config` under the deadline. With `record`,
-    /// what `pol_init` declares (rules, rate classes) is returned.
+    /// Instantiates `module`, runs `pol_init` over `config` under the deadline (`ticker`
+    /// ticking). With `record`, what `pol_init` declares (rules, rate classes) is returned.
     pub fn new(
         linker: &Linker<HostState>,
+        ticker: &TickerHandle,
         module: &PolicyModule,
         shared: Arc<EntryShared>,
         limits: InstanceLimits,
@@ -330,6 +334,7 @@ impl PolicyInstance {
             frame_count: 0,
             init: record.then(InitRecord::default),
         };
+        let running = ticker.running();
         let mut store = Store::new(linker.engine(), state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(limits.init_deadline_ticks);
@@ -375,6 +380,7 @@ impl PolicyInstance {
         if code < 0 {
             return Err(InstanceError::Refused(code));
         }
+        drop(running);
         let record = store.data_mut().init.take();
         let inst = PolicyInstance {
             store,
@@ -383,6 +389,7 @@ impl PolicyInstance {
             on_new_flow,
             on_frames,
             deadline_ticks: limits.deadline_ticks,
+            ticker: ticker.clone(),
         };
         Ok((inst, record))
     }
@@ -426,10 +433,11 @@ impl PolicyInstance {
             (true, Some(f)) => f,
             _ => &self.on_new_flow,
         };
+        let running = self.ticker.running();
         self.store.set_epoch_deadline(self.deadline_ticks);
-        let judged = func
-            .call(&mut self.store, n as u32)
-            .map_err(Fault::from_error)?;
+        let judged = func.call(&mut self.store, n as u32);
+        drop(running);
+        let judged = judged.map_err(Fault::from_error)?;
         if judged != n as i32 {
             return Err(Fault::Status(judged));
         }

@@ -5,7 +5,8 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`engine`] | [`PolicyEngine`]: wasmtime config, epoch ticker, compile cache by content hash, precompiled artifacts |
+//! | [`engine`] | [`PolicyEngine`]: wasmtime config, compile cache by content hash, precompiled artifacts |
+//! | [`epoch`] | [`epoch::EpochTicker`]: the epoch ticker, ticking only while module code runs |
 //! | [`module`] | [`module::PolicyModule`]: a compiled module checked against the ABI, with its manifest |
 //! | [`instance`] | [`instance::PolicyInstance`]: a store with the host imports, bounded calls, [`instance::Fault`] |
 //! | [`chain`] | [`PolicySpec`], [`PolicySet`], [`Tier`], [`FailMode`], [`chain::Generation`] |
@@ -22,6 +23,7 @@
 pub mod chain;
 pub mod control;
 pub mod engine;
+pub mod epoch;
 pub mod host;
 pub mod instance;
 pub mod module;

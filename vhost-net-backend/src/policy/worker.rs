@@ -138,6 +138,7 @@ impl PolicyWorker {
         let limits = self.host.inner.config.limits;
         let made = PolicyInstance::new(
             &self.host.inner.linker,
+            self.host.inner.engine.ticker().handle(),
             module,
             entry.shared.clone(),
             limits,
