@@ -4,7 +4,8 @@
 //! vhost-user backend socket; [`guest_stack`] puts a guest's TCP/IP stack (smoltcp) on it.
 //!
 //! Load generation and benchmarks: [`load`] (guests, runs, the backends under test; used by the
-//! `loadgen` and `bench` binaries).
+//! `loadgen` and `bench` binaries); [`policy_wasm`] builds the policy modules for wasm32 (the
+//! same file the policy tests of `vhost-net-backend` include).
 //!
 //! In-process daemons: [`control_cli`] starts one with its control socket (`Lab`) and runs CLI
 //! subcommands against control sockets.
@@ -28,6 +29,8 @@ pub mod initramfs;
 pub mod lan;
 pub mod load;
 pub mod netns;
+#[path = "../../vhost-net-backend/tests/support/policy_wasm.rs"]
+pub mod policy_wasm;
 pub mod process;
 pub mod qemu;
 pub mod testpmd;

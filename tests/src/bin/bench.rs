@@ -18,6 +18,7 @@ use tests::load::backend::{Backend, Cpus, Device};
 use tests::load::guest::{Frames, Guest};
 use tests::load::report::{fixed, median, mega, ratio, Table};
 use tests::load::run::{self, LatencySpec, Throughput, ThroughputSpec};
+use tests::load::traffic;
 use tests::load::{pin_to_cpu, proc};
 
 /// The standard benchmark set: VM-to-VM 64 B and 1500 B over 2 and 16 ports (no policy,
@@ -84,17 +85,45 @@ impl Policy {
         }
     }
 
-    /// The configuration lines that load the policy, or why it cannot run here.
-    fn config(self) -> Result<String, String> {
-        match self {
-            Policy::None => Ok(String::new()),
-            Policy::AllowAll | Policy::SecurityGroup24 => Err(
-                "bench does not load policy modules into the daemon yet (the daemon runs \
-                 [[policy]] entries since dc054f6; bench's rows do not build and load them)"
-                    .into(),
-            ),
-        }
+    /// The daemon's `[[policy]]` entry for a device with `ports` ports (none for no policy),
+    /// with the module built for wasm32 on first use; or why it cannot be built.
+    fn config(self, ports: usize) -> Result<String, String> {
+        let (krate, config) = match self {
+            Policy::None => return Ok(String::new()),
+            Policy::AllowAll => ("allow-all", String::new()),
+            Policy::SecurityGroup24 => ("security-group", security_group(ports)),
+        };
+        let module = tests::policy_wasm::policy_wasm_file(krate)?;
+        // Debug formatting of ASCII text gives a TOML basic string (\n, \", \\ escapes).
+        Ok(format!(
+            "\n[[policy]]\nname = \"{krate}\"\nmodule = {:?}\nconfig = {config:?}\n",
+            module.display().to_string()
+        ))
     }
+}
+
+/// A security group of 24 rules over every port that lets the generator's UDP flows through
+/// only at the last rule of each direction: a flow's first frame walks 12 egress rules at its
+/// sender's port and 12 ingress rules at its receiver's (the rest of the flow's frames use the
+/// verdict cached in its conntrack entry, as in a real deployment).
+fn security_group(ports: usize) -> String {
+    let mut config = String::from("group bench ports");
+    for p in 0..ports {
+        config.push_str(&format!(" {p}"));
+    }
+    config.push('\n');
+    for direction in ["egress", "ingress"] {
+        // Same protocol and remote prefix, other destination ports: each rule is read whole.
+        for i in 0..11 {
+            config.push_str(&format!("{direction} ipv4 udp {} 10.0.0.0/8\n", 2000 + i));
+        }
+        config.push_str(&format!(
+            "{direction} ipv4 udp {}-{} 10.0.0.0/8\n",
+            traffic::FIRST_DST_PORT,
+            traffic::FIRST_DST_PORT + traffic::DST_PORTS - 1
+        ));
+    }
+    config
 }
 
 /// One throughput row.
@@ -191,7 +220,7 @@ fn bench(args: &Args) -> Result<(), BoxError> {
     for run_no in 0..args.runs {
         eprintln!("bench: run {} of {}", run_no + 1, args.runs);
         for (row, res) in rows.iter().zip(&mut results) {
-            let extra = match row.policy.config() {
+            let extra = match row.policy.config(row.ports) {
                 Ok(extra) => extra,
                 Err(why) => {
                     res.skipped = Some(why);
@@ -229,8 +258,8 @@ fn bench(args: &Args) -> Result<(), BoxError> {
     if latency_wanted {
         print_latency(&latency.0, &latency.1);
     }
-    if wanted("memory") || wanted("256") {
-        print_memory(args, &binary, cpus)?;
+    if wanted("256 ports") {
+        many_ports(args, &binary, cpus)?;
     }
     Ok(())
 }
@@ -242,17 +271,28 @@ fn guests(
     frames: Frames,
     flows: usize,
 ) -> Result<Vec<Guest>, BoxError> {
-    let mut guests = backend
+    let mut guests = connect(args, backend, frames)?;
+    start_traffic(&mut guests, frames, flows)?;
+    Ok(guests)
+}
+
+/// Connects a guest per port.
+fn connect(args: &Args, backend: &Backend, frames: Frames) -> Result<Vec<Guest>, BoxError> {
+    Ok(backend
         .sockets()
         .iter()
         .enumerate()
         .map(|(i, s)| Guest::connect(s, i, args.macs, args.queue_size, frames))
-        .collect::<Result<Vec<_>, _>>()?;
-    for g in &mut guests {
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Announces the guests' MACs and prepares pair k's frames.
+fn start_traffic(guests: &mut [Guest], frames: Frames, flows: usize) -> Result<(), BoxError> {
+    for g in guests.iter_mut() {
         g.announce()?;
     }
     std::thread::sleep(Duration::from_millis(100));
-    for g in &mut guests {
+    for g in guests.iter_mut() {
         g.receive()?;
     }
     for pair in guests.chunks_mut(2) {
@@ -260,7 +300,18 @@ fn guests(
             tx.prepare(rx, frames, flows)?;
         }
     }
-    Ok(guests)
+    Ok(())
+}
+
+/// A throughput run of the generator (one thread, on the generator's CPU) against `backend`.
+fn spec(args: &Args, cpus: Option<Cpus>, backend: &Backend) -> ThroughputSpec {
+    ThroughputSpec {
+        warmup: Duration::from_secs_f64(args.warmup),
+        duration: Duration::from_secs_f64(args.duration),
+        threads: 1,
+        cpus: cpus.map(|c| vec![c.main]).unwrap_or_default(),
+        backend: Some(backend.pid()),
+    }
 }
 
 fn throughput(
@@ -271,13 +322,7 @@ fn throughput(
 ) -> Result<Throughput, BoxError> {
     let backend = Backend::start(device, row.ports, cpus)?;
     let mut guests = guests(args, &backend, row.frames, args.flows)?;
-    let spec = ThroughputSpec {
-        warmup: Duration::from_secs_f64(args.warmup),
-        duration: Duration::from_secs_f64(args.duration),
-        threads: 1,
-        cpus: cpus.map(|c| vec![c.main]).unwrap_or_default(),
-        backend: Some(backend.pid()),
-    };
+    let spec = spec(args, cpus, &backend);
     let t = run::throughput(&mut guests, &spec).map_err(|e| {
         format!(
             "{} on {}: {e}\n{}",
@@ -349,6 +394,15 @@ fn print_machine(args: &Args, testpmd: bool) {
     println!();
 }
 
+/// CPU time per frame, and in cycles at `mhz`.
+fn cycles(ns: Option<f64>, mhz: Option<f64>) -> String {
+    match (ns, mhz) {
+        (Some(ns), Some(mhz)) => format!("{ns:.0} ns ({:.0} cycles)", ns * mhz / 1e3),
+        (Some(ns), None) => format!("{ns:.0} ns"),
+        _ => "-".into(),
+    }
+}
+
 /// Medians of one side's runs: frames/s, Gbit/s, loss, ns per frame.
 fn medians(runs: &[Throughput]) -> [Option<f64>; 4] {
     let m = |f: &dyn Fn(&Throughput) -> Option<f64>| {
@@ -364,11 +418,7 @@ fn medians(runs: &[Throughput]) -> [Option<f64>; 4] {
 
 fn print_throughput(rows: &[Row], results: &mut [Runs]) {
     let mhz = proc::cpu_mhz();
-    let cycles = |ns: Option<f64>| match (ns, mhz) {
-        (Some(ns), Some(mhz)) => format!("{ns:.0} ns ({:.0} cycles)", ns * mhz / 1e3),
-        (Some(ns), None) => format!("{ns:.0} ns"),
-        _ => "-".into(),
-    };
+    let cycles = |ns: Option<f64>| cycles(ns, mhz);
     let mut table = Table::new([
         "test",
         "policy",
@@ -458,9 +508,17 @@ fn print_latency(ours: &[run::Latency], reference: &[run::Latency]) {
     println!("{}", table.render());
 }
 
-/// The daemon's memory with no port, with 256 ports, and with a guest on each (idle).
-fn print_memory(args: &Args, binary: &std::path::Path, cpus: Option<Cpus>) -> Result<(), BoxError> {
-    const PORTS: usize = 256;
+/// Ports of the daemon in the "256 ports" section.
+const MANY_PORTS: usize = 256;
+/// Sender/receiver pairs with traffic in that section (guests 0..2k); the other ports have a
+/// guest connected that sends nothing.
+const ACTIVE_PAIRS: usize = 2;
+
+/// One daemon with [`MANY_PORTS`] ports: its memory with no port, with the ports and no guest,
+/// and with an idle guest connected on each port (per port: the difference to no port, divided
+/// by the ports); then 64B traffic on [`ACTIVE_PAIRS`] pairs while every other port's guest
+/// stays connected and idle, `args.runs` times on the same daemon.
+fn many_ports(args: &Args, binary: &std::path::Path, cpus: Option<Cpus>) -> Result<(), BoxError> {
     let device = Device::Daemon {
         binary: binary.to_path_buf(),
         extra_config: String::new(),
@@ -470,51 +528,97 @@ fn print_memory(args: &Args, binary: &std::path::Path, cpus: Option<Cpus>) -> Re
     settle();
     let base = proc::memory(empty.pid())?;
     drop(empty);
-    let backend = Backend::start(&device, PORTS, cpus)?;
+    let backend = Backend::start(&device, MANY_PORTS, cpus)?;
     settle();
     let configured = proc::memory(backend.pid())?;
-    let guests = backend
-        .sockets()
-        .iter()
-        .enumerate()
-        .map(|(i, s)| Guest::connect(s, i, 1, args.queue_size, Frames::Plain(64)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut guests = connect(args, &backend, Frames::Plain(64))?;
     settle();
     let connected = proc::memory(backend.pid())?;
+    start_traffic(
+        &mut guests[..2 * ACTIVE_PAIRS],
+        Frames::Plain(64),
+        args.flows,
+    )?;
     let threads = proc::threads(backend.pid())?;
+    let spec = spec(args, cpus, &backend);
+    let mut runs = Vec::new();
+    for run_no in 0..args.runs {
+        let t = run::throughput(&mut guests[..2 * ACTIVE_PAIRS], &spec)
+            .map_err(|e| format!("{MANY_PORTS} ports: {e}\n{}", backend.log_tail()))?;
+        eprintln!(
+            "bench:   {MANY_PORTS} ports, {ACTIVE_PAIRS} pairs active (run {}): {} frames/s, \
+             {} ns/frame",
+            run_no + 1,
+            mega(Some(t.fps())),
+            fixed(t.backend_ns_per_frame(), 0)
+        );
+        runs.push(t);
+    }
+    let after = proc::memory(backend.pid())?;
     drop(guests);
-    let per = |m: u64, b: u64| format!("{:.0} KiB", m.saturating_sub(b) as f64 / PORTS as f64);
+    drop(backend);
+
+    let kib = |v: u64| format!("{v} KiB");
+    let per = |m: u64, b: u64| format!("{:.1} KiB", m.saturating_sub(b) as f64 / MANY_PORTS as f64);
     let mut table = Table::new([
         "daemon",
         "RSS",
+        "PSS",
         "anonymous",
-        "per port (RSS)",
-        "per port (anonymous)",
+        "per port: RSS",
+        "PSS",
+        "anonymous",
     ]);
+    let mut row = |name: String, m: proc::Memory, per_port: bool| {
+        let deltas = if per_port {
+            vec![
+                per(m.rss, base.rss),
+                per(m.pss, base.pss),
+                per(m.anonymous, base.anonymous),
+            ]
+        } else {
+            vec!["-".into(), "-".into(), "-".into()]
+        };
+        let mut cells = vec![name, kib(m.rss), kib(m.pss), kib(m.anonymous)];
+        cells.extend(deltas);
+        table.row(cells);
+    };
+    row("no port".into(), base, false);
+    row(format!("{MANY_PORTS} ports, no guest"), configured, true);
+    row(
+        format!("{MANY_PORTS} ports, an idle guest connected on each"),
+        connected,
+        true,
+    );
+    row(
+        format!("after the runs ({ACTIVE_PAIRS} pairs active)"),
+        after,
+        true,
+    );
+    println!(
+        "{MANY_PORTS} ports in one daemon ({threads} threads). Memory from \
+         /proc/PID/smaps_rollup; per port = (figure - no port) / {MANY_PORTS}. RSS includes the \
+         guest memory pages the daemon touched (shared with the guests; PSS counts half of \
+         them), anonymous is the daemon's own heap and stacks:\n"
+    );
+    println!("{}", table.render());
+    let [fps, gbps, loss, ns] = medians(&runs);
+    let mhz = proc::cpu_mhz();
+    let mut table = Table::new(["traffic", "frames/s", "Gbit/s", "loss", "device CPU/frame"]);
     table.row(vec![
-        "no port".into(),
-        format!("{} KiB", base.rss),
-        format!("{} KiB", base.anonymous),
-        "-".into(),
-        "-".into(),
-    ]);
-    table.row(vec![
-        format!("{PORTS} ports, no guest"),
-        format!("{} KiB", configured.rss),
-        format!("{} KiB", configured.anonymous),
-        per(configured.rss, base.rss),
-        per(configured.anonymous, base.anonymous),
-    ]);
-    table.row(vec![
-        format!("{PORTS} ports, an idle guest on each"),
-        format!("{} KiB", connected.rss),
-        format!("{} KiB", connected.anonymous),
-        per(connected.rss, base.rss),
-        per(connected.anonymous, base.anonymous),
+        format!(
+            "64B, {ACTIVE_PAIRS} pairs sending ({} ports), {} ports connected and idle",
+            2 * ACTIVE_PAIRS,
+            MANY_PORTS - 2 * ACTIVE_PAIRS
+        ),
+        mega(fps),
+        fixed(gbps, 2),
+        loss.map_or("-".into(), |l| format!("{:.2}%", l * 100.0)),
+        cycles(ns, mhz),
     ]);
     println!(
-        "Memory ({PORTS} ports in one daemon, {threads} threads; RSS includes the guest memory \
-         pages the daemon touched, anonymous is its own heap and stacks):\n"
+        "Traffic among the {MANY_PORTS} ports (median of {} runs on the same daemon):\n",
+        args.runs
     );
     println!("{}", table.render());
     Ok(())

@@ -117,7 +117,15 @@ impl Backend {
                     }
                     None => Command::new(binary),
                 };
-                c.arg("--config").arg(&config).env("RUST_LOG", "warn");
+                // Its own control socket and state directory: a bench never meets a daemon
+                // that runs on this machine (the default control socket would be in use).
+                c.arg("--config")
+                    .arg(&config)
+                    .arg("--control")
+                    .arg(dir.path().join("control.sock"))
+                    .arg("--state-dir")
+                    .arg(dir.path().join("state"))
+                    .env("RUST_LOG", "warn");
                 ("vhost-net-backend", c)
             }
             Device::Testpmd { tso } => {

@@ -35,6 +35,11 @@ pub fn mac(guest: usize, n: usize) -> [u8; 6] {
     ]
 }
 
+/// The first UDP destination port of the flows; they use [`DST_PORTS`] ports from it.
+pub const FIRST_DST_PORT: u16 = 5201;
+/// How many UDP destination ports the flows use.
+pub const DST_PORTS: u16 = 16;
+
 /// One UDP flow from one guest to another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Flow {
@@ -71,7 +76,7 @@ impl Flow {
             src: host(src_guest, n % 251 + 1),
             dst: host(dst_guest, n % 241 + 1),
             src_port: 1024 + (n % 60000) as u16,
-            dst_port: 5201 + (n % 16) as u16,
+            dst_port: FIRST_DST_PORT + (n % DST_PORTS as usize) as u16,
         }
     }
 

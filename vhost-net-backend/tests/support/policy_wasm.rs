@@ -1,6 +1,8 @@
 //! Builds the workspace's policy modules for `wasm32-unknown-unknown` (once per process) and
-//! returns their bytes: the build step the policy tests and benchmarks run, since
-//! `cargo test` builds for the host.
+//! returns their files or bytes: the build step the policy tests and benchmarks run, since
+//! `cargo test` builds for the host. One file for every user: the tests and benchmarks of
+//! `vhost-net-backend` include it as a module, the `tests` crate exports it
+//! (`tests::policy_wasm`, used by `bench`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,8 +17,10 @@ pub const POLICIES: [&str; 5] = [
     "rate-limit",
 ];
 
-fn wasm_dir() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+/// Builds every policy crate (`cargo build --profile policy`, into `target/policy-wasm`) on
+/// the first call; returns the directory of the modules, or why the build failed.
+fn wasm_dir() -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -36,18 +40,30 @@ fn wasm_dir() -> PathBuf {
             for p in POLICIES {
                 cmd.args(["-p", p]);
             }
-            let status = cmd.status().expect("run cargo to build the policy modules");
-            assert!(
-                status.success(),
-                "building the policy modules for wasm32 failed"
-            );
-            target.join("wasm32-unknown-unknown").join("policy")
+            match cmd.status() {
+                Ok(s) if s.success() => Ok(target.join("wasm32-unknown-unknown").join("policy")),
+                Ok(s) => Err(format!(
+                    "building the policy modules for wasm32 failed ({s})"
+                )),
+                Err(e) => Err(format!("running cargo to build the policy modules: {e}")),
+            }
         })
         .clone()
 }
 
-/// The WebAssembly of policy crate `name` (e.g. `security-group`).
+/// The module file of policy crate `name` (e.g. `security-group`), built on first use.
+pub fn policy_wasm_file(name: &str) -> Result<PathBuf, String> {
+    let file = wasm_dir()?.join(format!("{}.wasm", name.replace('-', "_")));
+    if file.is_file() {
+        Ok(file)
+    } else {
+        Err(format!("{} was not built", file.display()))
+    }
+}
+
+/// The WebAssembly of policy crate `name` (e.g. `security-group`); panics if it cannot be
+/// built or read.
 pub fn policy_wasm(name: &str) -> Vec<u8> {
-    let file = wasm_dir().join(format!("{}.wasm", name.replace('-', "_")));
+    let file = policy_wasm_file(name).unwrap_or_else(|e| panic!("{e}"));
     std::fs::read(&file).unwrap_or_else(|e| panic!("read {}: {e}", file.display()))
 }
