@@ -15,8 +15,9 @@
 //! prints), [`initramfs`] (how /test.sh gets in), [`daemon`] (the daemon as a child process),
 //! [`process`] and [`console`] (child processes and their output), [`testpmd`] (DPDK testpmd
 //! as a frontend and as the load generator's reference backend), [`netns`] (network
-//! namespaces and veth pairs), [`wan`] (the hosts NAT tests reach), [`lan`] (a LAN behind a
-//! bridged network's uplink).
+//! namespaces and veth pairs), [`wan`] (the hosts NAT tests reach), [`nat_e2e`] (the NAT
+//! network's scenarios, run for each egress kind), [`lan`] (a LAN behind a bridged network's
+//! uplink).
 
 pub mod console;
 pub mod control_cli;
@@ -28,6 +29,7 @@ pub mod guest_stack;
 pub mod initramfs;
 pub mod lan;
 pub mod load;
+pub mod nat_e2e;
 pub mod netns;
 #[path = "../../vhost-net-backend/tests/support/policy_wasm.rs"]
 pub mod policy_wasm;

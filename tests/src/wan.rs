@@ -1,9 +1,10 @@
-//! The "wan" of NAT tests: a network namespace the test creates, reached from the host through
-//! a veth pair (the host routes to it), holding the services guests reach through a NAT
+//! The "wan" of NAT tests: a network namespace the test creates, reached from the host (or
+//! from the daemon's own namespace) through a veth pair (that side routes to it), holding the services guests reach through a NAT
 //! network's gateway: an HTTP server (busybox httpd), a UDP echo service and a TCP sink that
 //! checksums what it gets (socat), an iperf3 server, and dnsmasq answering the test names.
-//! Nothing leaves the namespaces and loopback. The host's ping sockets are allowed for the
-//! test (`net.ipv4.ping_group_range`), and set back when the wan is dropped.
+//! Nothing leaves the namespaces and loopback. The ping sockets of the side the wan is reached
+//! from are allowed for the test (`net.ipv4.ping_group_range`); the host's setting is set back
+//! when the wan is dropped.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::netns::{run, Netns, NetnsError, Veth};
 use crate::process::{Process, ProcessError};
 
-/// The host's end of the veth pair.
+/// The address of the veth pair's end on the host's (or the daemon's namespace's) side.
 pub const HOST_ADDR: &str = "198.51.100.1";
 /// The wan host's address.
 pub const WAN_ADDR: &str = "198.51.100.2";
@@ -50,10 +51,16 @@ pub struct Wan {
 }
 
 impl Wan {
-    /// Creates the namespace and starts its services; `dir` holds their files.
+    /// Creates the namespace, reached from the host, and starts its services; `dir` holds
+    /// their files.
     pub fn start(dir: &Path) -> Result<Self, WanError> {
+        Self::start_from(dir, None)
+    }
+
+    /// [`Wan::start`], reached from namespace `side` (`None`: the host's) instead.
+    pub fn start_from(dir: &Path, side: Option<&Netns>) -> Result<Self, WanError> {
         let netns = Netns::new("wan")?;
-        let veth = Veth::new(None, Some(&netns))?;
+        let veth = Veth::new(side, Some(&netns))?;
         veth.a.add_address(&format!("{HOST_ADDR}/24"))?;
         veth.b.add_address(&format!("{WAN_ADDR}/24"))?;
         let dir = dir.join("wan");
@@ -62,10 +69,21 @@ impl Wan {
         fs::create_dir_all(&www).map_err(|e| io(&www, e))?;
         let page = www.join("index.html");
         fs::write(&page, PAGE).map_err(|e| io(&page, e))?;
-        let old = run("sysctl", &["-n", "net.ipv4.ping_group_range"])
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().replace('\t', " "))
-            .ok();
-        run("sysctl", &["-w", "net.ipv4.ping_group_range=0 2147483647"])?;
+        let allow_ping = ["sysctl", "-w", "net.ipv4.ping_group_range=0 2147483647"];
+        // A namespace of the test's goes with the test: nothing to set back there.
+        let old = match side {
+            Some(side) => {
+                side.exec(&allow_ping)?;
+                None
+            }
+            None => {
+                let old = run("sysctl", &["-n", "net.ipv4.ping_group_range"])
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().replace('\t', " "))
+                    .ok();
+                run(allow_ping[0], &allow_ping[1..])?;
+                old
+            }
+        };
         let mut wan = Wan {
             services: Vec::new(),
             dir,

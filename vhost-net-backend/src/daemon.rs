@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::config::{Config, Egress, FieldPath, ForwardConfig, Invalid, NetworkMode, PortConfig};
+use crate::config::{Config, FieldPath, ForwardConfig, Invalid, NetworkMode, PortConfig};
 use crate::control::hooks::Hooks;
 use crate::datapath::counters::DeviceStats;
 use crate::datapath::policy::PolicyPlane;
@@ -36,14 +36,6 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("invalid configuration")]
     Config(#[from] Invalid),
-    /// The configuration asks for something the daemon does not do yet.
-    #[error("{field}: {what} is not implemented yet")]
-    NotImplemented {
-        /// The setting.
-        field: FieldPath,
-        /// What it asks for.
-        what: &'static str,
-    },
     /// A port's socket could not be set up.
     #[error("setting up a port's socket failed")]
     Socket(#[from] SocketError),
@@ -120,25 +112,9 @@ pub struct Daemon {
     housekeeping: Option<JoinHandle<()>>,
 }
 
-/// Refuses settings the daemon does not carry out yet.
-fn check_implemented(config: &Config) -> Result<(), Error> {
-    let refuse = |field: FieldPath, what| Err(Error::NotImplemented { field, what });
-    for (i, n) in config.networks.iter().enumerate() {
-        let at = FieldPath::root("network").index(i);
-        match &n.mode {
-            NetworkMode::Nat(nat) if matches!(nat.egress, Egress::Kernel { .. }) => {
-                return refuse(at.key("egress"), "kernel egress");
-            }
-            NetworkMode::Nat(_) | NetworkMode::Isolated | NetworkMode::Bridge(_) => {}
-        }
-    }
-    Ok(())
-}
-
 /// Starts the daemon: the networks of `config`, and one port per entry.
 pub fn start(mut config: Config) -> Result<Daemon, Error> {
     config.validate()?;
-    check_implemented(&config)?;
     let ports = std::mem::take(&mut config.ports);
     let switch = Arc::new(Switch::new());
     let network_ids: Vec<_> = config

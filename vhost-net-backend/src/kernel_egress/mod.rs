@@ -13,8 +13,9 @@
 //! [`KernelEgress::send`], and what the kernel sends back is read from [`KernelEgress::tap`].
 //! The TAP has the gateway's MAC and does no ARP: the kernel addresses frames to guests with
 //! its own MAC, and the gateway port puts in the guest's MAC from its ARP table, as for the
-//! `user` egress. The TAP hands over finished frames only (no offloads towards guests); guests'
-//! TSO frames go into it whole.
+//! `user` egress. Offloads go both ways: guests' TSO frames go into the TAP whole, and the
+//! kernel hands over TSO frames and partial checksums (completed for guests without the
+//! offloads on the way to them). The NAT network's side is `crate::nat::kernel`.
 //!
 //! Everything is undone when the egress is dropped: the table is deleted and the TAP goes with
 //! the daemon's descriptor (its address and route with it). A daemon killed before that leaves
@@ -138,7 +139,7 @@ impl KernelEgress {
         };
         // A table left by a crashed run goes before anything else is made.
         nft(&nftables::delete_script(&rules.table))?;
-        let tap = Tap::create(interface, false)
+        let tap = Tap::create(interface, true)
             .map_err(|e| KernelEgressError::Tap(interface.to_string(), e))?;
         let netlink = Netlink::new()?;
         let link = netlink

@@ -14,7 +14,9 @@ use bridge_core::gateway::icmp::ErrorKind;
 use bridge_core::gateway::leases::LeaseRecord;
 use bridge_core::gateway::{Action, Gateway, GatewayConfig, GatewayError, UpstreamQuery};
 use bridge_core::time::{Duration, Instant};
-use bridge_core::wire::{EthernetAddress, Ipv4Address};
+use bridge_core::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, Ipv4Address, Ipv4Packet,
+};
 use rand::rngs::{StdRng, SysRng};
 use rand::SeedableRng;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -301,6 +303,37 @@ impl GatewayPort {
                 send(&self.gateway.arp_request(ip));
             }
         }
+    }
+
+    /// Puts in the Ethernet destination of `frame`, an IPv4 packet the host sends to the
+    /// network: the guest's MAC from the ARP table, or broadcast. Returns false when the frame
+    /// is not to be sent: not IPv4, multicast, or for an address the table does not know (an
+    /// ARP request for it is queued into `out` instead; the sender retransmits).
+    pub fn address_to_guest(&mut self, now: Instant, frame: &mut [u8], out: &mut Outbox) -> bool {
+        let Ok(eth) = EthernetFrame::new_checked(&*frame) else {
+            return false;
+        };
+        if eth.ethertype() != EthernetProtocol::Ipv4 {
+            return false;
+        }
+        let Ok(ip) = Ipv4Packet::new_checked(eth.payload()) else {
+            return false;
+        };
+        let dst = ip.dst_addr();
+        let subnet_broadcast = self.gateway.address().network().broadcast();
+        let mac = if dst.is_broadcast() || Some(dst) == subnet_broadcast {
+            EthernetAddress::BROADCAST
+        } else if dst.is_multicast() {
+            return false;
+        } else if let Some(mac) = self.gateway.arp_table().lookup(now, dst) {
+            mac
+        } else {
+            self.stats.unresolved += 1;
+            out.frame(self.gateway.arp_request(dst));
+            return false;
+        };
+        EthernetFrame::new_unchecked(frame).set_dst_addr(mac);
+        true
     }
 
     /// Writes the leases file (and the snapshot) when the bound leases changed.

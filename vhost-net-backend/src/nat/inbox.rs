@@ -1,7 +1,8 @@
 //! The gateway port's side of the switch: frames the switch sends to the gateway (on guests'
 //! datapath threads) wait in a bounded queue for the network's event loop, which an eventfd
 //! wakes. The queue is bounded in frames and bytes; a frame that finds it full is dropped and
-//! counted (a guest's TCP retransmits, and the flows' receive windows keep this rare).
+//! counted (a guest's TCP retransmits, and the flows' receive windows keep this rare). Each
+//! frame keeps its virtio-net header: the `kernel` egress hands it on with the frame.
 
 use std::collections::VecDeque;
 use std::io;
@@ -22,7 +23,7 @@ const MAX_SPARE: usize = 256;
 
 #[derive(Debug, Default)]
 struct Queue {
-    frames: VecDeque<Vec<u8>>,
+    frames: VecDeque<(VnetHdr, Vec<u8>)>,
     bytes: usize,
     /// The eventfd was written and the loop has not taken the frames yet.
     signalled: bool,
@@ -57,9 +58,9 @@ impl Inbox {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    /// Moves the waiting frames to the end of `out`; hand the buffers back with
-    /// [`Inbox::recycle`].
-    pub fn take(&self, out: &mut VecDeque<Vec<u8>>) {
+    /// Moves the waiting frames, each with its virtio-net header, to the end of `out`; hand
+    /// the buffers back with [`Inbox::recycle`].
+    pub fn take(&self, out: &mut VecDeque<(VnetHdr, Vec<u8>)>) {
         // Reading resets the counter; failing means it was zero already.
         let _ = self.wake.read();
         let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -79,10 +80,10 @@ impl Inbox {
 }
 
 impl HostPort for Inbox {
-    fn receive(&self, _hdr: &VnetHdr, frame: &[u8]) {
+    fn receive(&self, hdr: &VnetHdr, frame: &[u8]) {
         // The gateway takes frames with offloads pending: it reads no TCP or UDP checksum of a
-        // guest's (they come from guest memory, not a wire), and its TCP stack takes TSO
-        // super-frames whole.
+        // guest's (they come from guest memory, not a wire), its TCP stack takes TSO
+        // super-frames whole, and the kernel egress passes them on with their header.
         let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         if q.frames.len() >= MAX_FRAMES || q.bytes + frame.len() > MAX_BYTES {
             drop(q);
@@ -92,7 +93,7 @@ impl HostPort for Inbox {
         let mut buf = q.spare.pop().unwrap_or_default();
         buf.extend_from_slice(frame);
         q.bytes += frame.len();
-        q.frames.push_back(buf);
+        q.frames.push_back((*hdr, buf));
         if !q.signalled {
             q.signalled = true;
             // Fails only when the counter is saturated, which still wakes the loop.
@@ -109,15 +110,23 @@ mod tests {
     fn frames_wait_in_order_and_the_loop_is_woken_once() {
         let inbox = Inbox::new().unwrap();
         let hdr = VnetHdr::default();
+        let tso = VnetHdr {
+            needs_csum: true,
+            gso: crate::datapath::vnet_hdr::Gso::Tcp4,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+            ..VnetHdr::default()
+        };
         inbox.receive(&hdr, &[1; 60]);
-        inbox.receive(&hdr, &[2; 70]);
+        inbox.receive(&tso, &[2; 70]);
         assert_eq!(inbox.wake_fd().read().unwrap(), 1, "one wake for both");
         inbox.wake_fd().write(1).unwrap();
         let mut out = VecDeque::new();
         inbox.take(&mut out);
-        assert_eq!(out, [vec![1; 60], vec![2; 70]]);
+        assert_eq!(out, [(hdr, vec![1; 60]), (tso, vec![2; 70])]);
         assert!(inbox.wake_fd().read().is_err(), "taken: no wake pending");
-        for f in out.drain(..) {
+        for (_, f) in out.drain(..) {
             inbox.recycle(f);
         }
         inbox.receive(&hdr, &[3; 10]);

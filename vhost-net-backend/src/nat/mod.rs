@@ -1,5 +1,5 @@
 //! NAT networks (libvirt's "default" network rebuilt in the daemon): the gateway as a port of
-//! the network's switch and the `user` egress, on one event loop per network.
+//! the network's switch and its egress (`user` or `kernel`), on one event loop per network.
 //!
 //! | module | holds |
 //! |---|---|
@@ -8,6 +8,7 @@
 //! | [`inbox`] | the gateway port's side of the switch: a bounded frame queue and its eventfd |
 //! | [`outbox`] | frames into the network, addressed by the gateway's ARP table |
 //! | [`user`] | the `user` egress: smoltcp TCP, UDP and ICMP flows from host sockets, port forwards |
+//! | [`kernel`] | [`kernel::KernelSide`]: the `kernel` egress's TAP as the gateway's way out and in, port forwards as DNAT rules |
 //! | [`leases_file`], [`resolv_conf`] | the leases file (dnsmasq's format, atomic rewrite) and the host's resolvers |
 //! | [`views`] | [`views::NatViews`]: leases, conntrack and port forwards for the control API |
 //! | [`registry`], [`slots`], [`rate_log`] | host sockets watched by the event loop, bounded tables, rate-limited logging |
@@ -16,6 +17,7 @@
 
 pub mod gateway_port;
 pub mod inbox;
+pub mod kernel;
 pub mod leases_file;
 pub mod network;
 pub mod outbox;

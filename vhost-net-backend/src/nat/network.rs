@@ -1,6 +1,7 @@
-//! One NAT network at run time: its gateway port on the switch, its egress, and the event loop
-//! (rust-vmm's event-manager, one subscriber per source: the gateway's frames, the host
-//! sockets, the timer, the control calls, the stop signal) on a thread of its own.
+//! One NAT network at run time: its gateway port on the switch, its egress (`user` or
+//! `kernel`), and the event loop (rust-vmm's event-manager, one subscriber per source: the
+//! gateway's frames, the host sockets, the kernel egress's TAP, the timer, the control calls,
+//! the stop signal) on a thread of its own.
 //!
 //! Each round of events ends with the same steps: the egress relays and sends, the gateway
 //! runs its timers, the frames gathered for the network go through the switch (each guest
@@ -30,14 +31,16 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use super::gateway_port::{GatewayPort, GatewayPortError, Handoff};
 use super::inbox::Inbox;
+use super::kernel::{KernelSide, KernelSideError};
 use super::outbox::Outbox;
 use super::rate_log::RateLimited;
 use super::registry::{Kind, Registry, Token};
 use super::user::forward::ForwardError;
 use super::user::{EgressCx, UserEgress};
 use super::{leases_file, resolv_conf};
-use crate::config::{ForwardConfig, NatConfig};
+use crate::config::{Egress as EgressConfig, ForwardConfig, NatConfig};
 use crate::datapath::host::{HostPort, Injector};
+use crate::datapath::vnet_hdr::VnetHdr;
 use crate::datapath::Datapath;
 use crate::event_loop::Stopper;
 
@@ -61,6 +64,9 @@ pub enum NatError {
     /// A port forward could not be added or removed.
     #[error("port forward")]
     Forward(#[from] ForwardError),
+    /// The kernel egress could not be set up.
+    #[error("starting the kernel egress")]
+    Kernel(#[from] KernelSideError),
     /// The network's event loop is gone or did not answer.
     #[error("the network's event loop does not answer")]
     NotRunning,
@@ -138,7 +144,15 @@ impl NatNetwork {
         let gateway = GatewayPort::new(name, gateway_config, Some(leases_path), now)?;
         let leases = gateway.leases();
         let dns_upstream = config.dns.as_ref().and(upstreams.first().copied());
-        let egress = UserEgress::new(address, mac, mtu, dns_upstream, seed(), now);
+        let egress = match &config.egress {
+            EgressConfig::User => {
+                let user = UserEgress::new(address, mac, mtu, dns_upstream, seed(), now);
+                Egress::User(Box::new(user))
+            }
+            EgressConfig::Kernel { interface } => Egress::Kernel(Box::new(KernelSide::start(
+                name, config, interface, forwards,
+            )?)),
+        };
 
         let switch = dp.switch();
         let port = switch.add_port(network, bridge_core::PortConfig::default())?;
@@ -183,8 +197,11 @@ impl NatNetwork {
             removed: Vec::new(),
         };
         let started = resources.map_err(NatError::Resource).and_then(|r| {
-            for f in forwards {
-                nat.add_forward(f.clone())?;
+            // The kernel egress started with its forwards.
+            if matches!(nat.egress, Egress::User(_)) {
+                for f in forwards {
+                    nat.add_forward(f.clone())?;
+                }
             }
             Ok(r)
         });
@@ -210,7 +227,8 @@ impl NatNetwork {
                 return Err(NatError::Resource(e));
             }
         };
-        info!(network = name, gateway = %address, mac = %mac, ?upstreams, "NAT network up (user egress)");
+        let egress = config.egress.name();
+        info!(network = name, gateway = %address, mac = %mac, ?upstreams, egress, "NAT network up");
         Ok(NatNetwork {
             handle: NatHandle {
                 name: name.into(),
@@ -335,15 +353,22 @@ fn seed() -> u64 {
         })
 }
 
+/// How the network's traffic leaves.
+enum Egress {
+    // Boxed: both are large, and a network keeps its egress for its lifetime.
+    User(Box<UserEgress>),
+    Kernel(Box<KernelSide>),
+}
+
 /// The network's state on its event loop.
 struct Nat {
     name: String,
     gateway: GatewayPort,
-    egress: UserEgress,
+    egress: Egress,
     out: Outbox,
     reg: Registry,
     inbox: Arc<Inbox>,
-    frames: VecDeque<Vec<u8>>,
+    frames: VecDeque<(VnetHdr, Vec<u8>)>,
     injector: Injector,
     conntrack: Arc<Conntrack>,
     zone: u32,
@@ -357,7 +382,7 @@ struct Nat {
 
 impl Nat {
     /// The egress with its context.
-    fn split(&mut self, now: Instant) -> (&mut UserEgress, &mut GatewayPort, EgressCx<'_>) {
+    fn split(&mut self, now: Instant) -> (&mut Egress, &mut GatewayPort, EgressCx<'_>) {
         let cx = EgressCx {
             now,
             out: &mut self.out,
@@ -376,21 +401,26 @@ impl Nat {
         let now = Instant::now();
         self.inbox.take(&mut self.frames);
         let mut frames = std::mem::take(&mut self.frames);
-        for frame in frames.drain(..) {
+        for (hdr, frame) in frames.drain(..) {
             let handoff = self
                 .gateway
                 .handle(now, &frame, &mut self.out, &mut self.reg);
             let (egress, gateway, mut cx) = self.split(now);
-            match handoff {
-                Handoff::None => {}
+            match (handoff, egress) {
+                (Handoff::None, _) => {}
                 // The point where a policy judges traffic before NAT egress.
-                Handoff::Egress => egress.outbound(&mut cx, &frame),
-                Handoff::Local => {
-                    if !egress.local(&mut cx, &frame) {
+                (Handoff::Egress, Egress::User(user)) => user.outbound(&mut cx, &frame),
+                (Handoff::Local, Egress::User(user)) => {
+                    if !user.local(&mut cx, &frame) {
                         // What libvirt's host firewall does with the rest (INPUT chain).
                         let kind = ErrorKind::Unreachable(Icmpv4DstUnreachable::HostProhibited);
                         gateway.reject(&frame, kind, cx.out);
                     }
+                }
+                // The kernel routes both: beyond the network, or to the host's own sockets
+                // (replies of port-forwarded connections from the host among them).
+                (Handoff::Egress | Handoff::Local, Egress::Kernel(kernel)) => {
+                    kernel.send(now, &hdr, &frame)
                 }
             }
             self.inbox.recycle(frame);
@@ -406,13 +436,24 @@ impl Nat {
                 .gateway
                 .on_dns_socket(token.index as usize, &mut self.out, &mut self.reg);
         }
-        let (egress, _, mut cx) = self.split(now);
-        egress.on_socket(&mut cx, token, events);
+        if let (Egress::User(user), _, mut cx) = self.split(now) {
+            user.on_socket(&mut cx, token, events);
+        }
+    }
+
+    /// The kernel egress's TAP is readable.
+    fn on_tap(&mut self) {
+        if let Egress::Kernel(kernel) = &mut self.egress {
+            let now = Instant::now();
+            kernel.receive(now, &mut self.gateway, &mut self.out, &mut self.injector);
+        }
     }
 
     fn add_forward(&mut self, forward: ForwardConfig) -> Result<(), ForwardError> {
-        let (egress, _, mut cx) = self.split(Instant::now());
-        let added = egress.add_forward(&mut cx, forward.clone());
+        let added = match self.split(Instant::now()) {
+            (Egress::User(user), _, mut cx) => user.add_forward(&mut cx, forward.clone()),
+            (Egress::Kernel(kernel), _, _) => kernel.add_forward(forward.clone()),
+        };
         if added.is_ok() {
             info!(network = %self.name, listen = %forward.listen, guest = %forward.guest, protocol = %forward.protocol, "port forward added");
         }
@@ -427,12 +468,17 @@ impl Nat {
                     let _ = reply.send(self.add_forward(f));
                 }
                 Command::RemoveForward(f, reply) => {
-                    let (egress, _, mut cx) = self.split(Instant::now());
-                    let result = egress.remove_forward(&mut cx, &f);
+                    let result = match self.split(Instant::now()) {
+                        (Egress::User(user), _, mut cx) => user.remove_forward(&mut cx, &f),
+                        (Egress::Kernel(kernel), _, _) => kernel.remove_forward(&f),
+                    };
                     self.removed.push((reply, result));
                 }
                 Command::Forwards(reply) => {
-                    let _ = reply.send(self.egress.forwards());
+                    let _ = reply.send(match &self.egress {
+                        Egress::User(user) => user.forwards(),
+                        Egress::Kernel(kernel) => kernel.forwards(),
+                    });
                 }
             }
         }
@@ -441,8 +487,10 @@ impl Nat {
     /// The steps after each round of events; returns the next deadline.
     fn after_round(&mut self) -> Option<Instant> {
         let now = Instant::now();
-        let (egress, _, mut cx) = self.split(now);
-        let egress_at = egress.poll(&mut cx);
+        let egress_at = match self.split(now) {
+            (Egress::User(user), _, mut cx) => user.poll(&mut cx),
+            (Egress::Kernel(_), _, _) => None,
+        };
         let gateway_at = self.gateway.poll(now, &mut self.out, &mut self.reg);
         if now >= self.next_conntrack_sweep {
             self.conntrack.expire(now);
@@ -472,6 +520,8 @@ enum SourceKind {
     Frames,
     /// Control calls (an eventfd).
     Control,
+    /// The kernel egress's TAP.
+    Tap,
     /// The timer.
     Timer,
 }
@@ -482,6 +532,7 @@ impl MutEventSubscriber for Source {
         match self.kind {
             SourceKind::Frames => nat.on_frames(),
             SourceKind::Control => nat.on_commands(),
+            SourceKind::Tap => nat.on_tap(),
             // Every round polls everything; the expiry count is not needed.
             SourceKind::Timer => drop(nat.timer.wait()),
         }
@@ -516,6 +567,10 @@ fn run(nat: Nat, wake: Arc<EventFd>, stop: Arc<EventFd>) {
     };
     let inbox_fd = nat.inbox.wake_fd().as_raw_fd();
     let timer_fd = nat.timer.as_raw_fd();
+    let tap_fd = match &nat.egress {
+        Egress::Kernel(kernel) => Some(kernel.fd()),
+        Egress::User(_) => None,
+    };
     let nat = Rc::new(RefCell::new(nat));
     let source = |fd, kind| {
         Box::new(Source {
@@ -527,6 +582,9 @@ fn run(nat: Nat, wake: Arc<EventFd>, stop: Arc<EventFd>) {
     manager.add_subscriber(source(inbox_fd, SourceKind::Frames));
     manager.add_subscriber(source(wake.as_raw_fd(), SourceKind::Control));
     manager.add_subscriber(source(timer_fd, SourceKind::Timer));
+    if let Some(fd) = tap_fd {
+        manager.add_subscriber(source(fd, SourceKind::Tap));
+    }
     let sockets = manager.add_subscriber(Box::new(Sockets(Rc::clone(&nat))));
     let stopper = Stopper::new(stop);
     let stopped = stopper.stopped();

@@ -52,7 +52,12 @@ use netlink::{LinkEvents, LinkInfo, Netlink, NetlinkError};
 /// `struct virtio_net_hdr` (without num_buffers), in front of every frame on the uplink.
 pub const VNET_HDR_LEN: usize = 10;
 /// Most frames read from a TAP per wakeup.
-const TAP_BURST: usize = 64;
+pub const TAP_BURST: usize = 64;
+/// The offloads the host's frames may ask for (what a TAP with offloads and a packet socket
+/// with virtio-net headers hand over): partial checksums, TSO.
+pub const HOST_OFFLOADS: Negotiated = Negotiated(
+    (1 << VIRTIO_NET_F_CSUM) | (1 << VIRTIO_NET_F_HOST_TSO4) | (1 << VIRTIO_NET_F_HOST_TSO6),
+);
 
 /// Errors starting an uplink.
 #[derive(Debug, thiserror::Error)]
@@ -430,15 +435,10 @@ impl Link {
 
     /// Reads what is pending on the channel and sends it through the switch.
     fn receive(&mut self, injector: &mut Injector, buf: &mut [u8]) {
-        let lan = Negotiated(
-            (1 << VIRTIO_NET_F_CSUM)
-                | (1 << VIRTIO_NET_F_HOST_TSO4)
-                | (1 << VIRTIO_NET_F_HOST_TSO6),
-        );
         let counters = &self.shared.counters;
         if let Some(ring) = &mut self.ring {
             let truncated = ring.receive(|r| {
-                let Ok(hdr) = VnetHdr::parse_tx(r.vnet, lan, r.frame.len()) else {
+                let Ok(hdr) = VnetHdr::parse_tx(r.vnet, HOST_OFFLOADS, r.frame.len()) else {
                     counters.rx_bad_header.fetch_add(1, Relaxed);
                     return;
                 };
@@ -455,25 +455,13 @@ impl Link {
             });
             counters.rx_truncated.fetch_add(truncated, Relaxed);
         } else if let Some(tap) = &self.tap {
-            for _ in 0..TAP_BURST {
-                let n = match tap.read(buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) => {
-                        warn!(error = %e, "reading the TAP failed");
-                        break;
-                    }
-                };
-                if n < VNET_HDR_LEN {
-                    continue;
+            match tap.receive(buf, TAP_BURST, |hdr, frame| {
+                injector.send_offloaded(hdr, frame)
+            }) {
+                Ok(bad) => {
+                    counters.rx_bad_header.fetch_add(bad, Relaxed);
                 }
-                let (vnet, frame) = buf[..n].split_at(VNET_HDR_LEN);
-                match VnetHdr::parse_tx(vnet, lan, frame.len()) {
-                    Ok(hdr) => injector.send_offloaded(&hdr, frame),
-                    Err(_) => {
-                        counters.rx_bad_header.fetch_add(1, Relaxed);
-                    }
-                }
+                Err(e) => warn!(error = %e, "reading the TAP failed"),
             }
         }
         injector.flush();

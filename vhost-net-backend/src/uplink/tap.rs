@@ -10,7 +10,8 @@
 use std::fs::File;
 use std::io::{self, Read};
 
-use super::{sys, VNET_HDR_LEN};
+use super::{sys, HOST_OFFLOADS, VNET_HDR_LEN};
+use crate::datapath::vnet_hdr::VnetHdr;
 
 /// A TAP interface owned by the daemon.
 #[derive(Debug)]
@@ -54,6 +55,33 @@ impl Tap {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
             other => other,
         }
+    }
+
+    /// Reads up to `burst` pending frames into `buf` (room for a header and the largest
+    /// frame), handing each frame with its header to `each`. Returns how many frames had a
+    /// header the daemon does not take (dropped).
+    pub fn receive(
+        &self,
+        buf: &mut [u8],
+        burst: usize,
+        mut each: impl FnMut(&VnetHdr, &mut [u8]),
+    ) -> io::Result<u64> {
+        let mut bad = 0;
+        for _ in 0..burst {
+            let n = self.read(buf)?;
+            if n == 0 {
+                break;
+            }
+            if n < VNET_HDR_LEN {
+                continue;
+            }
+            let (vnet, frame) = buf[..n].split_at_mut(VNET_HDR_LEN);
+            match VnetHdr::parse_tx(vnet, HOST_OFFLOADS, frame.len()) {
+                Ok(hdr) => each(&hdr, frame),
+                Err(_) => bad += 1,
+            }
+        }
+        Ok(bad)
     }
 
     /// Sends one frame with its virtio-net header into the kernel.

@@ -39,6 +39,9 @@ pub enum ForwardError {
     /// Too many forwards.
     #[error("at most {MAX_FORWARDS} port forwards")]
     TooMany,
+    /// The kernel egress's DNAT rules could not be changed.
+    #[error("changing the DNAT rules")]
+    Rules(#[source] crate::kernel_egress::KernelEgressError),
 }
 
 /// A forward's host socket.
