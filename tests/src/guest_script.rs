@@ -172,8 +172,13 @@ fn receiver_figure<'a, S: AsRef<str> + 'a>(
                     .parse()
                     .ok()
             };
+            // `-f m` fixes the rate's unit only: the amount is in KBytes, MBytes or GBytes
+            // (1024-based).
+            let megabytes = before("MBytes")
+                .or_else(|| before("GBytes").map(|g: f64| g * 1024.0))
+                .or_else(|| before("KBytes").map(|k: f64| k / 1024.0))?;
             Some(IperfFigure {
-                megabytes: before("MBytes")?,
+                megabytes,
                 megabits_per_second: before("Mbits/sec")?,
             })
         })
@@ -231,6 +236,12 @@ mod tests {
         assert_eq!(
             (figure.megabytes, figure.megabits_per_second),
             (399.0, 1112.0)
+        );
+        let fast = "[  5]   0.00-5.02   sec  1.04 GBytes  1779 Mbits/sec                  receiver";
+        let figure = iperf_output_receiver(fast).unwrap();
+        assert_eq!(
+            (figure.megabytes, figure.megabits_per_second),
+            (1.04 * 1024.0, 1779.0)
         );
         assert_eq!(iperf_output_receiver("iperf3: error"), None);
     }
