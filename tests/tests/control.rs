@@ -438,6 +438,8 @@ impl Policies for Registered {
                 state: "active".into(),
                 packets: 421,
                 bytes: 31847,
+                faults: 0,
+                fail_mode_frames: 0,
                 rules: vec![RuleInfo {
                     id: 1,
                     description: p.config.clone(),

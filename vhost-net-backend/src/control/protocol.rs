@@ -382,6 +382,12 @@ pub struct PolicyInfo {
     pub packets: u64,
     /// Bytes judged.
     pub bytes: u64,
+    /// Calls that trapped, timed out or returned a bad result (kept across reloads).
+    #[serde(default)]
+    pub faults: u64,
+    /// Frames its fail mode judged (kept across reloads).
+    #[serde(default)]
+    pub fail_mode_frames: u64,
     /// Its rules with their counters.
     pub rules: Vec<RuleInfo>,
 }

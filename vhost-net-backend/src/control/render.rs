@@ -326,9 +326,13 @@ pub fn policies(policies: &[PolicyInfo]) -> String {
             .network
             .as_ref()
             .map_or_else(|| "operator chain".to_string(), |n| format!("network {n}"));
+        let faults = match (p.faults, p.fail_mode_frames) {
+            (0, 0) => String::new(),
+            (f, n) => format!(", {f} faults, {} fail-mode frames", count(n)),
+        };
         let _ = writeln!(
             out,
-            "Policy {} ({chain}, fail {}, {}, {} packets, {} bytes) {}",
+            "Policy {} ({chain}, fail {}, {}, {} packets, {} bytes{faults}) {}",
             p.name,
             p.fail_mode,
             p.state,
@@ -446,6 +450,8 @@ mod tests {
             state: "active".into(),
             packets: 16924,
             bytes: 2_759_000,
+            faults: 0,
+            fail_mode_frames: 0,
             rules: vec![RuleInfo {
                 id: 1,
                 description: "DROP tcp dpt:25".into(),
@@ -454,10 +460,21 @@ mod tests {
             }],
         };
         assert_eq!(
-            policies(&[p]),
+            policies(std::slice::from_ref(&p)),
             "Policy no-smtp (operator chain, fail closed, active, 16924 packets, 2759K bytes) /etc/p/no_smtp.wasm\n \
              pkts  bytes  rule  description\n \
              421   31847  1     DROP tcp dpt:25\n\n"
+        );
+        let faulty = PolicyInfo {
+            faults: 5,
+            fail_mode_frames: 12,
+            rules: Vec::new(),
+            ..p
+        };
+        let text = policies(&[faulty]);
+        assert!(
+            text.starts_with("Policy no-smtp (operator chain, fail closed, active, 16924 packets, 2759K bytes, 5 faults, 12 fail-mode frames) "),
+            "{text}"
         );
     }
 }

@@ -152,6 +152,8 @@ impl Policies for PolicyControl {
                     .to_owned(),
                     packets: ld(&stats.frames),
                     bytes: ld(&stats.bytes),
+                    faults: ld(&stats.traps) + ld(&stats.timeouts) + ld(&stats.bad_results),
+                    fail_mode_frames: ld(&stats.fail_applied),
                     rules: e
                         .rules
                         .iter()
