@@ -5,9 +5,6 @@
 //! - clean-traffic stops a guest that spoofs its IPv4 address and then its MAC, while its
 //!   neighbour's traffic is untouched and the spoofer passes again once it behaves.
 
-#[path = "../../vhost-net-backend/tests/support/policy_wasm.rs"]
-mod policy_wasm;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,6 +14,7 @@ use std::time::Duration;
 use tests::control_cli;
 use tests::e2e::E2e;
 use tests::guest_script::{iperf_receiver, net_script, ping_summary, PingSummary};
+use tests::policy_wasm;
 use tests::vm_network::{guest, ip, nic, report, Network};
 use vhost_net_backend::control::protocol::{PolicyInfo, ShowView, StatsView};
 
@@ -33,11 +31,9 @@ const POLICY_DROPS: [&str; 4] = [
     "conntrack_full",
 ];
 
-/// Writes policy crate `name`'s module into the test's directory; returns its path.
-fn module(e2e: &E2e, name: &str) -> PathBuf {
-    let path = e2e.path(&format!("{}.wasm", name.replace('-', "_")));
-    std::fs::write(&path, policy_wasm::policy_wasm(name)).unwrap();
-    path
+/// The module file of policy crate `name`, built on first use.
+fn module(name: &str) -> PathBuf {
+    policy_wasm::policy_wasm_file(name).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// Per guest port (by socket file name), the policy drops counted so far.
@@ -104,7 +100,7 @@ fn reloading_every_100_ms_during_a_ping_flood_and_iperf3_loses_nothing() {
             peer = ip(0)
         ),
     );
-    let path = module(&e2e, "libvirt-nat");
+    let path = module("libvirt-nat");
     let mut network = Network::start(
         &e2e,
         &image,
@@ -235,7 +231,7 @@ fn clean_traffic_stops_a_spoofing_guest_and_not_its_neighbour() {
             restore_mac = set_mac(&tests::vm_network::mac(1)),
         ),
     );
-    let path = module(&e2e, "clean-traffic");
+    let path = module("clean-traffic");
     let mut network = Network::start(
         &e2e,
         &image,

@@ -6,8 +6,6 @@
 
 #[path = "../../vhost-net-backend/tests/support/faulty.rs"]
 mod faulty;
-#[path = "../../vhost-net-backend/tests/support/policy_wasm.rs"]
-mod policy_wasm;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +20,7 @@ use tests::frontend::connection::Role;
 use tests::frontend::frames::numbered;
 use tests::frontend::net::{NetOptions, VirtioNet};
 use tests::frontend::net_hdr::NetHdr;
+use tests::policy_wasm;
 use vhost_net_backend::cli::{self, error_chain, Args};
 use vhost_net_backend::config::{FailMode, PolicyConfig};
 use vhost_net_backend::control::protocol::PolicyInfo;
