@@ -7,7 +7,17 @@
 //!   allow-all and the security group (the verdict cached in the flow: conntrack lookup, rule
 //!   counters, no call into WebAssembly).
 //!
+//! Per-flow mode (the verdict cached in the flow) costs what `stage/*` measures per frame;
+//! per-frame mode (`NO_CACHE`: every frame judged by the module) costs a `call/*` per frame, as
+//! a flow's first frame does in per-flow mode.
+//!
 //! Throughput is in frames: criterion's time per element is the cost per frame.
+//!
+//! - `reload/*`: publishing the 24-rule security group as a new generation: `compile` in a
+//!   fresh host (Cranelift compiles the module), `precompiled` in a fresh host whose cache
+//!   directory holds the artifact (deserialized), `config-only` in the same host with another
+//!   configuration (the compiled module reused). Each includes the canary (instantiation,
+//!   `pol_init`, golden frames); the fresh hosts include making the engine.
 
 #[path = "../tests/support/policy_wasm.rs"]
 mod policy_wasm;
@@ -21,6 +31,7 @@ use bridge_core::{NetworkId, PortId};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use policy_sdk::frames::{tcp4, Endpoint, TCP_SYN};
 use vhost_net_backend::datapath::policy::{Check, FrameCtx, PolicyPlane, PolicyStage};
+use vhost_net_backend::policy::engine::LoadPath;
 use vhost_net_backend::policy::{FailMode, HostConfig, PolicyHost, PolicySet, PolicySpec};
 
 const CLIENT: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 1], [192, 168, 122, 10]);
@@ -142,6 +153,55 @@ fn stage(c: &mut Criterion) {
     group.finish();
 }
 
+/// A set with the security group and `config`.
+fn sg_set(config: String) -> PolicySet {
+    let mut set = PolicySet::default();
+    set.operator.push(PolicySpec {
+        name: "sg".into(),
+        wasm: policy_wasm::policy_wasm("security-group").into(),
+        config,
+        fail_mode: FailMode::Closed,
+    });
+    set
+}
+
+fn reload(c: &mut Criterion) {
+    let mut group = c.benchmark_group("reload");
+    group.sample_size(10);
+    let set = sg_set(security_group());
+    group.bench_function("compile", |b| {
+        b.iter(|| {
+            let host = PolicyHost::new(HostConfig::default()).unwrap();
+            host.apply(set.clone()).unwrap();
+        });
+    });
+    let cache = tempfile::tempdir().unwrap();
+    let cached = || {
+        let mut config = HostConfig::default();
+        config.engine.cache_dir = Some(cache.path().to_path_buf());
+        PolicyHost::new(config).unwrap()
+    };
+    cached().apply(set.clone()).unwrap();
+    group.bench_function("precompiled", |b| {
+        b.iter(|| {
+            let host = cached();
+            let report = host.apply(set.clone()).unwrap();
+            assert_eq!(report.loaded[0].1, LoadPath::Precompiled);
+        });
+    });
+    let host = PolicyHost::new(HostConfig::default()).unwrap();
+    let configs = [security_group(), security_group().replace("servers", "web")];
+    let sets = configs.map(sg_set);
+    let mut n = 0;
+    group.bench_function("config-only", |b| {
+        b.iter(|| {
+            n += 1;
+            host.apply(sets[n % 2].clone()).unwrap();
+        });
+    });
+    group.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(20)
@@ -152,6 +212,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = call, stage
+    targets = call, stage, reload
 }
 criterion_main!(benches);
