@@ -16,8 +16,10 @@
 //! - `offloads`: `GUEST OFFLOAD <feature> on|off` for eth0's checksum and TSO offloads;
 //! - `notify HOST` / `wait_notified`: one guest tells another it is done (TCP port 5001; both
 //!   give up after a while);
-//! - `dhcp`: busybox udhcpc on eth0 (address, default route): `GUEST LEASE <address/prefix>`
-//!   or `GUEST NO-LEASE`;
+//! - `dhcp [HOSTNAME]`: busybox udhcpc on eth0, sending HOSTNAME when given (address, default
+//!   route, resolv.conf): `GUEST LEASE <address/prefix> router=<router> dns=<servers>` or
+//!   `GUEST NO-LEASE`;
+//! - `resolve NAME`: `GUEST RESOLVED NAME <address>` (busybox nslookup's last answer);
 //! - `fetch HOST PATH`: an HTTP/1.0 GET over busybox nc (the static busybox's wget crashes
 //!   resolving even a literal address), the response's lines as `GUEST FETCH ...` and
 //!   `GUEST FETCH-RC <rc>`.
@@ -64,17 +66,21 @@ dhcp() {
   cat > /tmp/udhcpc.sh <<'S'
 #!/bin/sh
 case "$1" in bound|renew)
-  ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface"
-  [ -n "$router" ] && ip route replace default via "${router%% *}" ;;
+  ip addr flush dev "$interface"; ip addr add "$ip/${mask:-24}" dev "$interface"
+  for r in $router; do ip route replace default via "$r"; break; done
+  : > /etc/resolv.conf
+  for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+  echo "$ip/${mask:-24} router=$router dns=$dns" > /tmp/lease ;;
 esac
 S
   chmod +x /tmp/udhcpc.sh
-  if udhcpc -i eth0 -s /tmp/udhcpc.sh -n -q -t 60 -T 2 >/dev/null 2>&1; then
-    say LEASE "$(ip -4 addr show eth0 | awk '/inet /{print $2}')"
+  if udhcpc -i eth0 -s /tmp/udhcpc.sh -n -q -t 60 -T 2 ${1:+-x "hostname:$1"} >/dev/null 2>&1; then
+    say LEASE "$(cat /tmp/lease)"
   else
     say NO-LEASE
   fi
 }
+resolve() { say RESOLVED "$1" "$(nslookup "$1" 2>/dev/null | awk '/^Address/ { a = $NF } END { print a }')"; }
 fetch() {
   out=$(printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$2" "$1" | nc -w 10 "$1" 80 2>&1); rc=$?
   echo "$out" | while read -r l; do say FETCH "$l"; done
@@ -98,8 +104,8 @@ pub fn net_script(address: &str, mtu: Option<u16>, body: &str) -> String {
     script(&format!("ip addr add {address} dev eth0\n{mtu}{body}"))
 }
 
-/// A script that gets eth0's address by DHCP ((the `dhcp` function's `GUEST LEASE` line), defines the
-/// functions above, then runs `body`.
+/// A script that gets eth0's address by DHCP (the `dhcp` function's `GUEST LEASE` line),
+/// defines the functions above, then runs `body`.
 pub fn net_script_dhcp(body: &str) -> String {
     script(&format!("dhcp\n{body}"))
 }

@@ -57,30 +57,6 @@ impl EgressKind {
     }
 }
 
-/// Shell functions of NAT guests: `dhcp NAME` gets a lease with busybox udhcpc (sending NAME
-/// as hostname) and prints `GUEST LEASE <ip> ...`; `resolve NAME` prints `GUEST RESOLVED NAME
-/// <address>`.
-const NAT_FUNCTIONS: &str = r#"
-cat > /tmp/dhcp.sh <<'EOS'
-#!/bin/sh
-case "$1" in bound|renew)
-  ip addr flush dev "$interface"
-  ip addr add "$ip/${mask:-24}" dev "$interface"
-  for r in $router; do ip route replace default via "$r"; break; done
-  : > /etc/resolv.conf
-  for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
-  echo "GUEST LEASE $ip router=$router dns=$dns" > /dev/console ;;
-esac
-EOS
-chmod +x /tmp/dhcp.sh
-dhcp() { udhcpc -i eth0 -s /tmp/dhcp.sh -q -n -t 30 -T 2 -x "hostname:$1" >/dev/null 2>&1 || say DHCP-FAILED; }
-resolve() { say RESOLVED "$1" "$(nslookup "$1" 2>/dev/null | awk '/^Address/ { a = $NF } END { print a }')"; }
-"#;
-
-fn nat_script(body: &str) -> String {
-    script(&format!("{NAT_FUNCTIONS}\n{body}"))
-}
-
 /// A NAT network test's world: the daemon's namespace, the wan beside it, the daemon.
 struct World {
     // Dropped in this order: the daemon, the wan, the daemon's namespace, the scratch
@@ -134,7 +110,7 @@ impl World {
         let nic = NicSpec::new(socket(&self.e2e, i), &mac(i));
         let spec = GuestSpec::new(&format!("vm{i}"))
             .nic(nic)
-            .script(&nat_script(body));
+            .script(&script(body));
         Ok(Guest::start(
             &self.e2e.guest_image(),
             &spec,
@@ -190,10 +166,8 @@ fn value(lines: &[String], word: &str) -> Option<String> {
 }
 
 fn lease_ip(line: &str) -> String {
-    line.split_whitespace()
-        .nth(2)
-        .unwrap_or_default()
-        .to_string()
+    let address = line.split_whitespace().nth(2).unwrap_or_default();
+    address.split('/').next().unwrap_or_default().to_string()
 }
 
 /// A guest gets its lease by DHCP; the daemon is killed (SIGKILL, a crash) and started again

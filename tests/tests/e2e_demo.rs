@@ -46,7 +46,8 @@ fn the_demo_shows_leases_traffic_and_the_views() {
             lease.ends_with("router=192.168.122.1 dns=192.168.122.1"),
             "{lease}"
         );
-        addresses.push(lease.split_whitespace().nth(2).unwrap().to_string());
+        let address = lease.split_whitespace().nth(2).unwrap();
+        addresses.push(address.split('/').next().unwrap().to_string());
         for host in [peer, "192.168.122.1", "198.51.100.2"] {
             let ping = line(&out, &format!("vm{i}: ping {host} "));
             assert!(

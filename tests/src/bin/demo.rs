@@ -34,19 +34,7 @@ const RUN: Duration = Duration::from_secs(300);
 /// DNS answers it), waits until the other guest answers by name, pings it, the gateway and the
 /// outside, fetches the outside's page, and stays up (link up for `show`) until killed.
 const GUEST_SCRIPT: &str = r#"
-cat > /tmp/lease.sh <<'EOS'
-#!/bin/sh
-case "$1" in bound|renew)
-  ip addr flush dev "$interface"
-  ip addr add "$ip/${mask:-24}" dev "$interface"
-  for r in $router; do ip route replace default via "$r"; break; done
-  : > /etc/resolv.conf
-  for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
-  echo "GUEST LEASE $ip router=$router dns=$dns" > /dev/console ;;
-esac
-EOS
-chmod +x /tmp/lease.sh
-udhcpc -i eth0 -s /tmp/lease.sh -q -n -t 30 -T 2 -x "hostname:$SELF" >/dev/null 2>&1 || say NO-LEASE
+dhcp "$SELF"
 n=0
 until ping -c 1 -W 1 "$PEER" >/dev/null 2>&1; do
   n=$((n+1)); [ $n -ge 120 ] && break; sleep 1
