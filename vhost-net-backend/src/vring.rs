@@ -151,6 +151,10 @@ impl Vring {
     /// in flight when the connection thread gets here.
     pub fn stop(&mut self) -> u16 {
         let next = if self.positioned {
+            // Entries written but not yet published (a batch in progress) become the driver's.
+            if let Some(mem) = self.mem.as_deref().filter(|_| self.queue.ready()) {
+                Vring::publish_used(&self.queue, mem);
+            }
             self.queue.next_avail()
         } else {
             self.base
@@ -275,11 +279,22 @@ impl Vring {
         }
     }
 
-    /// Writes `elems` to the used ring and publishes them with one index update.
+    /// Writes `elems` to the used ring and publishes them (and any written before) with one
+    /// index update.
     pub fn add_used(queue: &mut Queue, mem: &GuestMemoryMmap, elems: &[UsedElem]) {
         if elems.is_empty() {
             return;
         }
+        Vring::push_used(queue, mem, elems);
+        Vring::publish_used(queue, mem);
+    }
+
+    /// Writes `elems` to the used ring without publishing them: the driver sees them when the
+    /// used index is next stored ([`Vring::notify`], [`Vring::add_used`], [`Vring::stop`]).
+    /// The frames of a batch delivered into one receive queue are published once, when the
+    /// batch signals the guest, instead of with a store (and a cache line the driver polls
+    /// taken back) per frame.
+    pub fn push_used(queue: &mut Queue, mem: &GuestMemoryMmap, elems: &[UsedElem]) {
         let size = queue.size();
         let ring = GuestAddress(queue.used_ring());
         let mut next = Wrapping(queue.next_used());
@@ -293,14 +308,21 @@ impl Vring {
             let _ = mem.write_slice(&raw, ring.unchecked_add(4 + 8 * slot));
             next += Wrapping(1);
         }
-        // The entries must be visible before the index that publishes them.
-        let _ = mem.store(next.0.to_le(), ring.unchecked_add(2), Ordering::Release);
         queue.set_next_used(next.0);
     }
 
-    /// Signals the guest if used entries were added since the last signal and the driver
-    /// wants to hear about them (EVENT_IDX `used_event`, or the NO_INTERRUPT flag).
+    /// Stores the used index: every entry written so far becomes the driver's.
+    fn publish_used(queue: &Queue, mem: &GuestMemoryMmap) {
+        let at = GuestAddress(queue.used_ring()).unchecked_add(2);
+        // The entries must be visible before the index that publishes them.
+        let _ = mem.store(queue.next_used().to_le(), at, Ordering::Release);
+    }
+
+    /// Publishes the used entries added since the last call (while the ring runs) and signals
+    /// the guest if the driver wants to hear about them (EVENT_IDX `used_event`, or the
+    /// NO_INTERRUPT flag).
     pub fn notify(&mut self) {
+        let running = self.is_running();
         let Some(mem) = self.mem.as_deref() else {
             return;
         };
@@ -308,6 +330,11 @@ impl Vring {
         let old = self.signalled_used;
         if new == old {
             return;
+        }
+        // A stopped ring had its entries published by `stop`; its memory may be the
+        // frontend's to reuse by now.
+        if running {
+            Vring::publish_used(&self.queue, mem);
         }
         // The used index store must be visible before the driver's suppression field is read.
         fence(Ordering::SeqCst);

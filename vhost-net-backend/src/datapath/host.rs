@@ -3,7 +3,8 @@
 //! The switch treats them as any port. Frames it sends to one are handed over whole
 //! ([`HostPort::receive`], on the sending guest's worker thread); frames one sends go through
 //! the switch into the guests' receive queues ([`Injector`], on the host port's own thread),
-//! each receiving guest signalled once per [`Injector::flush`].
+//! the frames published to each receiving guest and the guest signalled once per
+//! [`Injector::flush`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -256,7 +257,8 @@ impl Injector {
         delivered.then_some(ring)
     }
 
-    /// Signals every guest that got frames since the last flush.
+    /// Publishes the frames delivered since the last flush and signals their guests: the
+    /// frames a guest got are its own only from here on, so every round of sends ends here.
     pub fn flush(&mut self) {
         // The capture check: once per flush.
         self.capturing = self.dp.captures().is_active();
@@ -368,9 +370,10 @@ mod tests {
         for r in &replies {
             injector.send(r);
         }
-        assert_eq!(rx.used_idx(), 2);
+        assert_eq!(rx.used_idx(), 0, "written, published at the flush");
         assert!(rx_call.read().is_err(), "no signal before the flush");
         injector.flush();
+        assert_eq!(rx.used_idx(), 2);
         assert_eq!(rx_call.read().unwrap(), 1);
         for (i, r) in replies.iter().enumerate() {
             let (head, len) = rx.used(i as u16);

@@ -1,8 +1,9 @@
 //! Delivering one frame into a guest's receive queue: virtio-net header, then the frame, copied
-//! into as many buffers as MRG_RXBUF allows, published with one used-index update.
+//! into as many buffers as MRG_RXBUF allows. The used entries are written, not published: the
+//! caller publishes every frame of its batch with one used-index update when it signals the
+//! guest ([`Vring::notify`], once per batch and receive queue).
 //!
-//! The caller holds the RX vring's lock and signals the guest once per batch
-//! ([`Vring::notify`]).
+//! The caller holds the RX vring's lock.
 
 use bridge_core::offload;
 use virtio_queue::QueueT;
@@ -184,7 +185,7 @@ pub fn deliver(
             }
         }
     }
-    Vring::add_used(queue, mem, &scratch.used[..count]);
+    Vring::push_used(queue, mem, &scratch.used[..count]);
     Ok(frame_len)
 }
 
@@ -225,15 +226,56 @@ mod tests {
     const V1: u64 = 1 << VIRTIO_F_VERSION_1;
     const MRG: u64 = 1 << VIRTIO_NET_F_MRG_RXBUF;
 
-    /// Delivers `f` with a plain header.
+    /// Delivers `f` with a plain header and publishes it, as the end of a batch does.
     fn put(v: &mut Vring, f: &[u8]) -> Result<usize, RxError> {
-        deliver(
+        let got = deliver(
             v,
             &VnetHdr::default(),
             [&[], &[]],
             Source::Local(f),
             &mut RxScratch::default(),
-        )
+        );
+        v.notify();
+        got
+    }
+
+    #[test]
+    fn frames_are_published_together_when_the_guest_is_signalled() {
+        let mem = guest_memory();
+        let mut ring = TestRing::new(&mem, 0x10000, 16);
+        for i in 0..3 {
+            ring.post(&[(0x100000 + i * 0x1000, 2048, W)]);
+        }
+        let mut v = ring.vring(mem.clone(), V1);
+        let mut scratch = RxScratch::default();
+        for len in [60, 70] {
+            let f = frame(len);
+            let got = deliver(
+                &mut v,
+                &VnetHdr::default(),
+                [&[], &[]],
+                Source::Local(&f),
+                &mut scratch,
+            );
+            assert_eq!(got, Ok(len));
+        }
+        assert_eq!(ring.used_idx(), 0, "written, not yet the driver's");
+        assert_eq!(ring.used(1), (1, 82), "the entries are in place");
+        v.notify();
+        assert_eq!(ring.used_idx(), 2, "both published with one index update");
+        // A ring stopped mid-batch publishes what it wrote before it reports its base.
+        let f = frame(80);
+        let got = deliver(
+            &mut v,
+            &VnetHdr::default(),
+            [&[], &[]],
+            Source::Local(&f),
+            &mut scratch,
+        );
+        assert_eq!(got, Ok(80));
+        assert_eq!(ring.used_idx(), 2);
+        assert_eq!(v.stop(), 3);
+        assert_eq!(ring.used_idx(), 3);
     }
 
     fn frame(len: usize) -> Vec<u8> {
@@ -335,6 +377,7 @@ mod tests {
             deliver(&mut v, &hdr, [&[], &[]], Source::Local(&f), &mut scratch),
             Ok(250)
         );
+        v.notify();
         assert_eq!(ring.used_idx(), 3);
     }
 
@@ -415,6 +458,7 @@ mod tests {
             deliver(&mut v, &hdr, [&[], &[]], Source::Local(&f), &mut scratch),
             Ok(100)
         );
+        v.notify();
         assert_eq!(ring.used_idx(), 5, "the looping chain was returned too");
         assert_eq!(ring.used(4), (u32::from(good), 112));
     }

@@ -1,6 +1,7 @@
 //! One TX batch of a port: up to [`BATCH`] chains from one of its guest's transmit queues, each
 //! checked, decided by the switch and delivered; then the used entries published with one index
-//! update, the sender signalled once and every receive queue that got frames signalled once.
+//! update and the sender signalled once, and every receive queue that got frames has them
+//! published with one index update and is signalled once.
 //!
 //! A frame's first bytes (its virtio-net header and up to [`offload::MAX_HEAD_LEN`] bytes of
 //! headers) are copied out of the sender's buffers once; the switch decides on that copy, the
