@@ -20,6 +20,7 @@ use tests::load::report::{fixed, median, mega, ratio, Table};
 use tests::load::run::{self, LatencySpec, Throughput, ThroughputSpec};
 use tests::load::traffic;
 use tests::load::{pin_to_cpu, proc};
+use vhost_net_backend::cli::error_chain;
 
 /// The standard benchmark set: VM-to-VM 64 B and 1500 B over 2 and 16 ports (no policy,
 /// allow-all, a 24-rule security group), TSO bulk, latency, 256 ports; against the daemon and
@@ -154,13 +155,7 @@ fn main() -> ExitCode {
     match bench(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut source = e.source();
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            eprintln!("bench: {msg}");
+            eprintln!("bench: {}", error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -16,6 +16,7 @@ use clap::Parser;
 use tests::load::guest::{Frames, Guest};
 use tests::load::run::{self, LatencySpec, ThroughputSpec};
 use tests::load::{proc, report};
+use vhost_net_backend::cli::error_chain;
 
 /// A vhost-user load generator: N guests (memfd memory, split rings, EVENT_IDX) against a
 /// backend's sockets.
@@ -71,13 +72,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let mut msg = e.to_string();
-            let mut source = e.source();
-            while let Some(s) = source {
-                msg.push_str(&format!(": {s}"));
-                source = s.source();
-            }
-            eprintln!("loadgen: {msg}");
+            eprintln!("loadgen: {}", error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

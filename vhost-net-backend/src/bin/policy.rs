@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use vhost_net_backend::cli::error_chain;
 use vhost_net_backend::policy::offline::{read_capture, render, run, OfflineOptions};
 use vhost_net_backend::policy::FailMode;
 
@@ -104,13 +105,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let mut msg = format!("policy test: {e}");
-            let mut src = e.source();
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("{msg}");
+            eprintln!("policy test: {}", error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
