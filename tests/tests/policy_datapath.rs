@@ -488,3 +488,237 @@ fn a_guest_rewriting_frames_after_posting_them_cannot_pass_unjudged_bytes() {
     let ip_spoof = rule.iter().find(|r| r.description == "no-ip-spoofing DROP");
     assert_eq!(ip_spoof.expect("listed").packets, u64::from(drops));
 }
+
+/// What [`egress_rules_wat`]'s module does with UDP to one destination port: the port, the
+/// verdict's action, flags and target (the redirect target, or the mirror's with `MIRROR`),
+/// and the rule's description.
+type EgressRule = (u16, u8, u8, u32, &'static str);
+
+/// A purpose-built module for the `NatEgress` hook alone: UDP to a port of `rules` gets that
+/// rule's verdict (rule id: its index + 2), every other frame is accepted by rule 1.
+fn egress_rules_wat(rules: &[EgressRule]) -> Vec<u8> {
+    use policy_sdk::abi::{action, io_off, FrameDesc, HOOK_NAT_EGRESS, SNAPSHOT_LEN};
+    use policy_sdk::abi::{Verdict, DESC_SIZE, VERDICT_SIZE};
+    use policy_sdk::manifest::{encode, encoded_len, Manifest};
+    use std::mem::offset_of;
+    const M: Manifest<'static> = Manifest {
+        name: "egress-rules",
+        version: "1",
+        hooks: 1 << HOOK_NAT_EGRESS,
+        caps: 0,
+        memory_pages: 2,
+        maps: &[],
+        counters: &[],
+    };
+    const LEN: usize = encoded_len(&M);
+    let hex = |bytes: &[u8]| -> String { bytes.iter().map(|b| format!("\\{b:02x}")).collect() };
+    let manifest = hex(&encode::<LEN>(&M));
+    // Descriptions live past the I/O area.
+    let (mut data, mut describe, mut at) = (String::new(), String::new(), 0x1_0000);
+    let mut matches = String::new();
+    let rule_words = |act: u8, flags: u8, target: u32, rule: usize| {
+        let mirror = if flags & policy_sdk::abi::vflag::MIRROR != 0 {
+            target
+        } else {
+            0
+        };
+        format!(
+            "(local.set $action (i32.const {act})) (local.set $flags (i32.const {flags})) \
+             (local.set $target (i32.const {target})) (local.set $mirror (i32.const {mirror})) \
+             (local.set $rule (i32.const {rule}))"
+        )
+    };
+    let described = [(1, "other ACCEPT")]
+        .into_iter()
+        .chain(rules.iter().enumerate().map(|(i, r)| (i + 2, r.4)));
+    for (id, text) in described {
+        data += &format!("(data (i32.const {at}) \"{}\")\n", hex(text.as_bytes()));
+        describe += &format!(
+            "(drop (call $describe (i32.const {id}) (i32.const {at}) (i32.const {})))\n",
+            text.len()
+        );
+        at += 256;
+    }
+    for (i, &(port, act, flags, target, _)) in rules.iter().enumerate() {
+        // The port as a little-endian load of its network-order bytes reads it.
+        let loaded = port.swap_bytes();
+        matches += &format!(
+            "(if (i32.eq (local.get $port) (i32.const {loaded})) (then {}))\n",
+            rule_words(act, flags, target, i + 2)
+        );
+    }
+    let default = rule_words(action::ACCEPT, 0, 0, 1);
+    let text = format!(
+        r#"(module
+          (import "pol" "rule_describe" (func $describe (param i32 i32 i32) (result i32)))
+          (memory (export "memory") 2)
+          {data}
+          (func (export "policy_abi_v1"))
+          (func (export "pol_io") (result i32) (i32.const 0))
+          (func (export "pol_init") (param i32) (result i32) {describe} (i32.const 0))
+          (func (export "pol_on_new_flow") (param $n i32) (result i32)
+            (local $i i32) (local $d i32) (local $port i32)
+            (local $action i32) (local $flags i32) (local $target i32) (local $mirror i32)
+            (local $rule i32)
+            (block $done (loop $next
+              (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+              (local.set $d (i32.add (i32.const {desc}) (i32.mul (local.get $i) (i32.const {desc_size}))))
+              (local.set $port (i32.const -1))
+              (if (i32.eq (i32.load8_u offset={proto} (local.get $d)) (i32.const 17))
+                (then (local.set $port (i32.load16_u offset=2 (i32.add
+                  (i32.add (i32.const {snap}) (i32.mul (local.get $i) (i32.const {snap_len})))
+                  (i32.load8_u offset={l4} (local.get $d)))))))
+              {default}
+              {matches}
+              (local.set $d (i32.add (i32.const {verdict}) (i32.mul (local.get $i) (i32.const {verdict_size}))))
+              (i32.store8 offset={v_action} (local.get $d) (local.get $action))
+              (i32.store8 offset={v_flags} (local.get $d) (local.get $flags))
+              (i32.store offset={v_target} (local.get $d) (local.get $target))
+              (i32.store offset={v_mirror} (local.get $d) (local.get $mirror))
+              (i32.store offset={v_rule} (local.get $d) (local.get $rule))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br $next)))
+            (local.get $n))
+          (@custom "pol_manifest" "{manifest}"))"#,
+        desc = io_off::DESC,
+        desc_size = DESC_SIZE,
+        proto = offset_of!(FrameDesc, ip_proto),
+        l4 = offset_of!(FrameDesc, l4_off),
+        snap = io_off::SNAP,
+        snap_len = SNAPSHOT_LEN,
+        verdict = io_off::VERDICT,
+        verdict_size = VERDICT_SIZE,
+        v_action = offset_of!(Verdict, action),
+        v_flags = offset_of!(Verdict, flags),
+        v_target = offset_of!(Verdict, target),
+        v_mirror = offset_of!(Verdict, mirror),
+        v_rule = offset_of!(Verdict, rule),
+    );
+    wat::parse_str(text).expect("the egress-rules module assembles")
+}
+
+/// The NAT egress hook with the `user` egress: a module at that hook alone drops, rejects,
+/// mirrors and redirects UDP flows from A to sockets of this test by destination port and
+/// accepts the rest; the gateway's own answers (a ping to it) are not judged there; drops are
+/// counted on the gateway port and every frame on its rule.
+#[test]
+fn the_nat_egress_hook_judges_what_leaves_the_network() {
+    use policy_sdk::abi::{action, vflag};
+    let sockets: Vec<std::net::UdpSocket> = (0..5)
+        .map(|_| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(QUIET)).unwrap();
+            s
+        })
+        .collect();
+    let port = |i: usize| sockets[i].local_addr().unwrap().port();
+    let (pass, dropped, rejected, mirrored, redirected) = (0, 1, 2, 3, 4);
+    let mut lab = lab(|_| Vec::new());
+    let b = lab.ids[1].0;
+    let rules: [EgressRule; 4] = [
+        (port(dropped), action::DROP, 0, 0, "udp dpt DROP"),
+        (port(rejected), action::REJECT, 0, 0, "udp dpt REJECT"),
+        (
+            port(mirrored),
+            action::ACCEPT,
+            vflag::MIRROR,
+            b,
+            "udp dpt ACCEPT MIRROR",
+        ),
+        (port(redirected), action::REDIRECT, 0, b, "udp dpt REDIRECT"),
+    ];
+    let path = module(&lab.dir, "egress_rules.wasm", &egress_rules_wat(&rules));
+    lab.policies()
+        .load(policy("egress", path, "", FailMode::Closed))
+        .unwrap();
+    let vhost_net_backend::config::NetworkMode::Nat(nat) = &lab.daemon.config().networks[0].mode
+    else {
+        panic!("the default network is NAT");
+    };
+    let gateway_mac = nat.gateway_mac("default").0;
+    let gateway = lab.daemon.nat_network("default").unwrap().port();
+    let outside = Endpoint::new(gateway_mac, [127, 0, 0, 1]);
+    let send = |lab: &mut Lab, i: usize, payload: &[u8]| {
+        let frame = udp4(A, outside, 41000 + i as u16, port(i), payload);
+        lab.a.send(0, &frame).unwrap();
+        frame
+    };
+    let arrived = |i: usize| {
+        let mut buf = [0; 64];
+        let mut got = Vec::new();
+        while let Ok(n) = sockets[i].recv(&mut buf) {
+            got.push(buf[..n].to_vec());
+        }
+        got
+    };
+
+    // Accepted, three times on one flow: judged once, counted three times on rule 1.
+    for _ in 0..3 {
+        send(&mut lab, pass, b"pass");
+    }
+    assert_eq!(arrived(pass), vec![b"pass".to_vec(); 3]);
+    // Dropped twice, counted on the gateway port.
+    send(&mut lab, dropped, b"drop");
+    send(&mut lab, dropped, b"drop");
+    assert!(arrived(dropped).is_empty(), "the dropped flow leaves");
+    // Rejected: an ICMP port unreachable from the destination, quoting the datagram.
+    let sent = send(&mut lab, rejected, b"reject");
+    let icmp = loop {
+        let (_, f) = lab.a.recv(WAIT).unwrap().expect("an ICMP error");
+        if f[12..14] == [0x08, 0x00] {
+            break f;
+        }
+    };
+    assert_eq!((&icmp[0..6], &icmp[6..12]), (&A.mac[..], &gateway_mac[..]));
+    assert_eq!(
+        (&icmp[26..30], &icmp[30..34]),
+        (&[127, 0, 0, 1][..], &A.ip[..])
+    );
+    assert_eq!(
+        (icmp[23], icmp[34], icmp[35]),
+        (1, 3, 3),
+        "port unreachable"
+    );
+    assert_eq!(&icmp[42..], &sent[14..]);
+    assert!(arrived(rejected).is_empty(), "the rejected flow leaves");
+    // Mirrored: out, and a copy to B; redirected: to B instead.
+    let mirror = send(&mut lab, mirrored, b"mirror");
+    assert_eq!(arrived(mirrored), vec![b"mirror".to_vec()]);
+    let redirect = send(&mut lab, redirected, b"redirect");
+    assert_eq!(received(&mut lab.b), vec![mirror, redirect]);
+    assert!(
+        arrived(redirected).is_empty(),
+        "the redirected flow stays in"
+    );
+
+    // The gateway's own answers are not egress: a ping to it is answered and not judged.
+    let gw = Endpoint::new(gateway_mac, [192, 168, 122, 1]);
+    lab.a.send(0, &policy_sdk::frames::ping4(A, gw)).unwrap();
+    let reply = loop {
+        let (_, f) = lab.a.recv(WAIT).unwrap().expect("an echo reply");
+        if f[12..14] == [0x08, 0x00] {
+            break f;
+        }
+    };
+    assert_eq!((reply[23], reply[34]), (1, 0), "ICMP echo reply");
+
+    let info = lab.list("egress");
+    assert_eq!(info.packets, 5, "one judged frame per flow: {info:?}");
+    let rule = |text: &str| {
+        let r = info.rules.iter().find(|r| r.description == text);
+        r.unwrap_or_else(|| panic!("rule {text:?} in {info:?}"))
+            .packets
+    };
+    let counted = ["other ACCEPT", "udp dpt DROP", "udp dpt REJECT"].map(rule);
+    assert_eq!(counted, [3, 2, 1]);
+    let counted = ["udp dpt ACCEPT MIRROR", "udp dpt REDIRECT"].map(rule);
+    assert_eq!(counted, [1, 1]);
+    let stats = lab.daemon.switch().port_info(gateway).unwrap().stats;
+    assert_eq!(stats.drops.get(DropReason::PolicyDrop), 2);
+    assert_eq!(stats.drops.get(DropReason::PolicyReject), 1);
+    assert_eq!(
+        lab.drops(0, DropReason::PolicyDrop),
+        0,
+        "not judged at port-in"
+    );
+}

@@ -161,10 +161,18 @@ impl Injector {
         }
     }
 
-    fn record_drop(&self, reason: DropReason) {
+    /// Counts a drop for `reason` on the host port.
+    pub fn record_drop(&self, reason: DropReason) {
         if let Some(c) = &self.counters {
             c.record_drop(reason);
         }
+    }
+
+    /// Delivers a frame whose offloads `hdr` describes to port `dst` as it is, without the
+    /// switch or the policies (where a policy's redirect or mirror sends it).
+    pub fn deliver_to(&mut self, dst: PortId, hdr: &VnetHdr, frame: &[u8]) {
+        let dp = Arc::clone(&self.dp);
+        self.deliver(&dp.ports(), hdr, frame, dst, Egress::AsIs);
     }
 
     fn deliver(

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`network`] | [`network::NatNetwork`] and its [`network::NatHandle`]: starts a network's gateway port and egress, its event loop, and the calls the daemon makes on it (port forwards, leases, conntrack) |
 //! | [`gateway_port`] | [`gateway_port::GatewayPort`]: bridge-core's gateway fed with frames, DNS upstream sockets, the leases file; independent of the egress kind |
+//! | [`egress_policy`] | [`egress_policy::EgressPolicy`]: the policies at the `NatEgress` hook, before the egress |
 //! | [`inbox`] | the gateway port's side of the switch: a bounded frame queue and its eventfd |
 //! | [`outbox`] | frames into the network, addressed by the gateway's ARP table |
 //! | [`user`] | the `user` egress: smoltcp TCP, UDP and ICMP flows from host sockets, port forwards |
@@ -15,6 +16,7 @@
 //!
 //! Design and figures: docs/nat.md.
 
+pub mod egress_policy;
 pub mod gateway_port;
 pub mod inbox;
 pub mod kernel;

@@ -3,6 +3,9 @@
 //! gateway's frames, the host sockets, the kernel egress's TAP, the timer, the control calls,
 //! the stop signal) on a thread of its own.
 //!
+//! Frames the gateway hands to the egress pass the policies at the `NatEgress` hook first
+//! ([`EgressPolicy`]).
+//!
 //! Each round of events ends with the same steps: the egress relays and sends, the gateway
 //! runs its timers, the frames gathered for the network go through the switch (each guest
 //! signalled once), socket registrations are applied, and the timer is set for the next
@@ -21,14 +24,16 @@ use std::thread::{self, JoinHandle};
 use bridge_core::conntrack::{Conntrack, ConntrackConfig, FlowInfo};
 use bridge_core::gateway::icmp::ErrorKind;
 use bridge_core::gateway::leases::LeaseRecord;
+use bridge_core::reject::{reject_reply, MAX_REPLY_LEN};
 use bridge_core::time::{Duration, Instant};
 use bridge_core::wire::{EthernetAddress, Icmpv4DstUnreachable};
-use bridge_core::{NetworkId, PortId};
+use bridge_core::{DropReason, NetworkId, PortId};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use tracing::{info, warn};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
+use super::egress_policy::EgressPolicy;
 use super::gateway_port::{GatewayPort, GatewayPortError, Handoff};
 use super::inbox::Inbox;
 use super::kernel::{KernelSide, KernelSideError};
@@ -40,6 +45,7 @@ use super::user::{EgressCx, UserEgress};
 use super::{leases_file, resolv_conf};
 use crate::config::{Egress as EgressConfig, ForwardConfig, NatConfig};
 use crate::datapath::host::{HostPort, Injector};
+use crate::datapath::policy::Outcome;
 use crate::datapath::vnet_hdr::VnetHdr;
 use crate::datapath::Datapath;
 use crate::event_loop::Stopper;
@@ -188,6 +194,8 @@ impl NatNetwork {
             inbox: Arc::clone(&inbox),
             frames: VecDeque::new(),
             injector: Injector::new(Arc::clone(dp), port),
+            policy: EgressPolicy::new(dp, port, network),
+            port,
             conntrack: Arc::clone(&conntrack),
             zone,
             log: RateLimited::default(),
@@ -370,6 +378,10 @@ struct Nat {
     inbox: Arc<Inbox>,
     frames: VecDeque<(VnetHdr, Vec<u8>)>,
     injector: Injector,
+    /// The policy stage before egress, when the daemon runs policies.
+    policy: Option<EgressPolicy>,
+    /// The gateway's switch port.
+    port: PortId,
     conntrack: Arc<Conntrack>,
     zone: u32,
     log: RateLimited,
@@ -396,36 +408,87 @@ impl Nat {
         (&mut self.egress, &mut self.gateway, cx)
     }
 
-    /// Frames the switch sent to the gateway.
+    /// Frames the switch sent to the gateway; those it hands to the egress pass the policies
+    /// first.
     fn on_frames(&mut self) {
         let now = Instant::now();
         self.inbox.take(&mut self.frames);
         let mut frames = std::mem::take(&mut self.frames);
+        // Out of `self` for the batch, so that carrying out its outcomes can use `self`.
+        let mut policy = self.policy.take();
+        let judging = policy.as_mut().is_some_and(EgressPolicy::begin_batch);
         for (hdr, frame) in frames.drain(..) {
             let handoff = self
                 .gateway
                 .handle(now, &frame, &mut self.out, &mut self.reg);
-            let (egress, gateway, mut cx) = self.split(now);
-            match (handoff, egress) {
-                (Handoff::None, _) => {}
-                // The point where a policy judges traffic before NAT egress.
-                (Handoff::Egress, Egress::User(user)) => user.outbound(&mut cx, &frame),
-                (Handoff::Local, Egress::User(user)) => {
-                    if !user.local(&mut cx, &frame) {
-                        // What libvirt's host firewall does with the rest (INPUT chain).
-                        let kind = ErrorKind::Unreachable(Icmpv4DstUnreachable::HostProhibited);
-                        gateway.reject(&frame, kind, cx.out);
-                    }
+            match policy.as_mut() {
+                Some(p) if judging && handoff == Handoff::Egress => {
+                    p.judge(hdr, frame, |o, hdr, frame| {
+                        self.carry_out(now, o, hdr, frame)
+                    })
                 }
-                // The kernel routes both: beyond the network, or to the host's own sockets
-                // (replies of port-forwarded connections from the host among them).
-                (Handoff::Egress | Handoff::Local, Egress::Kernel(kernel)) => {
-                    kernel.send(now, &hdr, &frame)
+                _ => {
+                    self.hand_off(now, handoff, &hdr, &frame);
+                    self.inbox.recycle(frame);
                 }
             }
-            self.inbox.recycle(frame);
         }
+        if let Some(p) = policy.as_mut() {
+            p.judge_aside(|o, hdr, frame| self.carry_out(now, o, hdr, frame));
+        }
+        self.policy = policy;
         self.frames = frames;
+    }
+
+    /// Hands a frame the gateway did not take to the egress.
+    fn hand_off(&mut self, now: Instant, handoff: Handoff, hdr: &VnetHdr, frame: &[u8]) {
+        let (egress, gateway, mut cx) = self.split(now);
+        match (handoff, egress) {
+            (Handoff::None, _) => {}
+            (Handoff::Egress, Egress::User(user)) => user.outbound(&mut cx, frame),
+            (Handoff::Local, Egress::User(user)) => {
+                if !user.local(&mut cx, frame) {
+                    // What libvirt's host firewall does with the rest (INPUT chain).
+                    let kind = ErrorKind::Unreachable(Icmpv4DstUnreachable::HostProhibited);
+                    gateway.reject(frame, kind, cx.out);
+                }
+            }
+            // The kernel routes both: beyond the network, or to the host's own sockets
+            // (replies of port-forwarded connections from the host among them).
+            (Handoff::Egress | Handoff::Local, Egress::Kernel(kernel)) => {
+                kernel.send(now, hdr, frame)
+            }
+        }
+    }
+
+    /// Carries out the policies' outcome for a frame bound for egress: to the egress (or a
+    /// redirect target instead; a mirror target gets a copy), or dropped and counted on the
+    /// gateway port, or rejected (counted, and answered to the guest through the network).
+    /// A redirect or mirror to the gateway's own port is no redirect or mirror.
+    fn carry_out(&mut self, now: Instant, outcome: Outcome, hdr: VnetHdr, frame: Vec<u8>) {
+        match outcome {
+            Outcome::Deliver { redirect, mirror } => {
+                let other = |p: &PortId| *p != self.port;
+                let (redirect, mirror) = (redirect.filter(other), mirror.filter(other));
+                match redirect {
+                    Some(port) => self.injector.deliver_to(port, &hdr, &frame),
+                    None => self.hand_off(now, Handoff::Egress, &hdr, &frame),
+                }
+                if let Some(port) = mirror {
+                    self.injector.deliver_to(port, &hdr, &frame);
+                }
+            }
+            Outcome::Drop(reason) => self.injector.record_drop(reason),
+            Outcome::Reject => {
+                self.injector.record_drop(DropReason::PolicyReject);
+                let mut reply = vec![0; MAX_REPLY_LEN];
+                if let Ok(n) = reject_reply(&frame, &mut reply) {
+                    reply.truncate(n);
+                    self.out.frame(reply);
+                }
+            }
+        }
+        self.inbox.recycle(frame);
     }
 
     /// A host socket is ready.
