@@ -6,6 +6,8 @@
 
 #[path = "../../vhost-net-backend/tests/support/faulty.rs"]
 mod faulty;
+#[path = "../../vhost-net-backend/tests/netns/mod.rs"]
+mod netns;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,7 +24,7 @@ use tests::frontend::net::{NetOptions, VirtioNet};
 use tests::frontend::net_hdr::NetHdr;
 use tests::policy_wasm;
 use vhost_net_backend::cli::{self, error_chain, Args};
-use vhost_net_backend::config::{FailMode, PolicyConfig};
+use vhost_net_backend::config::{Egress, FailMode, NetworkMode, PolicyConfig};
 use vhost_net_backend::control::protocol::PolicyInfo;
 use vhost_net_backend::control::Server;
 use vhost_net_backend::{start, Config, Daemon, MacAddr, PortConfig};
@@ -69,6 +71,11 @@ fn policy(name: &str, module: PathBuf, config: &str, fail_mode: FailMode) -> Pol
 /// Starts the daemon with the policies `policies(dir)` makes, attaches A and B, and has each
 /// broadcast once so the switch knows where they are.
 fn lab(policies: impl FnOnce(&tempfile::TempDir) -> Vec<PolicyConfig>) -> Lab {
+    lab_with(|dir, config| config.policies = policies(dir))
+}
+
+/// [`lab`] with the daemon's configuration changed by `configure`.
+fn lab_with(configure: impl FnOnce(&tempfile::TempDir, &mut Config)) -> Lab {
     let dir = tempfile::tempdir().unwrap();
     let ports = [A, B]
         .iter()
@@ -79,7 +86,7 @@ fn lab(policies: impl FnOnce(&tempfile::TempDir) -> Vec<PolicyConfig>) -> Lab {
         })
         .collect();
     let mut config = Config::with_ports(ports);
-    config.policies = policies(&dir);
+    configure(&dir, &mut config);
     config.control.socket = Some(dir.path().join("control.sock"));
     config.state_dir = Some(dir.path().to_path_buf());
     let control = config.control.clone();
@@ -597,23 +604,55 @@ fn egress_rules_wat(rules: &[EgressRule]) -> Vec<u8> {
     wat::parse_str(text).expect("the egress-rules module assembles")
 }
 
-/// The NAT egress hook with the `user` egress: a module at that hook alone drops, rejects,
-/// mirrors and redirects UDP flows from A to sockets of this test by destination port and
-/// accepts the rest; the gateway's own answers (a ping to it) are not judged there; drops are
-/// counted on the gateway port and every frame on its rule.
+/// The NAT egress hook with the `user` egress (see [`nat_egress_scenario`]), to sockets on
+/// loopback.
 #[test]
 fn the_nat_egress_hook_judges_what_leaves_the_network() {
+    nat_egress_scenario(lab(|_| Vec::new()), [127, 0, 0, 1]);
+}
+
+const INSIDE: &str = "VNB_POLICY_DATAPATH_NETNS";
+
+/// The NAT egress hook with the `kernel` egress (see [`nat_egress_scenario`]), in a namespace
+/// this test makes: the TAP holds the gateway address, and the sockets are on an address of
+/// the namespace's loopback beyond the network, reached through the kernel.
+#[test]
+fn the_nat_egress_hook_judges_what_leaves_through_the_kernel() {
+    netns::run_inside("vnb-natpol", "nat_egress_through_the_kernel_inside", INSIDE);
+}
+
+#[test]
+#[ignore = "run inside its namespace by the_nat_egress_hook_judges_what_leaves_through_the_kernel"]
+fn nat_egress_through_the_kernel_inside() {
+    netns::assert_inside(INSIDE);
+    netns::run("ip", &["link", "set", "lo", "up"]);
+    netns::run("ip", &["addr", "add", "10.200.0.1/32", "dev", "lo"]);
+    let lab = lab_with(|_, config| {
+        let NetworkMode::Nat(nat) = &mut config.networks[0].mode else {
+            panic!("the default network is NAT");
+        };
+        nat.egress = Egress::Kernel {
+            interface: "vnbnat0".into(),
+        };
+    });
+    nat_egress_scenario(lab, [10, 200, 0, 1]);
+}
+
+/// A module at the NAT egress hook alone drops, rejects, mirrors and redirects UDP flows from
+/// A to sockets of this test (at `far`, beyond the network) by destination port and accepts
+/// the rest; the gateway's own answers (a ping to it) are not judged there; drops are counted
+/// on the gateway port and every frame on its rule.
+fn nat_egress_scenario(mut lab: Lab, far: [u8; 4]) {
     use policy_sdk::abi::{action, vflag};
     let sockets: Vec<std::net::UdpSocket> = (0..5)
         .map(|_| {
-            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let s = std::net::UdpSocket::bind((std::net::Ipv4Addr::from(far), 0)).unwrap();
             s.set_read_timeout(Some(QUIET)).unwrap();
             s
         })
         .collect();
     let port = |i: usize| sockets[i].local_addr().unwrap().port();
     let (pass, dropped, rejected, mirrored, redirected) = (0, 1, 2, 3, 4);
-    let mut lab = lab(|_| Vec::new());
     let b = lab.ids[1].0;
     let rules: [EgressRule; 4] = [
         (port(dropped), action::DROP, 0, 0, "udp dpt DROP"),
@@ -631,13 +670,12 @@ fn the_nat_egress_hook_judges_what_leaves_the_network() {
     lab.policies()
         .load(policy("egress", path, "", FailMode::Closed))
         .unwrap();
-    let vhost_net_backend::config::NetworkMode::Nat(nat) = &lab.daemon.config().networks[0].mode
-    else {
+    let NetworkMode::Nat(nat) = &lab.daemon.config().networks[0].mode else {
         panic!("the default network is NAT");
     };
     let gateway_mac = nat.gateway_mac("default").0;
     let gateway = lab.daemon.nat_network("default").unwrap().port();
-    let outside = Endpoint::new(gateway_mac, [127, 0, 0, 1]);
+    let outside = Endpoint::new(gateway_mac, far);
     let send = |lab: &mut Lab, i: usize, payload: &[u8]| {
         let frame = udp4(A, outside, 41000 + i as u16, port(i), payload);
         lab.a.send(0, &frame).unwrap();
@@ -670,10 +708,7 @@ fn the_nat_egress_hook_judges_what_leaves_the_network() {
         }
     };
     assert_eq!((&icmp[0..6], &icmp[6..12]), (&A.mac[..], &gateway_mac[..]));
-    assert_eq!(
-        (&icmp[26..30], &icmp[30..34]),
-        (&[127, 0, 0, 1][..], &A.ip[..])
-    );
+    assert_eq!((&icmp[26..30], &icmp[30..34]), (&far[..], &A.ip[..]));
     assert_eq!(
         (icmp[23], icmp[34], icmp[35]),
         (1, 3, 3),
