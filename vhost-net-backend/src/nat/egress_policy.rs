@@ -54,8 +54,11 @@ impl EgressPolicy {
     /// Starts a batch (one atomic load); returns whether a policy runs at the hook. If not,
     /// the batch's frames go to egress unjudged.
     pub fn begin_batch(&mut self) -> bool {
-        self.now = self.dp.now();
-        self.stage.begin_batch()
+        let judging = self.stage.begin_batch();
+        if judging {
+            self.now = self.dp.now();
+        }
+        judging
     }
 
     /// Passes a frame bound for egress: `carry_out` gets it with its outcome now (its flow has
