@@ -7,10 +7,12 @@
 //! ```no_run
 //! # use std::time::Duration;
 //! # use tests::frontend::{connection::Role, net::{NetOptions, VirtioNet}};
+//! # use bridge_core::wire::{Ipv4Address, Ipv4Cidr};
 //! # use tests::guest_stack::GuestStack;
 //! let nic = VirtioNet::new(Role::Connect("/tmp/vm0.sock".into()), NetOptions::default())?;
-//! let mut guest = GuestStack::new(nic, [0x52, 0x54, 0, 0, 0, 1], "192.168.122.50/24".parse()?,
-//!     "192.168.122.1".parse()?);
+//! let cidr = Ipv4Cidr::new(Ipv4Address::new(192, 168, 122, 50), 24);
+//! let mut guest = GuestStack::new(nic, [0x52, 0x54, 0, 0, 0, 1], cidr,
+//!     Ipv4Address::new(192, 168, 122, 1));
 //! let tcp = guest.connect("127.0.0.1:8080".parse()?);
 //! assert!(guest.until(Duration::from_secs(5), |g| g.tcp(tcp).may_send()));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
