@@ -9,9 +9,12 @@ use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
-use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use tracing::warn;
+use virtio_bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY,
+};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::vhost_user::memory::MemoryTable;
@@ -29,6 +32,9 @@ pub enum VringError {
     /// SET_VRING_BASE with a value that does not fit a split ring index.
     #[error("invalid ring base {0}")]
     InvalidBase(u32),
+    /// The driver's available index is more than a queue size ahead of the device's.
+    #[error("corrupt available ring index")]
+    AvailCorrupt,
 }
 
 /// Ring addresses as the frontend gave them (its own virtual addresses).
@@ -66,6 +72,8 @@ pub struct Vring {
     mem: Option<Arc<GuestMemoryMmap>>,
     features: u64,
     signalled_used: Wrapping<u16>,
+    /// The driver's available index as last read (see [`Ring::pop_head`]).
+    avail_seen: Wrapping<u16>,
     generation: u64,
 }
 
@@ -85,6 +93,7 @@ impl Default for Vring {
             mem: None,
             features: 0,
             signalled_used: Wrapping(0),
+            avail_seen: Wrapping(0),
             generation: 0,
         }
     }
@@ -152,8 +161,8 @@ impl Vring {
     pub fn stop(&mut self) -> u16 {
         let next = if self.positioned {
             // Entries written but not yet published (a batch in progress) become the driver's.
-            if let Some(mem) = self.mem.as_deref().filter(|_| self.queue.ready()) {
-                Vring::publish_used(&self.queue, mem);
+            if let Some(ring) = self.ring() {
+                ring.publish_used();
             }
             self.queue.next_avail()
         } else {
@@ -215,6 +224,12 @@ impl Vring {
             q.set_ready(false);
             return;
         }
+        // The datapath reaches each part of the ring through one host memory slice.
+        if Ring::resolve(q, mem.as_ref(), &mut self.avail_seen).is_none() {
+            warn!("a virtqueue's rings are not each in one memory region; queue not started");
+            q.set_ready(false);
+            return;
+        }
         if !self.positioned {
             let Ok(used_idx) = q.used_idx(mem.as_ref(), Ordering::Acquire) else {
                 q.set_ready(false);
@@ -230,6 +245,8 @@ impl Vring {
             self.signalled_used = Wrapping(start);
             self.positioned = true;
         }
+        // Read the driver's index afresh before taking chains.
+        self.avail_seen = Wrapping(q.next_avail());
     }
 
     /// Whether the datapath may use this ring now.
@@ -262,60 +279,22 @@ impl Vring {
         self.features
     }
 
-    /// The queue and the guest memory it lives in, if the ring is running.
-    pub fn parts(&mut self) -> Option<(&mut Queue, &GuestMemoryMmap)> {
+    /// The ring for the datapath, if it is running: its queue position and its three parts
+    /// resolved to host memory.
+    pub fn parts(&mut self) -> Option<Ring<'_>> {
         if !self.is_running() {
             return None;
         }
+        self.ring()
+    }
+
+    /// The ring's parts in host memory, while the queue is ready (running or not).
+    fn ring(&mut self) -> Option<Ring<'_>> {
+        if !self.queue.ready() {
+            return None;
+        }
         let mem = self.mem.as_deref()?;
-        Some((&mut self.queue, mem))
-    }
-
-    /// Returns a chain head taken from the available ring to it (the frame could not be
-    /// delivered after all).
-    pub fn unpop(queue: &mut Queue, count: u16) {
-        for _ in 0..count {
-            queue.go_to_previous_position();
-        }
-    }
-
-    /// Writes `elems` to the used ring and publishes them (and any written before) with one
-    /// index update.
-    pub fn add_used(queue: &mut Queue, mem: &GuestMemoryMmap, elems: &[UsedElem]) {
-        if elems.is_empty() {
-            return;
-        }
-        Vring::push_used(queue, mem, elems);
-        Vring::publish_used(queue, mem);
-    }
-
-    /// Writes `elems` to the used ring without publishing them: the driver sees them when the
-    /// used index is next stored ([`Vring::notify`], [`Vring::add_used`], [`Vring::stop`]).
-    /// The frames of a batch delivered into one receive queue are published once, when the
-    /// batch signals the guest, instead of with a store (and a cache line the driver polls
-    /// taken back) per frame.
-    pub fn push_used(queue: &mut Queue, mem: &GuestMemoryMmap, elems: &[UsedElem]) {
-        let size = queue.size();
-        let ring = GuestAddress(queue.used_ring());
-        let mut next = Wrapping(queue.next_used());
-        for e in elems {
-            let slot = u64::from(next.0 % size);
-            let mut raw = [0u8; 8];
-            raw[..4].copy_from_slice(&u32::from(e.head).to_le_bytes());
-            raw[4..].copy_from_slice(&e.len.to_le_bytes());
-            // The ring was checked to lie in guest memory when it started; a failed write can
-            // only mean the frontend removed the memory under a running ring.
-            let _ = mem.write_slice(&raw, ring.unchecked_add(4 + 8 * slot));
-            next += Wrapping(1);
-        }
-        queue.set_next_used(next.0);
-    }
-
-    /// Stores the used index: every entry written so far becomes the driver's.
-    fn publish_used(queue: &Queue, mem: &GuestMemoryMmap) {
-        let at = GuestAddress(queue.used_ring()).unchecked_add(2);
-        // The entries must be visible before the index that publishes them.
-        let _ = mem.store(queue.next_used().to_le(), at, Ordering::Release);
+        Ring::resolve(&mut self.queue, mem, &mut self.avail_seen)
     }
 
     /// Publishes the used entries added since the last call (while the ring runs) and signals
@@ -334,7 +313,9 @@ impl Vring {
         // A stopped ring had its entries published by `stop`; its memory may be the
         // frontend's to reuse by now.
         if running {
-            Vring::publish_used(&self.queue, mem);
+            if let Some(ring) = Ring::resolve(&mut self.queue, mem, &mut self.avail_seen) {
+                ring.publish_used();
+            }
         }
         // The used index store must be visible before the driver's suppression field is read.
         fence(Ordering::SeqCst);
@@ -362,27 +343,165 @@ impl Vring {
             }
         }
     }
+}
 
-    /// Stops driver notifications (kicks) while the worker drains the ring.
-    pub fn disable_kicks(queue: &mut Queue, mem: &GuestMemoryMmap) {
-        let _ = queue.disable_notification(mem);
+/// A running ring as the datapath uses it while it holds the vring's lock: the queue's
+/// position, the guest memory, and the descriptor table, available ring and used ring as host
+/// memory slices, each resolved (and bounds-checked) once instead of on every access.
+///
+/// The available index is read once and remembered (in the vring): it is read again only when
+/// the chains it announced are all taken.
+#[derive(Debug)]
+pub struct Ring<'a> {
+    queue: &'a mut Queue,
+    mem: &'a GuestMemoryMmap,
+    desc: VolatileSlice<'a, ()>,
+    avail: VolatileSlice<'a, ()>,
+    used: VolatileSlice<'a, ()>,
+    avail_seen: &'a mut Wrapping<u16>,
+}
+
+/// Bytes of a split ring's parts for `size` entries: descriptor table, available ring (flags,
+/// index, entries, used_event), used ring (flags, index, entries, avail_event).
+fn ring_lens(size: u16) -> [usize; 3] {
+    let n = usize::from(size);
+    [16 * n, 6 + 2 * n, 6 + 8 * n]
+}
+
+impl<'a> Ring<'a> {
+    /// Resolves the queue's rings in `mem`; `None` unless each lies in one mapped region.
+    fn resolve(
+        queue: &'a mut Queue,
+        mem: &'a GuestMemoryMmap,
+        avail_seen: &'a mut Wrapping<u16>,
+    ) -> Option<Ring<'a>> {
+        let [desc_len, avail_len, used_len] = ring_lens(queue.size());
+        let slice = |addr: u64, len: usize| mem.get_slice(GuestAddress(addr), len).ok();
+        Some(Ring {
+            desc: slice(queue.desc_table(), desc_len)?,
+            avail: slice(queue.avail_ring(), avail_len)?,
+            used: slice(queue.used_ring(), used_len)?,
+            queue,
+            mem,
+            avail_seen,
+        })
     }
 
-    /// Re-enables kicks; returns true if buffers arrived meanwhile (drain again).
-    pub fn enable_kicks(queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        queue.enable_notification(mem).unwrap_or(false)
+    /// The guest memory the ring's buffers are in.
+    pub fn mem(&self) -> &'a GuestMemoryMmap {
+        self.mem
+    }
+
+    /// Entries in the ring.
+    pub fn size(&self) -> u16 {
+        self.queue.size()
+    }
+
+    /// The descriptor table.
+    pub fn desc_table(&self) -> VolatileSlice<'a, ()> {
+        self.desc
+    }
+
+    /// Returns the last `count` chain heads taken back to the available ring (the frame could
+    /// not be delivered after all).
+    pub fn unpop(&mut self, count: u16) {
+        let next = Wrapping(self.queue.next_avail()) - Wrapping(count);
+        self.queue.set_next_avail(next.0);
     }
 
     /// Takes the next available chain head, if any.
     ///
     /// `Err` when the driver's available index is more than a queue size ahead of ours: the
     /// ring is corrupt and nothing can be taken from it.
-    pub fn pop_head(
-        queue: &mut Queue,
-        mem: &GuestMemoryMmap,
-    ) -> Result<Option<u16>, virtio_queue::Error> {
-        let mut iter = queue.iter(mem)?;
-        Ok(iter.next().map(|chain| chain.head_index()))
+    pub fn pop_head(&mut self) -> Result<Option<u16>, VringError> {
+        let next = Wrapping(self.queue.next_avail());
+        let size = self.queue.size();
+        if *self.avail_seen == next {
+            // Acquire: the entries (and descriptors) the index announces are read after it.
+            let idx = self
+                .avail
+                .load::<u16>(2, Ordering::Acquire)
+                .map_err(|_| VringError::AvailCorrupt)?;
+            let idx = Wrapping(u16::from_le(idx));
+            if (idx - next).0 > size {
+                return Err(VringError::AvailCorrupt);
+            }
+            *self.avail_seen = idx;
+            if idx == next {
+                return Ok(None);
+            }
+        }
+        // The size is a power of two: the mask keeps the slot inside the ring.
+        let slot = usize::from(next.0 & (size - 1));
+        let head = self
+            .avail
+            .load::<u16>(4 + 2 * slot, Ordering::Relaxed)
+            .map_err(|_| VringError::AvailCorrupt)?;
+        self.queue.set_next_avail(next.0.wrapping_add(1));
+        Ok(Some(u16::from_le(head)))
+    }
+
+    /// Writes `elems` to the used ring and publishes them (and any written before) with one
+    /// index update.
+    pub fn add_used(&mut self, elems: &[UsedElem]) {
+        if elems.is_empty() {
+            return;
+        }
+        self.push_used(elems);
+        self.publish_used();
+    }
+
+    /// Writes `elems` to the used ring without publishing them: the driver sees them when the
+    /// used index is next stored ([`Vring::notify`], [`Ring::add_used`], [`Vring::stop`]).
+    /// The frames of a batch delivered into one receive queue are published once, when the
+    /// batch signals the guest, instead of with a store (and a cache line the driver polls
+    /// taken back) per frame.
+    pub fn push_used(&mut self, elems: &[UsedElem]) {
+        let mask = self.queue.size() - 1;
+        let mut next = Wrapping(self.queue.next_used());
+        for e in elems {
+            let slot = usize::from(next.0 & mask);
+            let raw = u64::from(e.head) | u64::from(e.len) << 32;
+            // In bounds: the slice holds every slot (checked when it was resolved).
+            let _ = self.used.write_obj(raw.to_le(), 4 + 8 * slot);
+            next += Wrapping(1);
+        }
+        self.queue.set_next_used(next.0);
+    }
+
+    /// Stores the used index: every entry written so far becomes the driver's.
+    fn publish_used(&self) {
+        // The entries must be visible before the index that publishes them.
+        let _ = self
+            .used
+            .store(self.queue.next_used().to_le(), 2, Ordering::Release);
+    }
+
+    /// Stops driver notifications (kicks) while the worker drains the ring.
+    pub fn disable_kicks(&mut self) {
+        // With EVENT_IDX the driver kicks once past avail_event, which is left where it was.
+        if !self.queue.event_idx_enabled() {
+            let flag = VRING_USED_F_NO_NOTIFY as u16;
+            let _ = self.used.store(flag.to_le(), 0, Ordering::Relaxed);
+        }
+    }
+
+    /// Re-enables kicks; returns true if buffers arrived meanwhile (drain again).
+    pub fn enable_kicks(&mut self) -> bool {
+        let next = self.queue.next_avail();
+        if self.queue.event_idx_enabled() {
+            // Kick when the entry after the last one taken is made available.
+            let at = 4 + 8 * usize::from(self.queue.size());
+            let _ = self.used.store(next.to_le(), at, Ordering::Relaxed);
+        } else {
+            let _ = self.used.store(0u16, 0, Ordering::Relaxed);
+        }
+        // The store must be visible before the index is read again, or a chain made available
+        // in between would get neither a kick nor a look.
+        fence(Ordering::SeqCst);
+        self.avail
+            .load::<u16>(2, Ordering::Relaxed)
+            .is_ok_and(|idx| u16::from_le(idx) != next)
     }
 }
 
@@ -469,8 +588,8 @@ mod tests {
         v.set_base(5).unwrap();
         v.start(None, false);
         v.activate(&table);
-        let (q, _) = v.parts().unwrap();
-        assert_eq!((q.next_avail(), q.next_used()), (5, 5));
+        let r = v.parts().unwrap();
+        assert_eq!((r.queue.next_avail(), r.queue.next_used()), (5, 5));
     }
 
     #[test]
@@ -483,8 +602,7 @@ mod tests {
         let mut v = configured(&ring, mem.clone(), &table);
         v.start(None, false);
         v.activate(&table);
-        let (q, m) = v.parts().unwrap();
-        assert_eq!(Vring::pop_head(q, m).unwrap(), Some(0));
+        assert_eq!(v.parts().unwrap().pop_head().unwrap(), Some(0));
         assert_eq!(v.stop(), 1);
         assert!(!v.is_running());
         assert!(v.parts().is_none());
@@ -501,8 +619,7 @@ mod tests {
         mem.write_obj(100u16, ring.mock.avail_addr().unchecked_add(2))
             .unwrap();
         let mut v = ring.vring(mem.clone(), 0);
-        let (q, m) = v.parts().unwrap();
-        assert!(Vring::pop_head(q, m).is_err());
+        assert!(v.parts().unwrap().pop_head().is_err());
     }
 
     #[test]
@@ -515,12 +632,9 @@ mod tests {
         // The driver wants a signal once used idx passes 2 (used_event = 2).
         ring.set_used_event(2);
 
-        let (q, m) = v.parts().unwrap();
-        Vring::add_used(
-            q,
-            m,
-            &[UsedElem { head: 3, len: 60 }, UsedElem { head: 4, len: 70 }],
-        );
+        v.parts()
+            .unwrap()
+            .add_used(&[UsedElem { head: 3, len: 60 }, UsedElem { head: 4, len: 70 }]);
         assert_eq!(ring.used_idx(), 2);
         assert_eq!(ring.used(1), (4, 70));
         v.notify();
@@ -529,8 +643,7 @@ mod tests {
             "used idx 2 has not passed used_event 2"
         );
 
-        let (q, m) = v.parts().unwrap();
-        Vring::add_used(q, m, &[UsedElem { head: 5, len: 1 }]);
+        v.parts().unwrap().add_used(&[UsedElem { head: 5, len: 1 }]);
         v.notify();
         assert_eq!(call.read().unwrap(), 1);
         v.notify();
@@ -545,13 +658,11 @@ mod tests {
         let call = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         v.set_call(Some(call.try_clone().unwrap()));
         ring.set_avail_flags(VRING_AVAIL_F_NO_INTERRUPT as u16);
-        let (q, m) = v.parts().unwrap();
-        Vring::add_used(q, m, &[UsedElem { head: 0, len: 0 }]);
+        v.parts().unwrap().add_used(&[UsedElem { head: 0, len: 0 }]);
         v.notify();
         assert!(call.read().is_err());
         ring.set_avail_flags(0);
-        let (q, m) = v.parts().unwrap();
-        Vring::add_used(q, m, &[UsedElem { head: 1, len: 0 }]);
+        v.parts().unwrap().add_used(&[UsedElem { head: 1, len: 0 }]);
         v.notify();
         assert_eq!(call.read().unwrap(), 1);
     }

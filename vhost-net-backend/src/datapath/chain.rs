@@ -8,7 +8,10 @@
 //! on the crate's descriptor type.
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions, VolatileMemory,
+    VolatileSlice,
+};
 
 /// A buffer of a chain: guest physical address and length.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,11 +56,41 @@ pub enum Direction {
     Write,
 }
 
+/// A descriptor table.
+#[derive(Clone, Copy, Debug)]
+pub enum DescTable<'a> {
+    /// Resolved to host memory once (a ring's table, an indirect table in one region).
+    Host(VolatileSlice<'a, ()>),
+    /// At a guest address, each descriptor translated as it is read (an indirect table that
+    /// spans memory regions).
+    Guest(u64),
+}
+
+impl DescTable<'_> {
+    /// Descriptor `index` (which the caller checked against the table's length).
+    fn read(&self, mem: &GuestMemoryMmap, index: u32) -> Result<Descriptor, ChainError> {
+        let offset = u64::from(index) * 16;
+        match self {
+            DescTable::Host(slice) => usize::try_from(offset)
+                .ok()
+                .and_then(|at| slice.get_ref::<Descriptor>(at).ok())
+                .map(|d| d.load())
+                .ok_or(ChainError::OutOfMemory),
+            DescTable::Guest(table) => {
+                let at = GuestAddress(*table)
+                    .checked_add(offset)
+                    .ok_or(ChainError::OutOfMemory)?;
+                mem.read_obj(at).map_err(|_| ChainError::OutOfMemory)
+            }
+        }
+    }
+}
+
 /// Limits and negotiated options of one walk.
 #[derive(Clone, Copy, Debug)]
-pub struct WalkParams {
-    /// Descriptor table address.
-    pub table: u64,
+pub struct WalkParams<'a> {
+    /// The ring's descriptor table.
+    pub table: DescTable<'a>,
     /// Queue size (entries in the table; also the longest chain allowed).
     pub queue_size: u16,
     /// Whether INDIRECT_DESC was negotiated.
@@ -92,10 +125,7 @@ pub fn walk(
         if visited > table_len {
             return Err(ChainError::TooLong);
         }
-        let at = GuestAddress(table)
-            .checked_add(u64::from(index) * 16)
-            .ok_or(ChainError::OutOfMemory)?;
-        let desc: Descriptor = mem.read_obj(at).map_err(|_| ChainError::OutOfMemory)?;
+        let desc = table.read(mem, index)?;
         if desc.refers_to_indirect_table() {
             let len = desc.len();
             if !p.indirect || in_indirect || desc.has_next() {
@@ -104,10 +134,13 @@ pub fn walk(
             if len == 0 || !len.is_multiple_of(16) || len / 16 > u32::from(p.queue_size) {
                 return Err(ChainError::BadIndirect);
             }
-            if !mem.check_range(desc.addr(), len as usize, Permissions::Read) {
-                return Err(ChainError::OutOfMemory);
-            }
-            table = desc.addr().raw_value();
+            table = match vm_memory::GuestMemoryBackend::get_slice(mem, desc.addr(), len as usize) {
+                Ok(slice) => DescTable::Host(slice),
+                Err(_) if mem.check_range(desc.addr(), len as usize, Permissions::Read) => {
+                    DescTable::Guest(desc.addr().raw_value())
+                }
+                Err(_) => return Err(ChainError::OutOfMemory),
+            };
             table_len = len / 16;
             index = 0;
             visited = 0;
@@ -168,9 +201,9 @@ mod tests {
             .unwrap();
     }
 
-    fn params(direction: Direction) -> WalkParams {
+    fn params(direction: Direction) -> WalkParams<'static> {
         WalkParams {
-            table: TABLE,
+            table: DescTable::Guest(TABLE),
             queue_size: 8,
             indirect: true,
             direction,
@@ -208,6 +241,32 @@ mod tests {
             ]
         );
         assert_eq!(total, 112);
+        // The same through the table resolved to host memory, as the rings give it.
+        let host = WalkParams {
+            table: DescTable::Host(
+                vm_memory::GuestMemoryBackend::get_slice(&m, GuestAddress(TABLE), 128).unwrap(),
+            ),
+            ..params(Direction::Read)
+        };
+        assert_eq!(run(&m, &host, 0).unwrap(), (segs, total));
+        assert_eq!(run(&m, &host, 8), Err(ChainError::BadIndex));
+    }
+
+    #[test]
+    fn indirect_table_across_regions_is_read_in_guest_memory() {
+        let m = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x8000),
+            (GuestAddress(0x8000), 0x8000),
+        ])
+        .unwrap();
+        let p = params(Direction::Read);
+        // Two descriptors, one on each side of the regions' boundary.
+        let ind = 0x8000 - 16;
+        put(&m, ind, 0, 0x9000, 12, NEXT, 1);
+        put(&m, ind, 1, 0xa000, 100, 0, 0);
+        put(&m, TABLE, 0, ind, 32, INDIRECT, 0);
+        let (segs, total) = run(&m, &p, 0).unwrap();
+        assert_eq!((segs.len(), total), (2, 112));
     }
 
     #[test]
@@ -247,7 +306,7 @@ mod tests {
         assert_eq!(run(&m, &p, 0), Err(ChainError::TooBig));
         // The descriptor table itself outside memory.
         let far = WalkParams {
-            table: 0xf_fff8,
+            table: DescTable::Guest(0xf_fff8),
             ..p
         };
         assert_eq!(run(&m, &far, 0), Err(ChainError::OutOfMemory));

@@ -6,10 +6,9 @@
 //! The caller holds the RX vring's lock.
 
 use bridge_core::offload;
-use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::chain::{self, ChainError, Direction, Seg, WalkParams};
+use super::chain::{self, ChainError, DescTable, Direction, Seg, WalkParams};
 use bridge_core::Egress;
 
 use super::copy::{Reader, Source};
@@ -115,7 +114,8 @@ pub fn deliver(
     scratch: &mut RxScratch,
 ) -> Result<usize, RxError> {
     let features = Negotiated(vring.features());
-    let (queue, mem) = vring.parts().ok_or(RxError::NotRunning)?;
+    let mut ring = vring.parts().ok_or(RxError::NotRunning)?;
+    let mem = ring.mem();
     let hdr_len = features.header_len();
     let mut vnet = [0u8; MAX_HDR_LEN];
     hdr.emit(&mut vnet[..hdr_len], 1);
@@ -123,8 +123,8 @@ pub fn deliver(
     let frame_len = reader.remaining() - hdr_len;
 
     let params = WalkParams {
-        table: queue.desc_table(),
-        queue_size: queue.size(),
+        table: DescTable::Host(ring.desc_table()),
+        queue_size: ring.size(),
         indirect: features.indirect(),
         direction: Direction::Write,
         max_len: u32::MAX,
@@ -133,14 +133,14 @@ pub fn deliver(
     let mut count = 0usize;
     let mut nb_addrs = [None, None];
     while reader.remaining() > 0 {
-        let head_index = match Vring::pop_head(queue, mem) {
+        let head_index = match ring.pop_head() {
             Ok(Some(h)) => h,
             Ok(None) => {
-                Vring::unpop(queue, count as u16);
+                ring.unpop(count as u16);
                 return Err(RxError::NoBuffers);
             }
             Err(_) => {
-                Vring::unpop(queue, count as u16);
+                ring.unpop(count as u16);
                 return Err(RxError::AvailCorrupt);
             }
         };
@@ -151,13 +151,13 @@ pub fn deliver(
                 // (unless its head names no descriptor), so the guest can post them again.
                 let used = &mut scratch.used[..count];
                 used.iter_mut().for_each(|u| u.len = 0);
-                Vring::add_used(queue, mem, used);
-                if head_index < queue.size() {
+                ring.add_used(used);
+                if head_index < ring.size() {
                     let bad = UsedElem {
                         head: head_index,
                         len: 0,
                     };
-                    Vring::add_used(queue, mem, &[bad]);
+                    ring.add_used(&[bad]);
                 }
                 return Err(RxError::Chain(e));
             }
@@ -173,7 +173,7 @@ pub fn deliver(
         };
         count += 1;
         if reader.remaining() > 0 && (!mrg || count == scratch.used.len()) {
-            Vring::unpop(queue, count as u16);
+            ring.unpop(count as u16);
             return Err(RxError::TooBig);
         }
     }
@@ -185,7 +185,7 @@ pub fn deliver(
             }
         }
     }
-    Vring::push_used(queue, mem, &scratch.used[..count]);
+    ring.push_used(&scratch.used[..count]);
     Ok(frame_len)
 }
 

@@ -16,12 +16,11 @@ use bridge_core::offload;
 use bridge_core::policy::HookPoint;
 use bridge_core::reject::{reject_reply, MAX_REPLY_LEN};
 use bridge_core::{Decision, DropReason, Egress, NetworkId, PortId};
-use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 use std::ops::Range;
 
-use super::chain::{self, Direction, Seg, WalkParams};
+use super::chain::{self, DescTable, Direction, Seg, WalkParams};
 use super::copy::{Reader, Source};
 use super::counters::DeviceDrop;
 use super::policy::{for_each_target, Check, FrameCtx, Outcome, PolicyStage};
@@ -189,12 +188,13 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
             return false;
         };
         let features = Negotiated(vring.features());
-        let Some((queue, mem)) = vring.parts() else {
+        let Some(mut queue) = vring.parts() else {
             return false;
         };
-        Vring::disable_kicks(queue, mem);
+        let mem = queue.mem();
+        queue.disable_kicks();
         let params = WalkParams {
-            table: queue.desc_table(),
+            table: DescTable::Host(queue.desc_table()),
             queue_size: queue.size(),
             indirect: features.indirect(),
             direction: Direction::Read,
@@ -216,7 +216,7 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
         let mut n = 0;
         let mut drained = false;
         while n < BATCH {
-            let head = match Vring::pop_head(queue, mem) {
+            let head = match queue.pop_head() {
                 Ok(Some(h)) => h,
                 Ok(None) => {
                     drained = true;
@@ -238,8 +238,8 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
         if let Some(stage) = s.policy.as_mut() {
             batch.judge_set_aside(mem, stage, &mut s.aside, &mut s.out);
         }
-        Vring::add_used(queue, mem, &s.used[..n]);
-        let more = !drained || Vring::enable_kicks(queue, mem);
+        queue.add_used(&s.used[..n]);
+        let more = !drained || queue.enable_kicks();
         vring.notify();
         more
     };
@@ -266,7 +266,7 @@ struct Batch<'a> {
     now: bridge_core::time::Instant,
     pair: usize,
     features: Negotiated,
-    params: WalkParams,
+    params: WalkParams<'a>,
     /// The captures, while any runs.
     captures: Option<&'a Captures>,
     /// Whether a policy runs at the port-in hook this batch.
