@@ -18,7 +18,9 @@ use bridge_core::reject::{reject_reply, MAX_REPLY_LEN};
 use bridge_core::{Decision, DropReason, Egress, NetworkId, PortId};
 use vm_memory::GuestMemoryMmap;
 
+use std::cell::RefCell;
 use std::ops::Range;
+use std::sync::MutexGuard;
 
 use super::chain::{self, DescTable, Direction, Seg, WalkParams};
 use super::copy::{Reader, Source};
@@ -183,6 +185,7 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
     }
     let judging = s.policy.as_mut().is_some_and(PolicyStage::begin_batch);
     let ports = dp.ports();
+    let held = RefCell::new(None);
     let more = {
         let Some(mut vring) = port.device().vring(ring) else {
             return false;
@@ -212,6 +215,7 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
             captures: dp.captures().is_active().then(|| dp.captures()),
             judging,
             network: dp.switch().port_network(port.id()).unwrap_or(NetworkId(0)),
+            held: &held,
         };
         let mut n = 0;
         let mut drained = false;
@@ -240,15 +244,31 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
         }
         queue.add_used(&s.used[..n]);
         let more = !drained || queue.enable_kicks();
+        // The receive queue still held is signalled (and released) here, the others below.
         vring.notify();
         more
     };
+    // The receive queue still held is signalled (and released) here, the others below.
+    if let Some(mut h) = held.into_inner() {
+        h.vring.notify();
+        s.out.touched.retain(|t| *t != (h.port, h.ring));
+    }
     for (dst, ring) in s.out.touched.drain(..) {
         if let Some(mut v) = lookup(&ports, dst).and_then(|p| p.device().vring(ring)) {
             v.notify();
         }
     }
     more
+}
+
+/// A receive queue kept locked from one frame to the next of a batch (most frames of a batch
+/// go to the same one): one lock per batch instead of one per frame.
+struct HeldRx<'p> {
+    port: PortId,
+    /// The sender's queue pair it was chosen for.
+    pair: usize,
+    ring: usize,
+    vring: MutexGuard<'p, Vring>,
 }
 
 fn lookup<'p>(ports: &'p PortTable<'_>, id: PortId) -> Option<&'p Port> {
@@ -259,9 +279,9 @@ fn lookup<'p>(ports: &'p PortTable<'_>, id: PortId) -> Option<&'p Port> {
 }
 
 /// What stays the same for every frame of a batch.
-struct Batch<'a> {
+struct Batch<'a, 'p> {
     dp: &'a Datapath,
-    ports: &'a PortTable<'a>,
+    ports: &'p PortTable<'p>,
     port: &'a Port,
     now: bridge_core::time::Instant,
     pair: usize,
@@ -273,6 +293,8 @@ struct Batch<'a> {
     judging: bool,
     /// The port's network.
     network: NetworkId,
+    /// The receive queue last delivered to, still locked.
+    held: &'a RefCell<Option<HeldRx<'p>>>,
 }
 
 /// A frame: its first bytes copied, the rest in the sender's memory.
@@ -299,14 +321,15 @@ impl<'a> TxFrame<'a> {
     }
 }
 
-impl<'a> Batch<'a> {
+impl<'a, 'p> Batch<'a, 'p> {
     /// Delivery of one frame with `bufs`.
-    fn out<'o>(&'o self, bufs: &'o mut OutBufs) -> Out<'o>
+    fn out<'o>(&'o self, bufs: &'o mut OutBufs) -> Out<'o, 'p>
     where
         'a: 'o,
     {
         Out {
             ports: self.ports,
+            held: self.held,
             src: self.port,
             rx: &mut bufs.rx,
             touched: &mut bufs.touched,
@@ -448,8 +471,11 @@ impl<'a> Batch<'a> {
 }
 
 /// Delivery of one frame to its destinations.
-struct Out<'a> {
-    ports: &'a PortTable<'a>,
+struct Out<'a, 'p> {
+    ports: &'p PortTable<'p>,
+    /// The batch's held receive queue. Released before anything that may lock another
+    /// receive queue itself (host ports, a reject's answer to the sender).
+    held: &'a RefCell<Option<HeldRx<'p>>>,
     src: &'a Port,
     rx: &'a mut RxScratch,
     touched: &'a mut Vec<(PortId, usize)>,
@@ -462,11 +488,12 @@ struct Out<'a> {
     captures: Option<&'a Captures>,
 }
 
-impl Out<'_> {
+impl<'p> Out<'_, 'p> {
     fn deliver(&mut self, frame: &TxFrame<'_>, dst: PortId, egress: Egress) {
         let port = match self.ports.get(dst.0 as usize) {
             Some(Some(Attachment::Guest(port))) => port,
             Some(Some(Attachment::Host(host))) => {
+                self.release();
                 self.gather(frame);
                 let bytes = &self.frame_buf[..frame.len];
                 return host.deliver(&frame.vnet, bytes, egress, self.egress_buf);
@@ -481,12 +508,18 @@ impl Out<'_> {
         let hdr = frame
             .vnet
             .shifted(rewritten.head().len() as isize - replaced as isize);
-        let Some((ring, mut rx)) = port.rx_vring(frame.pair) else {
+        let held = self.held;
+        let mut held = held.borrow_mut();
+        let Some(HeldRx {
+            ring, vring: rx, ..
+        }) = Self::hold(&mut held, port, dst, frame.pair)
+        else {
             return port.counters().record(DeviceDrop::RxNotRunning);
         };
+        let ring = *ring;
         let delivered = if hdr.fits(Negotiated(rx.features())) {
             let head = [rewritten.head(), rewritten.tail()];
-            match rx::deliver(&mut rx, &hdr, head, frame.rest(), self.rx) {
+            match rx::deliver(rx, &hdr, head, frame.rest(), self.rx) {
                 Ok(n) => {
                     port.switch_counters().record_tx(n);
                     true
@@ -497,7 +530,7 @@ impl Out<'_> {
                 }
             }
         } else {
-            self.in_software(frame, egress, &hdr, &mut rx, port)
+            self.in_software(frame, egress, &hdr, rx, port)
         };
         if !delivered {
             return;
@@ -518,9 +551,40 @@ impl Out<'_> {
         }
     }
 
+    /// The receive queue of `port` (switch port `dst`) for frames from queue pair `pair`,
+    /// locked: the held one if it is that, else the held one is released and this one taken.
+    fn hold<'h>(
+        held: &'h mut Option<HeldRx<'p>>,
+        port: &'p Port,
+        dst: PortId,
+        pair: usize,
+    ) -> Option<&'h mut HeldRx<'p>> {
+        if !held
+            .as_ref()
+            .is_some_and(|h| h.port == dst && h.pair == pair)
+        {
+            // Released first: only one receive queue is ever locked by a worker.
+            *held = None;
+            let (ring, vring) = port.rx_vring(pair)?;
+            *held = Some(HeldRx {
+                port: dst,
+                pair,
+                ring,
+                vring,
+            });
+        }
+        held.as_mut()
+    }
+
+    /// Releases the held receive queue (it is signalled at the end of the batch).
+    fn release(&self) {
+        self.held.borrow_mut().take();
+    }
+
     /// Answers a rejected frame to its sender (a TCP RST or an ICMP port unreachable, where one
     /// is due).
     fn reject(&mut self, frame: &TxFrame<'_>) {
+        self.release();
         self.gather(frame);
         let Ok(n) = reject_reply(&self.frame_buf[..frame.len], self.reply) else {
             return;
