@@ -18,14 +18,17 @@
 //! flow not yet assured (no reply seen, or TCP not established) in the same shard makes room, as
 //! Linux's early_drop does; both are counted. The table is split into shards behind their own
 //! locks, picked by a keyed hash of the flow, so datapath threads tracking different flows do
-//! not wait on each other.
+//! not wait on each other. A packet's flow key is hashed once (foldhash, seeded at random per
+//! table): the same hash picks the shard and finds the flow in it, with one lookup per packet.
 
-use std::collections::hash_map::RandomState;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
+
+use foldhash::fast::RandomState;
+use hashbrown::HashTable;
 
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
@@ -478,6 +481,7 @@ pub struct ConntrackStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowRef {
     key: FlowKey,
+    hash: u64,
     serial: u64,
     id: u64,
 }
@@ -536,6 +540,9 @@ pub struct FlowInfo<V> {
 
 #[derive(Debug, Clone)]
 struct Flow<V> {
+    key: FlowKey,
+    /// The key's hash in its table.
+    hash: u64,
     info: FlowInfo<V>,
     /// Which side sent the first FIN.
     fin_from: Option<Direction>,
@@ -544,28 +551,25 @@ struct Flow<V> {
 
 #[derive(Debug)]
 struct Shard<V> {
-    flows: HashMap<FlowKey, Flow<V>>,
-    /// Unassured flows by creation order, for early drop.
-    unassured: BTreeMap<u64, FlowKey>,
+    flows: HashTable<Flow<V>>,
+    /// Unassured flows by creation order (serial), with their hash, for early drop.
+    unassured: BTreeMap<u64, u64>,
     next_serial: u64,
 }
 
 impl<V> Default for Shard<V> {
     fn default() -> Self {
         Self {
-            flows: HashMap::new(),
+            flows: HashTable::new(),
             unassured: BTreeMap::new(),
             next_serial: 0,
         }
     }
 }
 
-impl<V> Shard<V> {
-    fn remove(&mut self, key: &FlowKey) -> Option<Flow<V>> {
-        let flow = self.flows.remove(key)?;
-        self.unassured.remove(&flow.serial);
-        Some(flow)
-    }
+/// The hash a flow is stored under (for the table's growth).
+fn stored_hash<V>(flow: &Flow<V>) -> u64 {
+    flow.hash
 }
 
 #[derive(Debug, Default)]
@@ -599,7 +603,7 @@ impl<V: Copy> Conntrack<V> {
             .collect();
         Self {
             shards,
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
             count: AtomicUsize::new(0),
             config,
             stats: AtomicStats::default(),
@@ -628,21 +632,25 @@ impl<V: Copy> Conntrack<V> {
         }
     }
 
-    fn shard_index(&self, key: &FlowKey) -> usize {
-        (self.hasher.hash_one(key) % self.shards.len() as u64) as usize
+    /// The hash of `key`, and the index of its shard. The shard comes from the hash's upper
+    /// half: the shard's table places flows by the lower bits and tags them with the top 7.
+    fn locate(&self, key: &FlowKey) -> (u64, usize) {
+        let hash = self.hasher.hash_one(key);
+        (hash, self.shard_of(hash))
+    }
+
+    fn shard_of(&self, hash: u64) -> usize {
+        ((hash >> 32) % self.shards.len() as u64) as usize
     }
 
     /// The handle of the flow `serial` of shard `index`.
-    fn flow_ref(&self, key: FlowKey, index: usize, serial: u64) -> FlowRef {
+    fn flow_ref(&self, key: FlowKey, hash: u64, index: usize, serial: u64) -> FlowRef {
         FlowRef {
             key,
+            hash,
             serial,
             id: serial * self.shards.len() as u64 + index as u64 + 1,
         }
-    }
-
-    fn shard(&self, key: &FlowKey) -> MutexGuard<'_, Shard<V>> {
-        self.lock(self.shard_index(key))
     }
 
     fn lock(&self, index: usize) -> MutexGuard<'_, Shard<V>> {
@@ -671,12 +679,12 @@ impl<V: Copy> Conntrack<V> {
 
     fn related(&self, now: Instant, quoted: &FlowTuple) -> Tracked<V> {
         let key = quoted.key();
-        let index = self.shard_index(&key);
+        let (hash, index) = self.locate(&key);
         let shard = self.lock(index);
-        match shard.flows.get(&key) {
+        match shard.flows.find(hash, |f| f.key == key) {
             Some(flow) if now < flow.info.expires => Tracked {
                 state: CtState::Related,
-                flow: Some(self.flow_ref(key, index, flow.serial)),
+                flow: Some(self.flow_ref(key, hash, index, flow.serial)),
                 // The error travels against the quoted packet.
                 direction: if quoted.src == flow.info.original.src {
                     Direction::Reply
@@ -693,16 +701,17 @@ impl<V: Copy> Conntrack<V> {
     fn track_flow(&self, now: Instant, packet: &PacketMeta) -> Result<Tracked<V>, ConntrackError> {
         let tuple = &packet.tuple;
         let key = tuple.key();
-        let index = self.shard_index(&key);
-        let mut shard = self.lock(index);
-        let expired = shard.flows.get(&key).is_some_and(|f| now >= f.info.expires);
-        if expired {
-            shard.remove(&key);
-            self.count.fetch_sub(1, Ordering::Relaxed);
-            bump(&self.stats.expired);
-        }
+        let (hash, index) = self.locate(&key);
+        let mut guard = self.lock(index);
+        let Shard {
+            flows,
+            unassured,
+            next_serial,
+        } = &mut *guard;
         let timeouts = &self.config.timeouts;
-        if let Some(flow) = shard.flows.get_mut(&key) {
+        if let Ok(mut entry) = flows.find_entry(hash, |f| f.key == key) {
+            let flow = entry.get_mut();
+            let expired = now >= flow.info.expires;
             let direction =
                 if tuple.src == flow.info.original.src && tuple.dst == flow.info.original.dst {
                     Direction::Original
@@ -722,32 +731,34 @@ impl<V: Copy> Conntrack<V> {
                     Direction::Original,
                 )
             );
-            if !reopens {
+            if !expired && !reopens {
+                let was_assured = flow.info.assured;
                 if !update(flow, packet.kind, direction) {
                     return Ok(Tracked::invalid());
                 }
                 flow.info.expires = now + lifetime(&flow.info, timeouts);
-                let assured = flow.info.assured;
-                let tracked = Tracked {
+                if flow.info.assured && !was_assured {
+                    unassured.remove(&flow.serial);
+                }
+                return Ok(Tracked {
                     state: match direction {
                         Direction::Reply => CtState::Reply,
                         Direction::Original if flow.info.replied => CtState::Established,
                         Direction::Original => CtState::New,
                     },
-                    flow: Some(self.flow_ref(key, index, flow.serial)),
+                    flow: Some(self.flow_ref(key, hash, index, flow.serial)),
                     direction,
                     tcp: flow.info.tcp,
                     verdict: flow.info.verdict,
-                };
-                let serial = flow.serial;
-                if assured {
-                    shard.unassured.remove(&serial);
-                }
-                return Ok(tracked);
+                });
             }
-            // A new connection on the closed one's ports replaces it.
-            shard.remove(&key);
+            // An expired flow is gone; a new connection on a closed one's ports replaces it.
+            let (old, _) = entry.remove();
+            unassured.remove(&old.serial);
             self.count.fetch_sub(1, Ordering::Relaxed);
+            if expired {
+                bump(&self.stats.expired);
+            }
         }
 
         let tcp = match packet.kind {
@@ -762,9 +773,9 @@ impl<V: Copy> Conntrack<V> {
             }
             _ => None,
         };
-        self.make_room(&mut shard)?;
-        let serial = shard.next_serial;
-        shard.next_serial += 1;
+        self.make_room(flows, unassured)?;
+        let serial = *next_serial;
+        *next_serial += 1;
         let mut info = FlowInfo {
             original: *tuple,
             tcp,
@@ -774,19 +785,19 @@ impl<V: Copy> Conntrack<V> {
             verdict: None,
         };
         info.expires = now + lifetime(&info, timeouts);
-        shard.flows.insert(
+        let flow = Flow {
             key,
-            Flow {
-                info,
-                fin_from: None,
-                serial,
-            },
-        );
-        shard.unassured.insert(serial, key);
+            hash,
+            info,
+            fin_from: None,
+            serial,
+        };
+        flows.insert_unique(hash, flow, stored_hash);
+        unassured.insert(serial, hash);
         bump(&self.stats.created);
         Ok(Tracked {
             state: CtState::New,
-            flow: Some(self.flow_ref(key, index, serial)),
+            flow: Some(self.flow_ref(key, hash, index, serial)),
             direction: Direction::Original,
             tcp,
             verdict: None,
@@ -794,13 +805,19 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// Reserves a place for a new flow in `shard`, evicting if the table is full and allowed.
-    fn make_room(&self, shard: &mut Shard<V>) -> Result<(), ConntrackError> {
+    fn make_room(
+        &self,
+        flows: &mut HashTable<Flow<V>>,
+        unassured: &mut BTreeMap<u64, u64>,
+    ) -> Result<(), ConntrackError> {
         if self.count.fetch_add(1, Ordering::Relaxed) < self.config.capacity {
             return Ok(());
         }
         if self.config.overflow == Overflow::EvictOldestUnassured {
-            if let Some((_, victim)) = shard.unassured.pop_first() {
-                shard.flows.remove(&victim);
+            if let Some((serial, hash)) = unassured.pop_first() {
+                if let Ok(victim) = flows.find_entry(hash, |f| f.serial == serial) {
+                    victim.remove();
+                }
                 self.count.fetch_sub(1, Ordering::Relaxed);
                 bump(&self.stats.evicted);
                 return Ok(());
@@ -813,8 +830,8 @@ impl<V: Copy> Conntrack<V> {
 
     /// Caches `verdict` on `flow`; false if the flow is gone (expired, evicted or replaced).
     pub fn set_verdict(&self, flow: &FlowRef, verdict: V) -> bool {
-        let mut shard = self.shard(&flow.key);
-        match shard.flows.get_mut(&flow.key) {
+        let mut shard = self.lock(self.shard_of(flow.hash));
+        match shard.flows.find_mut(flow.hash, |f| f.key == flow.key) {
             Some(f) if f.serial == flow.serial => {
                 f.info.verdict = Some(verdict);
                 true
@@ -827,7 +844,7 @@ impl<V: Copy> Conntrack<V> {
     pub fn clear_verdicts(&self) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            for flow in shard.flows.values_mut() {
+            for flow in shard.flows.iter_mut() {
                 flow.info.verdict = None;
             }
         }
@@ -836,10 +853,11 @@ impl<V: Copy> Conntrack<V> {
     /// The flow of `tuple` (either direction) unless expired at `now`.
     pub fn get(&self, now: Instant, tuple: &FlowTuple) -> Option<FlowInfo<V>> {
         let key = tuple.key();
-        let shard = self.shard(&key);
+        let (hash, index) = self.locate(&key);
+        let shard = self.lock(index);
         shard
             .flows
-            .get(&key)
+            .find(hash, |f| f.key == key)
             .filter(|f| now < f.info.expires)
             .map(|f| f.info)
     }
@@ -852,7 +870,7 @@ impl<V: Copy> Conntrack<V> {
                 let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
                 shard
                     .flows
-                    .values()
+                    .iter()
                     .filter(|f| now < f.info.expires)
                     .map(|f| f.info)
                     .collect::<Vec<_>>()
@@ -868,7 +886,7 @@ impl<V: Copy> Conntrack<V> {
             let Shard {
                 flows, unassured, ..
             } = &mut *shard;
-            flows.retain(|_, f| {
+            flows.retain(|f| {
                 let keep = now < f.info.expires;
                 if !keep {
                     unassured.remove(&f.serial);

@@ -459,6 +459,54 @@ fn overflow_evicts_the_oldest_unassured() {
 }
 
 #[test]
+fn eviction_keeps_the_shards_consistent() {
+    // Many shards, a small bound: every new flow past it evicts the oldest unassured flow of
+    // its own shard, or is refused when that shard has none.
+    let ct = Conntrack::<u32>::new(ConntrackConfig {
+        capacity: 16,
+        shards: 4,
+        ..ConntrackConfig::default()
+    });
+    for port in 0..16 {
+        ct.track(T0, &udp_from(port, false)).unwrap();
+    }
+    // Half the flows get a reply: they are assured and never evicted.
+    for port in (0..16).step_by(2) {
+        assert_eq!(
+            ct.track(T0, &udp_from(port, true)).unwrap().state,
+            CtState::Reply
+        );
+    }
+    for port in 100..200 {
+        let _ = ct.track(T0, &udp_from(port, false));
+    }
+    let stats = ct.stats();
+    assert_eq!(ct.len(), 16);
+    assert_eq!(ct.flows(T0).len(), 16);
+    assert_eq!(stats.created, 16 + 100 - stats.dropped_full);
+    assert_eq!(stats.evicted, 100 - stats.dropped_full);
+    for port in (0..16).step_by(2) {
+        assert_eq!(
+            ct.track(T0, &udp_from(port, false)).unwrap().state,
+            CtState::Established,
+            "assured flow {port} survived"
+        );
+    }
+    // Expiry empties the table and its eviction order alike: new flows fit again.
+    assert_eq!(ct.expire(T0 + Duration::from_secs(120)), 16);
+    assert!(ct.is_empty());
+    let later = T0 + Duration::from_secs(120);
+    for port in 300..316 {
+        ct.track(later, &udp_from(port, false)).unwrap();
+    }
+    for port in 400..420 {
+        let _ = ct.track(later, &udp_from(port, false));
+    }
+    assert_eq!(ct.len(), 16);
+    assert_eq!(ct.flows(later).len(), 16);
+}
+
+#[test]
 fn verdict_slot() {
     let ct: Conntrack<(u8, u16)> = Conntrack::new(ConntrackConfig::default());
     let first = ct.track(T0, &udp(false)).unwrap();

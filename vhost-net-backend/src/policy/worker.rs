@@ -48,6 +48,18 @@ struct RateState {
 /// How many superseded generations a worker keeps to count cached verdicts they decided.
 const RECENT: usize = 4;
 
+/// The generation `id`: `current`, or one of the `recent` ones.
+fn generation_by_id<'a>(
+    current: &'a Generation,
+    recent: &'a VecDeque<Arc<Generation>>,
+    id: u64,
+) -> Option<&'a Generation> {
+    if current.id == id {
+        return Some(current);
+    }
+    recent.iter().map(|g| &**g).find(|g| g.id == id)
+}
+
 /// One datapath thread's policy state. Implements [`PolicyHook`].
 #[derive(Debug)]
 pub struct PolicyWorker {
@@ -162,13 +174,6 @@ impl PolicyWorker {
         if self.recent.len() > RECENT {
             self.recent.pop_front();
         }
-    }
-
-    fn generation_by_id(&self, id: u64) -> Option<&Arc<Generation>> {
-        if self.generation.id == id {
-            return Some(&self.generation);
-        }
-        self.recent.iter().find(|g| g.id == id)
     }
 
     /// Runs chain `slots` over the frames at `idx` (of the current chunk).
@@ -371,7 +376,9 @@ impl PolicyHook for PolicyWorker {
         ingress_port: PortId,
         frame_len: usize,
     ) -> bool {
-        let Some(generation) = self.generation_by_id(verdict.generation).cloned() else {
+        // Borrowed, not cloned: this runs for every frame of a known flow.
+        let Some(generation) = generation_by_id(&self.generation, &self.recent, verdict.generation)
+        else {
             return true;
         };
         for &h in verdict.rules.iter().take_while(|&&h| h != 0) {
