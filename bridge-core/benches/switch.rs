@@ -12,8 +12,11 @@ use std::time::{Duration as StdDuration, Instant as StdInstant};
 
 use bridge_core::time::Instant;
 use bridge_core::{Decision, NetworkConfig, PortConfig, PortId, Switch};
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::measurement::{Measurement, WallTime};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+mod cpu_time;
+use cpu_time::{thread_cpu_ns, CpuTime};
 
 const PORTS: u32 = 4;
 /// Frames per measured batch.
@@ -85,78 +88,6 @@ fn run(sw: &Switch, port: PortId, frames: &[Vec<u8>]) {
         let d = sw.process(now, port, f);
         debug_assert!(matches!(d, Decision::Forward { .. }), "{d:?}");
         black_box(d);
-    }
-}
-
-/// This thread's CPU time in nanoseconds.
-fn thread_cpu_ns() -> u64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
-    stat.split_whitespace().next().unwrap().parse().unwrap()
-}
-
-/// CPU time of the measuring thread (or, from `iter_custom`, of all benchmark threads).
-struct CpuTime;
-
-impl Measurement for CpuTime {
-    type Intermediate = u64;
-    type Value = u64;
-
-    fn start(&self) -> u64 {
-        thread_cpu_ns()
-    }
-
-    fn end(&self, start: u64) -> u64 {
-        thread_cpu_ns() - start
-    }
-
-    fn add(&self, a: &u64, b: &u64) -> u64 {
-        a + b
-    }
-
-    fn zero(&self) -> u64 {
-        0
-    }
-
-    fn to_f64(&self, value: &u64) -> f64 {
-        *value as f64
-    }
-
-    fn formatter(&self) -> &dyn ValueFormatter {
-        &CpuTimeFormatter
-    }
-}
-
-struct CpuTimeFormatter;
-
-impl ValueFormatter for CpuTimeFormatter {
-    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
-        let (divisor, unit) = match typical {
-            t if t < 1e3 => (1.0, "ns cpu"),
-            t if t < 1e6 => (1e3, "µs cpu"),
-            t if t < 1e9 => (1e6, "ms cpu"),
-            _ => (1e9, "s cpu"),
-        };
-        values.iter_mut().for_each(|v| *v /= divisor);
-        unit
-    }
-
-    fn scale_throughputs(
-        &self,
-        _: f64,
-        throughput: &Throughput,
-        values: &mut [f64],
-    ) -> &'static str {
-        let n = match throughput {
-            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) => *n,
-            Throughput::Bits(n) => *n,
-            _ => 1,
-        };
-        values.iter_mut().for_each(|v| *v = n as f64 * 1e3 / *v);
-        "Melem/cpu-s"
-    }
-
-    fn scale_for_machines(&self, _: &mut [f64]) -> &'static str {
-        "ns"
     }
 }
 

@@ -22,7 +22,7 @@
 //! table): the same hash picks the shard and finds the flow in it, with one lookup per packet.
 
 use std::collections::BTreeMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -119,12 +119,32 @@ impl FlowTuple {
 }
 
 /// A flow's key, independent of direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FlowKey {
     zone: u32,
     protocol: Protocol,
     lo: Endpoint,
     hi: Endpoint,
+}
+
+impl FlowKey {
+    /// The key's hash under `state`: three words for IPv4 (zone and protocol, then each end's
+    /// address and port), where a derived `Hash` writes seven.
+    #[inline]
+    fn hash(&self, state: &RandomState) -> u64 {
+        let mut h = state.build_hasher();
+        h.write_u64(u64::from(self.zone) << 8 | self.protocol as u64);
+        for end in [&self.lo, &self.hi] {
+            match end.addr {
+                IpAddr::V4(a) => h.write_u64(u64::from(a.to_bits()) << 16 | u64::from(end.port)),
+                IpAddr::V6(a) => {
+                    h.write_u128(a.to_bits());
+                    h.write_u16(end.port);
+                }
+            }
+        }
+        h.finish()
+    }
 }
 
 /// The TCP flags conntrack reads.
@@ -632,15 +652,18 @@ impl<V: Copy> Conntrack<V> {
         }
     }
 
-    /// The hash of `key`, and the index of its shard. The shard comes from the hash's upper
-    /// half: the shard's table places flows by the lower bits and tags them with the top 7.
+    /// The hash of `key`, and the index of its shard.
     fn locate(&self, key: &FlowKey) -> (u64, usize) {
-        let hash = self.hasher.hash_one(key);
+        let hash = key.hash(&self.hasher);
         (hash, self.shard_of(hash))
     }
 
+    /// The shard of a hash: bits 25..57 scaled to the shard count (a multiply, where a modulo
+    /// would divide), clear of the bits the shard's table uses (the low ones to place a flow,
+    /// the top 7 to tag it).
     fn shard_of(&self, hash: u64) -> usize {
-        ((hash >> 32) % self.shards.len() as u64) as usize
+        let bits = u128::from((hash >> 25) & 0xffff_ffff);
+        ((bits * self.shards.len() as u128) >> 32) as usize
     }
 
     /// The handle of the flow `serial` of shard `index`.
