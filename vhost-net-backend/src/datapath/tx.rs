@@ -244,7 +244,7 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
         }
         queue.add_used(&s.used[..n]);
         let more = !drained || queue.enable_kicks();
-        // The receive queue still held is signalled (and released) here, the others below.
+        // The sender's transmit queue: its used entries published, the guest signalled.
         vring.notify();
         more
     };
