@@ -1,5 +1,7 @@
-//! Forwarding decisions per second for 64-byte frames, with 1k and 64k learned addresses, on
-//! one thread and on two threads sharing the switch. `cargo bench -p bridge-core`.
+//! Forwarding decisions per second for 64-byte frames, with 16 (4 per port, as the daemon
+//! benchmark's guests have), 1k and 64k learned addresses, on one thread and on two threads
+//! sharing the switch, frame by frame ([`Switch::process`]) and in batches of 64 from one port
+//! ([`Switch::batch`], as the datapath decides). `cargo bench -p bridge-core`.
 //!
 //! Two measurements of the same runs: `cpu` counts the benchmark threads' own CPU time (from
 //! the scheduler, /proc/thread-self/schedstat), so its figures hold on a machine that others
@@ -21,6 +23,8 @@ use cpu_time::{thread_cpu_ns, CpuTime};
 const PORTS: u32 = 4;
 /// Frames per measured batch.
 const BATCH: usize = 1024;
+/// Frames per [`Switch::batch`] (the datapath's batch).
+const SWITCH_BATCH: usize = 64;
 
 fn mac(n: u32) -> [u8; 6] {
     let b = n.to_be_bytes();
@@ -82,12 +86,20 @@ fn setup(learned: u32) -> (Switch, Vec<Batch>) {
     (sw, batches)
 }
 
-fn run(sw: &Switch, port: PortId, frames: &[Vec<u8>]) {
+/// Decides `frames` from `port`, one by one or in batches.
+fn run(sw: &Switch, port: PortId, frames: &[Vec<u8>], batched: bool) {
     let now = Instant::from_secs(2);
-    for f in frames {
-        let d = sw.process(now, port, f);
+    let check = |d: Decision| {
         debug_assert!(matches!(d, Decision::Forward { .. }), "{d:?}");
         black_box(d);
+    };
+    if batched {
+        for chunk in frames.chunks(SWITCH_BATCH) {
+            let mut batch = sw.batch(now, port);
+            chunk.iter().for_each(|f| check(batch.process(f)));
+        }
+    } else {
+        frames.iter().for_each(|f| check(sw.process(now, port, f)));
     }
 }
 
@@ -96,6 +108,7 @@ fn run(sw: &Switch, port: PortId, frames: &[Vec<u8>]) {
 fn two_threads<V: Send>(
     sw: &Switch,
     batches: &[Batch],
+    batched: bool,
     iters: u64,
     measure: impl Fn(&dyn Fn()) -> V + Sync,
 ) -> Vec<V> {
@@ -104,7 +117,8 @@ fn two_threads<V: Send>(
             .iter()
             .map(|(port, frames)| {
                 let measure = &measure;
-                s.spawn(move || measure(&|| (0..iters).for_each(|_| run(sw, *port, frames))))
+                let work = move || (0..iters).for_each(|_| run(sw, *port, frames, batched));
+                s.spawn(move || measure(&work))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -115,7 +129,7 @@ fn group<M: Measurement>(
     c: &mut Criterion<M>,
     name: &str,
     switches: &[(u32, Switch, Vec<Batch>)],
-    two: impl Fn(&Switch, &[Batch], u64) -> M::Value,
+    two: impl Fn(&Switch, &[Batch], bool, u64) -> M::Value,
 ) {
     let mut group = c.benchmark_group(name);
     group
@@ -123,20 +137,24 @@ fn group<M: Measurement>(
         .measurement_time(StdDuration::from_secs(3))
         .sample_size(20);
     for (learned, sw, batches) in switches {
-        group.throughput(Throughput::Elements(BATCH as u64));
-        group.bench_function(BenchmarkId::new("1_thread", learned), |b| {
-            b.iter(|| run(sw, batches[0].0, &batches[0].1))
-        });
-        group.throughput(Throughput::Elements(2 * BATCH as u64));
-        group.bench_function(BenchmarkId::new("2_threads", learned), |b| {
-            b.iter_custom(|iters| two(sw, batches, iters))
-        });
+        for (batched, suffix) in [(false, ""), (true, "_batch64")] {
+            group.throughput(Throughput::Elements(BATCH as u64));
+            let name = format!("1_thread{suffix}");
+            group.bench_function(BenchmarkId::new(name, learned), |b| {
+                b.iter(|| run(sw, batches[0].0, &batches[0].1, batched))
+            });
+            group.throughput(Throughput::Elements(2 * BATCH as u64));
+            let name = format!("2_threads{suffix}");
+            group.bench_function(BenchmarkId::new(name, learned), |b| {
+                b.iter_custom(|iters| two(sw, batches, batched, iters))
+            });
+        }
     }
     group.finish();
 }
 
 fn switches() -> Vec<(u32, Switch, Vec<Batch>)> {
-    [1024, 65536]
+    [16, 1024, 65536]
         .into_iter()
         .map(|learned| {
             let (sw, batches) = setup(learned);
@@ -146,14 +164,19 @@ fn switches() -> Vec<(u32, Switch, Vec<Batch>)> {
 }
 
 fn cpu(c: &mut Criterion<CpuTime>) {
-    group(c, "decisions_64B_cpu", &switches(), |sw, batches, iters| {
-        let per_thread = two_threads(sw, batches, iters, |work| {
-            let start = thread_cpu_ns();
-            work();
-            thread_cpu_ns() - start
-        });
-        per_thread.into_iter().sum()
-    });
+    group(
+        c,
+        "decisions_64B_cpu",
+        &switches(),
+        |sw, batches, batched, iters| {
+            let per_thread = two_threads(sw, batches, batched, iters, |work| {
+                let start = thread_cpu_ns();
+                work();
+                thread_cpu_ns() - start
+            });
+            per_thread.into_iter().sum()
+        },
+    );
 }
 
 fn wall(c: &mut Criterion<WallTime>) {
@@ -161,9 +184,9 @@ fn wall(c: &mut Criterion<WallTime>) {
         c,
         "decisions_64B_wall",
         &switches(),
-        |sw, batches, iters| {
+        |sw, batches, batched, iters| {
             let start = StdInstant::now();
-            two_threads(sw, batches, iters, |work| work());
+            two_threads(sw, batches, batched, iters, |work| work());
             start.elapsed()
         },
     );

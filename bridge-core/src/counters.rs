@@ -1,7 +1,8 @@
 //! Per-port counters and drop reasons.
 //!
-//! Counters are relaxed atomics: the ingress worker counts rx and drops in
-//! [`Switch::process`](crate::Switch::process); whoever delivers a frame counts tx through the
+//! Counters are relaxed atomics: the ingress worker counts rx (once per batch) and drops in
+//! [`Switch::process`](crate::Switch::process) or an
+//! [`IngressBatch`](crate::switch::IngressBatch); whoever delivers a frame counts tx through the
 //! destination port's [`PortCounters`] (see [`Switch::port_counters`](crate::Switch::port_counters)).
 
 use core::fmt;
@@ -140,9 +141,10 @@ impl PortCounters {
         self.tx_bytes.fetch_add(bytes as u64, Relaxed);
     }
 
-    pub(crate) fn record_rx(&self, bytes: usize) {
-        self.rx_frames.fetch_add(1, Relaxed);
-        self.rx_bytes.fetch_add(bytes as u64, Relaxed);
+    /// Counts `frames` frames of `bytes` bytes in all received from this port.
+    pub(crate) fn record_rx(&self, frames: u64, bytes: u64) {
+        self.rx_frames.fetch_add(frames, Relaxed);
+        self.rx_bytes.fetch_add(bytes, Relaxed);
     }
 
     /// Counts a drop. The switch counts its own; the datapath counts the drops it decides
@@ -200,8 +202,8 @@ mod tests {
     #[test]
     fn counts_and_snapshots() {
         let c = PortCounters::default();
-        c.record_rx(60);
-        c.record_rx(100);
+        c.record_rx(1, 60);
+        c.record_rx(1, 100);
         c.record_tx(64);
         c.record_drop(DropReason::Hairpin);
         c.record_drop(DropReason::Hairpin);

@@ -14,6 +14,13 @@
 //!
 //! Keys are hashed with foldhash, seeded at random per table: fast for 8-byte keys, and a guest
 //! cannot predict collisions.
+//!
+//! A batch of frames from one port reads the FDB through a [`View`]: one table snapshot for the
+//! batch, and the source addresses the batch already learned on its port, which it does not
+//! learn again. Each table has an epoch that writers bump whenever an entry is removed or
+//! changes port, and when the table is replaced by a bigger one; a view that sees the epoch move
+//! takes a new snapshot and forgets what it learned, so that it decides exactly as a fresh
+//! snapshot per frame would.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -199,6 +206,9 @@ impl Slot {
 pub(crate) struct Table {
     slots: Box<[Slot]>,
     hasher: RandomState,
+    /// Bumped (writer lock held) when an entry is removed or changes port, and when the table
+    /// is replaced: a [`View`] holding this table then reloads it and forgets what it learned.
+    epoch: AtomicU64,
 }
 
 /// Where a key is, or where it would go.
@@ -212,7 +222,13 @@ impl Table {
         Table {
             slots: (0..len).map(|_| Slot::default()).collect(),
             hasher: RandomState::default(),
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// Tells views that an entry was removed or changed port (writer lock held).
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Release);
     }
 
     fn mask(&self) -> usize {
@@ -273,6 +289,7 @@ impl Table {
             }
         }
         self.slots[hole].write(EMPTY, Target(0), 0);
+        self.bump();
     }
 
     /// Removes every entry `doomed` picks, calling `removed` on each (writer lock held).
@@ -289,6 +306,20 @@ impl Table {
             }
         }
     }
+}
+
+/// Source keys a [`View`] remembers as learned on its port.
+const SEEN: usize = 4;
+
+/// An FDB as one batch of frames from one port reads it ([`Fdb::view`]).
+#[derive(Debug)]
+pub(crate) struct View {
+    table: Guard<Arc<Table>>,
+    /// The table's epoch when the view was taken.
+    epoch: u64,
+    /// Keys learned (or found) on the batch's port since then; [`EMPTY`] in unused places.
+    seen: [u64; SEEN],
+    next_seen: usize,
 }
 
 /// The FDB of one network.
@@ -364,10 +395,11 @@ impl Fdb {
         }
         let bigger = Arc::new(bigger);
         self.table.store(Arc::clone(&bigger));
+        table.bump();
         bigger
     }
 
-    /// The current table, for [`learn`](Self::learn) and [`lookup`](Self::lookup) on one frame.
+    /// The current table, for [`learn`](Self::learn) and [`lookup`](Self::lookup).
     pub(crate) fn snapshot(&self) -> Guard<Arc<Table>> {
         self.table.load()
     }
@@ -425,6 +457,7 @@ impl Fdb {
                     release(&old.learned);
                 }
                 table.slots[i].write(key.0, Target::new(port, false), now);
+                table.bump();
                 if self.expired(&read, now) {
                     Learn::Added
                 } else {
@@ -448,6 +481,58 @@ impl Fdb {
                 Learn::Added
             }
         }
+    }
+
+    /// A view for one batch of frames from one port.
+    pub(crate) fn view(&self) -> View {
+        let table = self.snapshot();
+        View {
+            epoch: table.epoch.load(Acquire),
+            table,
+            seen: [EMPTY; SEEN],
+            next_seen: 0,
+        }
+    }
+
+    /// Reloads the view's table (and forgets what the view learned) if its epoch moved.
+    fn sync(&self, view: &mut View) {
+        if view.table.epoch.load(Acquire) != view.epoch {
+            *view = self.view();
+        }
+    }
+
+    /// [`learn`](Self::learn) for the next frame of `view`'s batch: a key the batch learned
+    /// (or found) on `port` already is known without looking at the table again.
+    pub(crate) fn learn_in(
+        &self,
+        view: &mut View,
+        now: Instant,
+        key: Key,
+        port: &Arc<Port>,
+        ports: &[Option<Arc<Port>>],
+    ) -> Learn {
+        self.sync(view);
+        if view.seen.contains(&key.0) {
+            return Learn::Known;
+        }
+        let learn = self.learn(&view.table, now, key, port, ports);
+        if let Learn::Known | Learn::Added | Learn::Moved = learn {
+            view.seen[view.next_seen] = key.0;
+            view.next_seen = (view.next_seen + 1) % SEEN;
+        }
+        learn
+    }
+
+    /// [`lookup`](Self::lookup) on `view`'s table.
+    pub(crate) fn lookup_in<'p>(
+        &self,
+        view: &mut View,
+        now: Instant,
+        key: Key,
+        ports: &'p [Option<Arc<Port>>],
+    ) -> Option<&'p Arc<Port>> {
+        self.sync(view);
+        self.lookup(&view.table, now, key, ports)
     }
 
     fn limit_hit(&self) -> Learn {
@@ -485,6 +570,7 @@ impl Fdb {
                     self.statics.fetch_add(1, Relaxed);
                 }
                 table.slots[i].write(key.0, target, 0);
+                table.bump();
             }
             Place::Vacant(_) => {
                 let statics = self.statics.fetch_add(1, Relaxed) as usize + 1;

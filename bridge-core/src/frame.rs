@@ -7,8 +7,7 @@
 //! rather than failing.
 
 use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet,
-    TcpPacket, UdpPacket,
+    EthernetAddress, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
 };
 
 use crate::vlan::{self, Tci};
@@ -42,16 +41,21 @@ pub struct L2Meta {
 impl L2Meta {
     /// Reads the Ethernet header and an optional 802.1Q tag.
     pub fn parse(frame: &[u8]) -> Result<L2Meta, Error> {
-        let eth = EthernetFrame::new_checked(frame).map_err(|_| Error::TooShort)?;
+        // The addresses are copied as they are (smoltcp's EthernetFrame view would check each
+        // by slice).
+        let (header, payload) = frame
+            .split_first_chunk::<{ smoltcp::wire::ETHERNET_HEADER_LEN }>()
+            .ok_or(Error::TooShort)?;
+        let [d0, d1, d2, d3, d4, d5, s0, s1, s2, s3, s4, s5, t0, t1] = *header;
         let mut meta = L2Meta {
-            dst: eth.dst_addr(),
-            src: eth.src_addr(),
+            dst: EthernetAddress([d0, d1, d2, d3, d4, d5]),
+            src: EthernetAddress([s0, s1, s2, s3, s4, s5]),
             tci: None,
-            ethertype: eth.ethertype(),
+            ethertype: EthernetProtocol::from(u16::from_be_bytes([t0, t1])),
             l3_offset: smoltcp::wire::ETHERNET_HEADER_LEN as u16,
         };
         if meta.ethertype == EthernetProtocol::Unknown(vlan::TPID) {
-            let tag = vlan::Packet::new_checked(eth.payload()).map_err(|_| Error::TruncatedTag)?;
+            let tag = vlan::Packet::new_checked(payload).map_err(|_| Error::TruncatedTag)?;
             meta.tci = Some(tag.tci());
             meta.ethertype = tag.ethertype();
             meta.l3_offset += vlan::HEADER_LEN as u16;
@@ -226,7 +230,9 @@ mod tests {
     #[test]
     fn smoltcp_views_parse_and_emit_the_fixture() {
         use smoltcp::phy::ChecksumCapabilities;
-        use smoltcp::wire::{EthernetRepr, IpAddress, Ipv4Address, Ipv4Repr, UdpRepr};
+        use smoltcp::wire::{
+            EthernetFrame, EthernetRepr, IpAddress, Ipv4Address, Ipv4Repr, UdpRepr,
+        };
 
         let caps = ChecksumCapabilities::default();
         let eth = EthernetRepr {

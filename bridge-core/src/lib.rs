@@ -4,7 +4,7 @@
 //!
 //! | module | types |
 //! |---|---|
-//! | [`switch`] | [`Switch`] (networks, ports, `process`), [`Decision`], [`Flood`], [`NetworkInfo`], [`PortInfo`], [`switch::Error`] |
+//! | [`switch`] | [`Switch`] (networks, ports, `process`), [`IngressBatch`] (`process` for a batch from one port), [`Decision`], [`Flood`], [`NetworkInfo`], [`PortInfo`], [`switch::Error`] |
 //! | [`network`] | [`NetworkId`], [`NetworkConfig`], [`LimitAction`], [`NetworkStats`] |
 //! | [`port`] | [`PortId`], [`PortConfig`], [`PortVlan`], [`IngressTag`] |
 //! | [`fdb`] | [`FdbEntry`], [`FdbEntryKind`] (the per-network FDB itself is internal) |
@@ -19,7 +19,8 @@
 //! | [`reject`] | [`reject::reject_reply`]: the TCP RST or ICMP port unreachable a policy's REJECT answers with |
 //! | [`wire`], [`time`] | re-exports of `smoltcp::wire` (Ethernet, ARP, IPv4/6, UDP, TCP, ICMP, DHCPv4 views) and `smoltcp::time` |
 //!
-//! The datapath calls [`Switch::process`] for each frame and carries out the [`Decision`]:
+//! The datapath calls [`Switch::process`] for each frame (or [`IngressBatch::process`] for each
+//! frame of a batch from one port) and carries out the [`Decision`]:
 //! one destination with its [`Egress`] action, a flood enumerated by
 //! [`Switch::for_each_flood_target`], or a drop (already counted).
 #![forbid(unsafe_code)]
@@ -47,5 +48,5 @@ pub use frame::{FrameMeta, IpMeta, L2Meta, Ports};
 pub use network::{LimitAction, NetworkConfig, NetworkId, NetworkStats};
 pub use offload::{GsoType, OffloadParams, Segment};
 pub use port::{IngressTag, PortConfig, PortId, PortVlan};
-pub use switch::{Decision, Flood, NetworkInfo, PortInfo, Switch};
+pub use switch::{Decision, Flood, IngressBatch, NetworkInfo, PortInfo, Switch};
 pub use vlan::{Tci, VlanId, VlanSet};

@@ -3,17 +3,21 @@
 //! Topology (networks and their ports) is an immutable snapshot behind an [`ArcSwap`]: the
 //! datapath loads it without locking, and the rare changes (add/remove network or port) copy,
 //! modify and publish it under an admin mutex. FDBs are per network (see [`crate::fdb`]).
+//!
+//! A batch of frames from one port goes through an [`IngressBatch`]: the topology and the
+//! port's FDB are loaded once per batch, a source address is learned once per batch, and the
+//! port's rx counters are added once per batch.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 use smoltcp::wire::EthernetAddress;
 
 use crate::counters::{DropReason, PortCounters, PortStats};
 use crate::egress::Egress;
-use crate::fdb::{FdbEntry, Key, Learn};
+use crate::fdb::{self, FdbEntry, Key, Learn};
 use crate::frame::{self, L2Meta};
 use crate::network::{LimitAction, Network, NetworkConfig, NetworkId, NetworkStats};
 use crate::port::{IngressTag, Port, PortConfig, PortId};
@@ -206,7 +210,7 @@ impl Switch {
     /// Decides what to do with `frame`, received at `now` on `ingress`: learns its source,
     /// counts it, and returns the decision. Takes no lock unless it learns a new or moved
     /// address (then the network's FDB writer lock); allocates nothing (see [`crate::fdb`] for
-    /// table growth).
+    /// table growth). A batch of frames from one port costs less through [`batch`](Self::batch).
     pub fn process(&self, now: Instant, ingress: PortId, frame: &[u8]) -> Decision {
         self.process_head(now, ingress, frame, frame.len())
     }
@@ -216,24 +220,34 @@ impl Switch {
     /// of guest memory first. `head` must hold at least the Ethernet header and the 802.1Q tag
     /// the frame has (or all of a shorter frame).
     pub fn process_head(&self, now: Instant, ingress: PortId, head: &[u8], len: usize) -> Decision {
-        let topology = self.topology.load();
-        let Some(port) = topology.port(ingress) else {
-            self.unknown_port_drops.fetch_add(1, Relaxed);
-            return Decision::Drop(DropReason::NoSuchPort);
-        };
-        port.counters.record_rx(len);
-        let decision = match L2Meta::parse(head) {
-            Ok(l2) => Self::decide(&topology, now, port, &l2),
-            Err(frame::Error::TooShort) => Decision::Drop(DropReason::TooShort),
-            Err(frame::Error::TruncatedTag) => Decision::Drop(DropReason::Malformed),
-        };
-        if let Decision::Drop(reason) = decision {
-            port.counters.record_drop(reason);
-        }
-        decision
+        self.batch(now, ingress).process_head(head, len)
     }
 
-    fn decide(topology: &Topology, now: Instant, port: &Arc<Port>, l2: &L2Meta) -> Decision {
+    /// The switch for a batch of frames received at `now` on `ingress`, decided one by one
+    /// with [`IngressBatch::process_head`] as [`process_head`](Self::process_head) would.
+    pub fn batch(&self, now: Instant, ingress: PortId) -> IngressBatch<'_> {
+        let topology = self.topology.load();
+        let port = topology.port(ingress);
+        let slot = port.and_then(|p| topology.network(p.network));
+        let fdb = slot.map(|slot| slot.network.fdb.view());
+        IngressBatch {
+            switch: self,
+            topology,
+            ingress,
+            now,
+            fdb,
+            rx_frames: 0,
+            rx_bytes: 0,
+        }
+    }
+
+    fn decide(
+        topology: &Topology,
+        now: Instant,
+        port: &Arc<Port>,
+        l2: &L2Meta,
+        fdb: Option<&mut fdb::View>,
+    ) -> Decision {
         let drop = Decision::Drop;
         if !port.is_up() {
             return drop(DropReason::PortDown);
@@ -247,7 +261,7 @@ impl Switch {
         if is_link_local(l2.dst) {
             return drop(DropReason::LinkLocal);
         }
-        let Some(slot) = topology.network(port.network) else {
+        let (Some(slot), Some(view)) = (topology.network(port.network), fdb) else {
             // A port's network outlives the port (remove_network requires no ports).
             return drop(DropReason::NoSuchPort);
         };
@@ -260,11 +274,8 @@ impl Switch {
         } else {
             (None, IngressTag::Untagged)
         };
-        let fdb = network.fdb.snapshot();
-        match network
-            .fdb
-            .learn(&fdb, now, Key::new(vlan, l2.src), port, &topology.ports)
-        {
+        let src = Key::new(vlan, l2.src);
+        match network.fdb.learn_in(view, now, src, port, &topology.ports) {
             Learn::Known | Learn::Added | Learn::Moved => {}
             Learn::SpoofedStatic => return drop(DropReason::SpoofedStatic),
             Learn::Limit => {
@@ -285,7 +296,7 @@ impl Switch {
         }
         let dst = match network
             .fdb
-            .lookup(&fdb, now, Key::new(vlan, l2.dst), &topology.ports)
+            .lookup_in(view, now, Key::new(vlan, l2.dst), &topology.ports)
         {
             Some(dst) if dst.network == port.network => dst,
             _ => return flood,
@@ -524,5 +535,68 @@ impl Switch {
     /// Frames dropped because their ingress port did not exist.
     pub fn unknown_port_drops(&self) -> u64 {
         self.unknown_port_drops.load(Relaxed)
+    }
+}
+
+/// The switch as a batch of frames from one port sees it ([`Switch::batch`]): decisions are
+/// those of [`Switch::process_head`] frame by frame, for less work per frame.
+///
+/// The topology (networks, ports, their configuration) is the one published when the batch
+/// began: changes take effect at the next batch. Port states (up, down), FDB entries and limits
+/// are read live for each frame as before; a source address is learned (and its entry's age
+/// refreshed) at its first frame in the batch and not looked up again for the next ones, unless
+/// the FDB changed an entry's port or removed one meanwhile (a move, a static entry, ageing, a
+/// flush): then it is learned again as a fresh frame would be. The port's rx counters are added
+/// when the batch is dropped, so they lag by at most one batch; drops are counted at once.
+#[derive(Debug)]
+pub struct IngressBatch<'s> {
+    switch: &'s Switch,
+    topology: Guard<Arc<Topology>>,
+    ingress: PortId,
+    now: Instant,
+    /// The ingress network's FDB view, while the port and its network exist.
+    fdb: Option<fdb::View>,
+    rx_frames: u64,
+    rx_bytes: u64,
+}
+
+impl IngressBatch<'_> {
+    /// Decides what to do with the next frame of the batch: [`Switch::process_head`].
+    pub fn process_head(&mut self, head: &[u8], len: usize) -> Decision {
+        let Some(port) = self.topology.port(self.ingress) else {
+            self.switch.unknown_port_drops.fetch_add(1, Relaxed);
+            return Decision::Drop(DropReason::NoSuchPort);
+        };
+        self.rx_frames += 1;
+        self.rx_bytes += len as u64;
+        let decision = match L2Meta::parse(head) {
+            Ok(l2) => Switch::decide(&self.topology, self.now, port, &l2, self.fdb.as_mut()),
+            Err(frame::Error::TooShort) => Decision::Drop(DropReason::TooShort),
+            Err(frame::Error::TruncatedTag) => Decision::Drop(DropReason::Malformed),
+        };
+        if let Decision::Drop(reason) = decision {
+            port.counters.record_drop(reason);
+        }
+        decision
+    }
+
+    /// [`process_head`](Self::process_head) for a whole frame.
+    pub fn process(&mut self, frame: &[u8]) -> Decision {
+        self.process_head(frame, frame.len())
+    }
+
+    /// The ingress port's network, as of the batch's topology.
+    pub fn network(&self) -> Option<NetworkId> {
+        Some(self.topology.port(self.ingress)?.network)
+    }
+}
+
+impl Drop for IngressBatch<'_> {
+    fn drop(&mut self) {
+        if let Some(port) = self.topology.port(self.ingress) {
+            if self.rx_frames > 0 {
+                port.counters.record_rx(self.rx_frames, self.rx_bytes);
+            }
+        }
     }
 }

@@ -533,3 +533,153 @@ fn threads_process_concurrently() {
     }
     assert_eq!(sw.networks()[0].stats.learned, 2);
 }
+
+/// What happens during a batch of frames from port 0.
+#[derive(Clone, Copy)]
+enum Step {
+    /// A frame from port 0: in the batch, or to [`Switch::process`].
+    Own([u8; 6], [u8; 6]),
+    /// A frame from another port, processed on its own meanwhile.
+    Other(usize, [u8; 6], [u8; 6]),
+    /// A static entry for an address on a port.
+    Static(u8, usize),
+    /// Ageing at a time.
+    Age(i64),
+    /// A port's state.
+    Up(usize, bool),
+}
+
+/// Runs `steps` on a fresh switch (three ports; port 0 learns at most 3 addresses), with port
+/// 0's frames in one batch or each on its own; returns what the switch did once the batch is
+/// over.
+fn run_steps(steps: &[Step], batched: bool) -> Outcome {
+    let sw = Switch::new();
+    let net = sw.add_network(NetworkConfig::default());
+    let small = PortConfig {
+        max_learned: 3,
+        ..PortConfig::default()
+    };
+    let p = [
+        sw.add_port(net, small).unwrap(),
+        sw.add_port(net, PortConfig::default()).unwrap(),
+        sw.add_port(net, PortConfig::default()).unwrap(),
+    ];
+    let mut decisions = Vec::new();
+    let mut batch = batched.then(|| sw.batch(at(0), p[0]));
+    for step in steps {
+        match *step {
+            Step::Own(dst, src) => {
+                let f = frame(dst, src, None);
+                decisions.push(match batch.as_mut() {
+                    Some(batch) => batch.process(&f),
+                    None => sw.process(at(0), p[0], &f),
+                });
+            }
+            Step::Other(port, dst, src) => {
+                sw.process(at(0), p[port], &frame(dst, src, None));
+            }
+            Step::Static(n, port) => sw
+                .add_static(net, None, EthernetAddress(mac(n)), p[port])
+                .unwrap(),
+            Step::Age(secs) => {
+                sw.age(at(secs));
+            }
+            Step::Up(port, up) => sw.set_port_up(p[port], up).unwrap(),
+        }
+    }
+    if batched {
+        // The rx counters are added at the end of the batch; drops at once.
+        let own = sw.port_info(p[0]).unwrap().stats;
+        assert_eq!(own.rx_frames, 0);
+        assert!(own.drops.total() > 0);
+    }
+    drop(batch);
+    let stats = p.iter().map(|&p| sw.port_info(p).unwrap().stats).collect();
+    let mut entries = Vec::new();
+    sw.for_each_fdb_entry(net, at(0), |e| entries.push(e))
+        .unwrap();
+    entries.sort_by_key(|e| e.mac.0);
+    (decisions, stats, sw.networks()[0].stats, entries)
+}
+
+/// Port 0's decisions, the ports' counters, the network's FDB statistics and entries.
+type Outcome = (
+    Vec<Decision>,
+    Vec<bridge_core::PortStats>,
+    bridge_core::NetworkStats,
+    Vec<bridge_core::FdbEntry>,
+);
+
+#[test]
+fn a_batch_decides_and_counts_as_frame_by_frame_processing() {
+    use Step::{Age, Other, Own, Static, Up};
+    let steps = [
+        Own(BROADCAST, mac(1)),
+        Own(mac(2), mac(1)),
+        Other(1, BROADCAST, mac(2)),
+        // Port 1 learned mac 2 meanwhile: the batch sees it.
+        Own(mac(2), mac(1)),
+        // mac 1 moves to port 1 and back within the batch.
+        Other(1, BROADCAST, mac(1)),
+        Other(2, mac(1), mac(3)),
+        Own(mac(2), mac(1)),
+        Own(mac(3), mac(1)),
+        // Port 0's limit (3) within the batch, with mac 1 known.
+        Own(mac(2), mac(4)),
+        Own(mac(2), mac(5)),
+        Own(mac(2), mac(6)),
+        Own(mac(2), mac(1)),
+        // A static entry takes mac 1 away from port 0.
+        Static(1, 2),
+        Own(mac(2), mac(1)),
+        // Everything learned ages out; port 0 learns again.
+        Age(1000),
+        Own(mac(2), mac(4)),
+        Own(mac(1), mac(4)),
+        Up(0, false),
+        Own(mac(1), mac(4)),
+        Up(0, true),
+        Up(1, false),
+        Other(1, BROADCAST, mac(2)),
+        Up(1, true),
+        Other(1, BROADCAST, mac(2)),
+        Own(mac(2), mac(4)),
+        Own(mac(2), BROADCAST),
+        Own(mac(2), [0; 6]),
+    ];
+    let batched = run_steps(&steps, true);
+    assert_eq!(batched, run_steps(&steps, false));
+
+    let (d, stats, fdb, _) = batched;
+    let flood = |d: &Decision| matches!(d, Decision::Flood(_));
+    let drop = Decision::Drop;
+    assert!(flood(&d[0]) && flood(&d[1]));
+    // Forwarded to mac 2 once port 1 sent from it, and on while mac 1 moves away and back.
+    assert_eq!(&d[2..4], [forward(PortId(1)); 2]);
+    assert_eq!(d[4], forward(PortId(2)));
+    assert_eq!(d[5..7], [forward(PortId(1)); 2]);
+    assert_eq!(d[7], drop(DropReason::FdbLimit));
+    assert_eq!(d[8], forward(PortId(1)));
+    assert_eq!(d[9], drop(DropReason::SpoofedStatic));
+    assert!(flood(&d[10]), "mac 2 aged out");
+    assert_eq!(d[11], forward(PortId(2)), "to the static mac 1");
+    assert_eq!(d[12], drop(DropReason::PortDown));
+    assert_eq!(d[13], forward(PortId(1)));
+    assert_eq!(d[14], drop(DropReason::SourceMulticast));
+    assert_eq!(d[15], drop(DropReason::SourceZero));
+    assert_eq!((stats[0].rx_frames, stats[0].rx_bytes), (16, 16 * 64));
+    assert_eq!(stats[0].drops.total(), 5);
+    assert_eq!((fdb.mac_moves, fdb.fdb_limit_hits), (2, 1));
+}
+
+#[test]
+fn a_batch_from_an_unknown_port_drops_and_counts_nothing_on_ports() {
+    let (sw, _, p) = plain(1);
+    let mut batch = sw.batch(at(0), PortId(9));
+    assert_eq!(batch.network(), None);
+    let f = frame(BROADCAST, mac(1), None);
+    assert_eq!(batch.process(&f), Decision::Drop(DropReason::NoSuchPort));
+    drop(batch);
+    assert_eq!(sw.unknown_port_drops(), 1);
+    assert_eq!(sw.port_info(p[0]).unwrap().stats, Default::default());
+}

@@ -15,7 +15,7 @@
 use bridge_core::offload;
 use bridge_core::policy::HookPoint;
 use bridge_core::reject::{reject_reply, MAX_REPLY_LEN};
-use bridge_core::{Decision, DropReason, Egress, NetworkId, PortId};
+use bridge_core::{Decision, DropReason, Egress, IngressBatch, NetworkId, PortId};
 use vm_memory::GuestMemoryMmap;
 
 use std::cell::RefCell;
@@ -186,6 +186,9 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
     let judging = s.policy.as_mut().is_some_and(PolicyStage::begin_batch);
     let ports = dp.ports();
     let held = RefCell::new(None);
+    let now = dp.now();
+    // The switch's rx counters for this batch are added when it is dropped, at the end.
+    let switch = RefCell::new(dp.switch().batch(now, port.id()));
     let more = {
         let Some(mut vring) = port.device().vring(ring) else {
             return false;
@@ -207,14 +210,15 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
             dp,
             ports: &ports,
             port,
-            now: dp.now(),
+            now,
             pair: ring / 2,
             features,
             params,
             // The capture check: one relaxed load per batch.
             captures: dp.captures().is_active().then(|| dp.captures()),
             judging,
-            network: dp.switch().port_network(port.id()).unwrap_or(NetworkId(0)),
+            network: switch.borrow().network().unwrap_or(NetworkId(0)),
+            switch: &switch,
             held: &held,
         };
         let mut n = 0;
@@ -293,6 +297,8 @@ struct Batch<'a, 'p> {
     judging: bool,
     /// The port's network.
     network: NetworkId,
+    /// The switch for this batch's frames.
+    switch: &'a RefCell<IngressBatch<'p>>,
     /// The receive queue last delivered to, still locked.
     held: &'a RefCell<Option<HeldRx<'p>>>,
 }
@@ -402,8 +408,7 @@ impl<'a, 'p> Batch<'a, 'p> {
             let bytes = &out.frame_buf[..frame.len];
             c.record(self.port.id(), capture::Direction::In, &[bytes]);
         }
-        let switch = self.dp.switch();
-        let decision = switch.process_head(self.now, self.port.id(), frame.head, frame.len);
+        let decision = self.switch.borrow_mut().process_head(frame.head, frame.len);
         if let Decision::Drop(_) = decision {
             return;
         }
