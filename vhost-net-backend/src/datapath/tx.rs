@@ -187,7 +187,6 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
     let ports = dp.ports();
     let held = RefCell::new(None);
     let now = dp.now();
-    // The switch's rx counters for this batch are added when it is dropped, at the end.
     let switch = RefCell::new(dp.switch().batch(now, port.id()));
     let more = {
         let Some(mut vring) = port.device().vring(ring) else {
@@ -246,6 +245,8 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
         if let Some(stage) = s.policy.as_mut() {
             batch.judge_set_aside(mem, stage, &mut s.aside, &mut s.out);
         }
+        // The batch's rx counters are added before the guests are told of its frames.
+        drop(switch);
         queue.add_used(&s.used[..n]);
         let more = !drained || queue.enable_kicks();
         // The sender's transmit queue: its used entries published, the guest signalled.
