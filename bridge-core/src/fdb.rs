@@ -15,12 +15,14 @@
 //! Keys are hashed with foldhash, seeded at random per table: fast for 8-byte keys, and a guest
 //! cannot predict collisions.
 //!
-//! A batch of frames from one port reads the FDB through a [`View`]: one table snapshot for the
-//! batch, and the source addresses the batch already learned on its port, which it does not
-//! learn again. Each table has an epoch that writers bump whenever an entry is removed or
-//! changes port, and when the table is replaced by a bigger one; a view that sees the epoch move
-//! takes a new snapshot and forgets what it learned, so that it decides exactly as a fresh
-//! snapshot per frame would.
+//! A batch of frames from one port, all at one time, reads the FDB through a [`View`]: one table
+//! snapshot for the batch, the source addresses the batch already learned on its port (not
+//! learned again) and the destinations it already found (not looked up again). Each table has
+//! an epoch that writers bump whenever an entry is removed or changes port, and when the table
+//! is replaced by a bigger one; a view that sees the epoch move takes a new snapshot and forgets
+//! what it learned and found, so that it decides exactly as a fresh snapshot per frame would.
+//! (An entry found stays valid meanwhile: its port does not change, and at one time it does
+//! not expire.)
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{fence, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -105,7 +107,7 @@ impl Key {
 
 /// What a slot says about its key: the port (index and incarnation, so that a reused port id
 /// never inherits entries) and whether the entry is static.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Target(u64);
 
 impl Target {
@@ -308,18 +310,41 @@ impl Table {
     }
 }
 
-/// Source keys a [`View`] remembers as learned on its port.
-const SEEN: usize = 4;
+/// Keys a [`View`] remembers, as sources and as destinations.
+const REMEMBERED: usize = 4;
 
-/// An FDB as one batch of frames from one port reads it ([`Fdb::view`]).
+/// The last few keys of a kind with what a [`View`] found for them; [`EMPTY`] in unused places.
+#[derive(Debug, Default)]
+struct Recent {
+    keys: [u64; REMEMBERED],
+    targets: [Target; REMEMBERED],
+    next: usize,
+}
+
+impl Recent {
+    fn get(&self, key: Key) -> Option<Target> {
+        let i = self.keys.iter().position(|&k| k == key.0)?;
+        Some(self.targets[i])
+    }
+
+    fn put(&mut self, key: Key, target: Target) {
+        self.keys[self.next] = key.0;
+        self.targets[self.next] = target;
+        self.next = (self.next + 1) % REMEMBERED;
+    }
+}
+
+/// An FDB as one batch of frames from one port, at one time, reads it ([`Fdb::view`]).
 #[derive(Debug)]
 pub(crate) struct View {
     table: Guard<Arc<Table>>,
     /// The table's epoch when the view was taken.
     epoch: u64,
-    /// Keys learned (or found) on the batch's port since then; [`EMPTY`] in unused places.
-    seen: [u64; SEEN],
-    next_seen: usize,
+    now: Instant,
+    /// Sources learned (or found) on the batch's port since then.
+    learned: Recent,
+    /// Destinations found since then (not expired), with their ports.
+    found: Recent,
 }
 
 /// The FDB of one network.
@@ -399,7 +424,7 @@ impl Fdb {
         bigger
     }
 
-    /// The current table, for [`learn`](Self::learn) and [`lookup`](Self::lookup).
+    /// The current table, for [`learn`](Self::learn).
     pub(crate) fn snapshot(&self) -> Guard<Arc<Table>> {
         self.table.load()
     }
@@ -483,21 +508,23 @@ impl Fdb {
         }
     }
 
-    /// A view for one batch of frames from one port.
-    pub(crate) fn view(&self) -> View {
+    /// A view for one batch of frames from one port, received at `now`.
+    pub(crate) fn view(&self, now: Instant) -> View {
         let table = self.snapshot();
         View {
             epoch: table.epoch.load(Acquire),
             table,
-            seen: [EMPTY; SEEN],
-            next_seen: 0,
+            now,
+            learned: Recent::default(),
+            found: Recent::default(),
         }
     }
 
-    /// Reloads the view's table (and forgets what the view learned) if its epoch moved.
+    /// Reloads the view's table (and forgets what the view learned and found) if its epoch
+    /// moved.
     fn sync(&self, view: &mut View) {
         if view.table.epoch.load(Acquire) != view.epoch {
-            *view = self.view();
+            *view = self.view(view.now);
         }
     }
 
@@ -506,53 +533,50 @@ impl Fdb {
     pub(crate) fn learn_in(
         &self,
         view: &mut View,
-        now: Instant,
         key: Key,
         port: &Arc<Port>,
         ports: &[Option<Arc<Port>>],
     ) -> Learn {
         self.sync(view);
-        if view.seen.contains(&key.0) {
+        if view.learned.get(key).is_some() {
             return Learn::Known;
         }
-        let learn = self.learn(&view.table, now, key, port, ports);
+        let learn = self.learn(&view.table, view.now, key, port, ports);
         if let Learn::Known | Learn::Added | Learn::Moved = learn {
-            view.seen[view.next_seen] = key.0;
-            view.next_seen = (view.next_seen + 1) % SEEN;
+            view.learned.put(key, Target::new(port, false));
         }
         learn
     }
 
-    /// [`lookup`](Self::lookup) on `view`'s table.
+    /// The port `key` is reached through, unless unknown, expired or gone from `ports`, for the
+    /// next frame of `view`'s batch: a key the batch found already is not looked up again.
     pub(crate) fn lookup_in<'p>(
         &self,
         view: &mut View,
-        now: Instant,
         key: Key,
         ports: &'p [Option<Arc<Port>>],
     ) -> Option<&'p Arc<Port>> {
         self.sync(view);
-        self.lookup(&view.table, now, key, ports)
+        let target = match view.found.get(key) {
+            Some(target) => target,
+            None => {
+                let target = self.find_live(&view.table, view.now, key)?;
+                view.found.put(key, target);
+                target
+            }
+        };
+        target.resolve(ports)
+    }
+
+    /// The target of `key` unless unknown or expired at `now`.
+    fn find_live(&self, table: &Table, now: Instant, key: Key) -> Option<Target> {
+        let (_, read) = table.find(key.0)?;
+        (!self.expired(&read, now.total_micros())).then_some(read.target)
     }
 
     fn limit_hit(&self) -> Learn {
         self.limit_hits.fetch_add(1, Relaxed);
         Learn::Limit
-    }
-
-    /// The port `key` is reached through, unless unknown, expired or gone from `ports`.
-    pub(crate) fn lookup<'p>(
-        &self,
-        table: &Table,
-        now: Instant,
-        key: Key,
-        ports: &'p [Option<Arc<Port>>],
-    ) -> Option<&'p Arc<Port>> {
-        let (_, read) = table.find(key.0)?;
-        if self.expired(&read, now.total_micros()) {
-            return None;
-        }
-        read.target.resolve(ports)
     }
 
     /// Adds or replaces a static entry; `ports` is the topology snapshot.
@@ -698,7 +722,7 @@ mod tests {
     }
 
     fn at(fdb: &Fdb, now: Instant, k: Key, ports: &[Option<Arc<Port>>]) -> Option<PortId> {
-        fdb.lookup(&fdb.snapshot(), now, k, ports).map(|p| p.id)
+        fdb.lookup_in(&mut fdb.view(now), k, ports).map(|p| p.id)
     }
 
     #[test]

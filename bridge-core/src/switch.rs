@@ -5,8 +5,8 @@
 //! modify and publish it under an admin mutex. FDBs are per network (see [`crate::fdb`]).
 //!
 //! A batch of frames from one port goes through an [`IngressBatch`]: the topology and the
-//! port's FDB are loaded once per batch, a source address is learned once per batch, and the
-//! port's rx counters are added once per batch.
+//! port's FDB are loaded once per batch, a source address is learned and a destination looked
+//! up once per batch, and the port's rx counters are added once per batch.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -229,12 +229,11 @@ impl Switch {
         let topology = self.topology.load();
         let port = topology.port(ingress);
         let slot = port.and_then(|p| topology.network(p.network));
-        let fdb = slot.map(|slot| slot.network.fdb.view());
+        let fdb = slot.map(|slot| slot.network.fdb.view(now));
         IngressBatch {
             switch: self,
             topology,
             ingress,
-            now,
             fdb,
             rx_frames: 0,
             rx_bytes: 0,
@@ -243,7 +242,6 @@ impl Switch {
 
     fn decide(
         topology: &Topology,
-        now: Instant,
         port: &Arc<Port>,
         l2: &L2Meta,
         fdb: Option<&mut fdb::View>,
@@ -275,7 +273,7 @@ impl Switch {
             (None, IngressTag::Untagged)
         };
         let src = Key::new(vlan, l2.src);
-        match network.fdb.learn_in(view, now, src, port, &topology.ports) {
+        match network.fdb.learn_in(view, src, port, &topology.ports) {
             Learn::Known | Learn::Added | Learn::Moved => {}
             Learn::SpoofedStatic => return drop(DropReason::SpoofedStatic),
             Learn::Limit => {
@@ -296,7 +294,7 @@ impl Switch {
         }
         let dst = match network
             .fdb
-            .lookup_in(view, now, Key::new(vlan, l2.dst), &topology.ports)
+            .lookup_in(view, Key::new(vlan, l2.dst), &topology.ports)
         {
             Some(dst) if dst.network == port.network => dst,
             _ => return flood,
@@ -542,18 +540,19 @@ impl Switch {
 /// those of [`Switch::process_head`] frame by frame, for less work per frame.
 ///
 /// The topology (networks, ports, their configuration) is the one published when the batch
-/// began: changes take effect at the next batch. Port states (up, down), FDB entries and limits
-/// are read live for each frame as before; a source address is learned (and its entry's age
-/// refreshed) at its first frame in the batch and not looked up again for the next ones, unless
-/// the FDB changed an entry's port or removed one meanwhile (a move, a static entry, ageing, a
-/// flush): then it is learned again as a fresh frame would be. The port's rx counters are added
-/// when the batch is dropped, so they lag by at most one batch; drops are counted at once.
+/// began: changes take effect at the next batch. All its frames are taken as received at the
+/// time the batch began. Port states (up, down), FDB entries and limits are read live for each
+/// frame as before, except that a source address is learned (and its entry's age refreshed) at
+/// its first frame in the batch and a destination looked up at its first frame, not again for
+/// the next ones, unless the FDB changed an entry's port or removed one meanwhile (a move, a
+/// static entry, ageing, a flush): then they are learned and looked up again as for a fresh
+/// frame. The port's rx counters are added when the batch is dropped, so they lag by at most
+/// one batch; drops are counted at once.
 #[derive(Debug)]
 pub struct IngressBatch<'s> {
     switch: &'s Switch,
     topology: Guard<Arc<Topology>>,
     ingress: PortId,
-    now: Instant,
     /// The ingress network's FDB view, while the port and its network exist.
     fdb: Option<fdb::View>,
     rx_frames: u64,
@@ -570,7 +569,7 @@ impl IngressBatch<'_> {
         self.rx_frames += 1;
         self.rx_bytes += len as u64;
         let decision = match L2Meta::parse(head) {
-            Ok(l2) => Switch::decide(&self.topology, self.now, port, &l2, self.fdb.as_mut()),
+            Ok(l2) => Switch::decide(&self.topology, port, &l2, self.fdb.as_mut()),
             Err(frame::Error::TooShort) => Decision::Drop(DropReason::TooShort),
             Err(frame::Error::TruncatedTag) => Decision::Drop(DropReason::Malformed),
         };

@@ -629,6 +629,10 @@ fn a_batch_decides_and_counts_as_frame_by_frame_processing() {
         Own(mac(2), mac(5)),
         Own(mac(2), mac(6)),
         Own(mac(2), mac(1)),
+        // A destination the batch found moves to port 2 and back.
+        Other(2, BROADCAST, mac(2)),
+        Own(mac(2), mac(1)),
+        Other(1, BROADCAST, mac(2)),
         // A static entry takes mac 1 away from port 0.
         Static(1, 2),
         Own(mac(2), mac(1)),
@@ -660,16 +664,17 @@ fn a_batch_decides_and_counts_as_frame_by_frame_processing() {
     assert_eq!(d[5..7], [forward(PortId(1)); 2]);
     assert_eq!(d[7], drop(DropReason::FdbLimit));
     assert_eq!(d[8], forward(PortId(1)));
-    assert_eq!(d[9], drop(DropReason::SpoofedStatic));
-    assert!(flood(&d[10]), "mac 2 aged out");
-    assert_eq!(d[11], forward(PortId(2)), "to the static mac 1");
-    assert_eq!(d[12], drop(DropReason::PortDown));
-    assert_eq!(d[13], forward(PortId(1)));
-    assert_eq!(d[14], drop(DropReason::SourceMulticast));
-    assert_eq!(d[15], drop(DropReason::SourceZero));
-    assert_eq!((stats[0].rx_frames, stats[0].rx_bytes), (16, 16 * 64));
+    assert_eq!(d[9], forward(PortId(2)));
+    assert_eq!(d[10], drop(DropReason::SpoofedStatic));
+    assert!(flood(&d[11]), "mac 2 aged out");
+    assert_eq!(d[12], forward(PortId(2)), "to the static mac 1");
+    assert_eq!(d[13], drop(DropReason::PortDown));
+    assert_eq!(d[14], forward(PortId(1)));
+    assert_eq!(d[15], drop(DropReason::SourceMulticast));
+    assert_eq!(d[16], drop(DropReason::SourceZero));
+    assert_eq!((stats[0].rx_frames, stats[0].rx_bytes), (17, 17 * 64));
     assert_eq!(stats[0].drops.total(), 5);
-    assert_eq!((fdb.mac_moves, fdb.fdb_limit_hits), (2, 1));
+    assert_eq!((fdb.mac_moves, fdb.fdb_limit_hits), (4, 1));
 }
 
 #[test]
