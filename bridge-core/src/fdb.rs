@@ -509,6 +509,7 @@ impl Fdb {
     }
 
     /// A view for one batch of frames from one port, received at `now`.
+    #[inline]
     pub(crate) fn view(&self, now: Instant) -> View {
         let table = self.snapshot();
         View {

@@ -219,12 +219,14 @@ impl Switch {
     /// hand: a device that copies frames once, straight between guests, reads the headers out
     /// of guest memory first. `head` must hold at least the Ethernet header and the 802.1Q tag
     /// the frame has (or all of a shorter frame).
+    #[inline]
     pub fn process_head(&self, now: Instant, ingress: PortId, head: &[u8], len: usize) -> Decision {
         self.batch(now, ingress).process_head(head, len)
     }
 
     /// The switch for a batch of frames received at `now` on `ingress`, decided one by one
     /// with [`IngressBatch::process_head`] as [`process_head`](Self::process_head) would.
+    #[inline]
     pub fn batch(&self, now: Instant, ingress: PortId) -> IngressBatch<'_> {
         let topology = self.topology.load();
         let port = topology.port(ingress);
