@@ -20,6 +20,11 @@
 //! locks, picked by a keyed hash of the flow, so datapath threads tracking different flows do
 //! not wait on each other. A packet's flow key is hashed once (foldhash, seeded at random per
 //! table): the same hash picks the shard and finds the flow in it, with one lookup per packet.
+//!
+//! A thread may skip tracking packets that would change nothing but a flow's timeout
+//! ([`crate::flow_cache::FlowCache`]); the table's [`epoch`](Conntrack::epoch) moves whenever
+//! a flow changes in a way such a packet would not see: it is removed (expired, evicted,
+//! replaced), a TCP flow leaves ESTABLISHED, or its verdict is changed or cleared.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
@@ -217,7 +222,7 @@ impl PacketMeta {
             || head.len() < header_len
             || total_len < header_len
             || total_len > packet_len
-            || !ip.verify_checksum()
+            || !ipv4_header_checksum_ok(&head[..header_len])
         {
             return Err(malformed);
         }
@@ -305,6 +310,21 @@ impl PacketMeta {
             _ => Err(ConntrackError::Unsupported),
         }
     }
+}
+
+/// Whether an IPv4 header's checksum is right: its 32-bit words (the header is a whole number
+/// of them) add up, in one's complement folded to 16 bits, to 0xffff. A plain sum the compiler
+/// unrolls, where smoltcp's general `checksum::data` costs a call and a loop per header.
+fn ipv4_header_checksum_ok(header: &[u8]) -> bool {
+    // At most 15 words of 32 bits: the sum cannot overflow 64 bits.
+    let mut sum: u64 = header
+        .chunks_exact(4)
+        .map(|w| u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
 }
 
 /// ICMP header (type, code, checksum and the echo identifier and sequence, or the unused word
@@ -427,6 +447,28 @@ pub struct Timeouts {
     pub udp_assured: Duration,
     /// ICMP echo (30 s).
     pub icmp: Duration,
+}
+
+impl Timeouts {
+    /// The shortest of them.
+    pub fn shortest(&self) -> Duration {
+        [
+            self.tcp_syn_sent,
+            self.tcp_syn_recv,
+            self.tcp_established,
+            self.tcp_fin_wait,
+            self.tcp_close_wait,
+            self.tcp_last_ack,
+            self.tcp_time_wait,
+            self.tcp_close,
+            self.udp_unreplied,
+            self.udp_assured,
+            self.icmp,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or_default()
+    }
 }
 
 impl Default for Timeouts {
@@ -613,6 +655,8 @@ pub struct Conntrack<V = u32> {
     count: AtomicUsize,
     config: ConntrackConfig,
     stats: AtomicStats,
+    /// Moves on every change a cache of known flows must not miss (see the module docs).
+    epoch: AtomicU64,
 }
 
 impl<V: Copy> Conntrack<V> {
@@ -627,7 +671,20 @@ impl<V: Copy> Conntrack<V> {
             count: AtomicUsize::new(0),
             config,
             stats: AtomicStats::default(),
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// The table's epoch: it moves when a flow is removed, a TCP flow leaves ESTABLISHED, or a
+    /// verdict is changed or cleared. What a thread cached of a flow under one epoch holds
+    /// while the epoch stays.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// The lifetimes the table applies.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.config.timeouts
     }
 
     /// Number of flows held (including any expired but not yet swept).
@@ -755,9 +812,12 @@ impl<V: Copy> Conntrack<V> {
                 )
             );
             if !expired && !reopens {
-                let was_assured = flow.info.assured;
+                let (was_assured, was_tcp) = (flow.info.assured, flow.info.tcp);
                 if !update(flow, packet.kind, direction) {
                     return Ok(Tracked::invalid());
+                }
+                if was_tcp == Some(TcpState::Established) && flow.info.tcp != was_tcp {
+                    bump(&self.epoch);
                 }
                 flow.info.expires = now + lifetime(&flow.info, timeouts);
                 if flow.info.assured && !was_assured {
@@ -779,6 +839,7 @@ impl<V: Copy> Conntrack<V> {
             let (old, _) = entry.remove();
             unassured.remove(&old.serial);
             self.count.fetch_sub(1, Ordering::Relaxed);
+            bump(&self.epoch);
             if expired {
                 bump(&self.stats.expired);
             }
@@ -843,6 +904,7 @@ impl<V: Copy> Conntrack<V> {
                 }
                 self.count.fetch_sub(1, Ordering::Relaxed);
                 bump(&self.stats.evicted);
+                bump(&self.epoch);
                 return Ok(());
             }
         }
@@ -852,11 +914,21 @@ impl<V: Copy> Conntrack<V> {
     }
 
     /// Caches `verdict` on `flow`; false if the flow is gone (expired, evicted or replaced).
-    pub fn set_verdict(&self, flow: &FlowRef, verdict: V) -> bool {
+    /// Replacing a different verdict moves the [`epoch`](Self::epoch).
+    pub fn set_verdict(&self, flow: &FlowRef, verdict: V) -> bool
+    where
+        V: PartialEq,
+    {
         let mut shard = self.lock(self.shard_of(flow.hash));
         match shard.flows.find_mut(flow.hash, |f| f.key == flow.key) {
             Some(f) if f.serial == flow.serial => {
-                f.info.verdict = Some(verdict);
+                if f.info
+                    .verdict
+                    .replace(verdict)
+                    .is_some_and(|old| old != verdict)
+                {
+                    bump(&self.epoch);
+                }
                 true
             }
             _ => false,
@@ -871,6 +943,7 @@ impl<V: Copy> Conntrack<V> {
                 flow.info.verdict = None;
             }
         }
+        bump(&self.epoch);
     }
 
     /// The flow of `tuple` (either direction) unless expired at `now`.
@@ -922,6 +995,9 @@ impl<V: Copy> Conntrack<V> {
         self.stats
             .expired
             .fetch_add(removed as u64, Ordering::Relaxed);
+        if removed > 0 {
+            bump(&self.epoch);
+        }
         removed
     }
 }

@@ -15,6 +15,7 @@
 //! | [`offload`] | software checksum and segmentation for virtio-net offloads: [`OffloadParams`], [`GsoType`], [`Segment`] |
 //! | [`gateway`] | [`Gateway`](gateway::Gateway) of a NAT network (ARP, ICMP, DHCP, DNS), its [`Action`](gateway::Action)s |
 //! | [`conntrack`] | [`Conntrack`](conntrack::Conntrack), [`FlowTuple`](conntrack::FlowTuple), [`PacketMeta`](conntrack::PacketMeta) |
+//! | [`flow_cache`] | [`FlowCache`](flow_cache::FlowCache): a thread's cache of known flows' verdicts in front of a `Conntrack` |
 //! | [`policy`] | [`policy::PolicyHook`] (what the pipeline calls), [`policy::Verdict`] (cached in flows), [`policy::PolicyFrame`], [`policy::TokenBucket`] |
 //! | [`reject`] | [`reject::reject_reply`]: the TCP RST or ICMP port unreachable a policy's REJECT answers with |
 //! | [`wire`], [`time`] | re-exports of `smoltcp::wire` (Ethernet, ARP, IPv4/6, UDP, TCP, ICMP, DHCPv4 views) and `smoltcp::time` |
@@ -29,6 +30,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod egress;
 pub mod fdb;
+pub mod flow_cache;
 pub mod frame;
 pub mod gateway;
 pub mod network;

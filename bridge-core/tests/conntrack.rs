@@ -589,3 +589,33 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn the_header_checksum_is_verified_over_options_too() {
+    // A header with one word of options (IHL 6), every single-bit error in it.
+    let frame = udp_frame(&route(GUEST, WAN), 40000, 80, b"query");
+    let mut packet = vec![0u8; frame.len() - 14 + 4];
+    packet[..20].copy_from_slice(&frame[14..34]);
+    packet[24..].copy_from_slice(&frame[34..]);
+    {
+        let mut ip = smoltcp::wire::Ipv4Packet::new_unchecked(&mut packet[..]);
+        ip.set_header_len(24);
+        ip.set_total_len(u16::try_from(frame.len() - 14 + 4).unwrap());
+        ip.fill_checksum();
+    }
+    packet[20..24].copy_from_slice(&[1, 1, 0, 0]);
+    smoltcp::wire::Ipv4Packet::new_unchecked(&mut packet[..]).fill_checksum();
+    assert_eq!(
+        PacketMeta::parse_ipv4(1, &packet).unwrap().tuple,
+        tuple(Protocol::Udp)
+    );
+    for bit in 0..24 * 8 {
+        let mut p = packet.clone();
+        p[bit / 8] ^= 1 << (bit % 8);
+        assert_eq!(
+            PacketMeta::parse_ipv4(1, &p),
+            Err(ConntrackError::Malformed),
+            "bit {bit}"
+        );
+    }
+}

@@ -263,6 +263,65 @@ fn a_firewall_drops_rejects_and_counts_and_caches_flow_verdicts() {
     assert_eq!(received(&mut lab.b), vec![web]);
 }
 
+#[test]
+fn a_known_flow_passes_by_its_verdict_counted_per_frame_and_judged_again_after_a_reload() {
+    let mut lab = lab(|dir| {
+        let wasm = policy_wasm::policy_wasm("libvirt-nat");
+        let path = module(dir, "libvirt_nat.wasm", &wasm);
+        vec![policy("nat", path, LIBVIRT_NAT, FailMode::Closed)]
+    });
+    let sg = policy_wasm::policy_wasm("security-group");
+    module(&lab.dir, "security_group.wasm", &sg);
+    let b = lab.ids[1].0;
+    let group = |port: u16| {
+        format!(
+            "group b ports {b}\ningress ipv4 udp {port} 0.0.0.0/0\negress ipv4 any any 0.0.0.0/0\n"
+        )
+    };
+    let path = lab.path("security_group.wasm");
+    let load = ["policy", "load", "sg", &path, "--config", &group(7000)];
+    lab.cli(&[&load[..], &["--network", "default"]].concat())
+        .unwrap();
+    let rule = |lab: &Lab, text: &str| {
+        let info = lab.list("sg");
+        let r = info.rules.iter().find(|r| r.description.contains(text));
+        r.unwrap_or_else(|| panic!("rule {text:?} in {info:?}"))
+            .packets
+    };
+
+    // One flow, 20 frames in batches: judged once, every frame counted on its rule.
+    let frame = udp4(A, B, 5000, 7000, b"known flow");
+    let send = |lab: &mut Lab, n: usize| {
+        for _ in 0..n / 4 {
+            let four = [&frame[..]; 4];
+            lab.a
+                .send_batch(0, &NetHdr::plain(), four.into_iter())
+                .unwrap();
+        }
+    };
+    send(&mut lab, 20);
+    assert_eq!(received(&mut lab.b).len(), 20);
+    assert_eq!(lab.list("sg").packets, 1);
+    assert_eq!(rule(&lab, "dpt:7000-7000"), 20);
+
+    // A reload that no longer allows it: the flow is judged again at once and dropped.
+    lab.cli(&["policy", "reload", "sg", "--config", &group(7001)])
+        .unwrap();
+    send(&mut lab, 20);
+    assert!(received(&mut lab.b).is_empty());
+    assert_eq!(lab.drops(0, DropReason::PolicyDrop), 20);
+    assert_eq!(lab.list("sg").packets, 2);
+    assert_eq!(rule(&lab, "default ingress DROP"), 20);
+
+    // And back.
+    lab.cli(&["policy", "reload", "sg", "--config", &group(7000)])
+        .unwrap();
+    send(&mut lab, 20);
+    assert_eq!(received(&mut lab.b).len(), 20);
+    assert_eq!(lab.list("sg").packets, 3);
+    assert_eq!(rule(&lab, "dpt:7000-7000"), 20);
+}
+
 /// A UDP datagram from A to B carrying `n`.
 fn numbered_udp(n: u32) -> Vec<u8> {
     let mut payload = n.to_be_bytes().to_vec();

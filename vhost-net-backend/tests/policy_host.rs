@@ -103,6 +103,8 @@ fn allow_all_accepts_and_counts_its_rule() {
     assert_eq!(v[0].action, Action::Accept);
     assert!(v[0].cache);
     assert!(w.admit(1, &v[0], PortId(3), bytes.len()));
+    // Rule hits reach the shared counters at the end of the batch.
+    w.end_batch();
     assert!(
         h.render_list()
             .contains(&format!("1 {:>10}  accept all", bytes.len())),

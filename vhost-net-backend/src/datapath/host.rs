@@ -134,10 +134,12 @@ impl Injector {
                 let network = self.network;
                 let ctx = FrameCtx::of(self.port, network, false, &decision, &ports);
                 let head = &frame[..frame.len().min(HEAD_LEN)];
-                match stage.check(now, ctx, head, frame.len()) {
+                let outcome = match stage.check(now, ctx, head, frame.len()) {
                     Check::Now(o) => o,
                     Check::Later => stage.judge_pending(now)[0],
-                }
+                };
+                stage.end_batch();
+                outcome
             }
             _ => Outcome::PASS,
         };

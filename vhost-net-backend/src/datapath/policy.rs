@@ -9,14 +9,21 @@
 //! ([`PolicyStage::judge_pending`]). Verdicts of an older generation are judged again, so a
 //! reload applies to established flows too.
 //!
+//! In front of the flow table each stage keeps a [`FlowCache`]: packets like one its flow's
+//! current, cacheable verdict was found for less than a second ago take that verdict without
+//! the table's lock (see [`bridge_core::flow_cache`] for what stays exact and what may lag).
+//! Rule hits are added to the shared counters once per batch ([`PolicyStage::end_batch`]).
+//!
 //! A stage costs one atomic load per batch while no policy runs at its hook. Nothing is
-//! allocated per frame: a stage's buffers are sized for one batch when it is made.
+//! allocated per frame: a stage's buffers are sized for one batch when it is made, its flow
+//! cache on the first known flow.
 
 use std::sync::Arc;
 
 use bridge_core::conntrack::{
     Conntrack, ConntrackConfig, ConntrackError, CtState, FlowRef, PacketMeta,
 };
+use bridge_core::flow_cache::FlowCache;
 use bridge_core::policy::{
     Action, BridgeOut, HookPoint, JudgeKind, PolicyFrame, PolicyHook, TokenBucket, Verdict,
 };
@@ -191,6 +198,16 @@ struct FlowState {
     verdict: Option<Verdict>,
 }
 
+/// How a frame was tracked.
+enum Tracking {
+    /// Its flow has a verdict of the current generation that may be cached.
+    Known(Verdict),
+    /// Anything else: what conntrack knows of it.
+    Other(FlowState),
+    /// Its new flow does not fit the table.
+    Full,
+}
+
 /// One thread's policy stage at one hook point.
 #[derive(Debug)]
 pub struct PolicyStage {
@@ -204,6 +221,7 @@ pub struct PolicyStage {
     selected: Vec<usize>,
     outcomes: Vec<Outcome>,
     log: TokenBucket,
+    cache: FlowCache<Verdict>,
 }
 
 /// Nanoseconds of a datapath instant (the policy host's clock for rate classes).
@@ -215,6 +233,7 @@ impl PolicyStage {
     /// A stage at `hook` of `plane`.
     pub fn new(plane: Arc<PolicyPlane>, hook: HookPoint) -> Self {
         let worker = plane.host.worker();
+        let cache = FlowCache::new(plane.flows(hook));
         PolicyStage {
             plane,
             worker,
@@ -225,14 +244,25 @@ impl PolicyStage {
             selected: Vec::with_capacity(MAX_BATCH),
             outcomes: Vec::with_capacity(MAX_BATCH),
             log: TokenBucket::new(LOG_PER_S, 0),
+            cache,
         }
     }
 
-    /// Starts a batch: takes up a newly published generation. Returns whether a policy runs at
-    /// this stage's hook; if not, the batch's frames need no [`check`](Self::check).
+    /// Starts a batch: takes up a newly published generation and the flow table's epoch.
+    /// Returns whether a policy runs at this stage's hook; if not, the batch's frames need no
+    /// [`check`](Self::check).
     pub fn begin_batch(&mut self) -> bool {
         self.worker.begin_batch();
-        self.worker.runs_at(self.hook)
+        let runs = self.worker.runs_at(self.hook);
+        if runs {
+            self.cache.begin_batch(self.plane.flows(self.hook));
+        }
+        runs
+    }
+
+    /// Ends a batch: adds its rule hits to the shared counters.
+    pub fn end_batch(&mut self) {
+        self.worker.end_batch();
     }
 
     /// Whether as many frames are set aside as one call judges: call
@@ -250,15 +280,13 @@ impl PolicyStage {
     /// and decides it by its flow's verdict, or sets it aside. Must not be called while
     /// [`is_full`](Self::is_full).
     pub fn check(&mut self, now: Instant, ctx: FrameCtx, head: &[u8], len: usize) -> Check {
-        let Some(FlowState { flow, ct, verdict }) = self.track(now, ctx.network, head, len) else {
-            return Check::Now(Outcome::Drop(DropReason::ConntrackFull));
+        let FlowState { flow, ct, verdict } = match self.track(now, ctx.network, head, len) {
+            Tracking::Known(v) => return Check::Now(self.outcome(now, &ctx, &v, len)),
+            Tracking::Full => return Check::Now(Outcome::Drop(DropReason::ConntrackFull)),
+            Tracking::Other(state) => state,
         };
-        let current = self.worker.generation_id();
         let kind = match verdict {
-            Some(v) if v.generation == current && v.cache => {
-                return Check::Now(self.outcome(now, &ctx, &v, len));
-            }
-            Some(v) if v.generation == current => JudgeKind::EveryFrame,
+            Some(v) if v.generation == self.worker.generation_id() => JudgeKind::EveryFrame,
             _ => JudgeKind::NewFlow,
         };
         let id = flow.map(|f| f.id());
@@ -283,41 +311,49 @@ impl PolicyStage {
         Check::Later
     }
 
-    /// The frame's flow, state and cached verdict; `None` when its new flow does not fit the
-    /// table. Frames conntrack does not follow (non-IPv4, fragments, other protocols) have
-    /// neither flow nor state; malformed IPv4 is invalid.
-    fn track(
-        &self,
-        now: Instant,
-        network: NetworkId,
-        head: &[u8],
-        len: usize,
-    ) -> Option<FlowState> {
-        let untracked = FlowState::default();
+    /// The frame's verdict if its flow has a current, cacheable one (from the flow cache, or
+    /// from conntrack and then cached); otherwise its flow, state and cached verdict. Frames
+    /// conntrack does not follow (non-IPv4, fragments, other protocols) have neither flow nor
+    /// state; malformed IPv4 is invalid.
+    fn track(&mut self, now: Instant, network: NetworkId, head: &[u8], len: usize) -> Tracking {
+        let untracked = Tracking::Other(FlowState::default());
         let Ok(l2) = L2Meta::parse(head) else {
-            return Some(untracked);
+            return untracked;
         };
         if l2.ethertype != EthernetProtocol::Ipv4 {
-            return Some(untracked);
+            return untracked;
         }
         let l3 = usize::from(l2.l3_offset);
         let meta = PacketMeta::parse_ipv4_head(network.0, &head[l3..], len - l3);
         let meta = match meta {
             Ok(m) => m,
             Err(ConntrackError::Malformed) => {
-                return Some(FlowState {
+                return Tracking::Other(FlowState {
                     ct: Some(CtState::Invalid),
-                    ..untracked
+                    ..FlowState::default()
                 })
             }
-            Err(_) => return Some(untracked),
+            Err(_) => return untracked,
         };
-        let t = self.plane.flows(self.hook).track(now, &meta).ok()?;
-        Some(FlowState {
-            flow: t.flow,
-            ct: Some(t.state),
-            verdict: t.verdict,
-        })
+        let current = self.worker.generation_id();
+        let reusable = |v: &Verdict| v.generation == current && v.cache;
+        if let Some(v) = self.cache.get(now, &meta).filter(reusable) {
+            return Tracking::Known(v);
+        }
+        let Ok(t) = self.plane.flows(self.hook).track(now, &meta) else {
+            return Tracking::Full;
+        };
+        match t.verdict {
+            Some(v) if reusable(&v) => {
+                self.cache.insert(now, &meta, &t);
+                Tracking::Known(v)
+            }
+            _ => Tracking::Other(FlowState {
+                flow: t.flow,
+                ct: Some(t.state),
+                verdict: t.verdict,
+            }),
+        }
     }
 
     /// Judges the frames set aside, one call per module (frames that follow an earlier frame of

@@ -244,6 +244,7 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
         }
         if let Some(stage) = s.policy.as_mut() {
             batch.judge_set_aside(mem, stage, &mut s.aside, &mut s.out);
+            stage.end_batch();
         }
         // The batch's rx counters are added before the guests are told of its frames.
         drop(switch);

@@ -76,15 +76,21 @@ impl EgressPolicy {
             Check::Later => {
                 self.aside.push((hdr, frame));
                 if self.stage.is_full() {
-                    self.judge_aside(carry_out);
+                    self.judge_set_aside(carry_out);
                 }
             }
         }
     }
 
-    /// Judges the frames set aside (one call per module) and hands each to `carry_out` with
-    /// its outcome, in order.
-    pub fn judge_aside(&mut self, mut carry_out: impl FnMut(Outcome, VnetHdr, Vec<u8>)) {
+    /// Ends the batch: judges the frames set aside (one call per module), hands each to
+    /// `carry_out` with its outcome, in order, and adds the batch's rule hits to the counters.
+    pub fn judge_aside(&mut self, carry_out: impl FnMut(Outcome, VnetHdr, Vec<u8>)) {
+        self.judge_set_aside(carry_out);
+        self.stage.end_batch();
+    }
+
+    /// Judges the frames set aside and hands each to `carry_out` with its outcome, in order.
+    fn judge_set_aside(&mut self, mut carry_out: impl FnMut(Outcome, VnetHdr, Vec<u8>)) {
         if self.aside.is_empty() {
             return;
         }

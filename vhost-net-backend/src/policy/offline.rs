@@ -186,6 +186,7 @@ pub fn run(
             PortId(ingress.unwrap_or(0)),
             f.bytes.len(),
         );
+        worker.end_batch();
         results.push(FrameResult {
             ct: ct_state,
             verdict,

@@ -64,11 +64,11 @@ impl Default for RuleCounters {
 }
 
 impl RuleCounters {
-    /// Counts one frame of `len` bytes against `rule`.
-    pub fn hit(&self, rule: u32, len: u64) {
+    /// Counts `packets` frames of `bytes` bytes in all against `rule`.
+    pub fn add(&self, rule: u32, packets: u64, bytes: u64) {
         let i = rule.min(MAX_RULE_ID) as usize;
-        self.packets[i].fetch_add(1, Ordering::Relaxed);
-        self.bytes[i].fetch_add(len, Ordering::Relaxed);
+        self.packets[i].fetch_add(packets, Ordering::Relaxed);
+        self.bytes[i].fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// `(packets, bytes)` of `rule`.

@@ -1,6 +1,7 @@
 //! A datapath thread's side of the policy host: its own instances of the published
 //! generation, swapped only at a batch boundary, running the chains over batches, applying
-//! fail modes on faults, counting rule hits and policing rate classes.
+//! fail modes on faults, counting rule hits (added to the shared counters once per batch) and
+//! policing rate classes (per thread).
 
 use super::chain::{
     class_handle, fail_verdict, rule_handle, split_class_handle, split_rule_handle, ChainEntry,
@@ -48,6 +49,19 @@ struct RateState {
 /// How many superseded generations a worker keeps to count cached verdicts they decided.
 const RECENT: usize = 4;
 
+/// Distinct rules a worker counts before it adds their hits to the shared counters (at the
+/// latest at the end of the batch).
+const PENDING_RULES: usize = 16;
+
+/// Hits of one rule (a handle of one generation) not yet added to its shared counters.
+#[derive(Clone, Copy, Debug)]
+struct RuleHits {
+    generation: u64,
+    handle: u32,
+    packets: u64,
+    bytes: u64,
+}
+
 /// The generation `id`: `current`, or one of the `recent` ones.
 fn generation_by_id<'a>(
     current: &'a Generation,
@@ -70,6 +84,7 @@ pub struct PolicyWorker {
     buckets: HashMap<(usize, u16, u32), RateState>,
     descs: Vec<FrameDesc>,
     acc: Vec<Acc>,
+    hits: Vec<RuleHits>,
 }
 
 fn desc_of(f: &PolicyFrame<'_>) -> FrameDesc {
@@ -122,6 +137,7 @@ impl PolicyWorker {
             buckets: HashMap::new(),
             descs: Vec::with_capacity(MAX_BATCH),
             acc: Vec::with_capacity(MAX_BATCH),
+            hits: Vec::with_capacity(PENDING_RULES),
         };
         w.swap();
         w
@@ -162,6 +178,46 @@ impl PolicyWorker {
             Err(e) => {
                 tracing::error!(policy = %entry.spec.name, error = %e, "cannot instantiate policy; its fail mode applies");
                 None
+            }
+        }
+    }
+
+    /// Ends a batch: adds the rule hits counted since the last call to the shared counters.
+    pub fn end_batch(&mut self) {
+        for h in self.hits.drain(..) {
+            let Some(generation) = generation_by_id(&self.generation, &self.recent, h.generation)
+            else {
+                continue;
+            };
+            if let Some((slot, rule)) = split_rule_handle(h.handle) {
+                if let Some(e) = generation.entries.get(slot) {
+                    e.rule_counters.add(rule, h.packets, h.bytes);
+                }
+            }
+        }
+    }
+
+    /// Counts a frame of `len` bytes against rule `handle` of generation `generation`.
+    fn count_rule(&mut self, generation: u64, handle: u32, len: u64) {
+        let found = self
+            .hits
+            .iter_mut()
+            .find(|h| h.handle == handle && h.generation == generation);
+        match found {
+            Some(h) => {
+                h.packets += 1;
+                h.bytes += len;
+            }
+            None => {
+                if self.hits.len() == PENDING_RULES {
+                    self.end_batch();
+                }
+                self.hits.push(RuleHits {
+                    generation,
+                    handle,
+                    packets: 1,
+                    bytes: len,
+                });
             }
         }
     }
@@ -353,7 +409,9 @@ impl PolicyWorker {
 }
 
 impl PolicyHook for PolicyWorker {
+    /// Also adds rule hits a caller left uncounted (no [`end_batch`](PolicyWorker::end_batch)).
     fn begin_batch(&mut self) {
+        self.end_batch();
         if self.host.generation_id() != self.generation.id {
             self.swap();
         }
@@ -376,19 +434,15 @@ impl PolicyHook for PolicyWorker {
         ingress_port: PortId,
         frame_len: usize,
     ) -> bool {
+        for &h in verdict.rules.iter().take_while(|&&h| h != 0) {
+            self.count_rule(verdict.generation, h, frame_len as u64);
+        }
+        let Some((slot, class)) = verdict.rate_class.and_then(split_class_handle) else {
+            return true;
+        };
         // Borrowed, not cloned: this runs for every frame of a known flow.
         let Some(generation) = generation_by_id(&self.generation, &self.recent, verdict.generation)
         else {
-            return true;
-        };
-        for &h in verdict.rules.iter().take_while(|&&h| h != 0) {
-            if let Some((slot, rule)) = split_rule_handle(h) {
-                if let Some(e) = generation.entries.get(slot) {
-                    e.rule_counters.hit(rule, frame_len as u64);
-                }
-            }
-        }
-        let Some((slot, class)) = verdict.rate_class.and_then(split_class_handle) else {
             return true;
         };
         let Some(rates) = generation
