@@ -172,24 +172,43 @@ fn received(nic: &mut VirtioNet) -> Vec<Vec<u8>> {
         .collect()
 }
 
-#[test]
-fn a_firewall_drops_rejects_and_counts_and_caches_flow_verdicts() {
-    let mut lab = lab(|dir| {
+/// A [`lab`] whose operator tier runs libvirt-nat.
+fn nat_lab() -> Lab {
+    lab(|dir| {
         let wasm = policy_wasm::policy_wasm("libvirt-nat");
         let path = module(dir, "libvirt_nat.wasm", &wasm);
         vec![policy("nat", path, LIBVIRT_NAT, FailMode::Closed)]
-    });
+    })
+}
+
+impl Lab {
+    /// Loads the security group `sg` with `config` into the network's chain, through the
+    /// control socket.
+    fn load_sg(&self, config: &str) {
+        let sg = policy_wasm::policy_wasm("security-group");
+        module(&self.dir, "security_group.wasm", &sg);
+        let path = self.path("security_group.wasm");
+        let load = ["policy", "load", "sg", &path, "--config", config];
+        self.cli(&[&load[..], &["--network", "default"]].concat())
+            .unwrap();
+    }
+}
+
+/// Packets counted on the rule of `info` whose description contains `text`.
+fn rule(info: &PolicyInfo, text: &str) -> u64 {
+    let r = info.rules.iter().find(|r| r.description.contains(text));
+    r.unwrap_or_else(|| panic!("rule {text:?} in {info:?}"))
+        .packets
+}
+
+#[test]
+fn a_firewall_drops_rejects_and_counts_and_caches_flow_verdicts() {
+    let mut lab = nat_lab();
     // B's security group, in the network's chain, loaded through the control socket.
-    let sg = policy_wasm::policy_wasm("security-group");
-    module(&lab.dir, "security_group.wasm", &sg);
-    let config = format!(
+    lab.load_sg(&format!(
         "group b ports {}\ningress ipv4 tcp 22 0.0.0.0/0\negress ipv4 any any 0.0.0.0/0\n",
         lab.ids[1].0
-    );
-    let path = lab.path("security_group.wasm");
-    let load = ["policy", "load", "sg", &path, "--config", &config];
-    lab.cli(&[&load[..], &["--network", "default"]].concat())
-        .unwrap();
+    ));
 
     // Allowed: A to B on tcp 22, five times the same flow: judged once, counted five times.
     let ssh = tcp4(A, B, 40000, 22, TCP_SYN);
@@ -203,11 +222,6 @@ fn a_firewall_drops_rejects_and_counts_and_caches_flow_verdicts() {
         sg_info.packets, 1,
         "the flow's later frames use the cached verdict"
     );
-    let rule = |info: &PolicyInfo, text: &str| {
-        let r = info.rules.iter().find(|r| r.description.contains(text));
-        r.unwrap_or_else(|| panic!("rule {text:?} in {info:?}"))
-            .packets
-    };
     assert_eq!(rule(&sg_info, "dpt:22-22"), 5);
 
     // Dropped: tcp 80 to B is not in B's group.
@@ -265,44 +279,27 @@ fn a_firewall_drops_rejects_and_counts_and_caches_flow_verdicts() {
 
 #[test]
 fn a_known_flow_passes_by_its_verdict_counted_per_frame_and_judged_again_after_a_reload() {
-    let mut lab = lab(|dir| {
-        let wasm = policy_wasm::policy_wasm("libvirt-nat");
-        let path = module(dir, "libvirt_nat.wasm", &wasm);
-        vec![policy("nat", path, LIBVIRT_NAT, FailMode::Closed)]
-    });
-    let sg = policy_wasm::policy_wasm("security-group");
-    module(&lab.dir, "security_group.wasm", &sg);
+    let mut lab = nat_lab();
     let b = lab.ids[1].0;
     let group = |port: u16| {
         format!(
             "group b ports {b}\ningress ipv4 udp {port} 0.0.0.0/0\negress ipv4 any any 0.0.0.0/0\n"
         )
     };
-    let path = lab.path("security_group.wasm");
-    let load = ["policy", "load", "sg", &path, "--config", &group(7000)];
-    lab.cli(&[&load[..], &["--network", "default"]].concat())
-        .unwrap();
-    let rule = |lab: &Lab, text: &str| {
-        let info = lab.list("sg");
-        let r = info.rules.iter().find(|r| r.description.contains(text));
-        r.unwrap_or_else(|| panic!("rule {text:?} in {info:?}"))
-            .packets
-    };
+    lab.load_sg(&group(7000));
 
     // One flow, 20 frames in batches: judged once, every frame counted on its rule.
     let frame = udp4(A, B, 5000, 7000, b"known flow");
     let send = |lab: &mut Lab, n: usize| {
         for _ in 0..n / 4 {
             let four = [&frame[..]; 4];
-            lab.a
-                .send_batch(0, &NetHdr::plain(), four.into_iter())
-                .unwrap();
+            lab.a.send_batch(0, &NetHdr::plain(), four).unwrap();
         }
     };
     send(&mut lab, 20);
     assert_eq!(received(&mut lab.b).len(), 20);
     assert_eq!(lab.list("sg").packets, 1);
-    assert_eq!(rule(&lab, "dpt:7000-7000"), 20);
+    assert_eq!(rule(&lab.list("sg"), "dpt:7000-7000"), 20);
 
     // A reload that no longer allows it: the flow is judged again at once and dropped.
     lab.cli(&["policy", "reload", "sg", "--config", &group(7001)])
@@ -311,7 +308,7 @@ fn a_known_flow_passes_by_its_verdict_counted_per_frame_and_judged_again_after_a
     assert!(received(&mut lab.b).is_empty());
     assert_eq!(lab.drops(0, DropReason::PolicyDrop), 20);
     assert_eq!(lab.list("sg").packets, 2);
-    assert_eq!(rule(&lab, "default ingress DROP"), 20);
+    assert_eq!(rule(&lab.list("sg"), "default ingress DROP"), 20);
 
     // And back.
     lab.cli(&["policy", "reload", "sg", "--config", &group(7000)])
@@ -319,7 +316,7 @@ fn a_known_flow_passes_by_its_verdict_counted_per_frame_and_judged_again_after_a
     send(&mut lab, 20);
     assert_eq!(received(&mut lab.b).len(), 20);
     assert_eq!(lab.list("sg").packets, 3);
-    assert_eq!(rule(&lab, "dpt:7000-7000"), 20);
+    assert_eq!(rule(&lab.list("sg"), "dpt:7000-7000"), 20);
 }
 
 /// A UDP datagram from A to B carrying `n`.
@@ -336,11 +333,7 @@ fn udp_number(frame: &[u8]) -> Option<u32> {
 
 #[test]
 fn reloading_every_100_ms_under_traffic_loses_no_frame() {
-    let mut lab = lab(|dir| {
-        let wasm = policy_wasm::policy_wasm("libvirt-nat");
-        let path = module(dir, "libvirt_nat.wasm", &wasm);
-        vec![policy("nat", path, LIBVIRT_NAT, FailMode::Closed)]
-    });
+    let mut lab = nat_lab();
     let stop = Arc::new(AtomicBool::new(false));
     let reloader = {
         let stop = Arc::clone(&stop);
