@@ -2,10 +2,11 @@
 //!
 //! - `call/*`: a worker judging batches of 1, 32 and 64 new TCP flows (one call per module per
 //!   batch), with allow-all and with a 24-rule security group (the frames match the last rule).
-//! - `stage/*`: the datapath's policy stage on frames of 64 established flows: with no policy
-//!   (the stage's `begin_batch` says no policy runs; the datapath skips `check`), and with
-//!   allow-all and the security group (the verdict cached in the flow: conntrack lookup, rule
-//!   counters, no call into WebAssembly).
+//! - `stage/*`: the datapath's policy stage on frames of 64 established TCP flows (ACKs after
+//!   the handshake), one batch: with no policy (the stage's `begin_batch` says no policy runs;
+//!   the datapath skips `check`), and with allow-all and the security group (the verdict cached
+//!   in the flow: parsing, the thread's flow cache or conntrack, rule counters, no call into
+//!   WebAssembly).
 //!
 //! Per-flow mode (the verdict cached in the flow) costs what `stage/*` measures per frame;
 //! per-frame mode (`NO_CACHE`: every frame judged by the module) costs a `call/*` per frame, as
@@ -29,7 +30,7 @@ use bridge_core::policy::{BridgeOut, HookPoint, JudgeKind, PolicyFrame, PolicyHo
 use bridge_core::time::Instant;
 use bridge_core::{NetworkId, PortId};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use policy_sdk::frames::{tcp4, Endpoint, TCP_SYN};
+use policy_sdk::frames::{tcp4, Endpoint, TCP_ACK, TCP_SYN};
 use vhost_net_backend::datapath::policy::{Check, FrameCtx, PolicyPlane, PolicyStage};
 use vhost_net_backend::policy::engine::LoadPath;
 use vhost_net_backend::policy::{FailMode, HostConfig, PolicyHost, PolicySet, PolicySpec};
@@ -115,13 +116,24 @@ fn call(c: &mut Criterion) {
 }
 
 fn stage(c: &mut Criterion) {
-    let frames = flows();
+    let syns = flows();
+    let syn_acks: Vec<Vec<u8>> = (0..64)
+        .map(|i| tcp4(SERVER, CLIENT, 22, 40000 + i, TCP_SYN | TCP_ACK))
+        .collect();
+    let frames: Vec<Vec<u8>> = (0..64)
+        .map(|i| tcp4(CLIENT, SERVER, 40000 + i, 22, TCP_ACK))
+        .collect();
     let ctx = FrameCtx {
         ingress: PortId(1),
         network: NetworkId(0),
         from_guest: true,
         out: BridgeOut::Port(PortId(2)),
         to_guest: true,
+    };
+    let reply = FrameCtx {
+        ingress: PortId(2),
+        out: BridgeOut::Port(PortId(1)),
+        ..ctx
     };
     let mut group = c.benchmark_group("stage");
     group.throughput(Throughput::Elements(frames.len() as u64));
@@ -133,10 +145,12 @@ fn stage(c: &mut Criterion) {
         let now = Instant::from_millis(1);
         // Establish the flows: their verdicts are cached from here on.
         if stage.begin_batch() {
-            for f in &frames {
-                let _ = stage.check(now, ctx, f, f.len());
+            for (frames, ctx) in [(&syns, ctx), (&syn_acks, reply), (&frames, ctx)] {
+                for f in frames {
+                    let _ = stage.check(now, ctx, f, f.len());
+                }
+                stage.judge_pending(now);
             }
-            stage.judge_pending(now);
         }
         group.bench_function(label, |b| {
             b.iter(|| {
@@ -147,6 +161,7 @@ fn stage(c: &mut Criterion) {
                     let checked = stage.check(now, ctx, black_box(f), f.len());
                     assert!(matches!(checked, Check::Now(_)), "cached");
                 }
+                stage.end_batch();
             });
         });
     }
