@@ -1,11 +1,16 @@
 //! The crate's only `unsafe` code: receiving file descriptors over a unix socket, taking one
-//! over as an eventfd, polling, waiting for a termination signal, and the effective user id.
+//! over as an eventfd, polling, waiting for a termination signal, the effective user id, and
+//! guest memory translated through a flat table of its regions' host addresses.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 
+use vm_memory::{
+    GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress, VolatileSlice,
+};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -141,4 +146,114 @@ pub fn wait_readable(
 pub fn euid() -> u32 {
     // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Guest memory with the host address of each of its regions in one flat table: a range is
+/// translated by a scan of a few contiguous entries ([`locate`](Self::locate)), or, once its
+/// region is known, by a bounds check ([`slice_in`](Self::slice_in)), instead of through
+/// vm-memory's region objects. It holds the memory, so its mappings outlive every slice it
+/// hands out (they borrow it).
+#[derive(Debug)]
+pub struct GuestRam {
+    mem: Arc<GuestMemoryMmap>,
+    regions: Box<[HostRegion]>,
+}
+
+/// One region: its guest physical range and where it is mapped.
+#[derive(Clone, Copy, Debug)]
+struct HostRegion {
+    start: u64,
+    len: u64,
+    host: *mut u8,
+}
+
+// SAFETY: the pointers are into mappings owned by `mem`, which is `Send` and `Sync`; a
+// `GuestRam` gives access to them only as `VolatileSlice`s, as `GuestMemoryMmap` itself does to
+// any thread.
+unsafe impl Send for GuestRam {}
+// SAFETY: as for `Send`: shared use hands out the same volatile slices `GuestMemoryMmap` does.
+unsafe impl Sync for GuestRam {}
+
+impl GuestRam {
+    /// The table of `mem`'s regions.
+    pub fn new(mem: Arc<GuestMemoryMmap>) -> Self {
+        let regions = mem
+            .iter()
+            .filter_map(|r| {
+                let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+                Some(HostRegion {
+                    start: r.start_addr().0,
+                    len: r.len(),
+                    host,
+                })
+            })
+            .collect();
+        GuestRam { mem, regions }
+    }
+
+    /// The guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The index of the region holding all of `[addr, addr + len)`, if one does.
+    pub fn locate(&self, addr: u64, len: usize) -> Option<u32> {
+        let i = self
+            .regions
+            .iter()
+            .position(|r| addr.wrapping_sub(r.start) < r.len)?;
+        let r = &self.regions[i];
+        let end = (addr - r.start).checked_add(len as u64)?;
+        (end <= r.len).then_some(i as u32)
+    }
+
+    /// `[addr, addr + len)` as host memory if it lies in region `region` (as
+    /// [`locate`](Self::locate) found it).
+    pub fn slice_in(&self, region: u32, addr: u64, len: usize) -> Option<VolatileSlice<'_, ()>> {
+        let r = self.regions.get(region as usize)?;
+        let offset = addr.checked_sub(r.start)?;
+        if offset.checked_add(len as u64)? > r.len {
+            return None;
+        }
+        // SAFETY: `[offset, offset + len)` lies inside the region's mapping (checked above),
+        // which `self.mem` owns and keeps mapped while the slice borrows `self`. Guest memory
+        // is shared with the guest and accessed only through the slice's volatile operations.
+        Some(unsafe { VolatileSlice::new(r.host.add(offset as usize), len) })
+    }
+
+    /// `[addr, addr + len)` as host memory, if it lies in one region.
+    pub fn slice(&self, addr: u64, len: usize) -> Option<VolatileSlice<'_, ()>> {
+        self.slice_in(self.locate(addr, len)?, addr, len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn guest_ram_translates_within_one_region_only() {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x1000),
+            (GuestAddress(0x1000), 0x1000),
+            (GuestAddress(0x4000), 0x1000),
+        ])
+        .unwrap();
+        mem.write_slice(b"abcd", GuestAddress(0x4ffc)).unwrap();
+        let ram = GuestRam::new(Arc::new(mem));
+        assert_eq!(ram.locate(0, 0x1000), Some(0));
+        assert_eq!(ram.locate(0x1800, 0x800), Some(1));
+        assert_eq!(ram.locate(0xff0, 0x20), None, "spans two regions");
+        assert_eq!(ram.locate(0x2000, 1), None, "in the gap");
+        assert_eq!(ram.locate(0x4ffc, 5), None, "past the end");
+        assert_eq!(ram.locate(u64::MAX, 2), None);
+        let mut got = [0u8; 4];
+        ram.slice(0x4ffc, 4).unwrap().copy_to(&mut got[..]);
+        assert_eq!(&got, b"abcd");
+        assert!(ram.slice_in(2, 0x4ffc, 5).is_none());
+        assert!(ram.slice_in(1, 0x4ffc, 4).is_none(), "not in that region");
+        assert!(ram.slice_in(3, 0, 1).is_none());
+        assert!(ram.slice_in(0, 0x1000, 0).is_some_and(|s| s.is_empty()));
+    }
 }

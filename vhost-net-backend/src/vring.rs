@@ -14,9 +14,10 @@ use virtio_bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY,
 };
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::sys::GuestRam;
 use crate::vhost_user::memory::MemoryTable;
 
 /// Largest queue size the device accepts (QEMU's limit for vhost-user; DPDK and
@@ -69,7 +70,10 @@ pub struct Vring {
     enabled: bool,
     started: bool,
     positioned: bool,
-    mem: Option<Arc<GuestMemoryMmap>>,
+    ram: Option<GuestRam>,
+    /// The memory regions holding the descriptor table, available ring and used ring (found
+    /// when the queue was activated).
+    regions: [u32; 3],
     features: u64,
     signalled_used: Wrapping<u16>,
     /// The driver's available index as last read (see [`Ring::pop_head`]).
@@ -90,7 +94,8 @@ impl Default for Vring {
             enabled: false,
             started: false,
             positioned: false,
-            mem: None,
+            ram: None,
+            regions: [0; 3],
             features: 0,
             signalled_used: Wrapping(0),
             avail_seen: Wrapping(0),
@@ -186,7 +191,7 @@ impl Vring {
 
     /// Sets the guest memory and (re)computes the ring's guest addresses from `table`.
     pub fn set_memory(&mut self, mem: Option<Arc<GuestMemoryMmap>>, table: &MemoryTable) {
-        self.mem = mem;
+        self.ram = mem.map(GuestRam::new);
         self.activate(table);
     }
 
@@ -201,9 +206,10 @@ impl Vring {
     pub fn activate(&mut self, table: &MemoryTable) {
         self.generation += 1;
         self.queue.set_ready(false);
-        let (Some(mem), Some(addrs), true) = (self.mem.clone(), self.addrs, self.started) else {
+        let (Some(ram), Some(addrs), true) = (&self.ram, self.addrs, self.started) else {
             return;
         };
+        let mem = ram.memory();
         let (Some(desc), Some(avail), Some(used)) = (
             table.va_to_gpa(addrs.desc),
             table.va_to_gpa(addrs.avail),
@@ -220,18 +226,23 @@ impl Vring {
             return;
         }
         q.set_ready(true);
-        if !q.is_valid(mem.as_ref()) {
+        if !q.is_valid(mem) {
             q.set_ready(false);
             return;
         }
         // The datapath reaches each part of the ring through one host memory slice.
-        if Ring::resolve(q, mem.as_ref(), &mut self.avail_seen).is_none() {
-            warn!("a virtqueue's rings are not each in one memory region; queue not started");
-            q.set_ready(false);
-            return;
+        let lens = ring_lens(q.size());
+        let addrs = [q.desc_table(), q.avail_ring(), q.used_ring()];
+        for ((region, addr), len) in self.regions.iter_mut().zip(addrs).zip(lens) {
+            let Some(found) = ram.locate(addr, len) else {
+                warn!("a virtqueue's rings are not each in one memory region; queue not started");
+                q.set_ready(false);
+                return;
+            };
+            *region = found;
         }
         if !self.positioned {
-            let Ok(used_idx) = q.used_idx(mem.as_ref(), Ordering::Acquire) else {
+            let Ok(used_idx) = q.used_idx(mem, Ordering::Acquire) else {
                 q.set_ready(false);
                 return;
             };
@@ -251,7 +262,7 @@ impl Vring {
 
     /// Whether the datapath may use this ring now.
     pub fn is_running(&self) -> bool {
-        self.enabled && self.queue.ready() && self.mem.is_some()
+        self.enabled && self.queue.ready() && self.ram.is_some()
     }
 
     /// Whether the ring was started (kick received, not stopped).
@@ -293,8 +304,8 @@ impl Vring {
         if !self.queue.ready() {
             return None;
         }
-        let mem = self.mem.as_deref()?;
-        Ring::resolve(&mut self.queue, mem, &mut self.avail_seen)
+        let ram = self.ram.as_ref()?;
+        Ring::resolve(&mut self.queue, ram, self.regions, &mut self.avail_seen)
     }
 
     /// Publishes the used entries added since the last call (while the ring runs) and signals
@@ -302,27 +313,25 @@ impl Vring {
     /// NO_INTERRUPT flag).
     pub fn notify(&mut self) {
         let running = self.is_running();
-        let Some(mem) = self.mem.as_deref() else {
-            return;
-        };
         let new = Wrapping(self.queue.next_used());
         let old = self.signalled_used;
         if new == old {
             return;
         }
+        let event_idx = self.queue.event_idx_enabled();
+        let Some(ring) = self.ring() else {
+            return;
+        };
         // A stopped ring had its entries published by `stop`; its memory may be the
         // frontend's to reuse by now.
         if running {
-            if let Some(ring) = Ring::resolve(&mut self.queue, mem, &mut self.avail_seen) {
-                ring.publish_used();
-            }
+            ring.publish_used();
         }
         // The used index store must be visible before the driver's suppression field is read.
         fence(Ordering::SeqCst);
-        let avail = GuestAddress(self.queue.avail_ring());
-        let wanted = if self.queue.event_idx_enabled() {
-            let at = avail.unchecked_add(4 + 2 * u64::from(self.queue.size()));
-            match mem.load::<u16>(at, Ordering::Relaxed) {
+        let wanted = if event_idx {
+            let at = 4 + 2 * usize::from(ring.size());
+            match ring.avail.load::<u16>(at, Ordering::Relaxed) {
                 Ok(used_event) => {
                     let used_event = Wrapping(u16::from_le(used_event));
                     new - used_event - Wrapping(1) < new - old
@@ -330,7 +339,7 @@ impl Vring {
                 Err(_) => true,
             }
         } else {
-            match mem.load::<u16>(avail, Ordering::Relaxed) {
+            match ring.avail.load::<u16>(0, Ordering::Relaxed) {
                 Ok(flags) => u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0,
                 Err(_) => true,
             }
@@ -354,7 +363,7 @@ impl Vring {
 #[derive(Debug)]
 pub struct Ring<'a> {
     queue: &'a mut Queue,
-    mem: &'a GuestMemoryMmap,
+    mem: &'a GuestRam,
     desc: VolatileSlice<'a, ()>,
     avail: VolatileSlice<'a, ()>,
     used: VolatileSlice<'a, ()>,
@@ -369,18 +378,19 @@ fn ring_lens(size: u16) -> [usize; 3] {
 }
 
 impl<'a> Ring<'a> {
-    /// Resolves the queue's rings in `mem`; `None` unless each lies in one mapped region.
+    /// The queue's rings in `mem`, in the regions `regions` (desc, avail, used) that
+    /// [`Vring::activate`] found; `None` unless each lies in its region.
     fn resolve(
         queue: &'a mut Queue,
-        mem: &'a GuestMemoryMmap,
+        mem: &'a GuestRam,
+        regions: [u32; 3],
         avail_seen: &'a mut Wrapping<u16>,
     ) -> Option<Ring<'a>> {
         let [desc_len, avail_len, used_len] = ring_lens(queue.size());
-        let slice = |addr: u64, len: usize| mem.get_slice(GuestAddress(addr), len).ok();
         Some(Ring {
-            desc: slice(queue.desc_table(), desc_len)?,
-            avail: slice(queue.avail_ring(), avail_len)?,
-            used: slice(queue.used_ring(), used_len)?,
+            desc: mem.slice_in(regions[0], queue.desc_table(), desc_len)?,
+            avail: mem.slice_in(regions[1], queue.avail_ring(), avail_len)?,
+            used: mem.slice_in(regions[2], queue.used_ring(), used_len)?,
             queue,
             mem,
             avail_seen,
@@ -388,7 +398,7 @@ impl<'a> Ring<'a> {
     }
 
     /// The guest memory the ring's buffers are in.
-    pub fn mem(&self) -> &'a GuestMemoryMmap {
+    pub fn mem(&self) -> &'a GuestRam {
         self.mem
     }
 
@@ -509,6 +519,7 @@ impl<'a> Ring<'a> {
 mod tests {
     use super::*;
     use crate::test_util::{guest_memory, identity_table, TestRing};
+    use vm_memory::Address;
 
     #[test]
     fn size_must_be_power_of_two_within_limit() {

@@ -6,20 +6,39 @@
 //! `virtio_queue::DescriptorChain` ends a chain silently on most of these errors; the datapath
 //! must tell a malformed chain from a short one to drop and count it, so the walk is done here
 //! on the crate's descriptor type.
+//!
+//! Each buffer is translated once, here: its [`Seg`] names the memory region holding it, so
+//! the copy finds its host memory with a bounds check.
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions, VolatileMemory,
-    VolatileSlice,
-};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, VolatileMemory, VolatileSlice};
 
-/// A buffer of a chain: guest physical address and length.
+use crate::sys::GuestRam;
+
+/// A buffer of a chain: guest physical address, length, and the memory region holding it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Seg {
     /// Guest physical address.
     pub addr: u64,
     /// Length in bytes.
     pub len: u32,
+    /// The memory region holding the whole buffer ([`GuestRam::locate`]), or [`SPANS`] when
+    /// it spans regions.
+    pub region: u32,
+}
+
+/// [`Seg::region`] of a buffer that spans memory regions (translated piece by piece).
+pub const SPANS: u32 = u32::MAX;
+
+impl Seg {
+    /// A buffer at `addr` not yet located (found with a region lookup when copied).
+    pub fn at(addr: u64, len: u32) -> Self {
+        Seg {
+            addr,
+            len,
+            region: SPANS,
+        }
+    }
 }
 
 /// What is wrong with a chain. Each is a drop reason the datapath counts.
@@ -68,7 +87,7 @@ pub enum DescTable<'a> {
 
 impl DescTable<'_> {
     /// Descriptor `index` (which the caller checked against the table's length).
-    fn read(&self, mem: &GuestMemoryMmap, index: u32) -> Result<Descriptor, ChainError> {
+    fn read(&self, mem: &GuestRam, index: u32) -> Result<Descriptor, ChainError> {
         let offset = u64::from(index) * 16;
         match self {
             DescTable::Host(slice) => usize::try_from(offset)
@@ -80,7 +99,9 @@ impl DescTable<'_> {
                 let at = GuestAddress(*table)
                     .checked_add(offset)
                     .ok_or(ChainError::OutOfMemory)?;
-                mem.read_obj(at).map_err(|_| ChainError::OutOfMemory)
+                mem.memory()
+                    .read_obj(at)
+                    .map_err(|_| ChainError::OutOfMemory)
             }
         }
     }
@@ -104,7 +125,7 @@ pub struct WalkParams<'a> {
 /// Walks the chain starting at `head`, storing its non-empty buffers in `segs`. Returns the
 /// number of buffers and their total length.
 pub fn walk(
-    mem: &GuestMemoryMmap,
+    mem: &GuestRam,
     p: &WalkParams,
     head: u16,
     segs: &mut [Seg],
@@ -134,12 +155,13 @@ pub fn walk(
             if len == 0 || !len.is_multiple_of(16) || len / 16 > u32::from(p.queue_size) {
                 return Err(ChainError::BadIndirect);
             }
-            table = match vm_memory::GuestMemoryBackend::get_slice(mem, desc.addr(), len as usize) {
-                Ok(slice) => DescTable::Host(slice),
-                Err(_) if mem.check_range(desc.addr(), len as usize, Permissions::Read) => {
-                    DescTable::Guest(desc.addr().raw_value())
+            let addr = desc.addr().raw_value();
+            table = match mem.slice(addr, len as usize) {
+                Some(slice) => DescTable::Host(slice),
+                None if mem.memory().check_range(desc.addr(), len as usize) => {
+                    DescTable::Guest(addr)
                 }
-                Err(_) => return Err(ChainError::OutOfMemory),
+                None => return Err(ChainError::OutOfMemory),
             };
             table_len = len / 16;
             index = 0;
@@ -157,18 +179,14 @@ pub fn walk(
                 .checked_add(len)
                 .filter(|t| *t <= p.max_len)
                 .ok_or(ChainError::TooBig)?;
-            let access = match p.direction {
-                Direction::Read => Permissions::Read,
-                Direction::Write => Permissions::Write,
+            let addr = desc.addr().raw_value();
+            let region = match mem.locate(addr, len as usize) {
+                Some(region) => region,
+                None if mem.memory().check_range(desc.addr(), len as usize) => SPANS,
+                None => return Err(ChainError::OutOfMemory),
             };
-            if !mem.check_range(desc.addr(), len as usize, access) {
-                return Err(ChainError::OutOfMemory);
-            }
             let slot = segs.get_mut(nsegs).ok_or(ChainError::TooLong)?;
-            *slot = Seg {
-                addr: desc.addr().raw_value(),
-                len,
-            };
+            *slot = Seg { addr, len, region };
             nsegs += 1;
         }
         if !desc.has_next() {
@@ -181,23 +199,27 @@ pub fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use virtio_bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
     use virtio_queue::desc::RawDescriptor;
+    use vm_memory::GuestMemoryMmap;
 
     const TABLE: u64 = 0x1000;
     const NEXT: u16 = VRING_DESC_F_NEXT as u16;
     const WRITE: u16 = VRING_DESC_F_WRITE as u16;
     const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 
-    fn mem() -> GuestMemoryMmap {
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap()
+    fn mem() -> GuestRam {
+        let m = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        GuestRam::new(Arc::new(m))
     }
 
-    fn put(mem: &GuestMemoryMmap, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+    fn put(mem: &GuestRam, table: u64, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let d = RawDescriptor::from(Descriptor::new(addr, len, flags, next));
-        mem.write_obj(d, GuestAddress(table + 16 * u64::from(i)))
+        mem.memory()
+            .write_obj(d, GuestAddress(table + 16 * u64::from(i)))
             .unwrap();
     }
 
@@ -211,11 +233,7 @@ mod tests {
         }
     }
 
-    fn run(
-        mem: &GuestMemoryMmap,
-        p: &WalkParams,
-        head: u16,
-    ) -> Result<(Vec<Seg>, u32), ChainError> {
+    fn run(mem: &GuestRam, p: &WalkParams, head: u16) -> Result<(Vec<Seg>, u32), ChainError> {
         let mut segs = [Seg::default(); 16];
         walk(mem, p, head, &mut segs).map(|(n, t)| (segs[..n].to_vec(), t))
     }
@@ -232,20 +250,20 @@ mod tests {
             vec![
                 Seg {
                     addr: 0x8000,
-                    len: 12
+                    len: 12,
+                    region: 0
                 },
                 Seg {
                     addr: 0xa000,
-                    len: 100
+                    len: 100,
+                    region: 0
                 }
             ]
         );
         assert_eq!(total, 112);
         // The same through the table resolved to host memory, as the rings give it.
         let host = WalkParams {
-            table: DescTable::Host(
-                vm_memory::GuestMemoryBackend::get_slice(&m, GuestAddress(TABLE), 128).unwrap(),
-            ),
+            table: DescTable::Host(m.slice(TABLE, 128).unwrap()),
             ..params(Direction::Read)
         };
         assert_eq!(run(&m, &host, 0).unwrap(), (segs, total));
@@ -259,14 +277,21 @@ mod tests {
             (GuestAddress(0x8000), 0x8000),
         ])
         .unwrap();
+        let m = GuestRam::new(Arc::new(m));
         let p = params(Direction::Read);
-        // Two descriptors, one on each side of the regions' boundary.
+        // Two descriptors, one on each side of the regions' boundary; the second buffer spans
+        // the boundary too.
         let ind = 0x8000 - 16;
         put(&m, ind, 0, 0x9000, 12, NEXT, 1);
-        put(&m, ind, 1, 0xa000, 100, 0, 0);
+        put(&m, ind, 1, 0x7f00, 0x200, 0, 0);
         put(&m, TABLE, 0, ind, 32, INDIRECT, 0);
         let (segs, total) = run(&m, &p, 0).unwrap();
-        assert_eq!((segs.len(), total), (2, 112));
+        assert_eq!(total, 12 + 0x200);
+        assert_eq!(
+            segs.iter().map(|s| s.region).collect::<Vec<_>>(),
+            [1, SPANS],
+            "each buffer names its region, or none"
+        );
     }
 
     #[test]

@@ -1,16 +1,26 @@
 //! Copying a frame into a receiving guest's buffers: straight from the sending guest's buffers
 //! (the single copy of the VM-to-VM path) or from local bytes (headers, software segments).
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 use super::chain::Seg;
+use crate::sys::GuestRam;
 
-/// The largest piece of guest memory at `addr` (up to `max` bytes) that is contiguous in the
-/// backend's address space.
-fn slice_at(mem: &GuestMemoryMmap, addr: u64, max: usize) -> Option<VolatileSlice<'_, ()>> {
-    GuestMemoryBackend::get_slices(mem, GuestAddress(addr), max)
-        .next()?
-        .ok()
+/// The largest piece of buffer `seg` from byte `off` on (up to `max` bytes) that is
+/// contiguous in the backend's address space: found in the region the chain walk located it
+/// in, or, for a buffer across regions, by a region lookup.
+fn slice_at<'m>(
+    mem: &'m GuestRam,
+    seg: &Seg,
+    off: usize,
+    max: usize,
+) -> Option<VolatileSlice<'m, ()>> {
+    let addr = seg.addr + off as u64;
+    mem.slice_in(seg.region, addr, max).or_else(|| {
+        GuestMemoryBackend::get_slices(mem.memory(), GuestAddress(addr), max)
+            .next()?
+            .ok()
+    })
 }
 
 /// Where frame bytes come from.
@@ -19,7 +29,7 @@ pub enum Source<'a> {
     /// A guest's buffers, from byte `skip` of the chain on.
     Guest {
         /// The sending guest's memory.
-        mem: &'a GuestMemoryMmap,
+        mem: &'a GuestRam,
         /// Its chain's buffers.
         segs: &'a [Seg],
         /// Bytes of the chain to skip (its virtio-net header, a rewritten Ethernet head).
@@ -109,7 +119,7 @@ impl<'a> Reader<'a> {
                     Source::Guest { mem, segs, .. } => {
                         let Some(s) = segs.get(self.seg) else { break };
                         let want = (s.len as usize - self.seg_off).min(out.len());
-                        let Some(src) = slice_at(mem, s.addr + self.seg_off as u64, want) else {
+                        let Some(src) = slice_at(mem, s, self.seg_off, want) else {
                             break;
                         };
                         src.copy_to_volatile_slice(out);
@@ -134,12 +144,12 @@ impl<'a> Reader<'a> {
 
     /// Copies into the buffers `segs` of `mem`, in order, until they are full or the reader is
     /// empty; returns the bytes written.
-    pub fn copy_into(&mut self, mem: &GuestMemoryMmap, segs: &[Seg]) -> usize {
+    pub fn copy_into(&mut self, mem: &GuestRam, segs: &[Seg]) -> usize {
         let mut written = 0;
         for s in segs {
             let mut off = 0usize;
             while off < s.len as usize && self.remaining > 0 {
-                let Some(dst) = slice_at(mem, s.addr + off as u64, s.len as usize - off) else {
+                let Some(dst) = slice_at(mem, s, off, s.len as usize - off) else {
                     return written;
                 };
                 let n = self.fill(&dst);
@@ -167,12 +177,17 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::Bytes;
+    use std::sync::Arc;
+    use vm_memory::{Bytes, GuestMemoryMmap};
 
-    fn mem() -> GuestMemoryMmap {
+    fn mem() -> GuestRam {
         // Two regions back to back: buffers may straddle them.
-        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1000), (GuestAddress(0x1000), 0x1000)])
-            .unwrap()
+        let m = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x1000),
+            (GuestAddress(0x1000), 0x1000),
+        ])
+        .unwrap();
+        GuestRam::new(Arc::new(m))
     }
 
     #[test]
@@ -184,20 +199,20 @@ mod tests {
         let mut chain = vec![0xeeu8; 10];
         chain.extend_from_slice(&frame);
         src_mem
+            .memory()
             .write_slice(&chain[..50], GuestAddress(0x100))
             .unwrap();
         src_mem
+            .memory()
             .write_slice(&chain[50..], GuestAddress(0xfc0))
             .unwrap();
         let src_segs = [
             Seg {
                 addr: 0x100,
                 len: 50,
+                region: 0,
             },
-            Seg {
-                addr: 0xfc0,
-                len: 160,
-            },
+            Seg::at(0xfc0, 160),
         ];
         let prefix = [1u8, 2, 3];
         let mut r = Reader::new(
@@ -211,22 +226,22 @@ mod tests {
         );
         assert_eq!(r.remaining(), 203);
         let dst_segs = [
-            Seg {
-                addr: 0xff0,
-                len: 100,
-            },
+            Seg::at(0xff0, 100),
             Seg {
                 addr: 0x200,
                 len: 500,
+                region: 0,
             },
         ];
         assert_eq!(r.copy_into(&dst_mem, &dst_segs), 203);
         assert_eq!(r.remaining(), 0);
         let mut out = vec![0u8; 203];
         dst_mem
+            .memory()
             .read_slice(&mut out[..100], GuestAddress(0xff0))
             .unwrap();
         dst_mem
+            .memory()
             .read_slice(&mut out[100..], GuestAddress(0x200))
             .unwrap();
         assert_eq!(&out[..3], &prefix);
@@ -238,24 +253,34 @@ mod tests {
         let m = mem();
         let bytes = [7u8; 64];
         let mut r = Reader::new(&[], &[], Source::Local(&bytes));
-        assert_eq!(r.copy_into(&m, &[Seg { addr: 0, len: 40 }]), 40);
+        assert_eq!(r.copy_into(&m, &[Seg::at(0, 40)]), 40);
         assert_eq!(r.remaining(), 24);
-        assert_eq!(r.copy_into(&m, &[Seg { addr: 100, len: 40 }]), 24);
+        assert_eq!(r.copy_into(&m, &[Seg::at(100, 40)]), 24);
         let mut out = [0u8; 24];
-        m.read_slice(&mut out, GuestAddress(100)).unwrap();
+        m.memory().read_slice(&mut out, GuestAddress(100)).unwrap();
         assert_eq!(out, [7u8; 24]);
     }
 
     #[test]
     fn read_local_gathers() {
         let m = mem();
-        m.write_slice(b"hello", GuestAddress(0x10)).unwrap();
-        m.write_slice(b" world", GuestAddress(0x800)).unwrap();
+        m.memory()
+            .write_slice(b"hello", GuestAddress(0x10))
+            .unwrap();
+        m.memory()
+            .write_slice(b" world", GuestAddress(0x800))
+            .unwrap();
         let segs = [
-            Seg { addr: 0x10, len: 5 },
+            Seg {
+                addr: 0x10,
+                len: 5,
+                region: 0,
+            },
             Seg {
                 addr: 0x800,
                 len: 6,
+                // A wrong region: the copy finds the right one.
+                region: 1,
             },
         ];
         let mut r = Reader::new(

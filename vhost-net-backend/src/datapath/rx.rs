@@ -181,7 +181,7 @@ pub fn deliver(
         let n = (count as u16).to_le_bytes();
         for (addr, byte) in nb_addrs.iter().zip(n) {
             if let Some(a) = addr {
-                let _ = mem.write_obj(byte, GuestAddress(*a));
+                let _ = mem.memory().write_obj(byte, GuestAddress(*a));
             }
         }
     }

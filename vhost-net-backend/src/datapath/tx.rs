@@ -16,7 +16,6 @@ use bridge_core::offload;
 use bridge_core::policy::HookPoint;
 use bridge_core::reject::{reject_reply, MAX_REPLY_LEN};
 use bridge_core::{Decision, DropReason, Egress, IngressBatch, NetworkId, PortId};
-use vm_memory::GuestMemoryMmap;
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -31,6 +30,7 @@ use super::vnet_hdr::{Gso, VnetHdr, MAX_HDR_LEN};
 use super::{Attachment, Datapath, PortTable};
 use crate::capture::{self, Captures};
 use crate::port::Port;
+use crate::sys::GuestRam;
 use crate::vhu_net::Negotiated;
 use crate::vring::{UsedElem, Vring, MAX_QUEUE_SIZE};
 
@@ -119,7 +119,7 @@ impl SetAside {
     fn frame<'s>(
         &'s self,
         i: usize,
-        mem: &'s GuestMemoryMmap,
+        mem: &'s GuestRam,
         hdr_len: usize,
         pair: usize,
     ) -> TxFrame<'s> {
@@ -307,7 +307,7 @@ struct Batch<'a, 'p> {
 
 /// A frame: its first bytes copied, the rest in the sender's memory.
 struct TxFrame<'a> {
-    mem: &'a GuestMemoryMmap,
+    mem: &'a GuestRam,
     segs: &'a [Seg],
     hdr_len: usize,
     len: usize,
@@ -352,7 +352,7 @@ impl<'a, 'p> Batch<'a, 'p> {
     /// Walks and checks the chain at `head`: the frame, or `None` (counted) if unusable.
     fn read<'s>(
         &self,
-        mem: &'s GuestMemoryMmap,
+        mem: &'s GuestRam,
         head: u16,
         segs: &'s mut [Seg],
         peek: &'s mut [u8; MAX_HDR_LEN + PEEK_LEN],
@@ -400,7 +400,7 @@ impl<'a, 'p> Batch<'a, 'p> {
 
     /// Checks, decides, judges and delivers the frame at chain `head` (or sets it aside for
     /// judging).
-    fn frame(&self, mem: &GuestMemoryMmap, head: u16, s: &mut TxScratch) {
+    fn frame(&self, mem: &GuestRam, head: u16, s: &mut TxScratch) {
         let Some(frame) = self.read(mem, head, &mut s.segs, &mut s.peek) else {
             return;
         };
@@ -439,7 +439,7 @@ impl<'a, 'p> Batch<'a, 'p> {
     /// were judged.
     fn judge_set_aside(
         &self,
-        mem: &GuestMemoryMmap,
+        mem: &GuestRam,
         stage: &mut PolicyStage,
         aside: &mut SetAside,
         bufs: &mut OutBufs,
@@ -667,7 +667,7 @@ mod tests {
         VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_MRG_RXBUF,
     };
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
     use vmm_sys_util::eventfd::EventFd;
 
     use crate::config::PortConfig;
