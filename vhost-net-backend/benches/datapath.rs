@@ -1,0 +1,178 @@
+//! The datapath's cost per frame in-process, without a frontend or a second CPU:
+//! `cargo bench -p vhost-net-backend --bench datapath`.
+//!
+//! - `vm-to-vm/64B`: TX batches of 64 frames of 64 bytes from guest A to guest B through the
+//!   learning bridge (B's address learned), no policy: A's transmit queue and B's receive queue
+//!   (256 entries, VERSION_1, MRG_RXBUF, EVENT_IDX) in file-backed guest memories of two
+//!   regions each, as the load generator lays them out. Each iteration makes 64 more chains
+//!   available on both queues and runs one batch (`tx::run_batch`).
+//!
+//! Measured in CPU time of the benchmark thread (as the switch bench does), so figures hold on a
+//! loaded machine. Throughput is in frames: the time per element is the cost per frame. The rings stay
+//! in this CPU's cache, so this is the path's instruction cost; the daemon bench adds the cache
+//! misses of rings shared with guests on another CPU.
+
+#[path = "../../bridge-core/benches/cpu_time/mod.rs"]
+mod cpu_time;
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use bridge_core::{NetworkConfig, PortConfig as SwitchPortConfig, Switch};
+use cpu_time::CpuTime;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use policy_sdk::frames::{udp4, Endpoint};
+use vhost::vhost_user::message::VhostUserMemoryRegion;
+use vhost_net_backend::datapath::tx::{run_batch, TxScratch, BATCH};
+use vhost_net_backend::datapath::Datapath;
+use vhost_net_backend::port::Port;
+use vhost_net_backend::vhost_user::memory::MemoryTable;
+use vhost_net_backend::vring::RingAddresses;
+use vhost_net_backend::PortConfig;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_WRITE};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Bytes of each of a guest memory's two regions (the second right after the first).
+const REGION: u64 = 0x10_0000;
+const QUEUE: u16 = 256;
+/// Queue structures: descriptor table, then available ring (+0x1000), used ring (+0x2000).
+const RINGS: [u64; 2] = [0x0000, 0x4000];
+/// Receive buffers (2 KiB each) in the first region, transmit buffers in the second.
+const RX_BUFS: u64 = 0x1_0000;
+const TX_BUFS: u64 = REGION + 0x1_0000;
+const FEATURES: u64 =
+    1 << VIRTIO_F_VERSION_1 | 1 << VIRTIO_NET_F_MRG_RXBUF | 1 << VIRTIO_RING_F_EVENT_IDX;
+const HDR_LEN: usize = 12;
+
+/// A guest on a port: its memory and the available indexes it has posted.
+struct Guest {
+    port: Arc<Port>,
+    mem: Arc<GuestMemoryMmap>,
+    avail: [u16; 2],
+}
+
+impl Guest {
+    /// A guest whose queue 0 (receive) and 1 (transmit) run, every descriptor `i` of a queue
+    /// naming buffer `i`, every available slot `i` naming descriptor `i`.
+    fn new(dp: &Datapath, switch: &Switch, net: bridge_core::NetworkId, n: usize) -> Self {
+        let id = switch.add_port(net, SwitchPortConfig::default()).unwrap();
+        let config = PortConfig::new(format!("/bench/{n}"));
+        let port = Arc::new(Port::new(id, config, switch.port_counters(id).unwrap()).unwrap());
+        dp.insert(Arc::clone(&port));
+        let mut table = MemoryTable::default();
+        for i in 0..2 {
+            let file = tempfile::tempfile().unwrap();
+            file.set_len(REGION).unwrap();
+            let region = VhostUserMemoryRegion::new(i * REGION, REGION, i * REGION, 0);
+            table.add(&region, file).unwrap();
+        }
+        let mem = table.guest_memory().unwrap();
+        for (q, base) in RINGS.iter().enumerate() {
+            for i in 0..QUEUE {
+                let (addr, len, flags) = if q == 0 {
+                    (
+                        RX_BUFS + u64::from(i) * 2048,
+                        2048u32,
+                        VRING_DESC_F_WRITE as u16,
+                    )
+                } else {
+                    (TX_BUFS + u64::from(i) * 128, 0, 0)
+                };
+                let desc = base + 16 * u64::from(i);
+                mem.write_obj(addr, GuestAddress(desc)).unwrap();
+                mem.write_obj(len, GuestAddress(desc + 8)).unwrap();
+                mem.write_obj(flags, GuestAddress(desc + 12)).unwrap();
+                mem.write_obj(i, GuestAddress(base + 0x1004 + 2 * u64::from(i)))
+                    .unwrap();
+            }
+            let mut v = port.device().vring(q).unwrap();
+            v.set_size(u32::from(QUEUE)).unwrap();
+            v.set_addresses(RingAddresses {
+                desc: *base,
+                avail: base + 0x1000,
+                used: base + 0x2000,
+            });
+            v.set_features(FEATURES);
+            v.start(None, false);
+            v.set_memory(Some(Arc::clone(&mem)), &table);
+            assert!(v.is_running());
+        }
+        Guest {
+            port,
+            mem,
+            avail: [0; 2],
+        }
+    }
+
+    /// Makes `n` more chains available on queue `q`.
+    fn post(&mut self, q: usize, n: u16) {
+        self.avail[q] = self.avail[q].wrapping_add(n);
+        let at = GuestAddress(RINGS[q] + 0x1002);
+        self.mem.write_obj(self.avail[q], at).unwrap();
+    }
+
+    /// Puts `frame` (after a zero virtio-net header) in every transmit buffer.
+    fn fill_tx(&self, frame: &[u8]) {
+        for i in 0..u64::from(QUEUE) {
+            let buf = TX_BUFS + i * 128;
+            let len = (HDR_LEN + frame.len()) as u32;
+            self.mem
+                .write_slice(&[0; HDR_LEN], GuestAddress(buf))
+                .unwrap();
+            self.mem
+                .write_slice(frame, GuestAddress(buf + HDR_LEN as u64))
+                .unwrap();
+            self.mem
+                .write_obj(len, GuestAddress(RINGS[1] + 16 * i + 8))
+                .unwrap();
+        }
+    }
+}
+
+/// A 64-byte UDP/IPv4 frame from `from` to `to`.
+fn frame(from: Endpoint, to: Endpoint) -> Vec<u8> {
+    let f = udp4(from, to, 40000, 9, &[0; 22]);
+    assert_eq!(f.len(), 64);
+    f
+}
+
+fn vm_to_vm(c: &mut Criterion<CpuTime>) {
+    let switch = Arc::new(Switch::new());
+    let net = switch.add_network(NetworkConfig::default());
+    let dp = Datapath::new(Arc::clone(&switch));
+    let mut a = Guest::new(&dp, &switch, net, 0);
+    let mut b = Guest::new(&dp, &switch, net, 1);
+    let ep_a = Endpoint::new([2, 0, 0, 0, 0, 1], [10, 0, 0, 1]);
+    let ep_b = Endpoint::new([2, 0, 0, 0, 0, 2], [10, 0, 0, 2]);
+    let mut scratch = TxScratch::default();
+    // B speaks first: its address is learned, A's frames to it are unicast.
+    b.fill_tx(&frame(ep_b, ep_a));
+    a.post(0, 1);
+    b.post(1, 1);
+    run_batch(&dp, &b.port, 1, &mut scratch);
+    a.fill_tx(&frame(ep_a, ep_b));
+    b.post(0, 2 * BATCH as u16);
+
+    let mut group = c.benchmark_group("vm-to-vm");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("64B", |bench| {
+        bench.iter(|| {
+            a.post(1, BATCH as u16);
+            b.post(0, BATCH as u16);
+            black_box(run_batch(&dp, &a.port, 1, &mut scratch));
+        });
+    });
+    group.finish();
+    let rx = b.port.switch_counters().snapshot();
+    assert!(rx.tx_frames > 0, "frames reached B");
+    assert_eq!(b.port.counters().snapshot().total(), 0, "no drops");
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(CpuTime);
+    targets = vm_to_vm
+}
+criterion_main!(benches);
