@@ -1,10 +1,14 @@
 //! Connection tracking: states, timeouts, overflow, verdict slots, shared use.
 
+#[path = "fixtures/ipv4_route.rs"]
+mod ipv4_route;
+use ipv4_route::route;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use bridge_core::conntrack::*;
-use bridge_core::gateway::frame::{ipv4_frame, udp_frame, Ipv4Route};
+use bridge_core::gateway::frame::{ipv4_frame, udp_frame};
 use bridge_core::gateway::icmp::{self, ErrorKind};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, Icmpv4DstUnreachable, IpProtocol, Ipv4Address};
@@ -217,15 +221,6 @@ fn zones_keep_networks_apart() {
     other.tuple.zone = 2;
     assert_eq!(track(&ct, T0, &other).0, CtState::New);
     assert_eq!(ct.len(), 2);
-}
-
-fn route(src: Ipv4Addr, dst: Ipv4Addr) -> Ipv4Route {
-    Ipv4Route {
-        src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
-        dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
-        src_ip: src,
-        dst_ip: dst,
-    }
 }
 
 #[test]

@@ -1,26 +1,21 @@
 //! The cache of known flows in front of conntrack: what it answers, what always goes to
 //! conntrack, when it refreshes the flow, and what invalidates it.
 
+#[path = "fixtures/ipv4_route.rs"]
+mod ipv4_route;
+use ipv4_route::route;
+
 use std::net::Ipv4Addr;
 
 use bridge_core::conntrack::*;
 use bridge_core::flow_cache::FlowCache;
-use bridge_core::gateway::frame::{ipv4_frame, udp_frame, Ipv4Route};
+use bridge_core::gateway::frame::{ipv4_frame, udp_frame};
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{EthernetAddress, IpProtocol};
+use smoltcp::wire::IpProtocol;
 
 const T0: Instant = Instant::from_millis_const(1_000_000);
 const GUEST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
-
-fn route(src: Ipv4Addr, dst: Ipv4Addr) -> Ipv4Route {
-    Ipv4Route {
-        src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
-        dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
-        src_ip: src,
-        dst_ip: dst,
-    }
-}
 
 /// A TCP segment GUEST:40000 -> PEER:80 (or back, `reply`) with `flags` (S, A, F, R), parsed
 /// from its bytes.
