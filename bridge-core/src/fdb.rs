@@ -523,6 +523,7 @@ impl Fdb {
 
     /// Reloads the view's table (and forgets what the view learned and found) if its epoch
     /// moved.
+    #[inline]
     fn sync(&self, view: &mut View) {
         if view.table.epoch.load(Acquire) != view.epoch {
             *view = self.view(view.now);
@@ -531,6 +532,7 @@ impl Fdb {
 
     /// [`learn`](Self::learn) for the next frame of `view`'s batch: a key the batch learned
     /// (or found) on `port` already is known without looking at the table again.
+    #[inline]
     pub(crate) fn learn_in(
         &self,
         view: &mut View,
@@ -542,6 +544,19 @@ impl Fdb {
         if view.learned.get(key).is_some() {
             return Learn::Known;
         }
+        self.learn_first(view, key, port, ports)
+    }
+
+    /// [`learn_in`](Self::learn_in) for a key the batch has not learned yet (out of line: the
+    /// batch's frames mostly come from addresses it learned already).
+    #[inline(never)]
+    fn learn_first(
+        &self,
+        view: &mut View,
+        key: Key,
+        port: &Arc<Port>,
+        ports: &[Option<Arc<Port>>],
+    ) -> Learn {
         let learn = self.learn(&view.table, view.now, key, port, ports);
         if let Learn::Known | Learn::Added | Learn::Moved = learn {
             view.learned.put(key, Target::new(port, false));
@@ -551,6 +566,7 @@ impl Fdb {
 
     /// The port `key` is reached through, unless unknown, expired or gone from `ports`, for the
     /// next frame of `view`'s batch: a key the batch found already is not looked up again.
+    #[inline]
     pub(crate) fn lookup_in<'p>(
         &self,
         view: &mut View,
@@ -560,13 +576,18 @@ impl Fdb {
         self.sync(view);
         let target = match view.found.get(key) {
             Some(target) => target,
-            None => {
-                let target = self.find_live(&view.table, view.now, key)?;
-                view.found.put(key, target);
-                target
-            }
+            None => self.find_first(view, key)?,
         };
         target.resolve(ports)
+    }
+
+    /// Looks up a destination the batch has not found yet and remembers it (out of line, as
+    /// [`learn_first`](Self::learn_first)).
+    #[inline(never)]
+    fn find_first(&self, view: &mut View, key: Key) -> Option<Target> {
+        let target = self.find_live(&view.table, view.now, key)?;
+        view.found.put(key, target);
+        Some(target)
     }
 
     /// The target of `key` unless unknown or expired at `now`.
