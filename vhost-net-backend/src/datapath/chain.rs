@@ -124,7 +124,52 @@ pub struct WalkParams<'a> {
 
 /// Walks the chain starting at `head`, storing its non-empty buffers in `segs`. Returns the
 /// number of buffers and their total length.
+///
+/// The usual chain, one buffer in the ring's own table, is taken inline without the general
+/// walk's loop; anything else (or anything wrong with it) goes through the general walk.
+#[inline]
 pub fn walk(
+    mem: &GuestRam,
+    p: &WalkParams,
+    head: u16,
+    segs: &mut [Seg],
+) -> Result<(usize, u32), ChainError> {
+    match single(mem, p, head, segs) {
+        Some(found) => Ok(found),
+        None => walk_chain(mem, p, head, segs),
+    }
+}
+
+/// A chain of one direct buffer in a table in host memory, with every check the general walk
+/// makes for it: `Some` exactly when [`walk_chain`] would accept the chain as one buffer.
+#[inline]
+fn single(mem: &GuestRam, p: &WalkParams, head: u16, segs: &mut [Seg]) -> Option<(usize, u32)> {
+    let DescTable::Host(table) = p.table else {
+        return None;
+    };
+    if head >= p.queue_size {
+        return None;
+    }
+    let desc = table
+        .get_ref::<Descriptor>(usize::from(head) * 16)
+        .ok()?
+        .load();
+    let lone = !desc.has_next() && !desc.refers_to_indirect_table();
+    let len = desc.len();
+    if !lone || desc.is_write_only() != (p.direction == Direction::Write) {
+        return None;
+    }
+    if len == 0 || len > p.max_len {
+        return None;
+    }
+    let addr = desc.addr().raw_value();
+    let region = mem.locate(addr, len as usize)?;
+    *segs.first_mut()? = Seg { addr, len, region };
+    Some((1, len))
+}
+
+/// The general walk of [`walk`].
+fn walk_chain(
     mem: &GuestRam,
     p: &WalkParams,
     head: u16,
@@ -377,6 +422,65 @@ mod tests {
         // Table outside memory.
         put(&m, TABLE, 2, 0x20_0000, 32, INDIRECT, 0);
         assert_eq!(run(&m, &p, 2), Err(ChainError::OutOfMemory));
+    }
+
+    #[test]
+    fn one_buffer_chains_walk_as_the_general_walk_does() {
+        let m = GuestRam::new(Arc::new(
+            GuestMemoryMmap::from_ranges(&[
+                (GuestAddress(0), 0x8000),
+                (GuestAddress(0x8000), 0x8000),
+            ])
+            .unwrap(),
+        ));
+        let host = |direction| WalkParams {
+            table: DescTable::Host(m.slice(TABLE, 128).unwrap()),
+            max_len: 1000,
+            ..params(direction)
+        };
+        // (addr, len, flags): a good buffer, then one of each thing the fast path leaves to
+        // the general walk.
+        let cases = [
+            (0x9000, 100, 0),
+            (0x9000, 100, WRITE),
+            (0x9000, 0, 0),
+            (0x9000, 1001, 0),
+            (0x7f00, 0x200, 0),
+            (0x20_0000, 10, 0),
+            (0x9000, 10, NEXT),
+            (0x4000, 32, INDIRECT),
+        ];
+        put(&m, 0x4000, 0, 0x9000, 10, 0, 0);
+        put(&m, 0x4000, 1, 0x9000, 10, 0, 0);
+        for (addr, len, flags) in cases {
+            put(&m, TABLE, 0, addr, len, flags, 1);
+            put(&m, TABLE, 1, 0xa000, 7, 0, 0);
+            for direction in [Direction::Read, Direction::Write] {
+                for room in [0, 1, 4] {
+                    let p = host(direction);
+                    let (mut fast, mut general) = ([Seg::default(); 4], [Seg::default(); 4]);
+                    let got = walk(&m, &p, 0, &mut fast[..room]);
+                    let want = walk_chain(&m, &p, 0, &mut general[..room]);
+                    assert_eq!(got, want, "{addr:#x} {len} {flags} {direction:?} {room}");
+                    assert_eq!(fast, general);
+                }
+            }
+        }
+        assert_eq!(
+            walk(&m, &host(Direction::Read), 8, &mut [Seg::default(); 4]),
+            Err(ChainError::BadIndex)
+        );
+        put(&m, TABLE, 0, 0x9000, 100, 0, 0);
+        let mut segs = [Seg::default(); 4];
+        assert_eq!(walk(&m, &host(Direction::Read), 0, &mut segs), Ok((1, 100)));
+        assert_eq!(
+            segs[0],
+            Seg {
+                addr: 0x9000,
+                len: 100,
+                region: 1
+            }
+        );
     }
 
     #[test]

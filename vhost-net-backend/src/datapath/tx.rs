@@ -373,8 +373,16 @@ impl<'a, 'p> Batch<'a, 'p> {
             return None;
         }
         let peek_len = total.min(peek.len());
-        Reader::new(&[], &[], Source::Guest { mem, segs, skip: 0 })
-            .read_local(&mut peek[..peek_len]);
+        // Usually all in the first buffer, in one region: one copy without the reader.
+        let first = segs
+            .first()
+            .filter(|s| s.len as usize >= peek_len && s.region != chain::SPANS)
+            .and_then(|s| mem.slice_in(s.region, s.addr, peek_len));
+        match first {
+            Some(bytes) => bytes.copy_to(&mut peek[..peek_len]),
+            None => Reader::new(&[], &[], Source::Guest { mem, segs, skip: 0 })
+                .read_local(&mut peek[..peek_len]),
+        };
         let len = total - hdr_len;
         let vnet = match VnetHdr::parse_tx(&peek[..hdr_len], self.features, len) {
             Ok(v) => v,
