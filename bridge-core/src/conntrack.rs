@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -165,6 +165,18 @@ pub struct TcpFlags {
     pub rst: bool,
 }
 
+impl TcpFlags {
+    /// The flags of a TCP header's flags byte (its 14th).
+    fn of(byte: u8) -> Self {
+        TcpFlags {
+            fin: byte & 0x01 != 0,
+            syn: byte & 0x02 != 0,
+            rst: byte & 0x04 != 0,
+            ack: byte & 0x10 != 0,
+        }
+    }
+}
+
 /// What a packet is, as far as tracking goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PacketKind {
@@ -209,15 +221,77 @@ impl PacketMeta {
         head: &[u8],
         packet_len: usize,
     ) -> Result<Self, ConntrackError> {
+        Ipv4Fields::parse(zone, head, packet_len)?.meta()
+    }
+}
+
+/// What conntrack reads of an IPv4 packet, read from its bytes and checked as
+/// [`PacketMeta::parse_ipv4_head`] checks them, before it builds the [`PacketMeta`]
+/// ([`meta`](Self::meta)). A [`crate::flow_cache::FlowCache`] is looked up by them as they
+/// are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Fields<'a> {
+    /// The network (conntrack zone).
+    pub zone: u32,
+    /// The source address.
+    pub src: Ipv4Addr,
+    /// The destination address.
+    pub dst: Ipv4Addr,
+    /// The transport header's fields.
+    pub transport: Transport<'a>,
+}
+
+/// What conntrack reads of a transport header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport<'a> {
+    /// TCP: ports and flags.
+    Tcp {
+        /// Source port.
+        src_port: u16,
+        /// Destination port.
+        dst_port: u16,
+        /// Flags.
+        flags: TcpFlags,
+    },
+    /// UDP: ports.
+    Udp {
+        /// Source port.
+        src_port: u16,
+        /// Destination port.
+        dst_port: u16,
+    },
+    /// An ICMP echo request (`request`) or reply.
+    IcmpEcho {
+        /// The echo identifier.
+        ident: u16,
+        /// True for a request.
+        request: bool,
+    },
+    /// An ICMP error.
+    IcmpError {
+        /// The bytes after its ICMP header (the quoted packet) at hand.
+        quoted: &'a [u8],
+    },
+}
+
+/// The big-endian 16 bits at `at` of a fixed-size header.
+fn be16<const N: usize>(header: &[u8; N], at: usize) -> u16 {
+    u16::from_be_bytes([header[at], header[at + 1]])
+}
+
+impl<'a> Ipv4Fields<'a> {
+    /// Reads the fields of an IPv4 packet of network `zone` and `packet_len` bytes whose first
+    /// bytes are `head`, as [`PacketMeta::parse_ipv4_head`] does.
+    #[inline]
+    pub fn parse(zone: u32, head: &'a [u8], packet_len: usize) -> Result<Self, ConntrackError> {
         let malformed = ConntrackError::Malformed;
-        if head.len() < IPV4_HEADER_LEN || head.len() > packet_len {
+        let Some(ip) = head.first_chunk::<IPV4_HEADER_LEN>() else {
             return Err(malformed);
-        }
-        // The length checks keep every accessor used below within `head`.
-        let ip = Ipv4Packet::new_unchecked(head);
-        let header_len = usize::from(ip.header_len());
-        let total_len = usize::from(ip.total_len());
-        if ip.version() != 4
+        };
+        let header_len = usize::from(ip[0] & 0x0f) * 4;
+        let total_len = usize::from(be16(ip, 2));
+        if head.len() > packet_len
+            || ip[0] >> 4 != 4
             || header_len < IPV4_HEADER_LEN
             || head.len() < header_len
             || total_len < header_len
@@ -226,101 +300,133 @@ impl PacketMeta {
         {
             return Err(malformed);
         }
-        if ip.frag_offset() != 0 {
+        if be16(ip, 6) & IPV4_FRAG_OFFSET != 0 {
             return Err(ConntrackError::Fragment);
         }
         // The transport bytes at hand, and the transport length of the whole packet.
         let l4 = &head[header_len..total_len.min(head.len())];
         let l4_len = total_len - header_len;
-        let (src, dst) = (IpAddr::V4(ip.src_addr()), IpAddr::V4(ip.dst_addr()));
-        let tuple = |protocol, sport, dport| FlowTuple {
-            zone,
-            protocol,
-            src: Endpoint {
-                addr: src,
-                port: sport,
-            },
-            dst: Endpoint {
-                addr: dst,
-                port: dport,
-            },
-        };
-        match ip.next_header() {
+        let transport = match IpProtocol::from(ip[9]) {
             IpProtocol::Tcp => {
-                if l4.len() < TCP_HEADER_LEN {
+                let Some(tcp) = l4.first_chunk::<TCP_HEADER_LEN>() else {
                     return Err(malformed);
-                }
-                let tcp = TcpPacket::new_unchecked(l4);
-                let tcp_header = usize::from(tcp.header_len());
+                };
+                let tcp_header = usize::from(tcp[12] >> 4) * 4;
                 if tcp_header < TCP_HEADER_LEN || tcp_header > l4_len {
                     return Err(malformed);
                 }
-                let flags = TcpFlags {
-                    syn: tcp.syn(),
-                    ack: tcp.ack(),
-                    fin: tcp.fin(),
-                    rst: tcp.rst(),
-                };
-                Ok(Self {
-                    tuple: tuple(Protocol::Tcp, tcp.src_port(), tcp.dst_port()),
-                    kind: PacketKind::Tcp(flags),
-                })
+                Transport::Tcp {
+                    src_port: be16(tcp, 0),
+                    dst_port: be16(tcp, 2),
+                    flags: TcpFlags::of(tcp[13]),
+                }
             }
             IpProtocol::Udp => {
-                if l4.len() < UDP_HEADER_LEN {
+                let Some(udp) = l4.first_chunk::<UDP_HEADER_LEN>() else {
                     return Err(malformed);
-                }
-                let udp = UdpPacket::new_unchecked(l4);
-                let udp_len = usize::from(udp.len());
+                };
+                let udp_len = usize::from(be16(udp, 4));
                 if udp_len < UDP_HEADER_LEN || udp_len > l4_len {
                     return Err(malformed);
                 }
-                Ok(Self {
-                    tuple: tuple(Protocol::Udp, udp.src_port(), udp.dst_port()),
-                    kind: PacketKind::Udp,
-                })
+                Transport::Udp {
+                    src_port: be16(udp, 0),
+                    dst_port: be16(udp, 2),
+                }
             }
             IpProtocol::Icmp => {
-                if l4.len() < ICMP_HEADER_LEN {
+                let Some(icmp) = l4.first_chunk::<ICMP_HEADER_LEN>() else {
                     return Err(malformed);
-                }
-                let icmp = Icmpv4Packet::new_unchecked(l4);
-                match icmp.msg_type() {
-                    Icmpv4Message::EchoRequest | Icmpv4Message::EchoReply => {
-                        let id = icmp.echo_ident();
-                        Ok(Self {
-                            tuple: tuple(Protocol::Icmp, id, id),
-                            kind: PacketKind::IcmpEcho {
-                                request: icmp.msg_type() == Icmpv4Message::EchoRequest,
-                            },
-                        })
+                };
+                match Icmpv4Message::from(icmp[0]) {
+                    m @ (Icmpv4Message::EchoRequest | Icmpv4Message::EchoReply) => {
+                        Transport::IcmpEcho {
+                            ident: be16(icmp, 4),
+                            request: m == Icmpv4Message::EchoRequest,
+                        }
                     }
                     Icmpv4Message::DstUnreachable
                     | Icmpv4Message::TimeExceeded
                     | Icmpv4Message::ParamProblem
-                    | Icmpv4Message::Redirect => Ok(Self {
-                        tuple: tuple(Protocol::Icmp, 0, 0),
-                        kind: PacketKind::IcmpError {
-                            quoted: quoted_tuple(zone, &l4[ICMP_HEADER_LEN..])?,
-                        },
-                    }),
-                    _ => Err(ConntrackError::Unsupported),
+                    | Icmpv4Message::Redirect => Transport::IcmpError {
+                        quoted: &l4[ICMP_HEADER_LEN..],
+                    },
+                    _ => return Err(ConntrackError::Unsupported),
                 }
             }
-            _ => Err(ConntrackError::Unsupported),
-        }
+            _ => return Err(ConntrackError::Unsupported),
+        };
+        Ok(Ipv4Fields {
+            zone,
+            src: Ipv4Addr::from([ip[12], ip[13], ip[14], ip[15]]),
+            dst: Ipv4Addr::from([ip[16], ip[17], ip[18], ip[19]]),
+            transport,
+        })
+    }
+
+    /// The packet as conntrack tracks it (an ICMP error's quoted packet read now).
+    pub fn meta(&self) -> Result<PacketMeta, ConntrackError> {
+        let (protocol, sport, dport, kind) = match self.transport {
+            Transport::Tcp {
+                src_port,
+                dst_port,
+                flags,
+            } => (Protocol::Tcp, src_port, dst_port, PacketKind::Tcp(flags)),
+            Transport::Udp { src_port, dst_port } => {
+                (Protocol::Udp, src_port, dst_port, PacketKind::Udp)
+            }
+            Transport::IcmpEcho { ident, request } => (
+                Protocol::Icmp,
+                ident,
+                ident,
+                PacketKind::IcmpEcho { request },
+            ),
+            Transport::IcmpError { quoted } => (
+                Protocol::Icmp,
+                0,
+                0,
+                PacketKind::IcmpError {
+                    quoted: quoted_tuple(self.zone, quoted)?,
+                },
+            ),
+        };
+        Ok(PacketMeta {
+            tuple: FlowTuple {
+                zone: self.zone,
+                protocol,
+                src: Endpoint {
+                    addr: IpAddr::V4(self.src),
+                    port: sport,
+                },
+                dst: Endpoint {
+                    addr: IpAddr::V4(self.dst),
+                    port: dport,
+                },
+            },
+            kind,
+        })
     }
 }
 
+/// The fragment offset bits of an IPv4 header's flags and fragment offset word.
+const IPV4_FRAG_OFFSET: u16 = 0x1fff;
+
 /// Whether an IPv4 header's checksum is right: its 32-bit words (the header is a whole number
 /// of them) add up, in one's complement folded to 16 bits, to 0xffff. A plain sum the compiler
-/// unrolls, where smoltcp's general `checksum::data` costs a call and a loop per header.
+/// unrolls (fully for a header without options), where smoltcp's general `checksum::data`
+/// costs a call and a loop per header.
+#[inline]
 fn ipv4_header_checksum_ok(header: &[u8]) -> bool {
+    let words = |h: &[u8]| -> u64 {
+        h.chunks_exact(4)
+            .map(|w| u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]])))
+            .sum()
+    };
     // At most 15 words of 32 bits: the sum cannot overflow 64 bits.
-    let mut sum: u64 = header
-        .chunks_exact(4)
-        .map(|w| u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]])))
-        .sum();
+    let mut sum = match header.first_chunk::<IPV4_HEADER_LEN>() {
+        Some(fixed) if header.len() == IPV4_HEADER_LEN => words(fixed),
+        _ => words(header),
+    };
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

@@ -32,7 +32,9 @@ use std::net::IpAddr;
 
 use smoltcp::time::{Duration, Instant};
 
-use crate::conntrack::{Conntrack, CtState, PacketKind, PacketMeta, TcpState, Tracked};
+use crate::conntrack::{
+    Conntrack, CtState, Ipv4Fields, PacketKind, PacketMeta, TcpFlags, TcpState, Tracked, Transport,
+};
 
 /// Entries of a cache: sets of two, picked by a hash of the packet's key.
 pub const ENTRIES: usize = 1024;
@@ -48,32 +50,87 @@ struct Key {
     dst: u32,
     /// Source port in the high half, destination port in the low half.
     ports: u32,
-    /// The protocol and kind (see [`Key::of`]).
+    /// The protocol and kind: [`TCP_ACK`], [`UDP`], [`ECHO_REQUEST`] or [`ECHO_REPLY`].
     kind: u8,
 }
 
+/// Kinds of [`Key`] (0 is [`Key::EMPTY`]'s).
+const TCP_ACK: u8 = 1;
+const UDP: u8 = 2;
+const ECHO_REQUEST: u8 = 3;
+const ECHO_REPLY: u8 = 4;
+
 impl Key {
+    /// No packet's key.
+    const EMPTY: Key = Key {
+        zone: 0,
+        src: 0,
+        dst: 0,
+        ports: 0,
+        kind: 0,
+    };
+
     /// The key of a packet the cache may answer for: IPv4 TCP without SYN, FIN or RST (and
     /// with ACK), UDP, or an ICMP echo; `None` for any other.
     fn of(packet: &PacketMeta) -> Option<Key> {
         let kind = match packet.kind {
-            PacketKind::Tcp(f) if f.ack && !f.syn && !f.fin && !f.rst => 1,
-            PacketKind::Udp => 2,
-            PacketKind::IcmpEcho { request: true } => 3,
-            PacketKind::IcmpEcho { request: false } => 4,
-            PacketKind::Tcp(_) | PacketKind::IcmpError { .. } => return None,
+            PacketKind::Tcp(f) => Self::tcp_kind(f)?,
+            PacketKind::Udp => UDP,
+            PacketKind::IcmpEcho { request } => Self::echo_kind(request),
+            PacketKind::IcmpError { .. } => return None,
         };
         let t = &packet.tuple;
         let (IpAddr::V4(src), IpAddr::V4(dst)) = (t.src.addr, t.dst.addr) else {
             return None;
         };
-        Some(Key {
-            zone: t.zone,
-            src: src.to_bits(),
-            dst: dst.to_bits(),
-            ports: u32::from(t.src.port) << 16 | u32::from(t.dst.port),
+        Some(Key::new(
+            t.zone,
+            src.to_bits(),
+            dst.to_bits(),
+            t.src.port,
+            t.dst.port,
             kind,
-        })
+        ))
+    }
+
+    /// The key of the packet of `fields`, as [`Key::of`] its [`PacketMeta`].
+    #[inline]
+    fn of_fields(fields: &Ipv4Fields<'_>) -> Option<Key> {
+        let (sport, dport, kind) = match fields.transport {
+            Transport::Tcp {
+                src_port,
+                dst_port,
+                flags,
+            } => (src_port, dst_port, Self::tcp_kind(flags)?),
+            Transport::Udp { src_port, dst_port } => (src_port, dst_port, UDP),
+            Transport::IcmpEcho { ident, request } => (ident, ident, Self::echo_kind(request)),
+            Transport::IcmpError { .. } => return None,
+        };
+        let (src, dst) = (fields.src.to_bits(), fields.dst.to_bits());
+        Some(Key::new(fields.zone, src, dst, sport, dport, kind))
+    }
+
+    fn new(zone: u32, src: u32, dst: u32, sport: u16, dport: u16, kind: u8) -> Key {
+        Key {
+            zone,
+            src,
+            dst,
+            ports: u32::from(sport) << 16 | u32::from(dport),
+            kind,
+        }
+    }
+
+    /// The kind of TCP segments the cache may answer for: ACK without SYN, FIN or RST.
+    fn tcp_kind(f: TcpFlags) -> Option<u8> {
+        (f.ack && !f.syn && !f.fin && !f.rst).then_some(TCP_ACK)
+    }
+
+    fn echo_kind(request: bool) -> u8 {
+        if request {
+            ECHO_REQUEST
+        } else {
+            ECHO_REPLY
+        }
     }
 
     /// The index of the key's set: a multiply of its words, top bits.
@@ -85,32 +142,51 @@ impl Key {
     }
 }
 
-/// One remembered packet shape and what tracking it answered.
+/// One remembered packet shape, without its verdict (kept apart, read only on a hit): a set
+/// of two fills one cache line.
 #[derive(Clone, Copy, Debug)]
-struct Entry<V> {
+struct Slot {
+    /// [`Key::EMPTY`] for none.
     key: Key,
-    verdict: V,
-    /// When a packet like it was last tracked.
-    tracked: Instant,
-    /// The table's epoch then.
-    epoch: u64,
+    /// The cache's [`stamp`](FlowCache::stamp) when it was made.
+    stamp: u32,
+    /// Until when it answers: when a packet like it was tracked, plus the refresh interval.
+    until: Instant,
 }
 
-impl<V> Entry<V> {
-    /// Whether the entry answers at `now` in `epoch`, `refresh` being its lifetime.
-    fn answers(&self, now: Instant, epoch: u64, refresh: Duration) -> bool {
-        self.epoch == epoch && now < self.tracked + refresh
+impl Slot {
+    const EMPTY: Slot = Slot {
+        key: Key::EMPTY,
+        stamp: 0,
+        until: Instant::ZERO,
+    };
+
+    /// Whether the slot answers at `now` under `stamp`.
+    fn answers(&self, now: Instant, stamp: u32) -> bool {
+        self.key.kind != Key::EMPTY.kind && self.stamp == stamp && now < self.until
     }
 }
+
+/// The two slots a key may be in, on a cache line of their own.
+#[derive(Clone, Copy, Debug)]
+#[repr(align(64))]
+struct Set([Slot; 2]);
+
+const _: () = assert!(std::mem::size_of::<Set>() == 64);
 
 /// One thread's cache in front of one [`Conntrack`]. See the module docs.
 #[derive(Debug)]
 pub struct FlowCache<V> {
-    /// [`ENTRIES`] entries once the first is made, empty before.
-    entries: Box<[Option<Entry<V>>]>,
+    /// [`ENTRIES`] / 2 sets once the first entry is made, empty before.
+    sets: Box<[Set]>,
+    /// The verdicts of the slots, two per set.
+    verdicts: Box<[Option<V>]>,
     refresh: Duration,
     /// The table's epoch at the start of the batch.
     epoch: u64,
+    /// Moves (wrapping) with `epoch`: slots made under another stamp do not answer. It would
+    /// take 2^32 epochs within one refresh interval (at most 1 s) for a stale slot to answer.
+    stamp: u32,
 }
 
 impl<V: Copy> FlowCache<V> {
@@ -118,9 +194,11 @@ impl<V: Copy> FlowCache<V> {
     pub fn new(flows: &Conntrack<V>) -> Self {
         let refresh = (flows.timeouts().shortest() / 8).min(MAX_REFRESH);
         FlowCache {
-            entries: Box::default(),
+            sets: Box::default(),
+            verdicts: Box::default(),
             refresh,
             epoch: flows.epoch(),
+            stamp: 0,
         }
     }
 
@@ -132,20 +210,36 @@ impl<V: Copy> FlowCache<V> {
     /// Starts a batch: takes up the epoch of `flows` (the table this cache is in front of);
     /// entries of an older epoch no longer answer.
     pub fn begin_batch(&mut self, flows: &Conntrack<V>) {
-        self.epoch = flows.epoch();
+        let epoch = flows.epoch();
+        if epoch != self.epoch {
+            self.epoch = epoch;
+            self.stamp = self.stamp.wrapping_add(1);
+        }
     }
 
     /// The verdict for `packet` at `now`, if a packet like it was tracked less than
     /// [`refresh`](Self::refresh) ago in this epoch and remembered; otherwise track it.
     pub fn get(&self, now: Instant, packet: &PacketMeta) -> Option<V> {
-        let key = Key::of(packet)?;
+        self.find(now, Key::of(packet)?).copied()
+    }
+
+    /// As [`get`](Self::get), for the packet of `fields` (without building its
+    /// [`PacketMeta`]), and the verdict by reference.
+    #[inline]
+    pub fn lookup(&self, now: Instant, fields: &Ipv4Fields<'_>) -> Option<&V> {
+        self.find(now, Key::of_fields(fields)?)
+    }
+
+    #[inline]
+    fn find(&self, now: Instant, key: Key) -> Option<&V> {
         let set = key.set();
-        self.entries
-            .get(2 * set..2 * set + 2)?
+        let way = self
+            .sets
+            .get(set)?
+            .0
             .iter()
-            .flatten()
-            .find(|e| e.key == key && e.answers(now, self.epoch, self.refresh))
-            .map(|e| e.verdict)
+            .position(|s| s.key == key && s.answers(now, self.stamp))?;
+        self.verdicts.get(2 * set + way)?.as_ref()
     }
 
     /// Remembers what tracking `packet` at `now` answered, `tracked`, if packets like it may
@@ -162,28 +256,23 @@ impl<V: Copy> FlowCache<V> {
         {
             return;
         }
-        if self.entries.is_empty() {
-            self.entries = vec![None; ENTRIES].into_boxed_slice();
+        if self.sets.is_empty() {
+            self.sets = vec![Set([Slot::EMPTY; 2]); ENTRIES / 2].into_boxed_slice();
+            self.verdicts = vec![None; ENTRIES].into_boxed_slice();
         }
-        let (epoch, refresh, set) = (self.epoch, self.refresh, key.set());
-        let pair = &mut self.entries[2 * set..2 * set + 2];
-        // The same key's entry, else an empty or outdated one, else the one tracked longer ago.
-        let way = pair
+        let (stamp, set) = (self.stamp, key.set());
+        let slots = &mut self.sets[set].0;
+        // The same key's slot, else an empty or outdated one, else the one tracked longer ago.
+        let way = slots
             .iter()
-            .position(|e| e.is_some_and(|e| e.key == key))
-            .or_else(|| {
-                pair.iter()
-                    .position(|e| e.is_none_or(|e| !e.answers(now, epoch, refresh)))
-            })
-            .unwrap_or_else(|| {
-                let tracked = |i: usize| pair[i].map(|e| e.tracked);
-                usize::from(tracked(1) < tracked(0))
-            });
-        pair[way] = Some(Entry {
+            .position(|s| s.key == key)
+            .or_else(|| slots.iter().position(|s| !s.answers(now, stamp)))
+            .unwrap_or_else(|| usize::from(slots[1].until < slots[0].until));
+        slots[way] = Slot {
             key,
-            verdict,
-            tracked: now,
-            epoch,
-        });
+            stamp,
+            until: now + self.refresh,
+        };
+        self.verdicts[2 * set + way] = Some(verdict);
     }
 }

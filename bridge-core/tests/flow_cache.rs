@@ -20,6 +20,11 @@ const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
 /// A TCP segment GUEST:40000 -> PEER:80 (or back, `reply`) with `flags` (S, A, F, R), parsed
 /// from its bytes.
 fn tcp(flags: &str, reply: bool) -> PacketMeta {
+    PacketMeta::parse_ipv4(1, &tcp_bytes(flags, reply)).unwrap()
+}
+
+/// The bytes of [`tcp`]'s segment, from the IP header on.
+fn tcp_bytes(flags: &str, reply: bool) -> Vec<u8> {
     let (src, dst, sport, dport) = match reply {
         false => (GUEST, PEER, 40000u16, 80u16),
         true => (PEER, GUEST, 80, 40000),
@@ -34,16 +39,21 @@ fn tcp(flags: &str, reply: bool) -> PacketMeta {
         b[12] = 0x50;
         b[13] = bits;
     });
-    PacketMeta::parse_ipv4(1, &frame[14..]).unwrap()
+    frame[14..].to_vec()
 }
 
 /// A UDP datagram GUEST:5000 -> PEER:53 (or back), parsed from its bytes.
 fn udp(reply: bool) -> PacketMeta {
+    PacketMeta::parse_ipv4(1, &udp_bytes(reply)).unwrap()
+}
+
+/// The bytes of [`udp`]'s datagram, from the IP header on.
+fn udp_bytes(reply: bool) -> Vec<u8> {
     let frame = match reply {
         false => udp_frame(&route(GUEST, PEER), 5000, 53, b"query"),
         true => udp_frame(&route(PEER, GUEST), 53, 5000, b"answer"),
     };
-    PacketMeta::parse_ipv4(1, &frame[14..]).unwrap()
+    frame[14..].to_vec()
 }
 
 /// The verdict (a number here) of `packet`: from the cache, or tracked in `ct` and offered to
@@ -239,4 +249,158 @@ fn a_removed_flow_is_not_answered_for() {
     assert_eq!(ct.stats().evicted, 1);
     cache.begin_batch(&ct);
     assert_eq!(pass(&mut cache, &ct, t1, &udp(false)), (None, false));
+}
+
+/// A table with an established TCP flow and a replied UDP flow, verdicts 7, and a cache that
+/// answers for both directions of both.
+fn tcp_and_udp_flows() -> (Conntrack, FlowCache<u32>) {
+    let (ct, mut cache) = udp_flow();
+    let flow = ct.track(T0, &tcp("S", false)).unwrap().flow.unwrap();
+    ct.set_verdict(&flow, 7);
+    ct.track(T0, &tcp("SA", true)).unwrap();
+    cache.begin_batch(&ct);
+    for p in [tcp("A", false), tcp("A", true), udp(false), udp(true)] {
+        pass(&mut cache, &ct, T0, &p);
+        assert_eq!(pass(&mut cache, &ct, T0, &p), (Some(7), true));
+    }
+    (ct, cache)
+}
+
+/// Sets an IPv4 header's checksum.
+fn set_checksum(ip: &mut [u8]) {
+    let header_len = usize::from(ip[0] & 0x0f) * 4;
+    ip[10..12].fill(0);
+    let mut sum: u32 = ip[..header_len]
+        .chunks_exact(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+}
+
+#[test]
+fn lookup_by_the_bytes_fields_answers_as_get_by_the_packet_meta_for_any_one_byte_change() {
+    let (_ct, cache) = tcp_and_udp_flows();
+    let originals = [
+        tcp_bytes("A", false),
+        tcp_bytes("A", true),
+        udp_bytes(false),
+        udp_bytes(true),
+    ];
+    let (mut answered, mut unread) = (0, 0);
+    for original in originals {
+        let fields = Ipv4Fields::parse(1, &original, original.len()).unwrap();
+        assert_eq!(cache.lookup(T0, &fields), Some(&7));
+        for i in 0..original.len() {
+            for change in [0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0xff] {
+                let mut b = original.clone();
+                b[i] ^= change;
+                let meta = PacketMeta::parse_ipv4(1, &b);
+                match Ipv4Fields::parse(1, &b, b.len()) {
+                    Ok(fields) => {
+                        assert_eq!(fields.meta(), meta);
+                        let by_meta = cache.get(T0, &meta.unwrap());
+                        assert_eq!(cache.lookup(T0, &fields).copied(), by_meta, "byte {i}");
+                        answered += usize::from(by_meta.is_some());
+                    }
+                    Err(e) => {
+                        assert_eq!(Err(e), meta, "byte {i}");
+                        unread += 1;
+                    }
+                }
+            }
+        }
+    }
+    // Changes to the payload, checksums of the transport, TTL... still answer; changes to
+    // the IP header without a matching checksum never parse.
+    assert!(answered > 100 && unread > 4 * 20 * 8, "{answered} {unread}");
+}
+
+#[test]
+fn malformed_and_fragmented_packets_have_no_fields_to_look_up() {
+    let (_ct, cache) = tcp_and_udp_flows();
+    let ack = tcp_bytes("A", false);
+    let udp = udp_bytes(false);
+    let changed = |original: &[u8], change: &dyn Fn(&mut Vec<u8>), checksum: bool| {
+        let mut b = original.to_vec();
+        change(&mut b);
+        if checksum {
+            set_checksum(&mut b);
+        }
+        b
+    };
+    let malformed = [
+        (
+            "bad header checksum",
+            changed(&ack, &|b| b[10] ^= 0x40, false),
+        ),
+        ("version 6", changed(&ack, &|b| b[0] = 0x65, true)),
+        ("IHL 4", changed(&ack, &|b| b[0] = 0x44, true)),
+        ("IHL past the bytes", changed(&ack, &|b| b[0] = 0x4f, false)),
+        (
+            "total length past the packet",
+            changed(&ack, &|b| b[3] += 1, true),
+        ),
+        ("TCP data offset 4", changed(&ack, &|b| b[32] = 0x40, false)),
+        (
+            "TCP data offset past the packet",
+            changed(&ack, &|b| b[32] = 0x60, false),
+        ),
+        (
+            "UDP length past the packet",
+            changed(&udp, &|b| b[25] += 1, false),
+        ),
+        (
+            "UDP length 7",
+            changed(&udp, &|b| b[24..26].copy_from_slice(&[0, 7]), false),
+        ),
+    ];
+    for (what, b) in &malformed {
+        assert_eq!(
+            Ipv4Fields::parse(1, b, b.len()),
+            Err(ConntrackError::Malformed),
+            "{what}"
+        );
+    }
+    let short = [
+        ("IP header cut", &ack[..19], ack.len()),
+        ("TCP header cut", &ack[..39], ack.len()),
+        ("UDP header cut", &udp[..27], udp.len()),
+        ("more bytes than the packet", &ack[..], ack.len() - 1),
+    ];
+    for (what, head, len) in short {
+        assert_eq!(
+            Ipv4Fields::parse(1, head, len),
+            Err(ConntrackError::Malformed),
+            "{what}"
+        );
+    }
+    // A fragment after the first has no transport header; the first one (more fragments, at
+    // offset 0) is tracked, and answered for, like a whole packet.
+    let later = changed(&ack, &|b| b[7] = 1, true);
+    assert_eq!(
+        Ipv4Fields::parse(1, &later, later.len()),
+        Err(ConntrackError::Fragment)
+    );
+    let first = changed(&ack, &|b| b[6] = 0x20, true);
+    let fields = Ipv4Fields::parse(1, &first, first.len()).unwrap();
+    assert_eq!(cache.lookup(T0, &fields), Some(&7));
+    // So is a packet with IP options, well formed: the same flow as without them.
+    let mut options = ack[..20].to_vec();
+    options[0] = 0x46;
+    options[3] += 4;
+    options.extend([1, 1, 1, 0]);
+    options.extend(&ack[20..]);
+    set_checksum(&mut options);
+    let fields = Ipv4Fields::parse(1, &options, options.len()).unwrap();
+    assert_eq!(fields.meta(), Ok(tcp("A", false)));
+    assert_eq!(cache.lookup(T0, &fields), Some(&7));
+    // A SYN, FIN or RST of the flow is never answered for.
+    for flags in ["SA", "FA", "RA"] {
+        let b = tcp_bytes(flags, false);
+        let fields = Ipv4Fields::parse(1, &b, b.len()).unwrap();
+        assert_eq!(cache.lookup(T0, &fields), None, "{flags}");
+    }
 }

@@ -12,7 +12,7 @@ use bridge_core::policy::{
 use bridge_core::{NetworkId, PortId};
 use faulty::faulty_wat;
 use policy_sdk::frames::{
-    arp, arp_request, dhcp_reply, dhcp_request, ping4, tcp4, udp4, Endpoint, TCP_SYN,
+    arp, arp_request, dhcp_reply, dhcp_request, ping4, tcp4, udp4, Endpoint, TCP_ACK, TCP_SYN,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -587,4 +587,67 @@ fn arp_is_judged_without_a_flow() {
     f.flow = None;
     f.ct = None;
     assert_eq!(judge(&mut w, &[f])[0].action, Action::Accept);
+}
+
+#[test]
+fn the_stage_passes_an_established_flow_by_its_cached_verdict_but_never_a_malformed_frame() {
+    use bridge_core::time::Instant;
+    use vhost_net_backend::datapath::policy::{Check, FrameCtx, Outcome, PolicyPlane, PolicyStage};
+
+    let (h, _) = load_one("all", "allow-all", "");
+    let mut stage = PolicyStage::new(Arc::new(PolicyPlane::new(h)), HookPoint::PortIn);
+    let out = FrameCtx {
+        ingress: PortId(3),
+        network: NetworkId(0),
+        from_guest: true,
+        out: BridgeOut::Port(PortId(4)),
+        to_guest: true,
+    };
+    let back = FrameCtx {
+        ingress: PortId(4),
+        out: BridgeOut::Port(PortId(3)),
+        ..out
+    };
+    let now = Instant::from_millis(1);
+    let ack = tcp4(VM3, VM4, 40000, 22, TCP_ACK);
+    assert!(stage.begin_batch());
+    // The SYN opens the flow and is judged; the SYN+ACK passes by the flow's verdict.
+    let syn = tcp4(VM3, VM4, 40000, 22, TCP_SYN);
+    assert_eq!(stage.check(now, out, &syn, syn.len()), Check::Later);
+    assert_eq!(stage.judge_pending(now), [Outcome::PASS]);
+    let syn_ack = tcp4(VM4, VM3, 22, 40000, TCP_SYN | TCP_ACK);
+    assert_eq!(
+        stage.check(now, back, &syn_ack, syn_ack.len()),
+        Check::Now(Outcome::PASS)
+    );
+    // The ACK that establishes the flow is tracked, the next from the flow cache.
+    for _ in 0..2 {
+        assert_eq!(
+            stage.check(now, out, &ack, ack.len()),
+            Check::Now(Outcome::PASS)
+        );
+    }
+    // So is the same ACK with an 802.1Q tag.
+    let mut tagged = ack.clone();
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+    assert_eq!(
+        stage.check(now, out, &tagged, tagged.len()),
+        Check::Now(Outcome::PASS)
+    );
+    // Malformed frames of the flow are judged (as invalid), never passed by its verdict.
+    let mut bad_checksum = ack.clone();
+    bad_checksum[24] ^= 0x40;
+    let mut bad_offset = ack.clone();
+    bad_offset[46] = 0x40;
+    let malformed: [(&[u8], usize); 4] = [
+        (&bad_checksum, ack.len()),
+        (&bad_offset, ack.len()),
+        (&ack[..40], ack.len()),
+        (&ack, 14 + 39),
+    ];
+    for (head, len) in malformed {
+        assert_eq!(stage.check(now, out, head, len), Check::Later);
+    }
+    assert_eq!(stage.judge_pending(now), [Outcome::PASS; 4]);
+    stage.end_batch();
 }

@@ -21,14 +21,14 @@
 use std::sync::Arc;
 
 use bridge_core::conntrack::{
-    Conntrack, ConntrackConfig, ConntrackError, CtState, FlowRef, PacketMeta,
+    Conntrack, ConntrackConfig, ConntrackError, CtState, FlowRef, Ipv4Fields,
 };
 use bridge_core::flow_cache::FlowCache;
 use bridge_core::policy::{
     Action, BridgeOut, HookPoint, JudgeKind, PolicyFrame, PolicyHook, TokenBucket, Verdict,
 };
 use bridge_core::time::Instant;
-use bridge_core::wire::EthernetProtocol;
+use bridge_core::wire::{EthernetProtocol, ETHERNET_HEADER_LEN};
 use bridge_core::{Decision, DropReason, Egress, L2Meta, NetworkId, PortId, Switch};
 use policy_sdk::abi::MAX_BATCH;
 
@@ -198,14 +198,14 @@ struct FlowState {
     verdict: Option<Verdict>,
 }
 
-/// How a frame was tracked.
-enum Tracking {
-    /// Its flow has a verdict of the current generation that may be cached.
-    Known(Verdict),
-    /// Anything else: what conntrack knows of it.
-    Other(FlowState),
-    /// Its new flow does not fit the table.
-    Full,
+impl FlowState {
+    /// A frame conntrack could not track, in state `ct`.
+    fn untracked(ct: Option<CtState>) -> Self {
+        FlowState {
+            ct,
+            ..FlowState::default()
+        }
+    }
 }
 
 /// One thread's policy stage at one hook point.
@@ -222,6 +222,8 @@ pub struct PolicyStage {
     outcomes: Vec<Outcome>,
     log: TokenBucket,
     cache: FlowCache<Verdict>,
+    /// The worker's generation (it changes only in [`begin_batch`](Self::begin_batch)).
+    generation: u64,
 }
 
 /// Nanoseconds of a datapath instant (the policy host's clock for rate classes).
@@ -236,15 +238,16 @@ impl PolicyStage {
         let cache = FlowCache::new(plane.flows(hook));
         PolicyStage {
             plane,
-            worker,
             hook,
             pending: Vec::with_capacity(MAX_BATCH),
             heads: vec![0; MAX_BATCH * HEAD_LEN].into_boxed_slice(),
             verdicts: Vec::with_capacity(MAX_BATCH),
             selected: Vec::with_capacity(MAX_BATCH),
             outcomes: Vec::with_capacity(MAX_BATCH),
+            generation: worker.generation_id(),
             log: TokenBucket::new(LOG_PER_S, 0),
             cache,
+            worker,
         }
     }
 
@@ -253,6 +256,7 @@ impl PolicyStage {
     /// [`check`](Self::check).
     pub fn begin_batch(&mut self) -> bool {
         self.worker.begin_batch();
+        self.generation = self.worker.generation_id();
         let runs = self.worker.runs_at(self.hook);
         if runs {
             self.cache.begin_batch(self.plane.flows(self.hook));
@@ -280,13 +284,44 @@ impl PolicyStage {
     /// and decides it by its flow's verdict, or sets it aside. Must not be called while
     /// [`is_full`](Self::is_full).
     pub fn check(&mut self, now: Instant, ctx: FrameCtx, head: &[u8], len: usize) -> Check {
-        let FlowState { flow, ct, verdict } = match self.track(now, ctx.network, head, len) {
-            Tracking::Known(v) => return Check::Now(self.outcome(now, &ctx, &v, len)),
-            Tracking::Full => return Check::Now(Outcome::Drop(DropReason::ConntrackFull)),
-            Tracking::Other(state) => state,
+        let fields = match ipv4_fields(ctx.network, head, len) {
+            Ok(f) => f,
+            Err(ct) => return self.set_aside(ctx, head, len, FlowState::untracked(ct)),
         };
+        // A packet of an established flow: its verdict from the flow cache, by reference.
+        let generation = self.generation;
+        let reusable = |v: &Verdict| v.generation == generation && v.cache;
+        if let Some(v) = self.cache.lookup(now, &fields).filter(|v| reusable(v)) {
+            return Check::Now(outcome(&mut self.worker, &mut self.log, now, &ctx, v, len));
+        }
+        let meta = match fields.meta() {
+            Ok(m) => m,
+            Err(e) => return self.set_aside(ctx, head, len, FlowState::untracked(ct_of(e))),
+        };
+        let Ok(t) = self.plane.flows(self.hook).track(now, &meta) else {
+            return Check::Now(Outcome::Drop(DropReason::ConntrackFull));
+        };
+        match t.verdict {
+            Some(v) if reusable(&v) => {
+                self.cache.insert(now, &meta, &t);
+                Check::Now(outcome(&mut self.worker, &mut self.log, now, &ctx, &v, len))
+            }
+            _ => {
+                let state = FlowState {
+                    flow: t.flow,
+                    ct: Some(t.state),
+                    verdict: t.verdict,
+                };
+                self.set_aside(ctx, head, len, state)
+            }
+        }
+    }
+
+    /// Sets a frame aside for judging, with what conntrack knows of it.
+    fn set_aside(&mut self, ctx: FrameCtx, head: &[u8], len: usize, state: FlowState) -> Check {
+        let FlowState { flow, ct, verdict } = state;
         let kind = match verdict {
-            Some(v) if v.generation == self.worker.generation_id() => JudgeKind::EveryFrame,
+            Some(v) if v.generation == self.generation => JudgeKind::EveryFrame,
             _ => JudgeKind::NewFlow,
         };
         let id = flow.map(|f| f.id());
@@ -309,51 +344,6 @@ impl PolicyStage {
             follows,
         });
         Check::Later
-    }
-
-    /// The frame's verdict if its flow has a current, cacheable one (from the flow cache, or
-    /// from conntrack and then cached); otherwise its flow, state and cached verdict. Frames
-    /// conntrack does not follow (non-IPv4, fragments, other protocols) have neither flow nor
-    /// state; malformed IPv4 is invalid.
-    fn track(&mut self, now: Instant, network: NetworkId, head: &[u8], len: usize) -> Tracking {
-        let untracked = Tracking::Other(FlowState::default());
-        let Ok(l2) = L2Meta::parse(head) else {
-            return untracked;
-        };
-        if l2.ethertype != EthernetProtocol::Ipv4 {
-            return untracked;
-        }
-        let l3 = usize::from(l2.l3_offset);
-        let meta = PacketMeta::parse_ipv4_head(network.0, &head[l3..], len - l3);
-        let meta = match meta {
-            Ok(m) => m,
-            Err(ConntrackError::Malformed) => {
-                return Tracking::Other(FlowState {
-                    ct: Some(CtState::Invalid),
-                    ..FlowState::default()
-                })
-            }
-            Err(_) => return untracked,
-        };
-        let current = self.worker.generation_id();
-        let reusable = |v: &Verdict| v.generation == current && v.cache;
-        if let Some(v) = self.cache.get(now, &meta).filter(reusable) {
-            return Tracking::Known(v);
-        }
-        let Ok(t) = self.plane.flows(self.hook).track(now, &meta) else {
-            return Tracking::Full;
-        };
-        match t.verdict {
-            Some(v) if reusable(&v) => {
-                self.cache.insert(now, &meta, &t);
-                Tracking::Known(v)
-            }
-            _ => Tracking::Other(FlowState {
-                flow: t.flow,
-                ct: Some(t.state),
-                verdict: t.verdict,
-            }),
-        }
     }
 
     /// Judges the frames set aside, one call per module (frames that follow an earlier frame of
@@ -387,7 +377,14 @@ impl PolicyStage {
             if let (Some(flow), None) = (&p.flow, p.follows) {
                 self.plane.flows(self.hook).set_verdict(flow, v);
             }
-            let outcome = self.outcome(now, &p.ctx, &v, p.frame_len);
+            let outcome = outcome(
+                &mut self.worker,
+                &mut self.log,
+                now,
+                &p.ctx,
+                &v,
+                p.frame_len,
+            );
             self.outcomes.push(outcome);
         }
         self.pending.clear();
@@ -446,33 +443,75 @@ impl PolicyStage {
     pub fn outcomes(&self) -> &[Outcome] {
         &self.outcomes
     }
+}
 
-    /// Passes a frame under `v`: rule counters, rate class, log; the outcome.
-    fn outcome(&mut self, now: Instant, ctx: &FrameCtx, v: &Verdict, len: usize) -> Outcome {
-        let now_ns = nanos(now);
-        if v.log && self.log.take(now_ns, 1) {
-            tracing::info!(
-                port = ctx.ingress.0,
-                network = ctx.network.0,
-                len,
-                action = ?v.action,
-                "policy log"
-            );
-        }
-        if !self.worker.admit(now_ns, v, ctx.ingress, len) {
-            return Outcome::Drop(DropReason::PolicyRateLimit);
-        }
-        match v.action {
-            Action::Accept => Outcome::Deliver {
-                redirect: None,
-                mirror: v.mirror,
-            },
-            Action::Redirect(port) => Outcome::Deliver {
-                redirect: Some(port),
-                mirror: v.mirror,
-            },
-            Action::Drop => Outcome::Drop(DropReason::PolicyDrop),
-            Action::Reject => Outcome::Reject,
-        }
+/// The IPv4 fields of a frame of `len` bytes in `network` whose first bytes are `head`;
+/// otherwise its conntrack state: none for frames conntrack does not follow (non-IPv4,
+/// fragments, other protocols), invalid for malformed IPv4.
+#[inline]
+fn ipv4_fields(
+    network: NetworkId,
+    head: &[u8],
+    len: usize,
+) -> Result<Ipv4Fields<'_>, Option<CtState>> {
+    // An untagged IPv4 frame, the common case, without reading the rest of its Ethernet header.
+    let l3 = match head.get(12..14) {
+        Some([0x08, 0x00]) => ETHERNET_HEADER_LEN,
+        _ => match L2Meta::parse(head) {
+            Ok(l2) if l2.ethertype == EthernetProtocol::Ipv4 => usize::from(l2.l3_offset),
+            _ => return Err(None),
+        },
+    };
+    Ipv4Fields::parse(network.0, &head[l3..], len.saturating_sub(l3)).map_err(ct_of)
+}
+
+/// The conntrack state of a frame it could not track for `error`.
+fn ct_of(error: ConntrackError) -> Option<CtState> {
+    (error == ConntrackError::Malformed).then_some(CtState::Invalid)
+}
+
+/// Logs a frame of a verdict with the LOG flag, if `log` has a token at `now_ns`.
+#[cold]
+fn log_frame(log: &mut TokenBucket, now_ns: u64, ctx: &FrameCtx, v: &Verdict, len: usize) {
+    if log.take(now_ns, 1) {
+        tracing::info!(
+            port = ctx.ingress.0,
+            network = ctx.network.0,
+            len,
+            action = ?v.action,
+            "policy log"
+        );
+    }
+}
+
+/// Passes a frame under `v` on `worker`: rule counters, rate class, log (limited by `log`);
+/// the outcome.
+#[inline]
+fn outcome(
+    worker: &mut PolicyWorker,
+    log: &mut TokenBucket,
+    now: Instant,
+    ctx: &FrameCtx,
+    v: &Verdict,
+    len: usize,
+) -> Outcome {
+    let now_ns = nanos(now);
+    if v.log {
+        log_frame(log, now_ns, ctx, v, len);
+    }
+    if !worker.admit(now_ns, v, ctx.ingress, len) {
+        return Outcome::Drop(DropReason::PolicyRateLimit);
+    }
+    match v.action {
+        Action::Accept => Outcome::Deliver {
+            redirect: None,
+            mirror: v.mirror,
+        },
+        Action::Redirect(port) => Outcome::Deliver {
+            redirect: Some(port),
+            mirror: v.mirror,
+        },
+        Action::Drop => Outcome::Drop(DropReason::PolicyDrop),
+        Action::Reject => Outcome::Reject,
     }
 }
