@@ -292,6 +292,7 @@ impl Vring {
 
     /// The ring for the datapath, if it is running: its queue position and its three parts
     /// resolved to host memory.
+    #[inline]
     pub fn parts(&mut self) -> Option<Ring<'_>> {
         if !self.is_running() {
             return None;
@@ -300,6 +301,7 @@ impl Vring {
     }
 
     /// The ring's parts in host memory, while the queue is ready (running or not).
+    #[inline]
     fn ring(&mut self) -> Option<Ring<'_>> {
         if !self.queue.ready() {
             return None;
@@ -380,6 +382,7 @@ fn ring_lens(size: u16) -> [usize; 3] {
 impl<'a> Ring<'a> {
     /// The queue's rings in `mem`, in the regions `regions` (desc, avail, used) that
     /// [`Vring::activate`] found; `None` unless each lies in its region.
+    #[inline]
     fn resolve(
         queue: &'a mut Queue,
         mem: &'a GuestRam,
@@ -471,9 +474,17 @@ impl<'a> Ring<'a> {
         let mut next = Wrapping(self.queue.next_used());
         for e in elems {
             let slot = usize::from(next.0 & mask);
-            let raw = u64::from(e.head) | u64::from(e.len) << 32;
-            // In bounds: the slice holds every slot (checked when it was resolved).
-            let _ = self.used.write_obj(raw.to_le(), 4 + 8 * slot);
+            // In bounds: the slice holds every slot (checked when it was resolved). Two plain
+            // 32-bit stores where the host mapping keeps the guest's 4-byte alignment (always,
+            // in practice), else a byte copy.
+            let at = 4 + 8 * slot;
+            let (head, len) = (u32::from(e.head).to_le(), e.len.to_le());
+            if self.used.store(head, at, Ordering::Relaxed).is_err()
+                || self.used.store(len, at + 4, Ordering::Relaxed).is_err()
+            {
+                let raw = u64::from(e.head) | u64::from(e.len) << 32;
+                let _ = self.used.write_obj(raw.to_le(), at);
+            }
             next += Wrapping(1);
         }
         self.queue.set_next_used(next.0);
