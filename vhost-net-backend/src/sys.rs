@@ -1,6 +1,7 @@
 //! The crate's only `unsafe` code: receiving file descriptors over a unix socket, taking one
 //! over as an eventfd, polling, waiting for a termination signal, the effective user id, and
-//! guest memory translated through a flat table of its regions' host addresses.
+//! guest memory translated through a flat table of its regions' host addresses, and copies into
+//! it.
 
 use std::fs::File;
 use std::io;
@@ -227,10 +228,60 @@ impl GuestRam {
     }
 }
 
+/// Copies as much of `src` as fits into `dst` from byte `at` on (nothing if `at` is past its
+/// end); returns the bytes copied. One `memmove`, without vm-memory's per-copy dispatch: the
+/// datapath's copies of headers and small frames.
+pub fn copy_to_slice(dst: &VolatileSlice<'_, ()>, at: usize, src: &[u8]) -> usize {
+    let n = src.len().min(dst.len().saturating_sub(at));
+    if n == 0 {
+        return 0;
+    }
+    // SAFETY: `at + n <= dst.len()` (checked above), so the destination range lies inside the
+    // slice's memory, valid for writes while `dst` is borrowed; `src` is valid for reads of
+    // `n <= src.len()` bytes. `copy` allows the ranges to overlap.
+    unsafe { std::ptr::copy(src.as_ptr(), dst.ptr_guard_mut().as_ptr().add(at), n) };
+    n
+}
+
+/// Copies as much of `src` (another guest's memory) as fits into `dst` from byte `at` on;
+/// returns the bytes copied.
+pub fn copy_between(dst: &VolatileSlice<'_, ()>, at: usize, src: &VolatileSlice<'_, ()>) -> usize {
+    let n = src.len().min(dst.len().saturating_sub(at));
+    if n == 0 {
+        return 0;
+    }
+    // SAFETY: as in `copy_to_slice`: `at + n <= dst.len()` and `n <= src.len()`, both slices
+    // valid while borrowed; the two may be the same memory (a frontend may map one file into
+    // two ports), which `copy` allows.
+    unsafe {
+        std::ptr::copy(
+            src.ptr_guard().as_ptr(),
+            dst.ptr_guard_mut().as_ptr().add(at),
+            n,
+        )
+    };
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn copies_stay_inside_the_destination() {
+        let mut dst = [0u8; 8];
+        let slice = VolatileSlice::from(&mut dst[..]);
+        assert_eq!(copy_to_slice(&slice, 2, &[1, 2, 3]), 3);
+        assert_eq!(copy_to_slice(&slice, 6, &[4, 5, 6]), 2, "cut at the end");
+        assert_eq!(copy_to_slice(&slice, 8, &[7]), 0);
+        assert_eq!(copy_to_slice(&slice, 100, &[7]), 0, "past the end");
+        let mut src = [0xeeu8; 5];
+        let from = VolatileSlice::from(&mut src[..]);
+        assert_eq!(copy_between(&slice, 0, &from.subslice(0, 2).unwrap()), 2);
+        assert_eq!(copy_between(&slice, 5, &from), 3);
+        assert_eq!(dst, [0xee, 0xee, 1, 2, 3, 0xee, 0xee, 0xee]);
+    }
 
     #[test]
     fn guest_ram_translates_within_one_region_only() {

@@ -4,7 +4,7 @@
 use vm_memory::{GuestAddress, GuestMemoryBackend, VolatileSlice};
 
 use super::chain::Seg;
-use crate::sys::GuestRam;
+use crate::sys::{self, GuestRam};
 
 /// The largest piece of buffer `seg` from byte `off` on (up to `max` bytes) that is
 /// contiguous in the backend's address space: found in the region the chain walk located it
@@ -98,47 +98,49 @@ impl<'a> Reader<'a> {
     }
 
     /// Fills as much of `dst` as there is data for; returns the bytes written. Returns less
-    /// than possible only if the sending guest's memory went away under it.
+    /// than possible only if the sending guest's memory went away under it. Each piece is one
+    /// direct copy into `dst`, which the caller resolved (and bounds-checked) once.
     fn fill(&mut self, dst: &VolatileSlice<'_, ()>) -> usize {
         let mut done = 0;
-        while done < dst.len() && self.remaining > 0 {
-            let Ok(out) = dst.offset(done) else { break };
-            let n = if let Some(local) = self.locals.iter_mut().find(|l| !l.is_empty()) {
-                let n = local.len().min(out.len());
-                out.copy_from(&local[..n]);
-                *local = &local[n..];
-                n
-            } else {
-                match self.source {
-                    Source::Local(bytes) => {
-                        let start = bytes.len() - (self.remaining);
-                        let n = (bytes.len() - start).min(out.len());
-                        out.copy_from(&bytes[start..start + n]);
-                        n
-                    }
-                    Source::Guest { mem, segs, .. } => {
-                        let Some(s) = segs.get(self.seg) else { break };
-                        let want = (s.len as usize - self.seg_off).min(out.len());
+        for local in self.locals.iter_mut().filter(|l| !l.is_empty()) {
+            let n = sys::copy_to_slice(dst, done, local);
+            *local = &local[n..];
+            done += n;
+            if !local.is_empty() {
+                // `dst` is full.
+                self.remaining -= done;
+                return done;
+            }
+        }
+        match self.source {
+            Source::Local(bytes) => {
+                let left = self.remaining - done;
+                done += sys::copy_to_slice(dst, done, &bytes[bytes.len() - left..]);
+            }
+            Source::Guest { mem, segs, .. } => {
+                while done < dst.len() && done < self.remaining {
+                    let Some(s) = segs.get(self.seg) else { break };
+                    let in_seg = s.len as usize - self.seg_off;
+                    if in_seg > 0 {
+                        let want = in_seg.min(dst.len() - done);
                         let Some(src) = slice_at(mem, s, self.seg_off, want) else {
                             break;
                         };
-                        src.copy_to_volatile_slice(out);
-                        let n = src.len().min(out.len());
-                        self.seg_off += n;
-                        if self.seg_off == s.len as usize {
-                            self.seg += 1;
-                            self.seg_off = 0;
+                        let n = sys::copy_between(dst, done, &src);
+                        if n == 0 {
+                            break;
                         }
-                        n
+                        self.seg_off += n;
+                        done += n;
+                    }
+                    if self.seg_off == s.len as usize {
+                        self.seg += 1;
+                        self.seg_off = 0;
                     }
                 }
-            };
-            if n == 0 {
-                break;
             }
-            done += n;
-            self.remaining -= n;
         }
+        self.remaining -= done;
         done
     }
 
@@ -246,6 +248,84 @@ mod tests {
             .unwrap();
         assert_eq!(&out[..3], &prefix);
         assert_eq!(&out[3..], &frame[..]);
+    }
+
+    /// Reads `segs` of `m` back, in order.
+    fn gather(m: &GuestRam, segs: &[Seg]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for s in segs {
+            let mut b = vec![0u8; s.len as usize];
+            m.memory().read_slice(&mut b, GuestAddress(s.addr)).unwrap();
+            out.extend(b);
+        }
+        out
+    }
+
+    #[test]
+    fn header_and_locals_split_across_small_buffers_and_regions() {
+        let src_mem = mem();
+        let dst_mem = mem();
+        let hdr: Vec<u8> = (100..112).collect();
+        let head = [0xa1u8, 0xa2, 0xa3, 0xa4];
+        let tail: Vec<u8> = (0..30).collect();
+        let rest: Vec<u8> = (200..250).collect();
+        // The rest in the sender's memory after 8 bytes to skip, across its two regions.
+        src_mem
+            .memory()
+            .write_slice(&rest, GuestAddress(0xff8 + 8))
+            .unwrap();
+        let src_segs = [Seg::at(0xff8, 20), Seg::at(0x100c, 38)];
+        let source = Source::Guest {
+            mem: &src_mem,
+            segs: &src_segs,
+            skip: 8,
+        };
+        let mut r = Reader::with_locals([&hdr, &head, &tail], source);
+        assert_eq!(r.remaining(), 12 + 4 + 30 + 50);
+        // Buffers smaller than the header, one across the regions, one in a wrong region.
+        let dst_segs = [
+            Seg::at(0x10, 5),
+            Seg {
+                addr: 0x20,
+                len: 9,
+                region: 0,
+            },
+            Seg::at(0xff0, 40),
+            Seg {
+                addr: 0x1800,
+                len: 100,
+                region: 0,
+            },
+        ];
+        assert_eq!(r.copy_into(&dst_mem, &dst_segs), 96);
+        assert_eq!(r.remaining(), 0);
+        let mut want = hdr.clone();
+        want.extend_from_slice(&head);
+        want.extend_from_slice(&tail);
+        want.extend_from_slice(&rest);
+        assert_eq!(&gather(&dst_mem, &dst_segs)[..96], &want[..]);
+    }
+
+    #[test]
+    fn local_source_after_locals_resumes_where_the_buffer_ended() {
+        let m = mem();
+        let hdr = [9u8; 10];
+        let body: Vec<u8> = (0..70).collect();
+        let mut r = Reader::with_locals([&hdr, &[], &[]], Source::Local(&body));
+        // A first buffer ending inside the header, then one inside the body.
+        assert_eq!(
+            r.copy_into(&m, &[Seg::at(0x100, 6), Seg::at(0x200, 40)]),
+            46
+        );
+        assert_eq!(r.remaining(), 34);
+        assert_eq!(r.copy_into(&m, &[Seg::at(0x300, 100)]), 34);
+        let got = gather(
+            &m,
+            &[Seg::at(0x100, 6), Seg::at(0x200, 40), Seg::at(0x300, 34)],
+        );
+        let mut want = hdr.to_vec();
+        want.extend_from_slice(&body);
+        assert_eq!(got, want);
     }
 
     #[test]
