@@ -137,8 +137,13 @@ pub struct PortCounters {
 impl PortCounters {
     /// Counts a frame delivered to this port.
     pub fn record_tx(&self, bytes: usize) {
-        self.tx_frames.fetch_add(1, Relaxed);
-        self.tx_bytes.fetch_add(bytes as u64, Relaxed);
+        self.record_tx_frames(1, bytes as u64);
+    }
+
+    /// Counts `frames` frames of `bytes` bytes in all delivered to this port.
+    pub fn record_tx_frames(&self, frames: u64, bytes: u64) {
+        self.tx_frames.fetch_add(frames, Relaxed);
+        self.tx_bytes.fetch_add(bytes, Relaxed);
     }
 
     /// Counts `frames` frames of `bytes` bytes in all received from this port.

@@ -114,7 +114,9 @@ pub fn deliver(
     scratch: &mut RxScratch,
 ) -> Result<usize, RxError> {
     let features = Negotiated(vring.features());
-    let mut ring = vring.parts().ok_or(RxError::NotRunning)?;
+    let Some(mut ring) = vring.parts() else {
+        return Err(RxError::NotRunning);
+    };
     let mem = ring.mem();
     let hdr_len = features.header_len();
     let mut vnet = [0u8; MAX_HDR_LEN];
@@ -163,7 +165,7 @@ pub fn deliver(
             }
         };
         let segs = &scratch.segs[..nsegs];
-        if count == 0 {
+        if mrg && count == 0 {
             nb_addrs = num_buffers_addrs(segs);
         }
         let written = reader.copy_into(mem, segs);
@@ -350,6 +352,66 @@ mod tests {
         got.extend(read(&mem, 0x101000, 100));
         got.extend(read(&mem, 0x102000, 62));
         assert_eq!(got, f);
+    }
+
+    #[test]
+    fn a_frame_across_chains_of_several_buffers_from_a_guest_source() {
+        let mem = guest_memory();
+        let ram = crate::sys::GuestRam::new(mem.clone());
+        let mut ring = TestRing::new(&mem, 0x10000, 16);
+        // Chains of three buffers; the first ends inside the virtio-net header.
+        let first = ring.post(&[(0x100000, 7, W), (0x100100, 20, W), (0x100200, 30, W)]);
+        let second = ring.post(&[(0x101000, 16, W), (0x101100, 64, W)]);
+        let mut v = ring.vring(mem.clone(), V1 | MRG);
+        // The sender's chain: 12 header bytes to skip, then the frame after its head.
+        let rest = frame(90);
+        mem.write_slice(&rest, GuestAddress(0x200000 + 12)).unwrap();
+        let src = [Seg::at(0x200000, 12 + 40), Seg::at(0x200000 + 52, 50)];
+        let source = Source::Guest {
+            mem: &ram,
+            segs: &src,
+            skip: 12,
+        };
+        let head = [0xb0u8, 0xb1, 0xb2, 0xb3, 0xb4, 0xb5];
+        let got = deliver(
+            &mut v,
+            &VnetHdr::default(),
+            [&head[..2], &head[2..]],
+            source,
+            &mut RxScratch::default(),
+        );
+        v.notify();
+        assert_eq!(got, Ok(96));
+        assert_eq!(ring.used_idx(), 2);
+        assert_eq!(ring.used(0), (u32::from(first), 57));
+        assert_eq!(ring.used(1), (u32::from(second), 51));
+        let mut bytes = read(&mem, 0x100000, 7);
+        bytes.extend(read(&mem, 0x100100, 20));
+        bytes.extend(read(&mem, 0x100200, 30));
+        bytes.extend(read(&mem, 0x101000, 16));
+        bytes.extend(read(&mem, 0x101100, 35));
+        assert_eq!(
+            bytes[..12],
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0],
+            "num_buffers"
+        );
+        assert_eq!(bytes[12..18], head);
+        assert_eq!(bytes[18..], rest);
+    }
+
+    #[test]
+    fn legacy_header_without_mergeable_buffers_in_one_chain() {
+        let mem = guest_memory();
+        let mut ring = TestRing::new(&mem, 0x10000, 16);
+        ring.post(&[(0x100000, 4, W), (0x100100, 100, W)]);
+        let mut v = ring.vring(mem.clone(), 0);
+        let f = frame(80);
+        assert_eq!(put(&mut v, &f), Ok(80));
+        assert_eq!(ring.used(0).1, 90);
+        let mut bytes = read(&mem, 0x100000, 4);
+        bytes.extend(read(&mem, 0x100100, 86));
+        assert_eq!(bytes[..10], [0u8; 10], "ten bytes, no num_buffers");
+        assert_eq!(bytes[10..], f);
     }
 
     #[test]

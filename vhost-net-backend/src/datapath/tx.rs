@@ -256,7 +256,7 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
     };
     // The receive queue still held is signalled (and released) here, the others below.
     if let Some(mut h) = held.into_inner() {
-        h.vring.notify();
+        h.notify();
         s.out.touched.retain(|t| *t != (h.port, h.ring));
     }
     for (dst, ring) in s.out.touched.drain(..) {
@@ -268,13 +268,42 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
 }
 
 /// A receive queue kept locked from one frame to the next of a batch (most frames of a batch
-/// go to the same one): one lock per batch instead of one per frame.
+/// go to the same one): one lock per batch instead of one per frame. The frames delivered
+/// into it are counted on its port when it is released or signalled (two atomic additions
+/// per hold instead of per frame).
 struct HeldRx<'p> {
     port: PortId,
+    dst: &'p Port,
     /// The sender's queue pair it was chosen for.
     pair: usize,
     ring: usize,
     vring: MutexGuard<'p, Vring>,
+    /// Frames and bytes delivered, not yet counted.
+    frames: u64,
+    bytes: u64,
+}
+
+impl HeldRx<'_> {
+    /// Counts the frames delivered so far on the port.
+    fn count(&mut self) {
+        if self.frames > 0 {
+            let counters = self.dst.switch_counters();
+            counters.record_tx_frames(self.frames, self.bytes);
+            (self.frames, self.bytes) = (0, 0);
+        }
+    }
+
+    /// Counts the frames, then publishes them and signals the guest.
+    fn notify(&mut self) {
+        self.count();
+        self.vring.notify();
+    }
+}
+
+impl Drop for HeldRx<'_> {
+    fn drop(&mut self) {
+        self.count();
+    }
 }
 
 fn lookup<'p>(ports: &'p PortTable<'_>, id: PortId) -> Option<&'p Port> {
@@ -516,27 +545,32 @@ impl<'p> Out<'_, 'p> {
             _ => return,
         };
         // A frame the switch accepted has the headers its egress action rewrites.
-        let Some(rewritten) = egress.apply(frame.head) else {
-            return;
+        let rewritten;
+        let (head, hdr) = if egress == Egress::AsIs {
+            ([&[][..], frame.head], frame.vnet)
+        } else {
+            let Some(r) = egress.apply(frame.head) else {
+                return;
+            };
+            rewritten = r;
+            let replaced = frame.head.len() - rewritten.tail().len();
+            let shift = rewritten.head().len() as isize - replaced as isize;
+            (
+                [rewritten.head(), rewritten.tail()],
+                frame.vnet.shifted(shift),
+            )
         };
-        let replaced = frame.head.len() - rewritten.tail().len();
-        let hdr = frame
-            .vnet
-            .shifted(rewritten.head().len() as isize - replaced as isize);
         let held = self.held;
         let mut held = held.borrow_mut();
-        let Some(HeldRx {
-            ring, vring: rx, ..
-        }) = Self::hold(&mut held, port, dst, frame.pair)
-        else {
+        let Some(h) = Self::hold(&mut held, port, dst, frame.pair) else {
             return port.counters().record(DeviceDrop::RxNotRunning);
         };
-        let ring = *ring;
-        let delivered = if hdr.fits(Negotiated(rx.features())) {
-            let head = [rewritten.head(), rewritten.tail()];
-            match rx::deliver(rx, &hdr, head, frame.rest(), self.rx) {
+        let ring = h.ring;
+        let delivered = if hdr.fits(Negotiated(h.vring.features())) {
+            match rx::deliver(&mut h.vring, &hdr, head, frame.rest(), self.rx) {
                 Ok(n) => {
-                    port.switch_counters().record_tx(n);
+                    h.frames += 1;
+                    h.bytes += n as u64;
                     true
                 }
                 Err(e) => {
@@ -545,7 +579,7 @@ impl<'p> Out<'_, 'p> {
                 }
             }
         } else {
-            self.in_software(frame, egress, &hdr, rx, port)
+            self.in_software(frame, egress, &hdr, &mut h.vring, port)
         };
         if !delivered {
             return;
@@ -562,7 +596,7 @@ impl<'p> Out<'_, 'p> {
         if self.touched.len() < TOUCHED_MAX {
             self.touched.push((dst, ring));
         } else {
-            rx.notify();
+            h.notify();
         }
     }
 
@@ -583,9 +617,12 @@ impl<'p> Out<'_, 'p> {
             let (ring, vring) = port.rx_vring(pair)?;
             *held = Some(HeldRx {
                 port: dst,
+                dst: port,
                 pair,
                 ring,
                 vring,
+                frames: 0,
+                bytes: 0,
             });
         }
         held.as_mut()
