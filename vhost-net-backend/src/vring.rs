@@ -14,7 +14,7 @@ use virtio_bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY,
 };
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, VolatileMemory, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::sys::GuestRam;
@@ -446,10 +446,12 @@ impl<'a> Ring<'a> {
         }
         // The size is a power of two: the mask keeps the slot inside the ring.
         let slot = usize::from(next.0 & (size - 1));
+        // A plain volatile read (inlined; the index's Acquire load above orders it).
         let head = self
             .avail
-            .load::<u16>(4 + 2 * slot, Ordering::Relaxed)
-            .map_err(|_| VringError::AvailCorrupt)?;
+            .get_ref::<u16>(4 + 2 * slot)
+            .map_err(|_| VringError::AvailCorrupt)?
+            .load();
         self.queue.set_next_avail(next.0.wrapping_add(1));
         Ok(Some(u16::from_le(head)))
     }
