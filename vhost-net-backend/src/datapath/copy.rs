@@ -52,11 +52,13 @@ pub struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     /// `first`, `second`, then `source`. A guest source is read to the end of its chain.
+    #[inline]
     pub fn new(first: &'a [u8], second: &'a [u8], source: Source<'a>) -> Self {
         Self::with_locals([first, second, &[]], source)
     }
 
     /// The `locals` in order, then `source`.
+    #[inline]
     pub fn with_locals(locals: [&'a [u8]; 3], source: Source<'a>) -> Self {
         let mut r = Reader {
             locals,
