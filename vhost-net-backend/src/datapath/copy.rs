@@ -239,17 +239,9 @@ mod tests {
         ];
         assert_eq!(r.copy_into(&dst_mem, &dst_segs), 203);
         assert_eq!(r.remaining(), 0);
-        let mut out = vec![0u8; 203];
-        dst_mem
-            .memory()
-            .read_slice(&mut out[..100], GuestAddress(0xff0))
-            .unwrap();
-        dst_mem
-            .memory()
-            .read_slice(&mut out[100..], GuestAddress(0x200))
-            .unwrap();
+        let out = gather(&dst_mem, &dst_segs);
         assert_eq!(&out[..3], &prefix);
-        assert_eq!(&out[3..], &frame[..]);
+        assert_eq!(&out[3..203], &frame[..]);
     }
 
     /// Reads `segs` of `m` back, in order.
