@@ -15,12 +15,14 @@ use std::time::Duration;
 
 use clap::Parser;
 use tests::load::backend::{Backend, Cpus, Device};
+use tests::load::drops::Drops;
 use tests::load::guest::{Frames, Guest};
 use tests::load::report::{fixed, median, mega, ratio, Table};
 use tests::load::run::{self, LatencySpec, Throughput, ThroughputSpec};
 use tests::load::traffic;
 use tests::load::{pin_to_cpu, proc};
 use vhost_net_backend::cli::error_chain;
+use vhost_net_backend::control::render::count;
 
 /// The standard benchmark set: VM-to-VM 64 B and 1500 B over 2 and 16 ports (no policy,
 /// allow-all, a 24-rule security group), TSO bulk, latency, 256 ports; against the daemon and
@@ -140,6 +142,8 @@ struct Row {
 #[derive(Debug, Default)]
 struct Runs {
     ours: Vec<Throughput>,
+    /// The daemon's drops over our runs' windows, summed.
+    drops: Drops,
     reference: Vec<Throughput>,
     skipped: Option<String>,
 }
@@ -226,14 +230,17 @@ fn bench(args: &Args) -> Result<(), BoxError> {
                 binary: binary.clone(),
                 extra_config: extra,
             };
-            res.ours.push(throughput(args, &ours, row, cpus)?);
+            let (t, drops) = throughput(args, &ours, row, cpus)?;
+            res.ours.push(t);
+            res.drops.add(&drops.unwrap_or_default());
             // The reference device runs once per size and port count (no policies there).
             let first_of_kind = row.policy == Policy::None;
             if testpmd && first_of_kind && row.ports <= 16 {
                 let reference = Device::Testpmd {
                     tso: row.frames == Frames::Tso,
                 };
-                res.reference.push(throughput(args, &reference, row, cpus)?);
+                res.reference
+                    .push(throughput(args, &reference, row, cpus)?.0);
             }
         }
         if latency_wanted {
@@ -309,16 +316,18 @@ fn spec(args: &Args, cpus: Option<Cpus>, backend: &Backend) -> ThroughputSpec {
     }
 }
 
+/// One throughput run of `row` on a fresh `device`; with the daemon's drops in the window (none
+/// for testpmd, which has no control socket).
 fn throughput(
     args: &Args,
     device: &Device,
     row: &Row,
     cpus: Option<Cpus>,
-) -> Result<Throughput, BoxError> {
+) -> Result<(Throughput, Option<Drops>), BoxError> {
     let backend = Backend::start(device, row.ports, cpus)?;
     let mut guests = guests(args, &backend, row.frames, args.flows)?;
     let spec = spec(args, cpus, &backend);
-    let t = run::throughput(&mut guests, &spec).map_err(|e| {
+    let (t, drops) = measure(&mut guests, &spec, &backend).map_err(|e| {
         format!(
             "{} on {}: {e}\n{}",
             row.name,
@@ -327,15 +336,47 @@ fn throughput(
         )
     })?;
     eprintln!(
-        "bench:   {} / {} / {}: {} frames/s, {:.2} Gbit/s, {} ns/frame",
+        "bench:   {} / {} / {}: {} frames/s, {:.2} Gbit/s, {} ns/frame, loss {}{}",
         row.name,
         row.policy.name(),
         backend.name(),
         mega(Some(t.fps())),
         t.gbps(),
-        fixed(t.backend_ns_per_frame(), 0)
+        fixed(t.backend_ns_per_frame(), 0),
+        percent(Some(t.loss())),
+        drops
+            .as_ref()
+            .map_or(String::new(), |d| format!(", drops: {}", d.render()))
     );
-    Ok(t)
+    Ok((t, drops))
+}
+
+/// A throughput run against `backend`, with the daemon's drop counters read as the window
+/// starts and after its drain.
+fn measure(
+    guests: &mut [Guest],
+    spec: &ThroughputSpec,
+    backend: &Backend,
+) -> Result<(Throughput, Option<Drops>), BoxError> {
+    let Some(control) = backend.control() else {
+        return Ok((run::throughput(guests, spec)?, None));
+    };
+    let mut before = None;
+    let t = run::throughput_observed(guests, spec, || before = Some(Drops::read(control)))?;
+    let before = before.ok_or("the run did not reach its window")??;
+    Ok((t, Some(Drops::read(control)?.since(&before))))
+}
+
+/// A share as a percentage with two decimals, or "-".
+fn percent(share: Option<f64>) -> String {
+    share.map_or("-".into(), |l| format!("{:.2}%", l * 100.0))
+}
+
+/// Frames the runs sent in their windows and lost (sent, never received), summed.
+fn sent_and_lost(runs: &[Throughput]) -> (u64, u64) {
+    runs.iter().fold((0, 0), |(s, l), t| {
+        (s + t.sent, l + t.sent.saturating_sub(t.received))
+    })
 }
 
 fn latency_run(args: &Args, device: &Device, cpus: Option<Cpus>) -> Result<run::Latency, BoxError> {
@@ -422,11 +463,13 @@ fn print_throughput(rows: &[Row], results: &mut [Runs]) {
         "loss",
         "device CPU/frame",
         "testpmd frames/s",
+        "testpmd loss",
         "testpmd CPU/frame",
         "rate vs testpmd",
         "CPU/frame vs testpmd",
     ]);
     let mut notes: Vec<String> = Vec::new();
+    let mut drops: Vec<String> = Vec::new();
     // The reference runs of a size and port count are kept on its no-policy row.
     let mut reference: Option<(String, [Option<f64>; 4])> = None;
     for (row, res) in rows.iter().zip(results.iter()) {
@@ -455,16 +498,33 @@ fn print_throughput(rows: &[Row], results: &mut [Runs]) {
             row.policy.name().into(),
             mega(fps),
             fixed(gbps, 2),
-            loss.map_or("-".into(), |l| format!("{:.2}%", l * 100.0)),
+            percent(loss),
             cycles(ns),
             mega(refs[0]),
+            percent(refs[2]),
             cycles(refs[3]),
             ratio(fps, refs[0]),
             ratio(ns, refs[3]),
         ]);
+        let (sent, lost) = sent_and_lost(&res.ours);
+        drops.push(format!(
+            "- {} / {}: lost {} of {} sent; drops: {}",
+            row.name,
+            row.policy.name(),
+            count(lost),
+            count(sent),
+            res.drops.render()
+        ));
     }
     println!("Throughput (received frames; Gbit/s of Ethernet frames without FCS):\n");
     println!("{}", table.render());
+    if !drops.is_empty() {
+        println!(
+            "The daemon's drops in the windows by port and reason (its counters through the \
+             control socket), summed over the runs:\n"
+        );
+        println!("{}\n", drops.join("\n"));
+    }
     for (i, note) in notes.iter().enumerate() {
         println!("[{}] {note}", i + 1);
     }
@@ -537,16 +597,21 @@ fn many_ports(args: &Args, binary: &std::path::Path, cpus: Option<Cpus>) -> Resu
     let threads = proc::threads(backend.pid())?;
     let spec = spec(args, cpus, &backend);
     let mut runs = Vec::new();
+    let mut drops = Drops::default();
     for run_no in 0..args.runs {
-        let t = run::throughput(&mut guests[..2 * ACTIVE_PAIRS], &spec)
+        let (t, d) = measure(&mut guests[..2 * ACTIVE_PAIRS], &spec, &backend)
             .map_err(|e| format!("{MANY_PORTS} ports: {e}\n{}", backend.log_tail()))?;
+        let d = d.unwrap_or_default();
         eprintln!(
             "bench:   {MANY_PORTS} ports, {ACTIVE_PAIRS} pairs active (run {}): {} frames/s, \
-             {} ns/frame",
+             {} ns/frame, loss {}, drops: {}",
             run_no + 1,
             mega(Some(t.fps())),
-            fixed(t.backend_ns_per_frame(), 0)
+            fixed(t.backend_ns_per_frame(), 0),
+            percent(Some(t.loss())),
+            d.render()
         );
+        drops.add(&d);
         runs.push(t);
     }
     let after = proc::memory(backend.pid())?;
@@ -608,7 +673,7 @@ fn many_ports(args: &Args, binary: &std::path::Path, cpus: Option<Cpus>) -> Resu
         ),
         mega(fps),
         fixed(gbps, 2),
-        loss.map_or("-".into(), |l| format!("{:.2}%", l * 100.0)),
+        percent(loss),
         cycles(ns, mhz),
     ]);
     println!(
@@ -616,5 +681,12 @@ fn many_ports(args: &Args, binary: &std::path::Path, cpus: Option<Cpus>) -> Resu
         args.runs
     );
     println!("{}", table.render());
+    let (sent, lost) = sent_and_lost(&runs);
+    println!(
+        "The daemon's drops in the windows, summed over the runs: lost {} of {} sent; drops: {}\n",
+        count(lost),
+        count(sent),
+        drops.render()
+    );
     Ok(())
 }

@@ -80,6 +80,7 @@ pub struct Backend {
     child: Child,
     stdin: Option<ChildStdin>,
     sockets: Vec<PathBuf>,
+    control: Option<PathBuf>,
     log: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -101,6 +102,8 @@ impl Backend {
             .map(|i| dir.path().join(format!("p{i}.sock")))
             .collect();
         let log = dir.path().join("backend.log");
+        let control =
+            matches!(device, Device::Daemon { .. }).then(|| dir.path().join("control.sock"));
         let (name, mut command) = match device {
             Device::Daemon {
                 binary,
@@ -122,7 +125,7 @@ impl Backend {
                 c.arg("--config")
                     .arg(&config)
                     .arg("--control")
-                    .arg(dir.path().join("control.sock"))
+                    .args(&control)
                     .arg("--state-dir")
                     .arg(dir.path().join("state"))
                     .env("RUST_LOG", "warn");
@@ -151,6 +154,7 @@ impl Backend {
             child,
             stdin,
             sockets,
+            control,
             log,
             dir,
         };
@@ -171,6 +175,11 @@ impl Backend {
     /// Its sockets, one per port.
     pub fn sockets(&self) -> &[PathBuf] {
         &self.sockets
+    }
+
+    /// The daemon's control socket (testpmd has none).
+    pub fn control(&self) -> Option<&Path> {
+        self.control.as_deref()
     }
 
     /// Its scratch directory.

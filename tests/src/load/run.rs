@@ -116,6 +116,17 @@ const QUIET: Duration = Duration::from_millis(50);
 /// Runs `guests[2k]` → `guests[2k + 1]` for every k at full speed. The senders must have
 /// prepared frames toward their receivers.
 pub fn throughput(guests: &mut [Guest], spec: &ThroughputSpec) -> Result<Throughput, RunError> {
+    throughput_observed(guests, spec, || ())
+}
+
+/// [`throughput`], calling `at_start` just before the window starts (the warm-up's frames
+/// drained, the generator waiting): a reading there and one after the return (after the drain)
+/// cover exactly the window's sent frames and what became of them.
+pub fn throughput_observed(
+    guests: &mut [Guest],
+    spec: &ThroughputSpec,
+    at_start: impl FnOnce(),
+) -> Result<Throughput, RunError> {
     if guests.is_empty() || !guests.len().is_multiple_of(2) {
         return Err(RunError::Unpaired(guests.len()));
     }
@@ -140,6 +151,7 @@ pub fn throughput(guests: &mut [Guest], spec: &ThroughputSpec) -> Result<Through
             .collect();
         // Workers quiesce after the warm-up: the window starts with empty rings.
         barrier.wait();
+        at_start();
         let start = Instant::now();
         let readings = (spec.backend.map(cpu).transpose(), cpu(me));
         barrier.wait();
