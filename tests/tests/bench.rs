@@ -43,6 +43,14 @@ fn bench_smoke_prints_its_tables() {
             .and_then(|c| c.parse().ok())
             .unwrap_or_else(|| panic!("a loss figure with {policy}: {r}"));
         assert!(loss < 100.0, "frames pass with {policy}: {r}");
+        // Where the daemon's lost frames went, per row, from its counters.
+        let drops = format!("- 64B VM-to-VM, 2 ports / {policy}: lost ");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&drops) && l.contains("; drops: ")),
+            "a drops line for {policy}:\n{stdout}"
+        );
     }
     assert!(
         stdout.contains("| vhost-net-backend  |"),
@@ -51,6 +59,8 @@ fn bench_smoke_prints_its_tables() {
     if testpmd::installed() {
         let ratios = row.split('|').filter(|c| c.trim().ends_with('x')).count();
         assert_eq!(ratios, 2, "rate and CPU ratios to testpmd: {row}");
+        let testpmd_loss = row.split('|').nth(8).unwrap_or_default().trim();
+        assert!(testpmd_loss.ends_with('%'), "testpmd's loss: {row}");
         assert!(stdout.contains("| testpmd io-forward |"), "{stdout}");
     }
     assert!(
