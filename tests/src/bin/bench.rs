@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tests::load::backend::{Backend, Cpus, Device};
+use tests::load::cores;
 use tests::load::drops::Drops;
 use tests::load::guest::{Frames, Guest};
 use tests::load::report::{fixed, median, mega, ratio, Table};
@@ -145,7 +146,32 @@ struct Runs {
     /// The daemon's drops over our runs' windows, summed.
     drops: Drops,
     reference: Vec<Throughput>,
+    /// Each run's rate and the CPUs' round trips around it, ours then testpmd's, in run order.
+    spread: Vec<String>,
     skipped: Option<String>,
+}
+
+/// What one throughput run measured.
+struct Measured {
+    throughput: Throughput,
+    /// The daemon's drops in the window (none for testpmd, which has no control socket).
+    drops: Option<Drops>,
+    /// The round trip of a cache line between the generator's and the device's CPUs just
+    /// before the device started and just after it stopped.
+    cores: [Option<Duration>; 2],
+}
+
+impl Measured {
+    /// `2.91 M (84/197 ns)`: the rate and the round trips around the run.
+    fn brief(&self) -> String {
+        let ns = |d: Option<Duration>| d.map_or("-".into(), |d| d.as_nanos().to_string());
+        format!(
+            "{} ({}/{} ns)",
+            mega(Some(self.throughput.fps())),
+            ns(self.cores[0]),
+            ns(self.cores[1])
+        )
+    }
 }
 
 fn main() -> ExitCode {
@@ -230,17 +256,19 @@ fn bench(args: &Args) -> Result<(), BoxError> {
                 binary: binary.clone(),
                 extra_config: extra,
             };
-            let (t, drops) = throughput(args, &ours, row, cpus)?;
-            res.ours.push(t);
-            res.drops.add(&drops.unwrap_or_default());
+            let m = throughput(args, &ours, row, cpus)?;
+            res.spread.push(m.brief());
+            res.ours.push(m.throughput);
+            res.drops.add(&m.drops.unwrap_or_default());
             // The reference device runs once per size and port count (no policies there).
             let first_of_kind = row.policy == Policy::None;
             if testpmd && first_of_kind && row.ports <= 16 {
                 let reference = Device::Testpmd {
                     tso: row.frames == Frames::Tso,
                 };
-                res.reference
-                    .push(throughput(args, &reference, row, cpus)?.0);
+                let m = throughput(args, &reference, row, cpus)?;
+                res.spread.push(format!("testpmd {}", m.brief()));
+                res.reference.push(m.throughput);
             }
         }
         if latency_wanted {
@@ -316,14 +344,24 @@ fn spec(args: &Args, cpus: Option<Cpus>, backend: &Backend) -> ThroughputSpec {
     }
 }
 
-/// One throughput run of `row` on a fresh `device`; with the daemon's drops in the window (none
-/// for testpmd, which has no control socket).
+/// How long each round trip probe between the generator's and the device's CPUs takes.
+const PROBE: Duration = Duration::from_millis(50);
+
+/// The round trip of a cache line between the generator's and the device's CPUs (none
+/// without pinning).
+fn probe(cpus: Option<Cpus>) -> Option<Duration> {
+    cpus.and_then(|c| cores::round_trip(c.main, c.datapath, PROBE))
+}
+
+/// One throughput run of `row` on a fresh `device`, with the CPUs probed before the device
+/// starts and after it stops (a polling device would take the probe's CPU).
 fn throughput(
     args: &Args,
     device: &Device,
     row: &Row,
     cpus: Option<Cpus>,
-) -> Result<(Throughput, Option<Drops>), BoxError> {
+) -> Result<Measured, BoxError> {
+    let before = probe(cpus);
     let backend = Backend::start(device, row.ports, cpus)?;
     let mut guests = guests(args, &backend, row.frames, args.flows)?;
     let spec = spec(args, cpus, &backend);
@@ -335,20 +373,28 @@ fn throughput(
             backend.log_tail()
         )
     })?;
+    let name = backend.name();
+    drop(guests);
+    drop(backend);
+    let m = Measured {
+        throughput: t,
+        drops,
+        cores: [before, probe(cpus)],
+    };
     eprintln!(
-        "bench:   {} / {} / {}: {} frames/s, {:.2} Gbit/s, {} ns/frame, loss {}{}",
+        "bench:   {} / {} / {name}: {:.2} Gbit/s, {} ns/frame, loss {}{}; frames/s (CPU round \
+         trip before/after) {}",
         row.name,
         row.policy.name(),
-        backend.name(),
-        mega(Some(t.fps())),
         t.gbps(),
         fixed(t.backend_ns_per_frame(), 0),
         percent(Some(t.loss())),
-        drops
+        m.drops
             .as_ref()
-            .map_or(String::new(), |d| format!(", drops: {}", d.render()))
+            .map_or(String::new(), |d| format!(", drops: {}", d.render())),
+        m.brief()
     );
-    Ok((t, drops))
+    Ok(m)
 }
 
 /// A throughput run against `backend`, with the daemon's drop counters read as the window
@@ -508,12 +554,13 @@ fn print_throughput(rows: &[Row], results: &mut [Runs]) {
         ]);
         let (sent, lost) = sent_and_lost(&res.ours);
         drops.push(format!(
-            "- {} / {}: lost {} of {} sent; drops: {}",
+            "- {} / {}: lost {} of {} sent; drops: {}. Runs: {}",
             row.name,
             row.policy.name(),
             count(lost),
             count(sent),
-            res.drops.render()
+            res.drops.render(),
+            res.spread.join(", ")
         ));
     }
     println!("Throughput (received frames; Gbit/s of Ethernet frames without FCS):\n");
@@ -521,7 +568,10 @@ fn print_throughput(rows: &[Row], results: &mut [Runs]) {
     if !drops.is_empty() {
         println!(
             "The daemon's drops in the windows by port and reason (its counters through the \
-             control socket), summed over the runs:\n"
+             control socket), summed over the runs; then each run's frames/s with the round \
+             trip of a cache line between the generator's and the device's CPUs just before \
+             and after it (the host places the virtual CPUs: far shorter when they share a \
+             last-level cache):\n"
         );
         println!("{}\n", drops.join("\n"));
     }

@@ -9,6 +9,7 @@
 //! | [`run`] | [`run::throughput`] and [`run::latency`], and what they measure |
 //! | [`proc`] | CPU time, memory and threads of a process, from /proc |
 //! | [`backend`] | the device under test as a child process: the daemon or testpmd |
+//! | [`cores`] | the round trip of a cache line between two CPUs (how far apart the host put them) |
 //! | [`drops`] | the daemon's drop counters by reason, through its control socket |
 //! | [`report`] | medians and the table |
 //! | [`sys`] | pinning a thread to a CPU |
@@ -17,6 +18,7 @@
 //! (the standard set against the daemon and testpmd, see docs/performance.md).
 
 pub mod backend;
+pub mod cores;
 pub mod drops;
 pub mod guest;
 pub mod proc;
