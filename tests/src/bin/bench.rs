@@ -381,9 +381,11 @@ fn throughput(
         drops,
         cores: [before, probe(cpus)],
     };
+    let device = t.backend_switches.unwrap_or_default();
     eprintln!(
-        "bench:   {} / {} / {name}: {:.2} Gbit/s, {} ns/frame, loss {}{}; frames/s (CPU round \
-         trip before/after) {}",
+        "bench:   {} / {} / {name}: {:.2} Gbit/s, {} ns/frame, loss {}{}; device threads slept \
+         {} times, preempted {}; generator preempted {}; frames/s (CPU round trip \
+         before/after) {}",
         row.name,
         row.policy.name(),
         t.gbps(),
@@ -392,6 +394,9 @@ fn throughput(
         m.drops
             .as_ref()
             .map_or(String::new(), |d| format!(", drops: {}", d.render())),
+        count(device.voluntary),
+        count(device.involuntary),
+        count(t.generator_switches.involuntary),
         m.brief()
     );
     Ok(m)

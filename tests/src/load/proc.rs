@@ -22,6 +22,59 @@ pub fn cpu_time(pid: u32) -> io::Result<Duration> {
     Ok(Duration::from_nanos(total))
 }
 
+/// Context switches of a process's threads: how often they went to sleep (voluntary: waiting
+/// for a kick, a lock, I/O) and how often the scheduler took the CPU from them (involuntary:
+/// another task ran on their CPU).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Switches {
+    /// Voluntary switches.
+    pub voluntary: u64,
+    /// Involuntary switches.
+    pub involuntary: u64,
+}
+
+impl Switches {
+    /// What counted from `before` to `self`.
+    pub fn since(self, before: Switches) -> Switches {
+        Switches {
+            voluntary: self.voluntary.saturating_sub(before.voluntary),
+            involuntary: self.involuntary.saturating_sub(before.involuntary),
+        }
+    }
+}
+
+/// The context switches of the threads of process `pid` so far (living threads only, as
+/// [`cpu_time`]).
+pub fn switches(pid: u32) -> io::Result<Switches> {
+    let mut total = Switches::default();
+    for entry in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(text) = fs::read_to_string(entry?.path().join("status")) else {
+            continue;
+        };
+        let s = parse_switches(&text);
+        total.voluntary += s.voluntary;
+        total.involuntary += s.involuntary;
+    }
+    Ok(total)
+}
+
+/// The `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches` of a status file.
+fn parse_switches(text: &str) -> Switches {
+    let mut s = Switches::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim().parse().unwrap_or(0);
+        match key {
+            "voluntary_ctxt_switches" => s.voluntary = value,
+            "nonvoluntary_ctxt_switches" => s.involuntary = value,
+            _ => {}
+        }
+    }
+    s
+}
+
 /// The run time (first field, ns) of a schedstat line.
 fn parse_schedstat(text: &str) -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
@@ -99,6 +152,15 @@ mod tests {
     fn parses_schedstat_and_smaps_rollup() {
         assert_eq!(parse_schedstat("123456 789 10\n"), Some(123456));
         assert_eq!(parse_schedstat(""), None);
+        assert_eq!(
+            parse_switches(
+                "Name:\tx\nvoluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n"
+            ),
+            Switches {
+                voluntary: 12,
+                involuntary: 3
+            }
+        );
         let text = "55d0-7ffd ---p 00000000 00:00 0  [rollup]\nRss:  2048 kB\nPss:  1024 kB\n\
                     Pss_Anon: 512 kB\nAnonymous: 700 kB\n";
         assert_eq!(

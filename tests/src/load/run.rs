@@ -20,8 +20,8 @@ pub enum RunError {
     /// A guest failed.
     #[error(transparent)]
     Guest(#[from] GuestError),
-    /// Reading the CPU time of a process failed.
-    #[error("reading CPU time of process {pid}")]
+    /// Reading the CPU time or context switches of a process failed.
+    #[error("reading CPU time or context switches of process {pid}")]
     Cpu {
         /// The process.
         pid: u32,
@@ -69,6 +69,10 @@ pub struct Throughput {
     pub backend_cpu: Option<Duration>,
     /// Generator CPU time during the window.
     pub generator_cpu: Duration,
+    /// Context switches of the backend's threads during the window.
+    pub backend_switches: Option<proc::Switches>,
+    /// Context switches of the generator's threads during the window.
+    pub generator_switches: proc::Switches,
 }
 
 impl Throughput {
@@ -138,6 +142,7 @@ pub fn throughput_observed(
     let warmup_end = Instant::now() + spec.warmup;
     let me = std::process::id();
     let cpu = |pid: u32| proc::cpu_time(pid).map_err(|source| RunError::Cpu { pid, source });
+    let switches = |pid: u32| proc::switches(pid).map_err(|source| RunError::Cpu { pid, source });
     std::thread::scope(|scope| {
         let workers: Vec<_> = chunks
             .into_iter()
@@ -154,11 +159,13 @@ pub fn throughput_observed(
         at_start();
         let start = Instant::now();
         let readings = (spec.backend.map(cpu).transpose(), cpu(me));
+        let switched = (spec.backend.map(switches).transpose(), switches(me));
         barrier.wait();
         // Workers measure, then stop sending.
         barrier.wait();
         let elapsed = start.elapsed();
         let end = (spec.backend.map(cpu).transpose(), cpu(me));
+        let switched_end = (spec.backend.map(switches).transpose(), switches(me));
         barrier.wait();
         let mut window = Counts::default();
         let mut total = Counts::default();
@@ -171,6 +178,8 @@ pub fn throughput_observed(
         }
         let (backend0, gen0) = (readings.0?, readings.1?);
         let (backend1, gen1) = (end.0?, end.1?);
+        let (backend_sw0, gen_sw0) = (switched.0?, switched.1?);
+        let (backend_sw1, gen_sw1) = (switched_end.0?, switched_end.1?);
         Ok(Throughput {
             frames: window.received,
             bytes: window.bytes,
@@ -179,6 +188,8 @@ pub fn throughput_observed(
             received: total.received,
             backend_cpu: backend0.zip(backend1).map(|(a, b)| b.saturating_sub(a)),
             generator_cpu: gen1.saturating_sub(gen0),
+            backend_switches: backend_sw0.zip(backend_sw1).map(|(a, b)| b.since(a)),
+            generator_switches: gen_sw1.since(gen_sw0),
         })
     })
 }
