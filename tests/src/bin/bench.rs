@@ -9,6 +9,7 @@
 //! ```
 //! See docs/performance.md.
 
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -148,6 +149,9 @@ struct Runs {
     reference: Vec<Throughput>,
     /// Each run's rate and the CPUs' round trips around it, ours then testpmd's, in run order.
     spread: Vec<String>,
+    /// The round trips around each of our runs and testpmd's.
+    ours_cores: Vec<[Option<Duration>; 2]>,
+    reference_cores: Vec<[Option<Duration>; 2]>,
     skipped: Option<String>,
 }
 
@@ -258,6 +262,7 @@ fn bench(args: &Args) -> Result<(), BoxError> {
             };
             let m = throughput(args, &ours, row, cpus)?;
             res.spread.push(m.brief());
+            res.ours_cores.push(m.cores);
             res.ours.push(m.throughput);
             res.drops.add(&m.drops.unwrap_or_default());
             // The reference device runs once per size and port count (no policies there).
@@ -268,6 +273,7 @@ fn bench(args: &Args) -> Result<(), BoxError> {
                 };
                 let m = throughput(args, &reference, row, cpus)?;
                 res.spread.push(format!("testpmd {}", m.brief()));
+                res.reference_cores.push(m.cores);
                 res.reference.push(m.throughput);
             }
         }
@@ -423,6 +429,63 @@ fn percent(share: Option<f64>) -> String {
     share.map_or("-".into(), |l| format!("{:.2}%", l * 100.0))
 }
 
+/// Where the host had the generator's and the device's CPUs around a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    /// Both round trips within 1.5 times the shortest of the bench: a shared cache.
+    Near,
+    /// Both longer.
+    Far,
+}
+
+impl Placement {
+    /// The placement of a run probed `cores`, `None` when it moved or was not probed.
+    fn of(cores: [Option<Duration>; 2], shortest: Duration) -> Option<Placement> {
+        let near = |d: Option<Duration>| d.map(|d| d.as_secs_f64() <= 1.5 * shortest.as_secs_f64());
+        match (near(cores[0])?, near(cores[1])?) {
+            (true, true) => Some(Placement::Near),
+            (false, false) => Some(Placement::Far),
+            _ => None,
+        }
+    }
+}
+
+/// Per placement, the median frames/s of our runs and of testpmd's (`reference_runs`, the row
+/// of the same size and port count) and their ratio:
+/// `near: 3.10 M (2) vs testpmd 3.40 M (1), 0.91x; far: ...`.
+fn by_placement(res: &Runs, reference_runs: Option<&Runs>, shortest: Option<Duration>) -> String {
+    let Some(shortest) = shortest else {
+        return "no placement probed".into();
+    };
+    let rate = |runs: &[Throughput], cores: &[[Option<Duration>; 2]], p: Placement| {
+        let fps: Vec<f64> = runs
+            .iter()
+            .zip(cores)
+            .filter(|(_, c)| Placement::of(**c, shortest) == Some(p))
+            .map(|(t, _)| t.fps())
+            .collect();
+        (median(&fps), fps.len())
+    };
+    [(Placement::Near, "near"), (Placement::Far, "far")]
+        .iter()
+        .map(|&(p, name)| {
+            let (ours, n) = rate(&res.ours, &res.ours_cores, p);
+            let mut text = format!("{name}: {} ({n})", mega(ours));
+            if let Some(r) = reference_runs {
+                let (reference, m) = rate(&r.reference, &r.reference_cores, p);
+                let _ = write!(
+                    text,
+                    " vs testpmd {} ({m}), {}",
+                    mega(reference),
+                    ratio(ours, reference)
+                );
+            }
+            text
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Frames the runs sent in their windows and lost (sent, never received), summed.
 fn sent_and_lost(runs: &[Throughput]) -> (u64, u64) {
     runs.iter().fold((0, 0), |(s, l), t| {
@@ -521,15 +584,22 @@ fn print_throughput(rows: &[Row], results: &mut [Runs]) {
     ]);
     let mut notes: Vec<String> = Vec::new();
     let mut drops: Vec<String> = Vec::new();
+    let shortest = results
+        .iter()
+        .flat_map(|r| r.ours_cores.iter().chain(&r.reference_cores))
+        .flatten()
+        .flatten()
+        .min()
+        .copied();
     // The reference runs of a size and port count are kept on its no-policy row.
-    let mut reference: Option<(String, [Option<f64>; 4])> = None;
+    let mut reference: Option<(String, [Option<f64>; 4], &Runs)> = None;
     for (row, res) in rows.iter().zip(results.iter()) {
         if !res.reference.is_empty() {
-            reference = Some((row.name.clone(), medians(&res.reference)));
+            reference = Some((row.name.clone(), medians(&res.reference), res));
         }
-        let refs = match &reference {
-            Some((name, m)) if *name == row.name => *m,
-            _ => [None; 4],
+        let (refs, reference_runs) = match &reference {
+            Some((name, m, runs)) if *name == row.name => (*m, Some(*runs)),
+            _ => ([None; 4], None),
         };
         if let Some(why) = &res.skipped {
             if !notes.contains(why) {
@@ -559,13 +629,15 @@ fn print_throughput(rows: &[Row], results: &mut [Runs]) {
         ]);
         let (sent, lost) = sent_and_lost(&res.ours);
         drops.push(format!(
-            "- {} / {}: lost {} of {} sent; drops: {}. Runs: {}",
+            "- {} / {}: lost {} of {} sent; drops: {}. Runs: {}. By \
+             placement: {}",
             row.name,
             row.policy.name(),
             count(lost),
             count(sent),
             res.drops.render(),
-            res.spread.join(", ")
+            res.spread.join(", "),
+            by_placement(res, reference_runs, shortest)
         ));
     }
     println!("Throughput (received frames; Gbit/s of Ethernet frames without FCS):\n");
@@ -576,7 +648,9 @@ fn print_throughput(rows: &[Row], results: &mut [Runs]) {
              control socket), summed over the runs; then each run's frames/s with the round \
              trip of a cache line between the generator's and the device's CPUs just before \
              and after it (the host places the virtual CPUs: far shorter when they share a \
-             last-level cache):\n"
+             last-level cache); then the median frames/s of the runs that were near (both \
+             round trips within 1.5x the bench's shortest) and far (both longer), ours and \
+             testpmd's:\n"
         );
         println!("{}\n", drops.join("\n"));
     }
@@ -744,4 +818,25 @@ fn many_ports(args: &Args, binary: &std::path::Path, cpus: Option<Cpus>) -> Resu
         drops.render()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+
+    #[test]
+    fn a_run_is_near_or_far_only_when_both_probes_agree() {
+        let ns = |n| Some(Duration::from_nanos(n));
+        let shortest = Duration::from_nanos(80);
+        assert_eq!(
+            Placement::of([ns(85), ns(119)], shortest),
+            Some(Placement::Near)
+        );
+        assert_eq!(
+            Placement::of([ns(200), ns(450)], shortest),
+            Some(Placement::Far)
+        );
+        assert_eq!(Placement::of([ns(85), ns(450)], shortest), None);
+        assert_eq!(Placement::of([None, ns(85)], shortest), None);
+    }
 }
