@@ -14,7 +14,7 @@ use arbitrary::Arbitrary;
 use bridge_core::{NetworkConfig, Switch};
 use libfuzzer_sys::fuzz_target;
 use vhost::vhost_user::message::VhostUserMemoryRegion;
-use vhost_net_backend::datapath::tx::{run_batch, TxScratch};
+use vhost_net_backend::datapath::tx::{run_batch, Progress, TxScratch};
 use vhost_net_backend::datapath::Datapath;
 use vhost_net_backend::port::Port;
 use vhost_net_backend::vhost_user::memory::MemoryTable;
@@ -176,9 +176,12 @@ fuzz_target!(|input: Input| {
     }
 
     let mut scratch = TxScratch::default();
+    let mut retry = None;
     for _ in 0..4 {
-        if !run_batch(&dp, &ports[0], 1, &mut scratch) {
-            break;
+        match run_batch(&dp, &ports[0], 1, &mut scratch, retry.take()) {
+            Progress::Idle => break,
+            Progress::More => {}
+            Progress::Stalled(stall) => retry = Some(stall),
         }
     }
 

@@ -221,6 +221,70 @@ fn batches_forward_without_loss() {
 }
 
 #[test]
+fn a_frame_waits_for_receive_buffers_instead_of_being_dropped() {
+    let lab = simple_lab(2);
+    let mut a = lab.attach(0, options(FrontendKind::Qemu));
+    let few = NetOptions {
+        rx_buffers: Some(4),
+        ..options(FrontendKind::Qemu)
+    };
+    let mut b = lab.attach(1, few);
+    introduce(&mut [&mut a, &mut b]);
+    // Twice what B keeps posted: the second half waits in A's ring until B posts buffers again.
+    let sent: Vec<Vec<u8>> = (1..=8).map(|n| numbered(mac(1), mac(0), n, 200)).collect();
+    for frame in &sent {
+        a.send(0, frame).unwrap();
+    }
+    for (n, frame) in sent.iter().enumerate() {
+        let (_, got) = b
+            .recv(WAIT)
+            .unwrap()
+            .unwrap_or_else(|| panic!("frame {n} lost"));
+        assert!(got == *frame, "frame {n} in order");
+    }
+    assert_eq!(lab.device_drops(1), 0);
+}
+
+#[test]
+fn a_receiver_that_never_posts_buffers_holds_its_senders_only_briefly() {
+    let lab = simple_lab(3);
+    let mut a = lab.attach(0, options(FrontendKind::Qemu));
+    let mut c = lab.attach(1, options(FrontendKind::Qemu));
+    let none = NetOptions {
+        rx_buffers: Some(0),
+        ..options(FrontendKind::Qemu)
+    };
+    let mut b = lab.attach(2, none);
+    introduce(&mut [&mut a, &mut c]);
+    b.send(0, &numbered(BROADCAST, mac(2), 0, 60)).unwrap();
+    for nic in [&mut a, &mut c] {
+        assert!(nic.recv(WAIT).unwrap().is_some(), "B's broadcast");
+    }
+    let dropped = lab.device_drops(2);
+    // Frames to B, then to C, all in A's one transmit queue: those to B wait for a bounded time
+    // and are dropped; C's come through after them.
+    for n in 1..=3 {
+        a.send(0, &numbered(mac(2), mac(0), n, 60)).unwrap();
+    }
+    for n in 4..=6 {
+        a.send(0, &numbered(mac(1), mac(0), n, 60)).unwrap();
+    }
+    for n in 4..=6 {
+        let (_, got) = c
+            .recv(WAIT)
+            .unwrap()
+            .unwrap_or_else(|| panic!("frame {n} held up behind B's"));
+        assert_eq!(number(&got), Some(n));
+    }
+    assert_eq!(
+        lab.device_drops(2),
+        dropped + 3,
+        "B's frames dropped and counted"
+    );
+    assert_eq!(lab.device_drops(1), 0);
+}
+
+#[test]
 fn broadcast_and_unknown_unicast_flood_to_every_other_port() {
     let lab = simple_lab(3);
     let mut nics: Vec<VirtioNet> = (0..3)

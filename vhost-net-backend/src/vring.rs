@@ -8,6 +8,7 @@
 use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::warn;
 use virtio_bindings::virtio_ring::{
@@ -17,6 +18,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, VolatileMemory, VolatileSlice};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::datapath::backpressure::Starvation;
 use crate::sys::{self, GuestRam};
 use crate::vhost_user::memory::MemoryTable;
 
@@ -78,6 +80,8 @@ pub struct Vring {
     signalled_used: Wrapping<u16>,
     /// The driver's available index as last read (see [`Ring::pop_head`]).
     avail_seen: Wrapping<u16>,
+    /// How long frames may still wait here for receive buffers.
+    starvation: Starvation,
     generation: u64,
 }
 
@@ -99,6 +103,7 @@ impl Default for Vring {
             features: 0,
             signalled_used: Wrapping(0),
             avail_seen: Wrapping(0),
+            starvation: Starvation::default(),
             generation: 0,
         }
     }
@@ -308,6 +313,26 @@ impl Vring {
         }
         let ram = self.ram.as_ref()?;
         Ring::resolve(&mut self.queue, ram, self.regions, &mut self.avail_seen)
+    }
+
+    /// Notes that a frame found no receive buffers at `now`; returns whether it may wait for
+    /// some ([`Starvation`]).
+    pub fn may_wait(&mut self, now: Instant) -> bool {
+        self.starvation.may_wait(now)
+    }
+
+    /// Notes that a frame was delivered (reads the clock only after a dry spell).
+    #[inline]
+    pub fn fed(&mut self) {
+        if self.starvation.is_dry() {
+            self.starvation.fed(Instant::now());
+        }
+    }
+
+    /// Asks the driver to kick when it makes buffers available (a receive queue a frame waits
+    /// for); returns true if some arrived meanwhile.
+    pub fn ask_for_buffers(&mut self) -> bool {
+        self.parts().is_some_and(|mut ring| ring.enable_kicks())
     }
 
     /// Publishes the used entries added since the last call (while the ring runs) and signals

@@ -260,7 +260,11 @@ impl Injector {
                 let n = rewritten.copy_to(&mut self.buf)?;
                 &self.buf[..n]
             };
-            if rx::deliver_completed(&mut vring, &hdr, full, &mut self.rx, record).is_err() {
+            let each = |r| {
+                record(r);
+                true
+            };
+            if rx::deliver_completed(&mut vring, &hdr, full, &mut self.rx, each).is_err() {
                 port.counters().record(DeviceDrop::OffloadFailed);
             }
         }
@@ -364,7 +368,7 @@ mod tests {
         mem.write_slice(&[0; 12], GuestAddress(0x100000)).unwrap();
         mem.write_slice(&f, GuestAddress(0x100000 + 12)).unwrap();
         tx.post(&[(0x100000, 12 + f.len() as u32, 0)]);
-        run_batch(&dp, &guest, 1, &mut TxScratch::default());
+        run_batch(&dp, &guest, 1, &mut TxScratch::default(), None);
         assert_eq!(
             recorder.0.lock().unwrap().as_slice(),
             [(VnetHdr::default(), f)]

@@ -6,6 +6,7 @@
 //! | [`worker`] | the per-port thread: epoll on kick fds and the port's wake/stop fds |
 //! | [`tx`] | one TX batch: chains, headers, decisions, delivery, notifications |
 //! | [`rx`] | delivery of one frame into a receive queue |
+//! | [`backpressure`] | how long a receive queue without buffers may hold the frames sent to it |
 //! | [`chain`] | walking a descriptor chain an untrusted guest posted |
 //! | [`vnet_hdr`] | the virtio-net header |
 //! | [`copy`] | copying guest to guest (or from local bytes) |
@@ -22,6 +23,7 @@ use crate::port::Port;
 use host::{HostAttachment, HostPort};
 use policy::PolicyPlane;
 
+pub mod backpressure;
 pub mod chain;
 pub mod copy;
 pub mod counters;

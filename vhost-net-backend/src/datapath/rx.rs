@@ -188,23 +188,29 @@ pub fn deliver(
         }
     }
     ring.push_used(&scratch.used[..count]);
+    vring.fed();
     Ok(frame_len)
 }
 
 /// Delivers `frame`, whose sender left offloads to do (`hdr`: a partial checksum, a TSO
 /// super-frame), to a guest that did not negotiate them: checksummed and segmented in software
-/// by bridge-core, each segment a frame of its own. `each` gets every segment's result. Fails
-/// when the frame's headers do not match its offload request.
+/// by bridge-core, each segment a frame of its own. `each` gets every segment's result and
+/// returns whether to go on (the segments after a `false` are not delivered). Fails when the
+/// frame's headers do not match its offload request.
 pub fn deliver_completed(
     vring: &mut Vring,
     hdr: &VnetHdr,
     frame: &[u8],
     scratch: &mut RxScratch,
-    mut each: impl FnMut(Result<usize, RxError>),
+    mut each: impl FnMut(Result<usize, RxError>) -> bool,
 ) -> Result<(), offload::Error> {
+    let mut going = true;
     offload::complete(frame, &hdr.offload_params(), |seg| {
+        if !going {
+            return;
+        }
         let body = Source::Local(seg.payload());
-        each(deliver(
+        going = each(deliver(
             vring,
             &VnetHdr::default(),
             [seg.head(), &[]],

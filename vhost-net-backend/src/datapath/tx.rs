@@ -11,6 +11,11 @@
 //! the same offloads. For a receiver that did not, the frame is gathered once and bridge-core's
 //! offload helpers checksum and segment it in software. Nothing is allocated per frame and no
 //! system call is made per frame; the eventfd writes that signal guests are per batch.
+//!
+//! A unicast frame whose receive queue has no buffers may wait for them (backpressure,
+//! [`super::backpressure`]): its chain stays in the sender's ring, the batch ends there
+//! ([`Progress::Stalled`]), and the next batch on the queue tries it again with the decision
+//! already taken.
 
 use bridge_core::offload;
 use bridge_core::policy::HookPoint;
@@ -20,12 +25,13 @@ use bridge_core::{Decision, DropReason, Egress, IngressBatch, NetworkId, PortId}
 use std::cell::RefCell;
 use std::ops::Range;
 use std::sync::MutexGuard;
+use std::time::Instant;
 
 use super::chain::{self, DescTable, Direction, Seg, WalkParams};
 use super::copy::{Reader, Source};
 use super::counters::DeviceDrop;
 use super::policy::{for_each_target, Check, FrameCtx, Outcome, PolicyStage};
-use super::rx::{self, RxScratch};
+use super::rx::{self, RxError, RxScratch};
 use super::vnet_hdr::{Gso, VnetHdr, MAX_HDR_LEN};
 use super::{Attachment, Datapath, PortTable};
 use crate::capture::{self, Captures};
@@ -46,6 +52,39 @@ pub const MAX_FRAME_LEN: usize = 65535 + ETH_OVERHEAD;
 const PEEK_LEN: usize = offload::MAX_HEAD_LEN;
 /// Receive queues remembered per batch for one signal each (more are signalled at once).
 const TOUCHED_MAX: usize = 64;
+
+/// A frame waiting for receive buffers: its chain, what the switch and the policies decided
+/// for it (not decided again, so it is counted once), and the receive queue it waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stall {
+    head: u16,
+    decision: Decision,
+    outcome: Outcome,
+    /// The receiving port.
+    pub dst: PortId,
+    /// Its receive queue.
+    pub ring: usize,
+}
+
+/// How a batch ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// The queue is empty and kicks are on.
+    Idle,
+    /// More chains are waiting (the batch was full, or some arrived as kicks went back on).
+    More,
+    /// A unicast frame waits for its receiver's buffers, and that guest was asked to kick when
+    /// it posts some: run the queue again (with the stall) then, or after a moment.
+    Stalled(Stall),
+}
+
+/// The receive queue a frame waits for, and what was decided for the frame.
+struct Waiting {
+    decision: Decision,
+    outcome: Outcome,
+    dst: PortId,
+    ring: usize,
+}
 
 /// Scratch space of one worker, allocated once.
 #[derive(Debug)]
@@ -171,13 +210,19 @@ impl Default for TxScratch {
     }
 }
 
-/// Runs one batch on transmit queue `ring` of `port`. Returns whether the queue has more work
-/// (the batch was full, or buffers arrived while kicks were being re-enabled).
+/// Runs one batch on transmit queue `ring` of `port`; `retry` is the stall the last batch on
+/// this queue ended with, if any.
 ///
 /// With policies, a frame whose flow has a verdict is carried out at once; the others are
 /// set aside with their copied heads, judged together (when the stage is full and at the end of
-/// the batch), and carried out from what was judged.
-pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> bool {
+/// the batch), and carried out from what was judged (those never wait for receive buffers).
+pub fn run_batch(
+    dp: &Datapath,
+    port: &Port,
+    ring: usize,
+    s: &mut TxScratch,
+    mut retry: Option<Stall>,
+) -> Progress {
     if s.policy.is_none() {
         if let Some(plane) = dp.policy() {
             s.policy = Some(PolicyStage::new(plane.clone(), HookPoint::PortIn));
@@ -188,13 +233,13 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
     let held = RefCell::new(None);
     let now = dp.now();
     let switch = RefCell::new(dp.switch().batch(now, port.id()));
-    let more = {
+    let progress = {
         let Some(mut vring) = port.device().vring(ring) else {
-            return false;
+            return Progress::Idle;
         };
         let features = Negotiated(vring.features());
         let Some(mut queue) = vring.parts() else {
-            return false;
+            return Progress::Idle;
         };
         let mem = queue.mem();
         queue.disable_kicks();
@@ -222,6 +267,7 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
         };
         let mut n = 0;
         let mut drained = false;
+        let mut stalled = None;
         while n < BATCH {
             let head = match queue.pop_head() {
                 Ok(Some(h)) => h,
@@ -235,7 +281,19 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
                     break;
                 }
             };
-            batch.frame(mem, head, s);
+            let decided = retry.take().filter(|r| r.head == head);
+            if let Some(w) = batch.frame(mem, head, decided, s) {
+                // The chain stays available, to be sent when the receiver has room.
+                queue.unpop(1);
+                stalled = Some(Stall {
+                    head,
+                    decision: w.decision,
+                    outcome: w.outcome,
+                    dst: w.dst,
+                    ring: w.ring,
+                });
+                break;
+            }
             // A head outside the table names no chain to give back.
             if head < queue.size() {
                 s.used[n] = UsedElem { head, len: 0 };
@@ -249,10 +307,14 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
         // The batch's rx counters are added before the guests are told of its frames.
         drop(switch);
         queue.add_used(&s.used[..n]);
-        let more = !drained || queue.enable_kicks();
+        let progress = match stalled {
+            Some(stall) => Progress::Stalled(stall),
+            None if !drained || queue.enable_kicks() => Progress::More,
+            None => Progress::Idle,
+        };
         // The sender's transmit queue: its used entries published, the guest signalled.
         vring.notify();
-        more
+        progress
     };
     // The receive queue still held is signalled (and released) here, the others below.
     if let Some(mut h) = held.into_inner() {
@@ -260,11 +322,11 @@ pub fn run_batch(dp: &Datapath, port: &Port, ring: usize, s: &mut TxScratch) -> 
         s.out.touched.retain(|t| *t != (h.port, h.ring));
     }
     for (dst, ring) in s.out.touched.drain(..) {
-        if let Some(mut v) = lookup(&ports, dst).and_then(|p| p.device().vring(ring)) {
+        if let Some(mut v) = guest_port(&ports, dst).and_then(|p| p.device().vring(ring)) {
             v.notify();
         }
     }
-    more
+    progress
 }
 
 /// A receive queue kept locked from one frame to the next of a batch (most frames of a batch
@@ -306,7 +368,8 @@ impl Drop for HeldRx<'_> {
     }
 }
 
-fn lookup<'p>(ports: &'p PortTable<'_>, id: PortId) -> Option<&'p Port> {
+/// The guest port `id` in the port table, if it is one.
+pub fn guest_port<'p>(ports: &'p PortTable<'_>, id: PortId) -> Option<&'p Port> {
     match ports.get(id.0 as usize)? {
         Some(Attachment::Guest(port)) => Some(port),
         _ => None,
@@ -375,6 +438,8 @@ impl<'a, 'p> Batch<'a, 'p> {
             reply: &mut bufs.reply,
             gathered: false,
             captures: self.captures,
+            may_wait: false,
+            waiting: None,
         }
     }
 
@@ -436,11 +501,21 @@ impl<'a, 'p> Batch<'a, 'p> {
     }
 
     /// Checks, decides, judges and delivers the frame at chain `head` (or sets it aside for
-    /// judging).
-    fn frame(&self, mem: &GuestRam, head: u16, s: &mut TxScratch) {
-        let Some(frame) = self.read(mem, head, &mut s.segs, &mut s.peek) else {
-            return;
-        };
+    /// judging); with `decided`, the stall it waited with, it is delivered as decided then.
+    /// Returns the receive queue the frame waits for, if it does.
+    fn frame(
+        &self,
+        mem: &GuestRam,
+        head: u16,
+        decided: Option<Stall>,
+        s: &mut TxScratch,
+    ) -> Option<Waiting> {
+        let frame = self.read(mem, head, &mut s.segs, &mut s.peek)?;
+        if let Some(stall) = decided {
+            // Captured, decided and judged the first time.
+            let mut out = self.out(&mut s.out);
+            return self.carry_out(&frame, &stall.decision, stall.outcome, true, &mut out);
+        }
         if let Some(c) = self.captures.filter(|c| c.wants(self.port.id())) {
             let mut out = self.out(&mut s.out);
             out.gather(&frame);
@@ -449,7 +524,7 @@ impl<'a, 'p> Batch<'a, 'p> {
         }
         let decision = self.switch.borrow_mut().process_head(frame.head, frame.len);
         if let Decision::Drop(_) = decision {
-            return;
+            return None;
         }
         let mut outcome = Outcome::PASS;
         if let Some(stage) = s.policy.as_mut().filter(|_| self.judging) {
@@ -465,11 +540,11 @@ impl<'a, 'p> Batch<'a, 'p> {
                     if stage.is_full() {
                         self.judge_set_aside(mem, stage, &mut s.aside, &mut s.out);
                     }
-                    return;
+                    return None;
                 }
             }
         }
-        self.carry_out(&frame, &decision, outcome, &mut self.out(&mut s.out));
+        self.carry_out(&frame, &decision, outcome, true, &mut self.out(&mut s.out))
     }
 
     /// Judges the frames set aside and carries out their outcomes, in order, on the bytes that
@@ -489,18 +564,38 @@ impl<'a, 'p> Batch<'a, 'p> {
         for (i, f) in aside.frames.iter().enumerate() {
             let outcome = stage.outcomes().get(i).copied().unwrap_or(Outcome::PASS);
             let frame = aside.frame(i, mem, hdr_len, self.pair);
-            self.carry_out(&frame, &f.decision, outcome, &mut self.out(bufs));
+            self.carry_out(&frame, &f.decision, outcome, false, &mut self.out(bufs));
         }
         aside.clear();
     }
 
-    /// Delivers, drops or rejects a frame the switch decided and the policies judged.
-    fn carry_out(&self, frame: &TxFrame<'_>, decision: &Decision, outcome: Outcome, out: &mut Out) {
+    /// Delivers, drops or rejects a frame the switch decided and the policies judged. A frame
+    /// with one destination waits for its receive buffers if `may_wait`: returns the receive
+    /// queue it waits for.
+    fn carry_out(
+        &self,
+        frame: &TxFrame<'_>,
+        decision: &Decision,
+        outcome: Outcome,
+        may_wait: bool,
+        out: &mut Out,
+    ) -> Option<Waiting> {
         match outcome {
             Outcome::Deliver { redirect, mirror } => {
+                // Floods and mirrored frames never wait.
+                out.may_wait = may_wait
+                    && mirror.is_none()
+                    && (redirect.is_some() || matches!(decision, Decision::Forward { .. }));
                 let switch = self.dp.switch();
                 for_each_target(switch, decision, redirect, mirror, |port, egress| {
                     out.deliver(frame, port, egress);
+                });
+                let (dst, ring) = out.waiting?;
+                return Some(Waiting {
+                    decision: *decision,
+                    outcome,
+                    dst,
+                    ring,
                 });
             }
             Outcome::Drop(reason) => self.port.switch_counters().record_drop(reason),
@@ -511,6 +606,7 @@ impl<'a, 'p> Batch<'a, 'p> {
                 out.reject(frame);
             }
         }
+        None
     }
 }
 
@@ -530,6 +626,10 @@ struct Out<'a, 'p> {
     gathered: bool,
     /// The captures, while any runs.
     captures: Option<&'a Captures>,
+    /// Whether the frame may wait for a receiver without buffers.
+    may_wait: bool,
+    /// The receive queue (port, ring) the frame waits for.
+    waiting: Option<(PortId, usize)>,
 }
 
 impl<'p> Out<'_, 'p> {
@@ -566,20 +666,38 @@ impl<'p> Out<'_, 'p> {
             return port.counters().record(DeviceDrop::RxNotRunning);
         };
         let ring = h.ring;
-        let delivered = if hdr.fits(Negotiated(h.vring.features())) {
-            match rx::deliver(&mut h.vring, &hdr, head, frame.rest(), self.rx) {
-                Ok(n) => {
+        let fits = hdr.fits(Negotiated(h.vring.features()));
+        let mut asked = false;
+        let delivered = loop {
+            let result = if fits {
+                rx::deliver(&mut h.vring, &hdr, head, frame.rest(), self.rx).map(|n| {
                     h.frames += 1;
                     h.bytes += n as u64;
                     true
+                })
+            } else {
+                self.in_software(frame, egress, &hdr, &mut h.vring, port)
+            };
+            match result {
+                Ok(delivered) => break delivered,
+                Err(RxError::NoBuffers) if self.may_wait => {
+                    if !h.vring.may_wait(Instant::now()) {
+                        port.counters().record(DeviceDrop::RxNoBuffers);
+                        break false;
+                    }
+                    // The guest is asked to kick when it posts buffers; if some arrived
+                    // meanwhile, the frame is tried again once at once.
+                    if asked || !h.vring.ask_for_buffers() {
+                        self.waiting = Some((dst, ring));
+                        return;
+                    }
+                    asked = true;
                 }
                 Err(e) => {
                     port.counters().record(e.into());
-                    false
+                    break false;
                 }
             }
-        } else {
-            self.in_software(frame, egress, &hdr, &mut h.vring, port)
         };
         if !delivered {
             return;
@@ -663,7 +781,8 @@ impl<'p> Out<'_, 'p> {
     }
 
     /// Completes the sender's offloads in software for a receiver that did not negotiate them.
-    /// Returns whether any segment was delivered.
+    /// Returns whether any segment was delivered; `Err` (not counted) when the first segment
+    /// could not be, so that the frame can wait whole or be counted once.
     fn in_software(
         &mut self,
         frame: &TxFrame<'_>,
@@ -671,7 +790,7 @@ impl<'p> Out<'_, 'p> {
         hdr: &VnetHdr,
         rx: &mut Vring,
         port: &Port,
-    ) -> bool {
+    ) -> Result<bool, RxError> {
         self.gather(frame);
         let original = &self.frame_buf[..frame.len];
         let full = match egress {
@@ -681,21 +800,34 @@ impl<'p> Out<'_, 'p> {
                 .and_then(|f| f.copy_to(self.egress_buf))
             {
                 Some(n) => &self.egress_buf[..n],
-                None => return false,
+                None => return Ok(false),
             },
         };
         let mut delivered = false;
+        let mut first_failed = None;
         let result = rx::deliver_completed(rx, hdr, full, self.rx, |r| match r {
             Ok(n) => {
                 port.switch_counters().record_tx(n);
                 delivered = true;
+                true
             }
-            Err(e) => port.counters().record(e.into()),
+            // The first segment not delivered: the rest are not tried.
+            Err(e) if !delivered => {
+                first_failed = Some(e);
+                false
+            }
+            Err(e) => {
+                port.counters().record(e.into());
+                true
+            }
         });
         if result.is_err() {
             self.src.counters().record(DeviceDrop::OffloadFailed);
         }
-        delivered
+        match first_failed {
+            Some(e) => Err(e),
+            None => Ok(delivered),
+        }
     }
 }
 
@@ -703,6 +835,9 @@ impl<'p> Out<'_, 'p> {
 mod tests {
     use super::*;
     use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::datapath::backpressure::STALL_MAX;
 
     use bridge_core::wire::{checksum, IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket};
     use bridge_core::{NetworkConfig, Switch};
@@ -822,8 +957,8 @@ mod tests {
         (hdr, f)
     }
 
-    fn batch(dp: &Datapath, g: &Guest) -> bool {
-        run_batch(dp, &g.port, 1, &mut TxScratch::default())
+    fn batch(dp: &Datapath, g: &Guest) -> Progress {
+        run_batch(dp, &g.port, 1, &mut TxScratch::default(), None)
     }
 
     #[test]
@@ -837,7 +972,7 @@ mod tests {
         let f2 = eth(mac(9), mac(1), 60);
         send(&g[0], &mut a_tx, 0, [0; 12], &f1);
         send(&g[0], &mut a_tx, 1, [0; 12], &f2);
-        assert!(!batch(&dp, &g[0]));
+        assert_eq!(batch(&dp, &g[0]), Progress::Idle);
         assert_eq!(
             (a_tx.used_idx(), a_tx.used(0), a_tx.used(1)),
             (2, (0, 0), (1, 0))
@@ -890,9 +1025,9 @@ mod tests {
                 &eth([0xff; 6], mac(1), 60),
             );
         }
-        assert!(batch(&dp, &g[0]), "64 of 100: more to do");
+        assert_eq!(batch(&dp, &g[0]), Progress::More, "64 of 100: more to do");
         assert_eq!((a_tx.used_idx(), b_rx.used_idx()), (64, 64));
-        assert!(!batch(&dp, &g[0]));
+        assert_eq!(batch(&dp, &g[0]), Progress::Idle);
         assert_eq!((a_tx.used_idx(), b_rx.used_idx()), (100, 100));
     }
 
@@ -920,7 +1055,7 @@ mod tests {
         );
         send(&g[0], &mut a_tx, 3, [0; 12], &eth([0xff; 6], mac(1), 1600));
         send(&g[0], &mut a_tx, 4, [0; 12], &good);
-        assert!(!batch(&dp, &g[0]));
+        assert_eq!(batch(&dp, &g[0]), Progress::Idle);
         let s = g[0].stats();
         for reason in [
             DeviceDrop::TxWrongDirection,
@@ -1096,5 +1231,106 @@ mod tests {
         assert_eq!(g[1].stats().get(DeviceDrop::RxNoBuffers), 1);
         assert_eq!(c_rx.used_idx(), 1);
         assert_eq!(a_tx.used_idx(), 1);
+    }
+
+    fn learned_pair(a_features: u64, b_features: u64) -> (Datapath, Vec<Guest>) {
+        let (dp, g) = setup(&[a_features, b_features]);
+        let mut b_tx = g[1].tx();
+        send(&g[1], &mut b_tx, 0, [0; 12], &eth([0xff; 6], mac(2), 60));
+        assert_eq!(batch(&dp, &g[1]), Progress::Idle);
+        (dp, g)
+    }
+
+    #[test]
+    fn unicast_waits_for_receive_buffers_and_is_decided_once() {
+        let (dp, g) = learned_pair(V1, V1);
+        let (mut a_tx, mut b_rx) = (g[0].tx(), g[1].rx());
+        post_rx(&mut b_rx, 1, 2048);
+        let frames: Vec<Vec<u8>> = (0..3).map(|i| eth(mac(2), mac(1), 60 + i)).collect();
+        for (i, f) in frames.iter().enumerate() {
+            send(&g[0], &mut a_tx, i as u64, [0; 12], f);
+        }
+        let mut scratch = TxScratch::default();
+        let Progress::Stalled(stall) = run_batch(&dp, &g[0].port, 1, &mut scratch, None) else {
+            panic!("the second frame waits");
+        };
+        assert_eq!((stall.dst, stall.ring), (g[1].port.id(), 0));
+        assert_eq!(a_tx.used_idx(), 1, "only the delivered frame is given back");
+        assert_eq!(b_rx.used_idx(), 1);
+        // Still nothing: it waits again, counted once.
+        let again = run_batch(&dp, &g[0].port, 1, &mut scratch, Some(stall));
+        assert_eq!(again, Progress::Stalled(stall));
+        // B posts buffers: the frames go, in order.
+        for i in 1..5 {
+            b_rx.post(&[(RX_BUF + i * 0x10000, 2048, W)]);
+        }
+        let done = run_batch(&dp, &g[0].port, 1, &mut scratch, Some(stall));
+        assert_eq!(done, Progress::Idle);
+        assert_eq!((a_tx.used_idx(), b_rx.used_idx()), (3, 3));
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(&received(&g[1], &b_rx, i as u16).1, f);
+        }
+        let a = dp.switch().port_info(g[0].port.id()).unwrap().stats;
+        assert_eq!(
+            a.rx_frames, 3,
+            "a waiting frame is decided and counted once"
+        );
+        assert_eq!(g[1].stats().total(), 0, "nothing dropped");
+    }
+
+    #[test]
+    fn a_receiver_that_stops_reading_holds_its_senders_only_briefly() {
+        let (dp, g) = learned_pair(V1, V1);
+        let mut a_tx = g[0].tx();
+        for i in 0..3 {
+            send(&g[0], &mut a_tx, i, [0; 12], &eth(mac(2), mac(1), 60));
+        }
+        let mut scratch = TxScratch::default();
+        let Progress::Stalled(stall) = run_batch(&dp, &g[0].port, 1, &mut scratch, None) else {
+            panic!("the first frame waits");
+        };
+        std::thread::sleep(STALL_MAX + Duration::from_millis(10));
+        // Past STALL_MAX: dropped, and so are the next frames to that queue, at once.
+        let done = run_batch(&dp, &g[0].port, 1, &mut scratch, Some(stall));
+        assert_eq!(done, Progress::Idle);
+        assert_eq!(a_tx.used_idx(), 3);
+        assert_eq!(g[1].stats().get(DeviceDrop::RxNoBuffers), 3);
+    }
+
+    #[test]
+    fn a_frame_segmented_in_software_waits_whole() {
+        let (dp, g) = learned_pair(V1 | MRG | HOST_TSO, V1 | MRG);
+        let (mut a_tx, mut b_rx) = (g[0].tx(), g[1].rx());
+        send(&g[0], &mut a_tx, 0, tso_hdr(1000), &tcp_frame(3000));
+        let mut scratch = TxScratch::default();
+        let Progress::Stalled(stall) = run_batch(&dp, &g[0].port, 1, &mut scratch, None) else {
+            panic!("the frame waits");
+        };
+        assert_eq!((a_tx.used_idx(), b_rx.used_idx()), (0, 0));
+        post_rx(&mut b_rx, 3, 4096);
+        let done = run_batch(&dp, &g[0].port, 1, &mut scratch, Some(stall));
+        assert_eq!(done, Progress::Idle);
+        assert_eq!(
+            (a_tx.used_idx(), b_rx.used_idx()),
+            (1, 3),
+            "all three segments"
+        );
+        assert_eq!(g[1].stats().total(), 0);
+
+        // Room for one segment only: it goes, the frame does not wait, the rest are counted.
+        post_rx(&mut b_rx, 1, 4096);
+        send(&g[0], &mut a_tx, 1, tso_hdr(1000), &tcp_frame(3000));
+        assert_eq!(batch(&dp, &g[0]), Progress::Idle);
+        assert_eq!((a_tx.used_idx(), b_rx.used_idx()), (2, 4));
+        assert_eq!(g[1].stats().get(DeviceDrop::RxNoBuffers), 2);
+    }
+
+    #[test]
+    fn floods_never_wait() {
+        let (dp, g) = setup(&[V1, V1]);
+        let mut a_tx = g[0].tx();
+        send(&g[0], &mut a_tx, 0, [0; 12], &eth([0xff; 6], mac(1), 60));
+        assert_eq!(batch(&dp, &g[0]), Progress::Idle);
+        assert_eq!(g[1].stats().get(DeviceDrop::RxNoBuffers), 1);
     }
 }
