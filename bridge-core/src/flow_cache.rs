@@ -26,7 +26,14 @@
 //!
 //! The table is allocated on the first entry, so a thread whose stage never sees a known flow
 //! costs nothing but this struct. A guest can make its own packets collide in the cache; that
-//! costs it the lookup in conntrack the cache would have saved, nothing more.
+//! costs it the lookup in conntrack the cache would have saved, nothing more. A set keeps its
+//! live entries: a packet whose set holds two other live ones is tracked but not remembered
+//! (until one of them is outdated), so more keys than a set holds do not evict each other in
+//! turn and all miss.
+//!
+//! A slot holds its key and the index of its verdict in a small table of the distinct verdicts
+//! (a port's flows share a few), so a hit reads one cache line of slots and a verdict that the
+//! port's other flows keep in cache.
 
 use std::net::IpAddr;
 
@@ -142,14 +149,16 @@ impl Key {
     }
 }
 
-/// One remembered packet shape, without its verdict (kept apart, read only on a hit): a set
-/// of two fills one cache line.
+/// One remembered packet shape and the index of its verdict in the cache's table of distinct
+/// verdicts: a set of two fills one cache line, and a hit reads no other line of its own.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     /// [`Key::EMPTY`] for none.
     key: Key,
     /// The cache's [`stamp`](FlowCache::stamp) when it was made.
-    stamp: u32,
+    stamp: u16,
+    /// Its verdict: an index into [`FlowCache::verdicts`], valid while `stamp` is current.
+    verdict: u16,
     /// Until when it answers: when a packet like it was tracked, plus the refresh interval.
     until: Instant,
 }
@@ -158,11 +167,13 @@ impl Slot {
     const EMPTY: Slot = Slot {
         key: Key::EMPTY,
         stamp: 0,
+        verdict: 0,
         until: Instant::ZERO,
     };
 
     /// Whether the slot answers at `now` under `stamp`.
-    fn answers(&self, now: Instant, stamp: u32) -> bool {
+    #[inline]
+    fn answers(&self, now: Instant, stamp: u16) -> bool {
         self.key.kind != Key::EMPTY.kind && self.stamp == stamp && now < self.until
     }
 }
@@ -174,28 +185,37 @@ struct Set([Slot; 2]);
 
 const _: () = assert!(std::mem::size_of::<Set>() == 64);
 
+/// Most distinct verdicts the slots of one stamp refer to; one more clears the cache (a new
+/// stamp). Verdicts differ by action, rules, rate class, mirror and generation, so a port's
+/// flows share a few of them (one per rule they match, with a security group).
+pub const MAX_VERDICTS: usize = 256;
+
+const _: () = assert!(MAX_VERDICTS <= 1 << 16);
+
 /// One thread's cache in front of one [`Conntrack`]. See the module docs.
 #[derive(Debug)]
 pub struct FlowCache<V> {
     /// [`ENTRIES`] / 2 sets once the first entry is made, empty before.
     sets: Box<[Set]>,
-    /// The verdicts of the slots, two per set.
-    verdicts: Box<[Option<V>]>,
+    /// The distinct verdicts the slots of the current stamp refer to (at most
+    /// [`MAX_VERDICTS`]); emptied with each new stamp.
+    verdicts: Vec<V>,
     refresh: Duration,
     /// The table's epoch at the start of the batch.
     epoch: u64,
-    /// Moves (wrapping) with `epoch`: slots made under another stamp do not answer. It would
-    /// take 2^32 epochs within one refresh interval (at most 1 s) for a stale slot to answer.
-    stamp: u32,
+    /// Moves (wrapping) with `epoch` and when `verdicts` is full: slots made under another
+    /// stamp do not answer. When it wraps to 0 every slot is emptied, so no slot of an older
+    /// stamp ever answers.
+    stamp: u16,
 }
 
-impl<V: Copy> FlowCache<V> {
+impl<V: Copy + PartialEq> FlowCache<V> {
     /// An empty cache in front of `flows` (nothing allocated yet).
     pub fn new(flows: &Conntrack<V>) -> Self {
         let refresh = (flows.timeouts().shortest() / 8).min(MAX_REFRESH);
         FlowCache {
             sets: Box::default(),
-            verdicts: Box::default(),
+            verdicts: Vec::new(),
             refresh,
             epoch: flows.epoch(),
             stamp: 0,
@@ -213,7 +233,16 @@ impl<V: Copy> FlowCache<V> {
         let epoch = flows.epoch();
         if epoch != self.epoch {
             self.epoch = epoch;
-            self.stamp = self.stamp.wrapping_add(1);
+            self.new_stamp();
+        }
+    }
+
+    /// Moves to a new stamp: no slot made so far answers, and the verdicts are forgotten.
+    fn new_stamp(&mut self) {
+        self.stamp = self.stamp.wrapping_add(1);
+        self.verdicts.clear();
+        if self.stamp == 0 {
+            self.sets.fill(Set([Slot::EMPTY; 2]));
         }
     }
 
@@ -232,14 +261,13 @@ impl<V: Copy> FlowCache<V> {
 
     #[inline]
     fn find(&self, now: Instant, key: Key) -> Option<&V> {
-        let set = key.set();
-        let way = self
+        let slot = self
             .sets
-            .get(set)?
+            .get(key.set())?
             .0
             .iter()
-            .position(|s| s.key == key && s.answers(now, self.stamp))?;
-        self.verdicts.get(2 * set + way)?.as_ref()
+            .find(|s| s.key == key && s.answers(now, self.stamp))?;
+        self.verdicts.get(usize::from(slot.verdict))
     }
 
     /// Remembers what tracking `packet` at `now` answered, `tracked`, if packets like it may
@@ -258,21 +286,146 @@ impl<V: Copy> FlowCache<V> {
         }
         if self.sets.is_empty() {
             self.sets = vec![Set([Slot::EMPTY; 2]); ENTRIES / 2].into_boxed_slice();
-            self.verdicts = vec![None; ENTRIES].into_boxed_slice();
         }
-        let (stamp, set) = (self.stamp, key.set());
-        let slots = &mut self.sets[set].0;
-        // The same key's slot, else an empty or outdated one, else the one tracked longer ago.
-        let way = slots
+        let set = key.set();
+        // The same key's slot, else an empty or outdated one. Two live slots of other keys
+        // stay: with more keys in use than a set holds, evicting the older one would make
+        // every key of that set miss in turn; this way only the ones that find no slot do.
+        let slots = &self.sets[set].0;
+        let Some(way) = slots
             .iter()
             .position(|s| s.key == key)
-            .or_else(|| slots.iter().position(|s| !s.answers(now, stamp)))
-            .unwrap_or_else(|| usize::from(slots[1].until < slots[0].until));
-        slots[way] = Slot {
+            .or_else(|| slots.iter().position(|s| !s.answers(now, self.stamp)))
+        else {
+            return;
+        };
+        let verdict = self.intern(verdict);
+        self.sets[set].0[way] = Slot {
             key,
-            stamp,
+            stamp: self.stamp,
+            verdict,
             until: now + self.refresh,
         };
-        self.verdicts[2 * set + way] = Some(verdict);
+    }
+
+    /// The index of `verdict` in the table of the current stamp, added if new; when the table
+    /// is full, a new stamp first (nothing is answered until remembered again).
+    fn intern(&mut self, verdict: V) -> u16 {
+        // The last one added first: a port's new flows mostly get the same verdict.
+        let found = self
+            .verdicts
+            .last()
+            .filter(|&&v| v == verdict)
+            .map(|_| self.verdicts.len() - 1);
+        let index = match found.or_else(|| self.verdicts.iter().position(|&v| v == verdict)) {
+            Some(i) => i,
+            None => {
+                if self.verdicts.len() == MAX_VERDICTS {
+                    self.new_stamp();
+                }
+                self.verdicts.push(verdict);
+                self.verdicts.len() - 1
+            }
+        };
+        // Below MAX_VERDICTS, which fits.
+        index as u16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::ConntrackConfig;
+    use crate::gateway::frame::{udp_frame, Ipv4Route};
+    use smoltcp::wire::EthernetAddress;
+    use std::net::Ipv4Addr;
+
+    const T0: Instant = Instant::from_millis_const(1_000_000);
+
+    /// A UDP packet 10.0.0.2:`sport` -> 10.0.0.3:53.
+    fn udp(sport: u16) -> PacketMeta {
+        let route = Ipv4Route {
+            src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            src_ip: Ipv4Addr::new(10, 0, 0, 2),
+            dst_ip: Ipv4Addr::new(10, 0, 0, 3),
+        };
+        PacketMeta::parse_ipv4(1, &udp_frame(&route, sport, 53, b"x")[14..]).unwrap()
+    }
+
+    /// Tracks `p` in `ct`, gives its flow `verdict` and offers it to `cache`.
+    fn remember(ct: &Conntrack<u32>, cache: &mut FlowCache<u32>, p: &PacketMeta, verdict: u32) {
+        let flow = ct.track(T0, p).unwrap().flow.unwrap();
+        ct.set_verdict(&flow, verdict);
+        cache.begin_batch(ct);
+        cache.insert(T0, p, &ct.track(T0, p).unwrap());
+    }
+
+    #[test]
+    fn a_full_set_keeps_its_live_entries() {
+        let set_of = |port| Key::of(&udp(port)).unwrap().set();
+        let ports: Vec<u16> = (1000..u16::MAX)
+            .filter(|&p| set_of(p) == set_of(1000))
+            .take(3)
+            .collect();
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let mut cache = FlowCache::new(&ct);
+        for &p in &ports {
+            remember(&ct, &mut cache, &udp(p), 7);
+        }
+        let now = T0 + Duration::from_millis(10);
+        assert_eq!(cache.get(now, &udp(ports[0])), Some(7));
+        assert_eq!(cache.get(now, &udp(ports[1])), Some(7));
+        assert_eq!(cache.get(now, &udp(ports[2])), None);
+        // Once an entry is outdated, the next packet that finds no slot takes it.
+        let later = T0 + cache.refresh();
+        cache.insert(
+            later,
+            &udp(ports[2]),
+            &ct.track(later, &udp(ports[2])).unwrap(),
+        );
+        assert_eq!(cache.get(later, &udp(ports[2])), Some(7));
+    }
+
+    #[test]
+    fn verdicts_are_shared_and_a_full_table_forgets_every_entry() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let mut cache = FlowCache::new(&ct);
+        let ports = 1000..1000 + MAX_VERDICTS as u16;
+        for (i, port) in ports.clone().enumerate() {
+            remember(&ct, &mut cache, &udp(port), (i % 2) as u32);
+        }
+        assert_eq!(cache.verdicts.len(), 2);
+        // All but the few that found their set full answer, each with its own verdict.
+        let answered = ports.clone().enumerate().filter(|&(i, port)| {
+            let v = cache.get(T0, &udp(port));
+            assert!(v.is_none_or(|v| v == (i % 2) as u32));
+            v.is_some()
+        });
+        assert!(answered.count() > MAX_VERDICTS * 3 / 4);
+        // Fill the table with distinct verdicts, then one more: only that one answers.
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let mut cache = FlowCache::new(&ct);
+        for (i, port) in ports.clone().enumerate() {
+            remember(&ct, &mut cache, &udp(port), 100 + i as u32);
+        }
+        assert_eq!(cache.verdicts.len(), MAX_VERDICTS);
+        remember(&ct, &mut cache, &udp(2000), 99);
+        assert_eq!(cache.get(T0, &udp(2000)), Some(99));
+        assert!(ports.into_iter().all(|p| cache.get(T0, &udp(p)).is_none()));
+    }
+
+    #[test]
+    fn a_wrapped_stamp_answers_for_no_older_entry() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let mut cache = FlowCache::new(&ct);
+        remember(&ct, &mut cache, &udp(1000), 7);
+        assert_eq!(cache.get(T0, &udp(1000)), Some(7));
+        for _ in 0..=u16::MAX {
+            cache.new_stamp();
+        }
+        // The same stamp and verdict index as when the entry was made.
+        cache.verdicts.push(8);
+        assert_eq!(cache.get(T0, &udp(1000)), None);
     }
 }

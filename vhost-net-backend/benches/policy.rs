@@ -7,6 +7,12 @@
 //!   the datapath skips `check`), and with allow-all and the security group (the verdict cached
 //!   in the flow: parsing, the thread's flow cache or conntrack, rule counters, no call into
 //!   WebAssembly).
+//! - `ports/*`: the stage in the load generator's 16-port rows (`bench --only "16 ports"`): 8
+//!   sender ports, each with its own stage (a thread each in the daemon) on one shared flow
+//!   table, each sending its 256 UDP flows (the generator's addresses and ports) in batches of
+//!   64 in turn; the security group is the one `bench` configures (24 rules over the 16 ports,
+//!   the flows' at the end of each direction). 2048 flows and 8 threads' caches: what a frame
+//!   costs when the caches no longer hold everything.
 //!
 //! Per-flow mode (the verdict cached in the flow) costs what `stage/*` measures per frame;
 //! per-frame mode (`NO_CACHE`: every frame judged by the module) costs a `call/*` per frame, as
@@ -30,7 +36,8 @@ use bridge_core::policy::{BridgeOut, HookPoint, JudgeKind, PolicyFrame, PolicyHo
 use bridge_core::time::Instant;
 use bridge_core::{NetworkId, PortId};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use policy_sdk::frames::{tcp4, Endpoint, TCP_ACK, TCP_SYN};
+use policy_sdk::abi::MAX_BATCH;
+use policy_sdk::frames::{tcp4, udp4, Endpoint, TCP_ACK, TCP_SYN};
 use vhost_net_backend::datapath::policy::{Check, FrameCtx, PolicyPlane, PolicyStage};
 use vhost_net_backend::policy::engine::LoadPath;
 use vhost_net_backend::policy::{FailMode, HostConfig, PolicyHost, PolicySet, PolicySpec};
@@ -168,6 +175,113 @@ fn stage(c: &mut Criterion) {
     group.finish();
 }
 
+/// Sender/receiver pairs of the generator's 16-port rows.
+const PAIRS: usize = 8;
+/// Flows per sender (the generator's default).
+const PAIR_FLOWS: usize = 256;
+/// The generator's first UDP destination port and how many it uses.
+const FIRST_DST_PORT: u16 = 5201;
+const DST_PORTS: u16 = 16;
+
+/// The security group `bench` gives a device of `ports` ports: 11 rules per direction that do
+/// not match the flows, then the one that does.
+fn bench_security_group(ports: usize) -> String {
+    let mut config = String::from("group bench ports");
+    for p in 0..ports {
+        config.push_str(&format!(" {p}"));
+    }
+    config.push('\n');
+    for direction in ["egress", "ingress"] {
+        for i in 0..11 {
+            config.push_str(&format!("{direction} ipv4 udp {} 10.0.0.0/8\n", 2000 + i));
+        }
+        let last = FIRST_DST_PORT + DST_PORTS - 1;
+        config.push_str(&format!(
+            "{direction} ipv4 udp {FIRST_DST_PORT}-{last} 10.0.0.0/8\n"
+        ));
+    }
+    config
+}
+
+/// Flow `n` from guest `src` to guest `dst` as the generator makes it (tests/src/load/
+/// traffic.rs): 64-byte UDP frames, addresses in 10.0.0.0/8 by guest, 4 MACs per guest.
+fn generator_frame(src: usize, dst: usize, n: usize) -> Vec<u8> {
+    let end = |guest: usize, host: usize, mac: usize| {
+        let ip = 0x0a00_0000 | ((guest as u32 & 0xff) << 16) | (host as u32 & 0xffff);
+        Endpoint::new([0x02, 0x4c, 0, guest as u8, 0, mac as u8], ip.to_be_bytes())
+    };
+    let from = end(src, n % 251 + 1, n % 4);
+    let to = end(dst, n % 241 + 1, (n / 4) % 4);
+    let dport = FIRST_DST_PORT + (n % usize::from(DST_PORTS)) as u16;
+    udp4(from, to, 1024 + n as u16, dport, &[0; 18])
+}
+
+fn ports(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ports");
+    group.throughput(Throughput::Elements((PAIRS * PAIR_FLOWS) as u64));
+    let cases = [
+        ("none", None),
+        ("allow-all", Some(("allow-all", String::new()))),
+        (
+            "security-group",
+            Some(("security-group", bench_security_group(2 * PAIRS))),
+        ),
+    ];
+    for (label, policy) in cases {
+        let plane = Arc::new(PolicyPlane::new(host(
+            policy.as_ref().map(|(n, c)| (*n, c.as_str())),
+        )));
+        let mut senders: Vec<(PolicyStage, FrameCtx, Vec<Vec<u8>>)> = (0..PAIRS)
+            .map(|k| {
+                let stage = PolicyStage::new(Arc::clone(&plane), HookPoint::PortIn);
+                let ctx = FrameCtx {
+                    ingress: PortId(2 * k as u32),
+                    network: NetworkId(0),
+                    from_guest: true,
+                    out: BridgeOut::Port(PortId(2 * k as u32 + 1)),
+                    to_guest: true,
+                };
+                let frames = (0..PAIR_FLOWS)
+                    .map(|n| generator_frame(2 * k, 2 * k + 1, n))
+                    .collect();
+                (stage, ctx, frames)
+            })
+            .collect();
+        let now = Instant::from_millis(1);
+        // The flows' first frames are judged; from here on their verdicts are cached.
+        for (stage, ctx, frames) in &mut senders {
+            if stage.begin_batch() {
+                for batch in frames.chunks(MAX_BATCH) {
+                    for f in batch {
+                        let _ = stage.check(now, *ctx, f, f.len());
+                    }
+                    stage.judge_pending(now);
+                }
+                stage.end_batch();
+            }
+        }
+        group.bench_function(label, |b| {
+            b.iter(|| {
+                // Each sender's batches of 64 in turn, as the daemon's threads take turns on
+                // its CPU.
+                for round in 0..PAIR_FLOWS / MAX_BATCH {
+                    for (stage, ctx, frames) in &mut senders {
+                        if !stage.begin_batch() {
+                            continue;
+                        }
+                        for f in &frames[round * MAX_BATCH..][..MAX_BATCH] {
+                            let checked = stage.check(now, *ctx, black_box(f), f.len());
+                            assert!(matches!(checked, Check::Now(_)), "cached");
+                        }
+                        stage.end_batch();
+                    }
+                }
+            });
+        });
+    }
+    group.finish();
+}
+
 /// A set with the security group and `config`.
 fn sg_set(config: String) -> PolicySet {
     let mut set = PolicySet::default();
@@ -227,6 +341,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = call, stage, reload
+    targets = call, stage, ports, reload
 }
 criterion_main!(benches);
