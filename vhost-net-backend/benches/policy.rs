@@ -10,9 +10,9 @@
 //! - `ports/*`: the stage in the load generator's 16-port rows (`bench --only "16 ports"`): 8
 //!   sender ports, each with its own stage (a thread each in the daemon) on one shared flow
 //!   table, each sending its 256 UDP flows (the generator's addresses and ports) in batches of
-//!   64 in turn; the security group is the one `bench` configures (24 rules over the 16 ports,
-//!   the flows' at the end of each direction). 2048 flows and 8 threads' caches: what a frame
-//!   costs when the caches no longer hold everything.
+//!   64 in turn; the security group's 24 ingress rules over the receivers' ports let the flows
+//!   in at the last rule. 2048 flows and 8 threads' caches: what a frame costs when the CPU's
+//!   caches no longer hold everything.
 //!
 //! Per-flow mode (the verdict cached in the flow) costs what `stage/*` measures per frame;
 //! per-frame mode (`NO_CACHE`: every frame judged by the module) costs a `call/*` per frame, as
@@ -47,11 +47,17 @@ const SERVER: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 2], [192, 168, 122,
 
 /// 23 rules that do not match, then the one that does.
 fn security_group() -> String {
-    let mut config = String::from("group servers ports 2\n");
+    security_group_over("2", "tcp 22 0.0.0.0/0")
+}
+
+/// A group over `ports` whose 24 ingress rules allow TCP from 10.0.0.0/8 to ports 1000-1022,
+/// then `allowed` (protocol, port range and remote prefix).
+fn security_group_over(ports: &str, allowed: &str) -> String {
+    let mut config = format!("group servers ports {ports}\n");
     for i in 0..23 {
         config.push_str(&format!("ingress ipv4 tcp {} 10.0.0.0/8\n", 1000 + i));
     }
-    config.push_str("ingress ipv4 tcp 22 0.0.0.0/0\n");
+    config.push_str(&format!("ingress ipv4 {allowed}\n"));
     config
 }
 
@@ -183,26 +189,6 @@ const PAIR_FLOWS: usize = 256;
 const FIRST_DST_PORT: u16 = 5201;
 const DST_PORTS: u16 = 16;
 
-/// The security group `bench` gives a device of `ports` ports: 11 rules per direction that do
-/// not match the flows, then the one that does.
-fn bench_security_group(ports: usize) -> String {
-    let mut config = String::from("group bench ports");
-    for p in 0..ports {
-        config.push_str(&format!(" {p}"));
-    }
-    config.push('\n');
-    for direction in ["egress", "ingress"] {
-        for i in 0..11 {
-            config.push_str(&format!("{direction} ipv4 udp {} 10.0.0.0/8\n", 2000 + i));
-        }
-        let last = FIRST_DST_PORT + DST_PORTS - 1;
-        config.push_str(&format!(
-            "{direction} ipv4 udp {FIRST_DST_PORT}-{last} 10.0.0.0/8\n"
-        ));
-    }
-    config
-}
-
 /// Flow `n` from guest `src` to guest `dst` as the generator makes it (tests/src/load/
 /// traffic.rs): 64-byte UDP frames, addresses in 10.0.0.0/8 by guest, 4 MACs per guest.
 fn generator_frame(src: usize, dst: usize, n: usize) -> Vec<u8> {
@@ -216,6 +202,17 @@ fn generator_frame(src: usize, dst: usize, n: usize) -> Vec<u8> {
     udp4(from, to, 1024 + n as u16, dport, &[0; 18])
 }
 
+/// The security group over the receivers' ports: their flows' first frames walk 23 rules
+/// before the one that lets them in.
+fn ports_security_group() -> String {
+    let receivers: Vec<String> = (0..PAIRS).map(|k| (2 * k + 1).to_string()).collect();
+    let last = FIRST_DST_PORT + DST_PORTS - 1;
+    security_group_over(
+        &receivers.join(" "),
+        &format!("udp {FIRST_DST_PORT}-{last} 10.0.0.0/8"),
+    )
+}
+
 fn ports(c: &mut Criterion) {
     let mut group = c.benchmark_group("ports");
     group.throughput(Throughput::Elements((PAIRS * PAIR_FLOWS) as u64));
@@ -224,7 +221,7 @@ fn ports(c: &mut Criterion) {
         ("allow-all", Some(("allow-all", String::new()))),
         (
             "security-group",
-            Some(("security-group", bench_security_group(2 * PAIRS))),
+            Some(("security-group", ports_security_group())),
         ),
     ];
     for (label, policy) in cases {
