@@ -1,7 +1,8 @@
 //! The NAT network's `user` egress without a VM: the daemon runs in-process with its embedded
 //! default network, guests are harness NICs (a smoltcp stack for TCP, frames built here for
 //! the rest), and the hosts they reach are sockets of this test on loopback. The control
-//! socket's views of the network (leases, conntrack, port forwards) are asked through the CLI.
+//! socket's views of the network (leases, conntrack, port forwards, counters) are asked through
+//! the CLI.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -21,7 +22,8 @@ use tests::frontend::connection::Role;
 use tests::frontend::net::{NetOptions, VirtioNet};
 use tests::guest_stack::GuestStack;
 use vhost_net_backend::config::{DnsConfig, NetworkMode};
-use vhost_net_backend::control::protocol::{FlowInfo, LeaseInfo};
+use vhost_net_backend::control::protocol::{EgressStats, FlowInfo, LeaseInfo, NatStatsView};
+use vhost_net_backend::nat::user::UserEgressStats;
 
 const WAIT: Duration = Duration::from_secs(10);
 const GATEWAY: Ipv4Address = Ipv4Address::new(192, 168, 122, 1);
@@ -124,6 +126,30 @@ fn accept(g: &mut GuestStack, listener: &TcpListener) -> TcpStream {
     let (s, _) = accepted.expect("the guest's connection reaches the host");
     s.set_nonblocking(false).unwrap();
     s
+}
+
+/// An established TCP flow of the guest to a listener of the test: the host's end and the
+/// listener's port.
+fn tcp_flow(g: &mut GuestStack) -> (TcpStream, u16) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tcp = g.connect(SocketAddrV4::new(LOOPBACK, port));
+    let host = accept(g, &listener);
+    assert!(g.until(WAIT, |g| g.tcp(tcp).state() == State::Established));
+    (host, port)
+}
+
+/// A UDP datagram of guest `i` from port 5353 to a socket of the test, received there: the
+/// socket and where the datagram came from.
+fn udp_flow(lab: &Lab, g: &mut GuestStack, i: usize) -> (UdpSocket, SocketAddr) {
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(WAIT)).unwrap();
+    let port = udp.local_addr().unwrap().port();
+    g.nic()
+        .send(0, &udp_frame(&route(lab, i, LOOPBACK), 5353, port, b"q"))
+        .unwrap();
+    let (_, from) = udp.recv_from(&mut [0u8; 8]).unwrap();
+    (udp, from)
 }
 
 /// The next frame the guest gets holding a UDP datagram from port `port` (other guests' DHCP
@@ -536,19 +562,9 @@ fn the_cli_shows_leases_and_flows_and_manages_port_forwards() {
     assert_eq!(show.networks[0].gateway_running, Some(true));
 
     // A TCP flow and a UDP flow in conntrack.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let tcp_port = listener.local_addr().unwrap().port();
-    let tcp = g.connect(SocketAddrV4::new(LOOPBACK, tcp_port));
-    let _host = accept(&mut g, &listener);
-    assert!(g.until(WAIT, |g| g.tcp(tcp).state() == State::Established));
-    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    udp.set_read_timeout(Some(WAIT)).unwrap();
+    let (_host, tcp_port) = tcp_flow(&mut g);
+    let (udp, from) = udp_flow(&lab, &mut g, 0);
     let udp_port = udp.local_addr().unwrap().port();
-    let r = route(&lab, 0, LOOPBACK);
-    g.nic()
-        .send(0, &udp_frame(&r, 5353, udp_port, b"q"))
-        .unwrap();
-    let (_, from) = udp.recv_from(&mut [0u8; 8]).unwrap();
     udp.send_to(b"a", from).unwrap();
     udp_from(&mut g, udp_port);
     let flows: Vec<FlowInfo> = lab.json(&["conntrack"]);
@@ -601,4 +617,104 @@ fn the_cli_shows_leases_and_flows_and_manages_port_forwards() {
         .unwrap();
     assert!(lab.cli(&["forward", "list"]).unwrap().lines().count() <= 1);
     assert!(TcpStream::connect_timeout(&listen, Duration::from_secs(2)).is_err());
+}
+
+/// The default network's counters (`nat-stats --json`) once `done` holds: a guest's frames
+/// reach the network's event loop some time after they are sent. The guest's stack runs
+/// meanwhile.
+fn nat_stats_when(
+    lab: &Lab,
+    g: &mut GuestStack,
+    done: impl Fn(&NatStatsView) -> bool,
+) -> NatStatsView {
+    let mut last = None;
+    g.until(WAIT, |_| {
+        let mut networks: Vec<NatStatsView> = lab.json(&["nat-stats"]);
+        assert_eq!(networks.len(), 1, "{networks:?}");
+        let v = networks.remove(0);
+        let held = done(&v);
+        last = Some(v);
+        held
+    });
+    let v = last.expect("the counters were asked");
+    assert!(done(&v), "{v:?}");
+    v
+}
+
+/// The user egress's counters.
+fn user(v: &NatStatsView) -> UserEgressStats {
+    match v.egress {
+        EgressStats::User(u) => u,
+        EgressStats::Kernel(_) => panic!("the default network's egress is user"),
+    }
+}
+
+#[test]
+fn nat_stats_count_the_guests_flows_and_the_gateways_drops() {
+    let lab = Lab::new(1);
+    let mut g = lab.guest(0);
+    let before = nat_stats_when(&lab, &mut g, |_| true);
+    assert_eq!((before.network.as_str(), before.port), ("default", 0));
+    assert_eq!(user(&before), UserEgressStats::default());
+    assert_eq!(before.gateway.dropped, 0);
+
+    // A TCP flow to a listener, one to a closed port (opened, then its connect fails).
+    let _tcp = tcp_flow(&mut g);
+    let refused = g.connect(SocketAddrV4::new(LOOPBACK, closed_port()));
+    assert!(g.until(WAIT, |g| g.tcp(refused).state() == State::Closed));
+    // A UDP flow.
+    let (udp, _) = udp_flow(&lab, &mut g, 0);
+    let udp_port = udp.local_addr().unwrap().port();
+    let r = route(&lab, 0, LOOPBACK);
+    // SCTP: refused by the egress.
+    let sctp = ipv4_frame(&r, IpProtocol::Unknown(132), 16, |b| b.fill(1));
+    g.nic().send(0, &sctp).unwrap();
+    // A source outside the network: dropped by the gateway, never reaches the host.
+    let spoofed = Ipv4Route {
+        src_ip: Ipv4Address::new(10, 11, 12, 13),
+        ..r
+    };
+    g.nic()
+        .send(0, &udp_frame(&spoofed, 5354, udp_port, b"spoofed"))
+        .unwrap();
+
+    let after = nat_stats_when(&lab, &mut g, |v| {
+        let u = user(v);
+        (
+            u.tcp.opened,
+            u.tcp.connect_failed,
+            u.udp.opened,
+            u.unsupported,
+        ) == (2, 1, 1, 1)
+            && v.gateway.dropped == 1
+    });
+    let u = user(&after);
+    assert_eq!((u.tcp.refused, u.udp.dropped, u.conntrack_full), (0, 0, 0));
+    assert!(
+        after.from_guests_frames >= before.from_guests_frames + 5,
+        "{before:?} {after:?}"
+    );
+    assert!(after.to_guests_frames > before.to_guests_frames);
+    udp.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    assert!(
+        udp.recv_from(&mut [0u8; 8]).is_err(),
+        "the spoofed datagram stays in the network"
+    );
+
+    let text = lab.cli(&["nat-stats", "default"]).unwrap();
+    assert!(
+        text.starts_with("network default (egress user, gateway port0)\n"),
+        "{text}"
+    );
+    for line in [
+        "  gateway: dropped 1, dns send failed 0, unresolved 0",
+        "  tcp: opened 2, refused 0, connect failed 1, reset 0",
+        "  udp: opened 1, dropped 0",
+        "  refused: conntrack full 0, unsupported protocol 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} in {text}");
+    }
+    let e = lab.cli(&["nat-stats", "nowhere"]).unwrap_err();
+    assert!(e.ends_with("no NAT network is named \"nowhere\""), "{e}");
 }

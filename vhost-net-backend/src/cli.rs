@@ -107,6 +107,14 @@ pub enum Command {
     Leases(ClientArgs),
     /// Tracked connections (like `conntrack -L`).
     Conntrack(ClientArgs),
+    /// Counters of the NAT networks: the gateway port's, the gateway's (ARP, DHCP, DNS) and the
+    /// egress's (user: TCP, UDP and echo flows; kernel: the TAP).
+    NatStats {
+        /// Only this NAT network.
+        network: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Policies: list with per-rule counters (like `iptables -L -nv`), load, reload, unload.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -374,6 +382,10 @@ pub fn run(command: Command) -> Result<String, CliError> {
             ask(&c, &Request::Leases, |l: &Vec<_>| render::leases(l, now))
         }
         Command::Conntrack(c) => ask(&c, &Request::Conntrack, |f: &Vec<_>| render::conntrack(f)),
+        Command::NatStats { network, client } => {
+            let request = Request::NatStats { network };
+            ask(&client, &request, |n: &Vec<_>| render::nat_stats(n))
+        }
         Command::Policy(PolicyCommand::List(c)) => {
             ask(&c, &Request::PolicyList, |p: &Vec<_>| render::policies(p))
         }

@@ -161,6 +161,7 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
         ));
         hooks.set_leases(Some(views.clone()));
         hooks.set_conntrack(Some(views.clone()));
+        hooks.set_nat_stats(Some(views.clone()));
         hooks.set_forwards(Some(views));
     }
     let mut uplinks = Vec::new();

@@ -36,6 +36,10 @@ fn run(daemon: &Daemon, request: Request) -> Result<serde_json::Value, String> {
             let ct = hooks.conntrack().ok_or(NO_CONNTRACK)?;
             json(ct.flows())
         }
+        Request::NatStats { network } => {
+            let stats = hooks.nat_stats().ok_or(NO_NAT)?;
+            json(stats.stats(network.as_deref())?)
+        }
         Request::PolicyList => json(hooks.policies().ok_or(NO_POLICY_HOST)?.list()),
         Request::PolicyLoad {
             name,
@@ -120,6 +124,7 @@ fn run(daemon: &Daemon, request: Request) -> Result<serde_json::Value, String> {
 
 const NO_GATEWAY: &str = "no NAT network runs a gateway with a DHCP server in this daemon";
 const NO_CONNTRACK: &str = "no part of this daemon tracks connections";
+const NO_NAT: &str = "no NAT network runs in this daemon";
 const NO_POLICY_HOST: &str = "no policy host runs in this daemon";
 const NO_FORWARDS: &str = "no NAT network takes port forwards in this daemon";
 

@@ -1,5 +1,5 @@
 //! Where the parts of the daemon that own the data behind a view plug into the control API:
-//! the NAT gateways (leases, port forwards), conntrack, the policy host and the uplinks each
+//! the NAT gateways (leases, port forwards, counters), conntrack, the policy host and the uplinks each
 //! register an implementation in the daemon's [`Hooks`]. A view whose part has not registered
 //! answers an error that says so.
 //!
@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
-use super::protocol::{FlowInfo, LeaseInfo, PolicyInfo, UplinkInfo, UplinkStatsView};
+use super::protocol::{FlowInfo, LeaseInfo, NatStatsView, PolicyInfo, UplinkInfo, UplinkStatsView};
 use crate::config::{ForwardConfig, PolicyConfig};
 
 /// The DHCP leases of the NAT networks.
@@ -22,6 +22,12 @@ pub trait Leases: Send + Sync {
 pub trait Conntrack: Send + Sync {
     /// Every tracked flow.
     fn flows(&self) -> Vec<FlowInfo>;
+}
+
+/// The counters of the NAT networks.
+pub trait NatStats: Send + Sync {
+    /// The counters of network `network` (of every NAT network when `None`).
+    fn stats(&self, network: Option<&str>) -> Result<Vec<NatStatsView>, String>;
 }
 
 /// Port forwards into NAT networks.
@@ -60,6 +66,7 @@ pub struct Hooks {
     leases: RwLock<Option<Arc<dyn Leases>>>,
     conntrack: RwLock<Option<Arc<dyn Conntrack>>>,
     forwards: RwLock<Option<Arc<dyn Forwards>>>,
+    nat_stats: RwLock<Option<Arc<dyn NatStats>>>,
     policies: RwLock<Option<Arc<dyn Policies>>>,
     uplinks: RwLock<Option<Arc<dyn Uplinks>>>,
 }
@@ -70,6 +77,7 @@ impl std::fmt::Debug for Hooks {
             .field("leases", &self.leases().is_some())
             .field("conntrack", &self.conntrack().is_some())
             .field("forwards", &self.forwards().is_some())
+            .field("nat_stats", &self.nat_stats().is_some())
             .field("policies", &self.policies().is_some())
             .field("uplinks", &self.uplinks().is_some())
             .finish()
@@ -113,6 +121,16 @@ impl Hooks {
     /// Registers (or removes) the port forwards.
     pub fn set_forwards(&self, hook: Option<Arc<dyn Forwards>>) {
         set(&self.forwards, hook);
+    }
+
+    /// The NAT networks' counters, if registered.
+    pub fn nat_stats(&self) -> Option<Arc<dyn NatStats>> {
+        get(&self.nat_stats)
+    }
+
+    /// Registers (or removes) the NAT networks' counters.
+    pub fn set_nat_stats(&self, hook: Option<Arc<dyn NatStats>>) {
+        set(&self.nat_stats, hook);
     }
 
     /// The policy host, if registered.

@@ -1,6 +1,6 @@
 //! The control API: a unix socket (JSON lines, permissions 0600 by default) and the views and
 //! changes it offers; the CLI subcommands (`show`, `fdb`, `stats`, `leases`, `conntrack`,
-//! `policy ...`, `port add|remove`, `forward ...`, `capture`) are its client.
+//! `nat-stats`, `policy ...`, `port add|remove`, `forward ...`, `capture`) are its client.
 //!
 //! | module | what it holds |
 //! |---|---|

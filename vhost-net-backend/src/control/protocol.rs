@@ -11,6 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::nat::gateway_port::GatewayPortStats;
+pub use crate::nat::network::EgressStats;
 pub use crate::port::Link;
 
 /// A request.
@@ -35,6 +37,12 @@ pub enum Request {
     Leases,
     /// Tracked flows: `Vec<`[`FlowInfo`]`>`.
     Conntrack,
+    /// Counters of the NAT networks, of one or all: `Vec<`[`NatStatsView`]`>`.
+    NatStats {
+        /// The NAT network's name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        network: Option<String>,
+    },
     /// Loaded policies with per-rule counters: `Vec<`[`PolicyInfo`]`>`.
     PolicyList,
     /// Loads a policy module.
@@ -283,6 +291,34 @@ pub struct StatsView {
     pub unknown_port_drops: u64,
 }
 
+/// A NAT network's counters: its gateway port and its egress (filled by the NAT networks
+/// through [`NatStats`](super::hooks::NatStats)).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatStatsView {
+    /// The network.
+    pub network: String,
+    /// The gateway's switch port.
+    pub port: u32,
+    /// Frames the switch delivered to the gateway (from guests: to beyond the network, to the
+    /// gateway's services, broadcasts).
+    pub from_guests_frames: u64,
+    /// Their bytes.
+    pub from_guests_bytes: u64,
+    /// Frames the gateway sent into the network (answers, and what comes back from beyond).
+    pub to_guests_frames: u64,
+    /// Their bytes.
+    pub to_guests_bytes: u64,
+    /// Frames for the gateway dropped because its queue was full.
+    pub queue_full: u64,
+    /// Drops counted on the gateway's switch port, by reason (every reason, zeros too): the
+    /// switch's of the gateway's frames and the policies' at the egress.
+    pub switch_drops: Vec<(String, u64)>,
+    /// The gateway's own counters (ARP, DHCP, DNS, routing).
+    pub gateway: GatewayPortStats,
+    /// The egress's counters, by kind (`user` or `kernel`).
+    pub egress: EgressStats,
+}
+
 /// An uplink of a bridged network (filled by the uplink code through
 /// [`Uplinks`](super::hooks::Uplinks)).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -435,6 +471,10 @@ mod tests {
             serde_json::to_string(&Request::Show).unwrap(),
             r#"{"cmd":"show"}"#
         );
+        let all = Request::NatStats { network: None };
+        let text = serde_json::to_string(&all).unwrap();
+        assert_eq!(text, r#"{"cmd":"nat_stats"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), all);
         let f = Request::ForwardAdd(ForwardInfo {
             network: "default".into(),
             protocol: "tcp".into(),
@@ -449,6 +489,50 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), f);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"fdb","nettwork":"x"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn nat_stats_round_trip_with_the_egress_by_kind() {
+        let mut user = crate::nat::user::UserEgressStats::default();
+        user.tcp.opened = 3;
+        user.udp.dropped = 1;
+        let view = NatStatsView {
+            network: "default".into(),
+            port: 0,
+            from_guests_frames: 10,
+            from_guests_bytes: 1000,
+            to_guests_frames: 8,
+            to_guests_bytes: 900,
+            queue_full: 0,
+            switch_drops: vec![("policy_drop".into(), 2)],
+            gateway: GatewayPortStats {
+                dropped: 4,
+                ..Default::default()
+            },
+            egress: EgressStats::User(user),
+        };
+        let value = serde_json::to_value(&view).unwrap();
+        assert_eq!(value["egress"]["kind"], "user");
+        assert_eq!(value["egress"]["tcp"]["opened"], 3);
+        assert_eq!(value["egress"]["udp"]["dropped"], 1);
+        assert_eq!(value["gateway"]["dropped"], 4);
+        assert_eq!(serde_json::from_value::<NatStatsView>(value).unwrap(), view);
+        let kernel = NatStatsView {
+            egress: EgressStats::Kernel(crate::nat::kernel::KernelSideStats {
+                rx_unsent: 5,
+                ..Default::default()
+            }),
+            ..view
+        };
+        let text = serde_json::to_string(&kernel.egress).unwrap();
+        assert_eq!(
+            text,
+            r#"{"kind":"kernel","tx_errors":0,"rx_bad_header":0,"rx_unsent":5}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<EgressStats>(&text).unwrap(),
+            kernel.egress
+        );
     }
 
     #[test]

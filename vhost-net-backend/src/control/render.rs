@@ -4,7 +4,8 @@
 use std::fmt::Write;
 
 use super::protocol::{
-    FdbView, FlowInfo, ForwardInfo, LeaseInfo, PolicyInfo, PortView, ShowView, StatsView,
+    EgressStats, FdbView, FlowInfo, ForwardInfo, LeaseInfo, NatStatsView, PolicyInfo, PortView,
+    ShowView, StatsView,
 };
 
 /// Columns of text, left-aligned, two spaces apart.
@@ -269,6 +270,64 @@ pub fn stats(v: &StatsView) -> String {
     out
 }
 
+/// `nat-stats`: per NAT network, its gateway port's counters, the gateway's and the egress's.
+pub fn nat_stats(networks: &[NatStatsView]) -> String {
+    let mut out = String::new();
+    for n in networks {
+        let kind = match n.egress {
+            EgressStats::User(_) => "user",
+            EgressStats::Kernel(_) => "kernel",
+        };
+        let _ = writeln!(
+            out,
+            "network {} (egress {kind}, gateway {})",
+            n.network,
+            port_name(n.port)
+        );
+        let _ = writeln!(
+            out,
+            "  from guests {} frames {} bytes, to guests {} frames {} bytes, queue full {}",
+            n.from_guests_frames,
+            n.from_guests_bytes,
+            n.to_guests_frames,
+            n.to_guests_bytes,
+            n.queue_full
+        );
+        let _ = writeln!(out, "  switch drops: {}", counted(&n.switch_drops));
+        let g = &n.gateway;
+        let _ = writeln!(
+            out,
+            "  gateway: dropped {}, dns send failed {}, unresolved {}",
+            g.dropped, g.dns_send_failed, g.unresolved
+        );
+        match &n.egress {
+            EgressStats::User(u) => {
+                let (t, d, i) = (&u.tcp, &u.udp, &u.icmp);
+                let _ = writeln!(
+                    out,
+                    "  tcp: opened {}, refused {}, connect failed {}, reset {}",
+                    t.opened, t.refused, t.connect_failed, t.reset
+                );
+                let _ = writeln!(out, "  udp: opened {}, dropped {}", d.opened, d.dropped);
+                let _ = writeln!(out, "  icmp: opened {}, dropped {}", i.opened, i.dropped);
+                let _ = writeln!(
+                    out,
+                    "  refused: conntrack full {}, unsupported protocol {}",
+                    u.conntrack_full, u.unsupported
+                );
+            }
+            EgressStats::Kernel(k) => {
+                let _ = writeln!(
+                    out,
+                    "  tap: tx errors {}, rx bad header {}, rx unsent {}",
+                    k.tx_errors, k.rx_bad_header, k.rx_unsent
+                );
+            }
+        }
+    }
+    out
+}
+
 /// `leases` (dnsmasq's leases, with the time left), `now` in Unix seconds.
 pub fn leases(leases: &[LeaseInfo], now: i64) -> String {
     let mut t = Table::new(&["network", "ip", "mac", "hostname", "expires in"]);
@@ -437,6 +496,63 @@ mod tests {
         assert!(
             lines[5].starts_with("port0  default  up    52:54:00:00:00:00"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn nat_stats_show_the_gateway_and_the_egress_in_use() {
+        use crate::control::protocol::{EgressStats, GatewayPortStats};
+        use crate::nat::kernel::KernelSideStats;
+        use crate::nat::user::UserEgressStats;
+        let mut user = UserEgressStats::default();
+        user.tcp.opened = 2;
+        user.tcp.connect_failed = 1;
+        user.udp.opened = 1;
+        user.icmp.dropped = 3;
+        user.unsupported = 1;
+        let default = NatStatsView {
+            network: "default".into(),
+            port: 0,
+            from_guests_frames: 40,
+            from_guests_bytes: 4000,
+            to_guests_frames: 30,
+            to_guests_bytes: 3500,
+            queue_full: 0,
+            switch_drops: vec![("hairpin".into(), 0), ("policy_drop".into(), 2)],
+            gateway: GatewayPortStats {
+                dropped: 1,
+                dns_send_failed: 0,
+                unresolved: 4,
+            },
+            egress: EgressStats::User(user),
+        };
+        let kernel = NatStatsView {
+            network: "wan".into(),
+            port: 3,
+            switch_drops: vec![("hairpin".into(), 0)],
+            queue_full: 7,
+            egress: EgressStats::Kernel(KernelSideStats {
+                tx_errors: 1,
+                rx_bad_header: 0,
+                rx_unsent: 9,
+            }),
+            ..default.clone()
+        };
+        assert_eq!(
+            nat_stats(&[default, kernel]),
+            "network default (egress user, gateway port0)\n\
+             \x20 from guests 40 frames 4000 bytes, to guests 30 frames 3500 bytes, queue full 0\n\
+             \x20 switch drops: policy_drop 2\n\
+             \x20 gateway: dropped 1, dns send failed 0, unresolved 4\n\
+             \x20 tcp: opened 2, refused 0, connect failed 1, reset 0\n\
+             \x20 udp: opened 1, dropped 0\n\
+             \x20 icmp: opened 0, dropped 3\n\
+             \x20 refused: conntrack full 0, unsupported protocol 1\n\
+             network wan (egress kernel, gateway port3)\n\
+             \x20 from guests 40 frames 4000 bytes, to guests 30 frames 3500 bytes, queue full 7\n\
+             \x20 switch drops: none\n\
+             \x20 gateway: dropped 1, dns send failed 0, unresolved 4\n\
+             \x20 tap: tx errors 1, rx bad header 0, rx unsent 9\n"
         );
     }
 

@@ -71,7 +71,7 @@ struct LeasesStore {
 }
 
 /// Counters of the gateway port.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GatewayPortStats {
     /// Frames the gateway dropped (guests' traffic it does not take; `NotForGateway` floods
     /// are not counted).

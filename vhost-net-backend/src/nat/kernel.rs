@@ -30,7 +30,7 @@ pub enum KernelSideError {
 }
 
 /// Counters of the kernel side.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelSideStats {
     /// Guests' frames the TAP refused.
     pub tx_errors: u64,

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use bridge_core::conntrack::{Conntrack, ConntrackConfig, FlowInfo};
+use bridge_core::counters::{PortCounters, PortStats};
 use bridge_core::gateway::icmp::ErrorKind;
 use bridge_core::gateway::leases::LeaseRecord;
 use bridge_core::reject::{reject_reply, MAX_REPLY_LEN};
@@ -34,14 +35,14 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::egress_policy::EgressPolicy;
-use super::gateway_port::{GatewayPort, GatewayPortError, Handoff};
+use super::gateway_port::{GatewayPort, GatewayPortError, GatewayPortStats, Handoff};
 use super::inbox::Inbox;
-use super::kernel::{KernelSide, KernelSideError};
+use super::kernel::{KernelSide, KernelSideError, KernelSideStats};
 use super::outbox::Outbox;
 use super::rate_log::RateLimited;
 use super::registry::{Kind, Registry, Token};
 use super::user::forward::ForwardError;
-use super::user::{EgressCx, UserEgress};
+use super::user::{EgressCx, UserEgress, UserEgressStats};
 use super::{leases_file, resolv_conf};
 use crate::config::{Egress as EgressConfig, ForwardConfig, NatConfig};
 use crate::datapath::host::{HostPort, Injector};
@@ -86,6 +87,33 @@ enum Command {
     AddForward(ForwardConfig, ForwardReply),
     RemoveForward(ForwardConfig, ForwardReply),
     Forwards(Sender<Vec<ForwardConfig>>),
+    Counters(Sender<NatCounters>),
+}
+
+/// The counters of a NAT network's egress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EgressStats {
+    /// The `user` egress: its TCP, UDP and echo flows.
+    User(UserEgressStats),
+    /// The `kernel` egress: its TAP.
+    Kernel(KernelSideStats),
+}
+
+/// A NAT network's counters: its gateway port (on the switch and its own) and its egress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NatCounters {
+    /// The gateway's switch port.
+    pub port: PortId,
+    /// The switch's counters of the gateway port: frames delivered to it are from guests,
+    /// frames received from it go to guests; drops include the policies' at the egress.
+    pub switch: PortStats,
+    /// The gateway's own counters.
+    pub gateway: GatewayPortStats,
+    /// Frames for the gateway dropped because its queue was full.
+    pub queue_full: u64,
+    /// The egress's counters.
+    pub egress: EgressStats,
 }
 
 /// A running NAT network as other threads reach it (the daemon, the control API's views): its
@@ -196,6 +224,7 @@ impl NatNetwork {
             injector: Injector::new(Arc::clone(dp), port),
             policy: EgressPolicy::new(dp, port, network),
             port,
+            port_counters: switch.port_counters(port),
             conntrack: Arc::clone(&conntrack),
             zone,
             log: RateLimited::default(),
@@ -346,6 +375,11 @@ impl NatHandle {
     pub fn forwards(&self) -> Result<Vec<ForwardConfig>, NatError> {
         self.call(Command::Forwards)
     }
+
+    /// The network's counters, read on its event loop.
+    pub fn counters(&self) -> Result<NatCounters, NatError> {
+        self.call(Command::Counters)
+    }
 }
 
 /// A seed for the guest-facing TCP stack (initial sequence numbers, ports).
@@ -382,6 +416,8 @@ struct Nat {
     policy: Option<EgressPolicy>,
     /// The gateway's switch port.
     port: PortId,
+    /// The switch's counters of the gateway port.
+    port_counters: Option<Arc<PortCounters>>,
     conntrack: Arc<Conntrack>,
     zone: u32,
     log: RateLimited,
@@ -541,6 +577,22 @@ impl Nat {
                     let _ = reply.send(match &self.egress {
                         Egress::User(user) => user.forwards(),
                         Egress::Kernel(kernel) => kernel.forwards(),
+                    });
+                }
+                Command::Counters(reply) => {
+                    let _ = reply.send(NatCounters {
+                        port: self.port,
+                        switch: self
+                            .port_counters
+                            .as_ref()
+                            .map(|c| c.snapshot())
+                            .unwrap_or_default(),
+                        gateway: self.gateway.stats(),
+                        queue_full: self.inbox.dropped(),
+                        egress: match &self.egress {
+                            Egress::User(user) => EgressStats::User(user.stats()),
+                            Egress::Kernel(kernel) => EgressStats::Kernel(kernel.stats()),
+                        },
                     });
                 }
             }

@@ -1,15 +1,17 @@
 //! The NAT networks behind the control API's views: their DHCP leases (`leases`), their
-//! conntrack tables (`conntrack`) and their port forwards (`forward list/add/remove`), as the
-//! daemon registers them in its [`Hooks`](crate::control::hooks::Hooks).
+//! conntrack tables (`conntrack`), their port forwards (`forward list/add/remove`) and their
+//! counters (`nat-stats`), as the daemon registers them in its
+//! [`Hooks`](crate::control::hooks::Hooks).
 
 use bridge_core::conntrack::{FlowInfo as CtFlow, Protocol, TcpState};
 use bridge_core::time::Instant;
 
-use super::network::NatHandle;
+use super::network::{NatCounters, NatHandle};
 use crate::cli::error_chain;
 use crate::config::{ForwardConfig, MacAddr};
-use crate::control::hooks::{Conntrack, Forwards, Leases};
-use crate::control::protocol::{FlowInfo, LeaseInfo};
+use crate::control::hooks::{Conntrack, Forwards, Leases, NatStats};
+use crate::control::protocol::{FlowInfo, LeaseInfo, NatStatsView};
+use crate::control::views::switch_drops;
 
 /// The running NAT networks.
 #[derive(Debug)]
@@ -80,6 +82,38 @@ impl Forwards for NatViews {
         network
             .remove_forward(forward.clone())
             .map_err(|e| error_chain(&e))
+    }
+}
+
+impl NatStats for NatViews {
+    fn stats(&self, network: Option<&str>) -> Result<Vec<NatStatsView>, String> {
+        let networks = match network {
+            Some(name) => vec![self.network(name)?],
+            None => self.networks.iter().collect(),
+        };
+        networks
+            .into_iter()
+            .map(|n| {
+                let counters = n.counters().map_err(|e| format!("{}: {e}", n.name()))?;
+                Ok(nat_stats_view(n.name(), &counters))
+            })
+            .collect()
+    }
+}
+
+/// A network's counters as the control API shows them.
+fn nat_stats_view(network: &str, c: &NatCounters) -> NatStatsView {
+    NatStatsView {
+        network: network.to_string(),
+        port: c.port.0,
+        from_guests_frames: c.switch.tx_frames,
+        from_guests_bytes: c.switch.tx_bytes,
+        to_guests_frames: c.switch.rx_frames,
+        to_guests_bytes: c.switch.rx_bytes,
+        queue_full: c.queue_full,
+        switch_drops: switch_drops(&c.switch.drops),
+        gateway: c.gateway,
+        egress: c.egress,
     }
 }
 

@@ -28,7 +28,7 @@ struct Flow {
 }
 
 /// Counters of the echo flows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IcmpStats {
     /// Flows opened.
     pub opened: u64,

@@ -130,7 +130,7 @@ impl EgressCx<'_> {
 }
 
 /// Counters of the user egress.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UserEgressStats {
     /// TCP flows.
     pub tcp: tcp::TcpStats,

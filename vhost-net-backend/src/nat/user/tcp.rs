@@ -81,7 +81,7 @@ struct Flow {
 }
 
 /// Counters of the TCP flows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TcpStats {
     /// Flows opened (from guests and through port forwards).
     pub opened: u64,

@@ -31,7 +31,7 @@ struct Flow {
 }
 
 /// Counters of the UDP flows.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UdpStats {
     /// Flows opened.
     pub opened: u64,
