@@ -2,7 +2,10 @@
 //! default network, guests are harness NICs (a smoltcp stack for TCP, frames built here for
 //! the rest), and the hosts they reach are sockets of this test on loopback. The control
 //! socket's views of the network (leases, conntrack, port forwards, counters) are asked through
-//! the CLI.
+//! the CLI. One test runs the network with the `kernel` egress, in a network namespace it makes.
+
+#[path = "../../vhost-net-backend/tests/netns/mod.rs"]
+mod netns;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -21,7 +24,7 @@ use tests::control_cli;
 use tests::frontend::connection::Role;
 use tests::frontend::net::{NetOptions, VirtioNet};
 use tests::guest_stack::GuestStack;
-use vhost_net_backend::config::{DnsConfig, NetworkMode};
+use vhost_net_backend::config::{DnsConfig, Egress, NatConfig, NetworkMode};
 use vhost_net_backend::control::protocol::{EgressStats, FlowInfo, LeaseInfo, NatStatsView};
 use vhost_net_backend::nat::user::UserEgressStats;
 
@@ -54,6 +57,11 @@ impl std::ops::Deref for Lab {
 
 impl Lab {
     fn new(n: usize) -> Lab {
+        Lab::with(n, |_| {})
+    }
+
+    /// [`Lab::new`] with the network's configuration changed by `adjust`.
+    fn with(n: usize, adjust: impl FnOnce(&mut NatConfig)) -> Lab {
         let dns = UdpSocket::bind("127.0.0.1:0").unwrap();
         let upstream = dns.local_addr().unwrap();
         let lab = control_cli::Lab::start(n, mac, |config| {
@@ -63,6 +71,7 @@ impl Lab {
             nat.dns = Some(DnsConfig {
                 upstreams: vec![upstream],
             });
+            adjust(nat);
         });
         Lab { lab, _dns: dns }
     }
@@ -717,4 +726,61 @@ fn nat_stats_count_the_guests_flows_and_the_gateways_drops() {
     }
     let e = lab.cli(&["nat-stats", "nowhere"]).unwrap_err();
     assert!(e.ends_with("no NAT network is named \"nowhere\""), "{e}");
+}
+
+const INSIDE: &str = "VNB_NAT_USER_NETNS";
+
+/// `nat-stats` of a network with the `kernel` egress, in a namespace this test makes.
+#[test]
+fn nat_stats_count_what_the_kernel_egress_cannot_deliver() {
+    netns::run_inside(
+        "vnb-natstats",
+        "nat_stats_of_the_kernel_egress_inside",
+        INSIDE,
+    );
+}
+
+/// A guest's datagram leaves through the TAP to a socket on an address of the namespace's
+/// loopback; a datagram the kernel sends to an address of the network no guest holds comes out
+/// of the TAP and is counted as not sent, its guest unresolved.
+#[test]
+#[ignore = "run inside its namespace by nat_stats_count_what_the_kernel_egress_cannot_deliver"]
+fn nat_stats_of_the_kernel_egress_inside() {
+    netns::assert_inside(INSIDE);
+    netns::run("ip", &["link", "set", "lo", "up"]);
+    netns::run("ip", &["addr", "add", "10.200.0.1/32", "dev", "lo"]);
+    let lab = Lab::with(1, |nat| {
+        nat.egress = Egress::Kernel {
+            interface: "vnbnat0".into(),
+        };
+    });
+    let mut g = lab.guest(0);
+    let far = UdpSocket::bind("10.200.0.1:0").unwrap();
+    far.set_read_timeout(Some(WAIT)).unwrap();
+    let r = route(&lab, 0, Ipv4Address::new(10, 200, 0, 1));
+    let port = far.local_addr().unwrap().port();
+    g.nic().send(0, &udp_frame(&r, 5000, port, b"out")).unwrap();
+    let mut buf = [0u8; 16];
+    let n = far.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"out");
+
+    let kernel = |v: &NatStatsView| match v.egress {
+        EgressStats::Kernel(k) => k,
+        EgressStats::User(_) => panic!("the egress is kernel"),
+    };
+    let before = nat_stats_when(&lab, &mut g, |v| v.from_guests_frames > 0);
+    far.send_to(b"nobody", "192.168.122.77:9").unwrap();
+    let after = nat_stats_when(&lab, &mut g, |v| {
+        kernel(v).rx_unsent > kernel(&before).rx_unsent
+            && v.gateway.unresolved > before.gateway.unresolved
+    });
+    assert_eq!(kernel(&after).tx_errors, 0);
+    let text = lab.cli(&["nat-stats"]).unwrap();
+    assert!(
+        text.starts_with("network default (egress kernel, gateway port0)\n"),
+        "{text}"
+    );
+    let unsent = kernel(&after).rx_unsent;
+    let line = format!("  tap: tx errors 0, rx bad header 0, rx unsent {unsent}");
+    assert!(text.lines().any(|l| l == line), "{line:?} in {text}");
 }
