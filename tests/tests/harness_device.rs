@@ -3,6 +3,7 @@
 //! the three frontends' message sequences, reconnects, and hostile descriptors.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -44,6 +45,11 @@ fn config(dir: &tempfile::TempDir, ports: &[PortConfig]) -> Config {
 
 /// Starts a daemon with one port per entry of `ports` (queue pairs, MTU, daemon's socket role).
 fn lab(ports: &[(u16, u16, SocketRole)]) -> Lab {
+    lab_with_workers(ports, None)
+}
+
+/// [`lab`] with `workers` datapath threads (default: one per CPU).
+fn lab_with_workers(ports: &[(u16, u16, SocketRole)], workers: Option<NonZeroUsize>) -> Lab {
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<PortConfig> = ports
         .iter()
@@ -56,7 +62,9 @@ fn lab(ports: &[(u16, u16, SocketRole)]) -> Lab {
             ..PortConfig::new(dir.path().join(format!("port{i}.sock")))
         })
         .collect();
-    let daemon = start(config(&dir, &ports)).unwrap();
+    let mut config = config(&dir, &ports);
+    config.workers = workers;
+    let daemon = start(config).unwrap();
     let ids = daemon.ports();
     assert_eq!(ids.len(), ports.len());
     Lab {
@@ -282,6 +290,53 @@ fn a_receiver_that_never_posts_buffers_holds_its_senders_only_briefly() {
         "B's frames dropped and counted"
     );
     assert_eq!(lab.device_drops(1), 0);
+}
+
+#[test]
+fn one_worker_serves_many_ports_that_wait_and_come_and_go() {
+    let lab = lab_with_workers(&[(1, 1500, SocketRole::Listen); 4], NonZeroUsize::new(1));
+    let few = NetOptions {
+        rx_buffers: Some(4),
+        ..options(FrontendKind::Qemu)
+    };
+    let mut a = lab.attach(0, options(FrontendKind::Qemu));
+    let mut b = lab.attach(1, few);
+    let mut c = lab.attach(2, options(FrontendKind::Qemu));
+    let mut d = lab.attach(3, options(FrontendKind::Qemu));
+    introduce(&mut [&mut a, &mut b, &mut c, &mut d]);
+    // A and C each send B four times what it keeps posted: both transmit queues wait for B's
+    // buffers at once, and every frame arrives, each sender's in order.
+    for n in 1..=16 {
+        a.send(0, &numbered(mac(1), mac(0), n, 200)).unwrap();
+        c.send(0, &numbered(mac(1), mac(2), 100 + n, 200)).unwrap();
+    }
+    let (mut from_a, mut from_c) = (Vec::new(), Vec::new());
+    for _ in 0..32 {
+        let (_, got) = b.recv(WAIT).unwrap().expect("a frame to B");
+        let n = number(&got).unwrap();
+        if got[6..12] == mac(0) {
+            from_a.push(n);
+        } else {
+            from_c.push(n);
+        }
+    }
+    assert_eq!(from_a, (1..=16).collect::<Vec<_>>());
+    assert_eq!(from_c, (101..=116).collect::<Vec<_>>());
+    assert_eq!(lab.device_drops(1), 0);
+    // A port leaves, and another joins on its socket with its MAC, while the others talk.
+    lab.daemon.remove_port(lab.ids[3]).unwrap();
+    drop(d);
+    unicast(&mut a, 0, &mut c, 2, 20, 1514);
+    let added = PortConfig {
+        mac: MacAddr(mac(3)),
+        ..PortConfig::new(lab.socket(3))
+    };
+    lab.daemon.add_port(added).unwrap();
+    let mut e = lab.attach(3, options(FrontendKind::Qemu));
+    introduce(&mut [&mut a, &mut b, &mut c, &mut e]);
+    unicast(&mut e, 3, &mut a, 0, 20, 1514);
+    unicast(&mut a, 0, &mut e, 3, 20, 1514);
+    unicast(&mut c, 2, &mut b, 1, 20, 1514);
 }
 
 #[test]

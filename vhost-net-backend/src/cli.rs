@@ -1,6 +1,7 @@
 //! The command line: `vhost-net-backend [--config FILE | --import-libvirt FILE...]
 //! [--socket PATH[,OPTION=VALUE...]]...`.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -65,6 +66,11 @@ pub struct DaemonArgs {
     /// ~/.local/state/vhost-net-backend); overrides the file's `state_dir`.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+
+    /// Datapath threads, each serving its share of the ports (default: one per CPU the daemon
+    /// may run on); overrides the file's `workers`.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<NonZeroUsize>,
 
     /// Print the resulting configuration as TOML, every setting explicit, and exit.
     #[arg(long)]
@@ -321,6 +327,9 @@ impl TryFrom<&DaemonArgs> for Loaded {
         }
         if let Some(dir) = &args.state_dir {
             config.state_dir = Some(dir.clone());
+        }
+        if let Some(n) = args.workers {
+            config.workers = Some(n);
         }
         Ok(Loaded { config, notes })
     }

@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -570,6 +571,9 @@ pub struct Config {
     /// location (`/var/lib/vhost-net-backend` for root, else `$XDG_STATE_HOME` or
     /// `~/.local/state`, `/vhost-net-backend`).
     pub state_dir: Option<PathBuf>,
+    /// Datapath threads, each serving its share of the ports; `None`: one per CPU the daemon
+    /// may run on.
+    pub workers: Option<NonZeroUsize>,
 }
 
 impl Default for Config {
@@ -583,6 +587,7 @@ impl Default for Config {
             control: ControlConfig::default(),
             metrics: None,
             state_dir: None,
+            workers: None,
         }
     }
 }

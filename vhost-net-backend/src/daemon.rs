@@ -17,7 +17,8 @@ use crate::config::{Config, FieldPath, ForwardConfig, Invalid, NetworkMode, Port
 use crate::control::hooks::Hooks;
 use crate::datapath::counters::DeviceStats;
 use crate::datapath::policy::PolicyPlane;
-use crate::datapath::{worker, Datapath};
+use crate::datapath::worker::{self, Workers};
+use crate::datapath::Datapath;
 use crate::event_loop;
 use crate::nat::network::{NatError, NatNetwork};
 use crate::nat::views::NatViews;
@@ -71,11 +72,11 @@ pub enum Error {
     Policy(#[source] ControlError),
 }
 
-/// A running port and its threads.
+/// A running port and its connection thread.
 #[derive(Debug)]
 struct PortHandle {
     port: Arc<Port>,
-    threads: Vec<JoinHandle<()>>,
+    connections: Option<JoinHandle<()>>,
 }
 
 /// A port's counters.
@@ -106,6 +107,8 @@ pub struct Daemon {
     /// The NAT networks' gateways and egress.
     nat: Vec<NatNetwork>,
     ports: Mutex<BTreeMap<PortId, PortHandle>>,
+    /// The threads that run the ports' transmit queues.
+    workers: Workers,
     /// The bridged networks' uplinks.
     uplinks: Vec<UplinkHandle>,
     stop: Arc<EventFd>,
@@ -154,6 +157,8 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
             .spawn(move || housekeeping(dp, timer, stop))
             .map_err(Error::Resource)?
     };
+    let count = config.workers.unwrap_or_else(worker::default_count);
+    let workers = Workers::start(&datapath, count).map_err(Error::Resource)?;
     let hooks = Hooks::default();
     if !nat.is_empty() {
         let views = Arc::new(NatViews::new(
@@ -183,6 +188,7 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
         policies: Arc::clone(&policies),
         nat,
         ports: Mutex::new(BTreeMap::new()),
+        workers,
         uplinks,
         stop,
         housekeeping: Some(housekeeping),
@@ -266,27 +272,24 @@ impl Daemon {
             }
         };
         self.datapath.insert(Arc::clone(&port));
-        let name = format!("port{}", id.0);
-        let mut threads = Vec::with_capacity(2);
         let spawned = {
-            let (p, dp) = (Arc::clone(&port), Arc::clone(&self.datapath));
+            let p = Arc::clone(&port);
             thread::Builder::new()
-                .name(format!("{name}-dp"))
-                .spawn(move || worker::run(dp, p))
-                .map(|t| threads.push(t))
-                .and_then(|()| {
-                    let p = Arc::clone(&port);
-                    thread::Builder::new()
-                        .name(format!("{name}-vu"))
-                        .spawn(move || port::run_connections(p, endpoint))
-                })
-                .map(|t| threads.push(t))
+                .name(format!("port{}-vu", id.0))
+                .spawn(move || port::run_connections(p, endpoint))
         };
-        let handle = PortHandle { port, threads };
-        if let Err(e) = spawned {
-            self.stop_port(handle);
-            return Err(Error::Resource(e));
-        }
+        let handle = match spawned {
+            Ok(t) => PortHandle {
+                port,
+                connections: Some(t),
+            },
+            Err(e) => {
+                let connections = None;
+                self.stop_port(PortHandle { port, connections });
+                return Err(Error::Resource(e));
+            }
+        };
+        self.workers.add(Arc::clone(&handle.port));
         info!(port = id.0, socket = %handle.port.config().socket.display(), mac = %handle.port.config().mac, "port added");
         ports.insert(id, handle);
         Ok(id)
@@ -373,6 +376,7 @@ impl Daemon {
         for (_, handle) in handles {
             self.stop_port(handle);
         }
+        self.workers.stop();
         for nat in std::mem::take(&mut self.nat) {
             nat.stop(&self.datapath);
         }
@@ -394,8 +398,9 @@ impl Daemon {
             warn!(port = id.0, error = %e, "removing the port from the switch failed");
         }
         self.datapath.remove(id);
+        self.workers.remove(id);
         handle.port.stop();
-        for t in handle.threads {
+        if let Some(t) = handle.connections {
             let _ = t.join();
         }
         // Joined: nothing holds the rings any more; fds and mappings close with the port.

@@ -13,6 +13,7 @@
 
 use std::fmt::{self, Display};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -289,6 +290,8 @@ struct File {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     state_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    workers: Option<NonZeroUsize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     control: Option<ControlFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     metrics: Option<MetricsFile>,
@@ -532,6 +535,7 @@ impl File {
             control,
             metrics: self.metrics.map(|m| m.listen),
             state_dir: self.state_dir.map(|d| resolve(dir, d)),
+            workers: self.workers,
         })
     }
 
@@ -542,6 +546,7 @@ impl File {
         });
         File {
             state_dir: c.state_dir.clone(),
+            workers: c.workers,
             control,
             metrics: c.metrics.map(|listen| MetricsFile { listen }),
             networks: c.networks.iter().map(NetworkFile::from_network).collect(),

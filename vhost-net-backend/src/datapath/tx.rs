@@ -53,17 +53,12 @@ const PEEK_LEN: usize = offload::MAX_HEAD_LEN;
 /// Receive queues remembered per batch for one signal each (more are signalled at once).
 const TOUCHED_MAX: usize = 64;
 
-/// A frame waiting for receive buffers: its chain, what the switch and the policies decided
-/// for it (not decided again, so it is counted once), and the receive queue it waits for.
+/// A frame waiting for receive buffers: its chain, and what it waits for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stall {
     head: u16,
-    decision: Decision,
-    outcome: Outcome,
-    /// The receiving port.
-    pub dst: PortId,
-    /// Its receive queue.
-    pub ring: usize,
+    /// The receive queue it waits for.
+    pub waiting: Waiting,
 }
 
 /// How a batch ended.
@@ -78,12 +73,16 @@ pub enum Progress {
     Stalled(Stall),
 }
 
-/// The receive queue a frame waits for, and what was decided for the frame.
-struct Waiting {
+/// The receive queue a frame waits for, and what the switch and the policies decided for the
+/// frame (not decided again, so it is counted once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Waiting {
     decision: Decision,
     outcome: Outcome,
-    dst: PortId,
-    ring: usize,
+    /// The receiving port.
+    pub dst: PortId,
+    /// Its receive queue.
+    pub ring: usize,
 }
 
 /// Scratch space of one worker, allocated once.
@@ -285,13 +284,7 @@ pub fn run_batch(
             if let Some(w) = batch.frame(mem, head, decided, s) {
                 // The chain stays available, to be sent when the receiver has room.
                 queue.unpop(1);
-                stalled = Some(Stall {
-                    head,
-                    decision: w.decision,
-                    outcome: w.outcome,
-                    dst: w.dst,
-                    ring: w.ring,
-                });
+                stalled = Some(Stall { head, waiting: w });
                 break;
             }
             // A head outside the table names no chain to give back.
@@ -514,7 +507,8 @@ impl<'a, 'p> Batch<'a, 'p> {
         if let Some(stall) = decided {
             // Captured, decided and judged the first time.
             let mut out = self.out(&mut s.out);
-            return self.carry_out(&frame, &stall.decision, stall.outcome, true, &mut out);
+            let w = stall.waiting;
+            return self.carry_out(&frame, &w.decision, w.outcome, true, &mut out);
         }
         if let Some(c) = self.captures.filter(|c| c.wants(self.port.id())) {
             let mut out = self.out(&mut s.out);
@@ -1254,7 +1248,7 @@ mod tests {
         let Progress::Stalled(stall) = run_batch(&dp, &g[0].port, 1, &mut scratch, None) else {
             panic!("the second frame waits");
         };
-        assert_eq!((stall.dst, stall.ring), (g[1].port.id(), 0));
+        assert_eq!((stall.waiting.dst, stall.waiting.ring), (g[1].port.id(), 0));
         assert_eq!(a_tx.used_idx(), 1, "only the delivered frame is given back");
         assert_eq!(b_rx.used_idx(), 1);
         // Still nothing: it waits again, counted once.

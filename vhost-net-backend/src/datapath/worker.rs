@@ -1,17 +1,24 @@
-//! A port's datapath thread: waits on its guest's TX kick eventfds, its device's wake eventfd
-//! (ring changes) and its stop eventfd, and runs TX batches to completion, round robin over the
-//! queues that have work.
+//! The datapath workers: a few threads (one per CPU unless configured), each serving the ports
+//! given to it. A worker waits on its ports' TX kick eventfds, their devices' wake eventfds (ring
+//! changes) and its inbox, and runs TX batches to completion, round robin over the queues that
+//! have work. Kicks that arrive while it works are taken in the same wake-up, so a busy worker
+//! sleeps less often than one thread per port would.
 //!
 //! A queue whose frame waits for a receiver's buffers ([`Progress::Stalled`]) is run again when
 //! that receiver's guest kicks its receive queue (watched edge-triggered, never read: the
 //! eventfd belongs to the receiver's rings) or after [`STALL_POLL`], whichever comes first.
 //! The receiver is asked to kick (EVENT_IDX `avail_event`) only when a frame starts waiting.
 
+use std::collections::BTreeMap;
 use std::io;
+use std::num::NonZeroUsize;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use bridge_core::PortId;
 use tracing::error;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
@@ -21,12 +28,137 @@ use super::Datapath;
 use crate::port::Port;
 use crate::vhu_net;
 
-const TOKEN_STOP: u64 = u64::MAX;
-const TOKEN_WAKE: u64 = u64::MAX - 1;
-/// Tokens of receivers' kick eventfds watched for a stalled queue: this plus the queue index.
-const TOKEN_STALL: u64 = 1 << 32;
 /// How often a stalled queue is tried again without a kick from its receiver.
 pub const STALL_POLL: Duration = Duration::from_millis(1);
+
+/// The inbox's token; any other token is a port's slot (high half) and what fired (low half).
+const TOKEN_INBOX: u64 = u64::MAX;
+/// The low half of a port's token for its device's wake eventfd; below it, a TX queue's index.
+const KIND_WAKE: u64 = u32::MAX as u64;
+/// Tokens of receivers' kick eventfds watched for stalled queues: this plus the watch's index.
+const TOKEN_STALL: u64 = 1 << 62;
+
+/// The number of workers when none is configured: one per CPU the daemon may run on.
+pub fn default_count() -> NonZeroUsize {
+    thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+}
+
+/// What a worker is asked to do.
+enum Command {
+    /// Serve this port.
+    Add(Arc<Port>),
+    /// Stop serving this port, then answer.
+    Remove(PortId, Sender<()>),
+}
+
+/// A worker thread as the pool sees it.
+struct Handle {
+    inbox: Sender<Command>,
+    wake: Arc<EventFd>,
+    thread: JoinHandle<()>,
+}
+
+/// The datapath's worker threads, and which port each serves.
+#[derive(Debug)]
+pub struct Workers {
+    state: Mutex<PoolState>,
+}
+
+struct PoolState {
+    workers: Vec<Handle>,
+    /// The worker serving each port.
+    serving: BTreeMap<PortId, usize>,
+}
+
+impl std::fmt::Debug for PoolState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolState")
+            .field("workers", &self.workers.len())
+            .field("serving", &self.serving)
+            .finish()
+    }
+}
+
+impl Workers {
+    /// Starts `count` workers on `dp`.
+    pub fn start(dp: &Arc<Datapath>, count: NonZeroUsize) -> io::Result<Self> {
+        let mut workers = Vec::with_capacity(count.get());
+        for i in 0..count.get() {
+            let (inbox, commands) = mpsc::channel();
+            let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+            let (dp, w) = (Arc::clone(dp), Arc::clone(&wake));
+            let thread = thread::Builder::new()
+                .name(format!("datapath{i}"))
+                .spawn(move || {
+                    if let Err(e) = serve(&dp, &w, &commands) {
+                        error!(worker = i, error = %e, "datapath worker failed");
+                    }
+                })?;
+            workers.push(Handle {
+                inbox,
+                wake,
+                thread,
+            });
+        }
+        let serving = BTreeMap::new();
+        Ok(Workers {
+            state: Mutex::new(PoolState { workers, serving }),
+        })
+    }
+
+    /// Gives `port` to the worker serving the fewest ports.
+    pub fn add(&self, port: Arc<Port>) {
+        let mut state = self.lock();
+        let mut load = vec![0usize; state.workers.len()];
+        for &w in state.serving.values() {
+            load[w] += 1;
+        }
+        let Some(w) = (0..load.len()).min_by_key(|&w| load[w]) else {
+            return;
+        };
+        state.serving.insert(port.id(), w);
+        state.workers[w].send(Command::Add(port));
+    }
+
+    /// Takes port `id` from its worker: once this returns, the worker no longer touches its
+    /// rings.
+    pub fn remove(&self, id: PortId) {
+        let done = {
+            let mut state = self.lock();
+            let Some(w) = state.serving.remove(&id) else {
+                return;
+            };
+            let (done, answer) = mpsc::channel();
+            state.workers[w].send(Command::Remove(id, done));
+            answer
+        };
+        // An error means the worker ended, and with it its hold on the port.
+        let _ = done.recv();
+    }
+
+    /// Ends the workers (after their ports were removed).
+    pub fn stop(&self) {
+        let workers = std::mem::take(&mut self.lock().workers);
+        for w in workers {
+            // A closed inbox ends the worker.
+            drop(w.inbox);
+            let _ = w.wake.write(1);
+            let _ = w.thread.join();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Handle {
+    fn send(&self, command: Command) {
+        // A failed send means the worker ended; a failed write, that a wake-up is pending.
+        let _ = self.inbox.send(command);
+        let _ = self.wake.write(1);
+    }
+}
 
 /// One transmit queue as the worker tracks it.
 #[derive(Default)]
@@ -37,19 +169,39 @@ struct TxQueue {
     pending: bool,
     /// The frame it waits with, if any.
     stall: Option<Stall>,
-    /// The receiver's kick eventfd watched for its last stall.
-    stall_kick: Option<Arc<EventFd>>,
+    /// The watch of the receiver's kick eventfd for its last stall (an index in
+    /// `Worker::watches`).
+    watch: Option<usize>,
+}
+
+/// A port a worker serves.
+struct Served {
+    port: Arc<Port>,
+    queues: Vec<TxQueue>,
+}
+
+/// A receiver's kick eventfd, watched for the queues whose frames waited for it.
+struct StallWatch {
+    kick: Arc<EventFd>,
+    /// The queues (slot, index) watching it.
+    queues: Vec<(usize, usize)>,
 }
 
 struct Worker<'a> {
     dp: &'a Datapath,
-    port: &'a Port,
     epoll: Epoll,
-    queues: Vec<TxQueue>,
+    /// The ports served, by slot (a slot is reused once its port is removed).
+    slots: Vec<Option<Served>>,
+    /// Stall watches, by index (reused once free).
+    watches: Vec<Option<StallWatch>>,
 }
 
 fn same(a: &Option<Arc<EventFd>>, b: &Option<Arc<EventFd>>) -> bool {
     matches!((a, b), (Some(a), Some(b)) if Arc::ptr_eq(a, b))
+}
+
+fn port_token(slot: usize, kind: u64) -> u64 {
+    ((slot as u64) << 32) | kind
 }
 
 impl Worker<'_> {
@@ -71,56 +223,109 @@ impl Worker<'_> {
         )
     }
 
-    /// Follows the rings' state: watches the kick fd of every running TX ring and forgets the
-    /// stalls of rings that changed. Marks each running ring as having work, to pick up buffers
-    /// posted before its kick fd was watched.
-    fn resync(&mut self) -> io::Result<()> {
-        for i in 0..self.queues.len() {
-            if vhu_net::is_rx_queue(i) {
-                continue;
+    /// Starts serving `port` in a free slot.
+    fn add(&mut self, port: Arc<Port>) -> io::Result<()> {
+        let slot = match self.slots.iter().position(Option::is_none) {
+            Some(s) => s,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
             }
-            let current = self
-                .port
-                .device()
-                .vring(i)
-                .filter(|v| v.is_running())
-                .and_then(|v| v.kick().cloned());
-            if !same(&self.queues[i].kick, &current) {
-                if let Some(old) = self.queues[i].kick.take() {
-                    self.unwatch(&old)?;
-                }
-                if let Some(new) = &current {
-                    self.watch(new, i as u64, false)?;
-                }
-                self.queues[i].kick = current.clone();
-                self.queues[i].stall = None;
-                self.end_stall_watch(i)?;
+        };
+        self.watch(port.device().wake_fd(), port_token(slot, KIND_WAKE), false)?;
+        let queues = (0..port.device().queue_count())
+            .map(|_| TxQueue::default())
+            .collect();
+        self.slots[slot] = Some(Served { port, queues });
+        self.resync(slot)
+    }
+
+    /// Stops serving port `id`: forgets its fds, its stalls and the port.
+    fn remove(&mut self, id: PortId) -> io::Result<()> {
+        let Some(slot) = self
+            .slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| s.port.id() == id))
+        else {
+            return Ok(());
+        };
+        for i in 0..self.queue_count(slot) {
+            self.end_stall_watch(slot, i)?;
+            if let Some(kick) = self.queue(slot, i).kick.take() {
+                self.unwatch(&kick)?;
             }
-            self.queues[i].pending = current.is_some();
+        }
+        if let Some(s) = self.slots[slot].take() {
+            self.unwatch(s.port.device().wake_fd())?;
         }
         Ok(())
     }
 
-    /// Runs one batch on queue `i` and records how it ended. The receiver's kick eventfd stays
-    /// watched after the wait (until another one is needed): that receiver asked to kick only
-    /// while a frame waited for it, and the next wait needs no system call to set up.
-    fn run(&mut self, i: usize, scratch: &mut TxScratch) -> io::Result<()> {
-        let retry = self.queues[i].stall.take();
-        match tx::run_batch(self.dp, self.port, i, scratch, retry) {
-            Progress::Idle => self.queues[i].pending = false,
-            Progress::More => self.queues[i].pending = true,
+    fn queue_count(&self, slot: usize) -> usize {
+        self.slots[slot].as_ref().map_or(0, |s| s.queues.len())
+    }
+
+    /// Queue `i` of the port in `slot` (which holds a port).
+    fn queue(&mut self, slot: usize, i: usize) -> &mut TxQueue {
+        let served = self.slots[slot].as_mut().expect("a served slot");
+        &mut served.queues[i]
+    }
+
+    /// Follows the rings' state of the port in `slot`: watches the kick fd of every running TX
+    /// ring and forgets the stalls of rings that changed. Marks each running ring as having
+    /// work, to pick up buffers posted before its kick fd was watched.
+    fn resync(&mut self, slot: usize) -> io::Result<()> {
+        let Some(port) = self.slots[slot].as_ref().map(|s| Arc::clone(&s.port)) else {
+            return Ok(());
+        };
+        for i in 0..self.queue_count(slot) {
+            if vhu_net::is_rx_queue(i) {
+                continue;
+            }
+            let current = port
+                .device()
+                .vring(i)
+                .filter(|v| v.is_running())
+                .and_then(|v| v.kick().cloned());
+            if !same(&self.queue(slot, i).kick, &current) {
+                if let Some(old) = self.queue(slot, i).kick.take() {
+                    self.unwatch(&old)?;
+                }
+                if let Some(new) = &current {
+                    self.watch(new, port_token(slot, i as u64), false)?;
+                }
+                let q = self.queue(slot, i);
+                q.kick = current.clone();
+                q.stall = None;
+                self.end_stall_watch(slot, i)?;
+            }
+            self.queue(slot, i).pending = current.is_some();
+        }
+        Ok(())
+    }
+
+    /// Runs one batch on queue `i` of the port in `slot` and records how it ended. The
+    /// receiver's kick eventfd stays watched after the wait (until another one is needed): that
+    /// receiver asked to kick only while a frame waited for it, and the next wait needs no
+    /// system call to set up.
+    fn run(&mut self, slot: usize, i: usize, scratch: &mut TxScratch) -> io::Result<()> {
+        let Some(served) = self.slots[slot].as_mut() else {
+            return Ok(());
+        };
+        let retry = served.queues[i].stall.take();
+        match tx::run_batch(self.dp, &served.port, i, scratch, retry) {
+            Progress::Idle => served.queues[i].pending = false,
+            Progress::More => served.queues[i].pending = true,
             Progress::Stalled(stall) => {
-                self.queues[i].pending = false;
-                self.queues[i].stall = Some(stall);
+                served.queues[i].pending = false;
+                served.queues[i].stall = Some(stall);
                 let kick = self.receiver_kick(&stall);
-                if !same(&self.queues[i].stall_kick, &kick) {
-                    self.end_stall_watch(i)?;
-                    if let Some(k) = &kick {
-                        // Another queue of this port may watch the same eventfd already; then
-                        // this one is tried again on the poll.
-                        if self.watch(k, TOKEN_STALL + i as u64, true).is_ok() {
-                            self.queues[i].stall_kick = kick;
-                        }
+                let current = self.queue(slot, i).watch;
+                let watched = current.and_then(|w| self.watches[w].as_ref());
+                if !same(&watched.map(|w| Arc::clone(&w.kick)), &kick) {
+                    self.end_stall_watch(slot, i)?;
+                    if let Some(k) = kick {
+                        self.start_stall_watch(slot, i, k)?;
                     }
                 }
             }
@@ -131,44 +336,123 @@ impl Worker<'_> {
     /// The kick eventfd of the receive queue `stall` waits for.
     fn receiver_kick(&self, stall: &Stall) -> Option<Arc<EventFd>> {
         let ports = self.dp.ports();
-        let port = tx::guest_port(&ports, stall.dst)?;
-        let vring = port.device().vring(stall.ring)?;
+        let port = tx::guest_port(&ports, stall.waiting.dst)?;
+        let vring = port.device().vring(stall.waiting.ring)?;
         vring.kick().cloned()
     }
 
-    fn end_stall_watch(&mut self, i: usize) -> io::Result<()> {
-        match self.queues[i].stall_kick.take() {
-            Some(k) => self.unwatch(&k),
-            None => Ok(()),
+    /// Has queue `i` of `slot` watch `kick`, with the other queues that watch it already.
+    fn start_stall_watch(&mut self, slot: usize, i: usize, kick: Arc<EventFd>) -> io::Result<()> {
+        let found = self
+            .watches
+            .iter()
+            .position(|w| w.as_ref().is_some_and(|w| Arc::ptr_eq(&w.kick, &kick)));
+        let w = match found {
+            Some(w) => w,
+            None => {
+                let w = match self.watches.iter().position(Option::is_none) {
+                    Some(w) => w,
+                    None => {
+                        self.watches.push(None);
+                        self.watches.len() - 1
+                    }
+                };
+                self.watch(&kick, TOKEN_STALL + w as u64, true)?;
+                let queues = Vec::new();
+                self.watches[w] = Some(StallWatch { kick, queues });
+                w
+            }
+        };
+        if let Some(watch) = self.watches[w].as_mut() {
+            watch.queues.push((slot, i));
+        }
+        self.queue(slot, i).watch = Some(w);
+        Ok(())
+    }
+
+    /// Ends queue `i` of `slot`'s stall watch; the eventfd is unwatched once no queue uses it.
+    fn end_stall_watch(&mut self, slot: usize, i: usize) -> io::Result<()> {
+        let Some(w) = self.queue(slot, i).watch.take() else {
+            return Ok(());
+        };
+        let Some(watch) = self.watches[w].as_mut() else {
+            return Ok(());
+        };
+        watch.queues.retain(|&q| q != (slot, i));
+        if watch.queues.is_empty() {
+            if let Some(watch) = self.watches[w].take() {
+                self.unwatch(&watch.kick)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the queues of stall watch `w` as having work.
+    fn stall_kicked(&mut self, w: usize) {
+        let Some(watch) = self.watches.get(w).and_then(Option::as_ref) else {
+            return;
+        };
+        for &(slot, i) in &watch.queues {
+            if let Some(s) = self.slots[slot].as_mut() {
+                s.queues[i].pending = true;
+            }
         }
     }
-}
 
-/// Runs `port`'s datapath until the port is stopped.
-pub fn run(dp: Arc<Datapath>, port: Arc<Port>) {
-    if let Err(e) = serve(&dp, &port) {
-        error!(port = %port.config().socket.display(), error = %e, "datapath worker failed");
+    /// An event of the port in `slot`: a TX kick or its device's wake.
+    fn port_event(&mut self, slot: usize, kind: u64) -> io::Result<()> {
+        let Some(served) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return Ok(());
+        };
+        if kind == KIND_WAKE {
+            // Reading resets the counter; a failure means it was already zero.
+            let _ = served.port.device().wake_fd().read();
+            return self.resync(slot);
+        }
+        if let Some(q) = served.queues.get_mut(kind as usize) {
+            if let Some(kick) = &q.kick {
+                let _ = kick.read();
+                q.pending = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the inbox's commands; false once the pool closed it.
+    fn commands(&mut self, inbox: &Receiver<Command>) -> io::Result<bool> {
+        loop {
+            match inbox.try_recv() {
+                Ok(Command::Add(port)) => self.add(port)?,
+                Ok(Command::Remove(id, done)) => {
+                    self.remove(id)?;
+                    let _ = done.send(());
+                }
+                Err(TryRecvError::Empty) => return Ok(true),
+                Err(TryRecvError::Disconnected) => return Ok(false),
+            }
+        }
+    }
+
+    fn any_queue(&self, f: impl Fn(&TxQueue) -> bool) -> bool {
+        self.slots.iter().flatten().any(|s| s.queues.iter().any(&f))
     }
 }
 
-fn serve(dp: &Datapath, port: &Port) -> io::Result<()> {
+/// Serves the ports the inbox gives until the pool closes it.
+fn serve(dp: &Datapath, wake: &EventFd, inbox: &Receiver<Command>) -> io::Result<()> {
     let mut w = Worker {
         dp,
-        port,
         epoll: Epoll::new()?,
-        queues: (0..port.device().queue_count())
-            .map(|_| TxQueue::default())
-            .collect(),
+        slots: Vec::new(),
+        watches: Vec::new(),
     };
-    w.watch(port.stop_fd(), TOKEN_STOP, false)?;
-    w.watch(port.device().wake_fd(), TOKEN_WAKE, false)?;
+    w.watch(wake, TOKEN_INBOX, false)?;
     let mut scratch = TxScratch::default();
-    let mut events = [EpollEvent::default(); 32];
+    let mut events = [EpollEvent::default(); 64];
     let mut last_poll = Instant::now();
-    w.resync()?;
     loop {
-        let stalled = w.queues.iter().any(|q| q.stall.is_some());
-        let timeout = if w.queues.iter().any(|q| q.pending) {
+        let stalled = w.any_queue(|q| q.stall.is_some());
+        let timeout = if w.any_queue(|q| q.pending) {
             0
         } else if stalled {
             STALL_POLL.as_millis() as i32
@@ -186,37 +470,31 @@ fn serve(dp: &Datapath, port: &Port) -> io::Result<()> {
             let now = Instant::now();
             if now.saturating_duration_since(last_poll) >= STALL_POLL {
                 last_poll = now;
-                for q in &mut w.queues {
-                    q.pending |= q.stall.is_some();
+                for s in w.slots.iter_mut().flatten() {
+                    for q in &mut s.queues {
+                        q.pending |= q.stall.is_some();
+                    }
                 }
             }
         }
         for ev in &events[..n] {
             match ev.data() {
-                TOKEN_STOP => return Ok(()),
-                TOKEN_WAKE => {
+                TOKEN_INBOX => {
                     // Reading resets the counter; a failure means it was already zero.
-                    let _ = port.device().wake_fd().read();
-                    w.resync()?;
-                }
-                token if token >= TOKEN_STALL => {
-                    if let Some(q) = w.queues.get_mut((token - TOKEN_STALL) as usize) {
-                        q.pending = true;
+                    let _ = wake.read();
+                    if !w.commands(inbox)? {
+                        return Ok(());
                     }
                 }
-                ring => {
-                    if let Some(q) = w.queues.get_mut(ring as usize) {
-                        if let Some(kick) = &q.kick {
-                            let _ = kick.read();
-                            q.pending = true;
-                        }
-                    }
-                }
+                token if token >= TOKEN_STALL => w.stall_kicked((token - TOKEN_STALL) as usize),
+                token => w.port_event((token >> 32) as usize, token & KIND_WAKE)?,
             }
         }
-        for i in 0..w.queues.len() {
-            if w.queues[i].pending {
-                w.run(i, &mut scratch)?;
+        for slot in 0..w.slots.len() {
+            for i in 0..w.queue_count(slot) {
+                if w.slots[slot].as_ref().is_some_and(|s| s.queues[i].pending) {
+                    w.run(slot, i, &mut scratch)?;
+                }
             }
         }
     }
