@@ -566,6 +566,20 @@ mod tests {
     }
 
     #[test]
+    fn the_workers_option_overrides_the_file() {
+        let f = file("workers = 3\n");
+        let path = f.path().to_str().unwrap();
+        let c = parse(&["--config", path]).unwrap().config;
+        assert_eq!(c.workers, NonZeroUsize::new(3));
+        let c = parse(&["--config", path, "--workers", "1"]).unwrap().config;
+        assert_eq!(c.workers, NonZeroUsize::new(1));
+        assert_eq!(parse(&[]).unwrap().config.workers, None);
+        assert!(parse(&["--workers", "0"]).is_err());
+        let zero = file("workers = 0\n");
+        assert!(parse(&["--config", zero.path().to_str().unwrap()]).is_err());
+    }
+
+    #[test]
     fn the_state_dir_option_overrides_the_file() {
         let f = file("state_dir = \"/var/lib/vnb-test\"\n");
         let path = f.path().to_str().unwrap();

@@ -1,9 +1,9 @@
-//! The datapath: each port's worker takes frames from its guest's TX queues, asks the switch
+//! The datapath: the worker serving a port takes frames from its guest's TX queues, asks the switch
 //! where they go, and copies each one straight into the receiving guests' RX buffers.
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`worker`] | the per-port thread: epoll on kick fds and the port's wake/stop fds |
+//! | [`worker`] | the pool of worker threads, each serving its ports: epoll on their kick and wake fds |
 //! | [`tx`] | one TX batch: chains, headers, decisions, delivery, notifications |
 //! | [`rx`] | delivery of one frame into a receive queue |
 //! | [`backpressure`] | how long a receive queue without buffers may hold the frames sent to it |
