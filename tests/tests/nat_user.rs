@@ -2,13 +2,15 @@
 //! default network, guests are harness NICs (a smoltcp stack for TCP, frames built here for
 //! the rest), and the hosts they reach are sockets of this test on loopback. The control
 //! socket's views of the network (leases, conntrack, port forwards, counters) are asked through
-//! the CLI. One test runs the network with the `kernel` egress, in a network namespace it makes.
+//! the CLI, their counters also through the metrics endpoint. One test runs the network with the
+//! `kernel` egress, in a network namespace it makes.
 
 #[path = "../../vhost-net-backend/tests/netns/mod.rs"]
 mod netns;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ use tests::frontend::net::{NetOptions, VirtioNet};
 use tests::guest_stack::GuestStack;
 use vhost_net_backend::config::{DnsConfig, Egress, NatConfig, NetworkMode};
 use vhost_net_backend::control::protocol::{EgressStats, FlowInfo, LeaseInfo, NatStatsView};
+use vhost_net_backend::metrics;
 use vhost_net_backend::nat::user::UserEgressStats;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -658,9 +661,29 @@ fn user(v: &NatStatsView) -> UserEgressStats {
     }
 }
 
+/// The samples of the metrics endpoint's `vnb_nat_*` families.
+fn nat_metrics(server: &metrics::Server) -> Vec<String> {
+    let response = metrics::scrape(server.addr()).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    body.lines()
+        .filter(|l| l.starts_with("vnb_nat_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Asserts that `samples` holds each of `expected`.
+fn assert_samples(samples: &[String], expected: &[String]) {
+    for line in expected {
+        assert!(samples.contains(line), "{line} not in {samples:#?}");
+    }
+}
+
 #[test]
-fn nat_stats_count_the_guests_flows_and_the_gateways_drops() {
+fn nat_stats_and_the_metrics_count_the_guests_flows_and_the_gateways_drops() {
     let lab = Lab::new(1);
+    let server =
+        metrics::Server::start(Arc::clone(&lab.daemon), "127.0.0.1:0".parse().unwrap()).unwrap();
     let mut g = lab.guest(0);
     let before = nat_stats_when(&lab, &mut g, |_| true);
     assert_eq!((before.network.as_str(), before.port), ("default", 0));
@@ -726,6 +749,34 @@ fn nat_stats_count_the_guests_flows_and_the_gateways_drops() {
     }
     let e = lab.cli(&["nat-stats", "nowhere"]).unwrap_err();
     assert!(e.ends_with("no NAT network is named \"nowhere\""), "{e}");
+
+    // The metrics endpoint serves the same counters, labelled with the network.
+    let samples = nat_metrics(&server);
+    let label = "{network=\"default\"";
+    assert_samples(
+        &samples,
+        &[
+            "vnb_nat_up{network=\"default\"} 1",
+            "vnb_nat_user_flows_opened_total{network=\"default\",protocol=\"tcp\"} 2",
+            "vnb_nat_user_flows_opened_total{network=\"default\",protocol=\"udp\"} 1",
+            "vnb_nat_user_tcp_connect_failed_total{network=\"default\"} 1",
+            "vnb_nat_user_tcp_refused_total{network=\"default\"} 0",
+            "vnb_nat_user_refused_total{network=\"default\",reason=\"unsupported_protocol\"} 1",
+            "vnb_nat_gateway_drops_total{network=\"default\"} 1",
+            "vnb_nat_queue_full_total{network=\"default\"} 0",
+        ]
+        .map(String::from),
+    );
+    let frames = samples
+        .iter()
+        .find_map(|l| l.strip_prefix(&format!("vnb_nat_from_guests_frames_total{label}}} ")))
+        .expect("the frames the gateway got");
+    let frames: u64 = frames.parse().unwrap();
+    assert!(frames >= after.from_guests_frames, "{frames} {after:?}");
+    assert!(
+        !samples.iter().any(|l| l.starts_with("vnb_nat_tap_")),
+        "a user network has no TAP: {samples:#?}"
+    );
 }
 
 const INSIDE: &str = "VNB_NAT_USER_NETNS";
@@ -783,4 +834,19 @@ fn nat_stats_of_the_kernel_egress_inside() {
     let unsent = kernel(&after).rx_unsent;
     let line = format!("  tap: tx errors 0, rx bad header 0, rx unsent {unsent}");
     assert!(text.lines().any(|l| l == line), "{line:?} in {text}");
+
+    let server =
+        metrics::Server::start(Arc::clone(&lab.daemon), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let samples = nat_metrics(&server);
+    assert_samples(
+        &samples,
+        &[
+            format!("vnb_nat_tap_rx_unsent_total{{network=\"default\"}} {unsent}"),
+            "vnb_nat_tap_tx_errors_total{network=\"default\"} 0".into(),
+        ],
+    );
+    assert!(
+        !samples.iter().any(|l| l.starts_with("vnb_nat_user_")),
+        "a kernel network has no user egress: {samples:#?}"
+    );
 }

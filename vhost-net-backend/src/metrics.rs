@@ -16,13 +16,28 @@
 //! | `vnb_policy_rule_packets_total`, `vnb_policy_rule_bytes_total` | policy, rule | matched by a rule |
 //! | `vnb_policy_quarantined` | policy | 1 while the fail mode judges |
 //! | `vnb_uplink_rx_frames_total`, `vnb_uplink_tx_frames_total`, `vnb_uplink_drops_total` | uplink, network | uplink counters |
+//! | `vnb_nat_up` | network | 1 when the NAT network's event loop answered the scrape; 0 leaves its other `vnb_nat_*` out |
+//! | `vnb_nat_from_guests_frames_total`, `..._bytes_total` | network | frames and bytes the switch delivered to the gateway |
+//! | `vnb_nat_to_guests_frames_total`, `..._bytes_total` | network | frames and bytes the gateway sent into the network |
+//! | `vnb_nat_queue_full_total` | network | frames for the gateway dropped at its full queue |
+//! | `vnb_nat_switch_drops_total` | network, reason | drops on the gateway's switch port |
+//! | `vnb_nat_gateway_drops_total`, `vnb_nat_gateway_dns_send_failed_total`, `vnb_nat_gateway_unresolved_total` | network | the gateway's own counters |
+//! | `vnb_nat_user_flows_opened_total` | network, protocol (tcp, udp, icmp) | `user` egress: flows opened |
+//! | `vnb_nat_user_tcp_refused_total`, `vnb_nat_user_tcp_connect_failed_total`, `vnb_nat_user_tcp_resets_total` | network | `user` egress: TCP flows refused, failed, reset |
+//! | `vnb_nat_user_dropped_total` | network, protocol (udp, icmp) | `user` egress: datagrams and echo requests not sent |
+//! | `vnb_nat_user_refused_total` | network, reason (conntrack_full, unsupported_protocol) | `user` egress: packets refused |
+//! | `vnb_nat_tap_tx_errors_total`, `vnb_nat_tap_rx_bad_header_total`, `vnb_nat_tap_rx_unsent_total` | network | `kernel` egress: the TAP |
 //! | `vnb_captures_active` | | whether a capture runs |
+//!
+//! The NAT networks' counters are those of `nat-stats`, asked of each network's event loop at
+//! the scrape (all at once, waited for at most 5 s in all); a network whose loop does not answer
+//! is logged (rate-limited) and only its `vnb_nat_up` 0 is served.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -34,8 +49,10 @@ use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::control::protocol::{EgressStats, NatStatsView};
 use crate::daemon::Daemon;
 use crate::event_loop;
+use crate::nat::rate_log::RateLimited;
 use crate::port::Link;
 
 /// Longest request head read.
@@ -71,7 +88,10 @@ impl Server {
             .set_nonblocking(true)
             .map_err(|e| MetricsError::Bind(addr, e))?;
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(DaemonCollector(daemon)));
+        registry.register_collector(Box::new(DaemonCollector {
+            daemon,
+            log: Mutex::default(),
+        }));
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(MetricsError::Resource)?);
         let endpoint = Endpoint {
             listener,
@@ -112,7 +132,11 @@ impl Drop for Server {
 
 /// The daemon's counters, read at each scrape.
 #[derive(Debug)]
-struct DaemonCollector(Arc<Daemon>);
+struct DaemonCollector {
+    daemon: Arc<Daemon>,
+    /// NAT networks that did not answer.
+    log: Mutex<RateLimited>,
+}
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -143,7 +167,7 @@ fn gauge(v: i64) -> ConstGauge<i64> {
 
 impl Collector for DaemonCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let daemon = &self.0;
+        let daemon = &self.daemon;
         let mut rx_frames = Vec::new();
         let mut rx_bytes = Vec::new();
         let mut tx_frames = Vec::new();
@@ -298,6 +322,18 @@ impl Collector for DaemonCollector {
             family(&mut e, "vnb_uplink_tx_frames", "Frames to the LAN.", &tx)?;
             family(&mut e, "vnb_uplink_drops", "Frames dropped.", &dropped)?;
         }
+        if let Some(nat) = daemon.hooks().nat_stats() {
+            let networks = nat.each();
+            for (_, result) in &networks {
+                if let Err(error) = result {
+                    let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+                    log.warn(bridge_core::time::Instant::now(), || {
+                        format!("metrics: NAT counters left out: {error}")
+                    });
+                }
+            }
+            nat_families(&mut e, &networks)?;
+        }
         let active = [(
             Labels::new(),
             gauge(i64::from(daemon.captures().is_active())),
@@ -309,6 +345,177 @@ impl Collector for DaemonCollector {
             &active,
         )
     }
+}
+
+/// The NAT networks' counter families (name, help), in the order served.
+const NAT_FAMILIES: [(&str, &str); 18] = [
+    (
+        "vnb_nat_from_guests_frames",
+        "Frames the switch delivered to the gateway.",
+    ),
+    (
+        "vnb_nat_from_guests_bytes",
+        "Bytes the switch delivered to the gateway.",
+    ),
+    (
+        "vnb_nat_to_guests_frames",
+        "Frames the gateway sent into the network.",
+    ),
+    (
+        "vnb_nat_to_guests_bytes",
+        "Bytes the gateway sent into the network.",
+    ),
+    (
+        "vnb_nat_queue_full",
+        "Frames for the gateway dropped because its queue was full.",
+    ),
+    (
+        "vnb_nat_switch_drops",
+        "Frames dropped on the gateway's switch port, by reason.",
+    ),
+    (
+        "vnb_nat_gateway_drops",
+        "Guests' frames the gateway dropped.",
+    ),
+    (
+        "vnb_nat_gateway_dns_send_failed",
+        "DNS queries not sent upstream.",
+    ),
+    (
+        "vnb_nat_gateway_unresolved",
+        "Frames to guests whose MAC the gateway did not know.",
+    ),
+    (
+        "vnb_nat_user_flows_opened",
+        "Flows the user egress opened, by protocol.",
+    ),
+    (
+        "vnb_nat_user_tcp_refused",
+        "Guests' TCP SYNs the user egress refused.",
+    ),
+    (
+        "vnb_nat_user_tcp_connect_failed",
+        "Host TCP connections that failed.",
+    ),
+    ("vnb_nat_user_tcp_resets", "TCP flows ended by a reset."),
+    (
+        "vnb_nat_user_dropped",
+        "Guests' datagrams and echo requests not sent, by protocol.",
+    ),
+    (
+        "vnb_nat_user_refused",
+        "Guests' packets the user egress refused, by reason.",
+    ),
+    (
+        "vnb_nat_tap_tx_errors",
+        "Guests' frames the kernel egress's TAP refused.",
+    ),
+    (
+        "vnb_nat_tap_rx_bad_header",
+        "Frames from the TAP with a virtio-net header not taken.",
+    ),
+    (
+        "vnb_nat_tap_rx_unsent",
+        "Frames from the TAP not sent to guests.",
+    ),
+];
+
+/// A NAT network's sample: its family (of [`NAT_FAMILIES`]), its label besides `network`, its
+/// value.
+type NatSample<'a> = (&'static str, Option<(&'static str, &'a str)>, u64);
+
+/// A NAT network's samples.
+fn nat_samples(n: &NatStatsView) -> Vec<NatSample<'_>> {
+    let mut out = vec![
+        ("vnb_nat_from_guests_frames", None, n.from_guests_frames),
+        ("vnb_nat_from_guests_bytes", None, n.from_guests_bytes),
+        ("vnb_nat_to_guests_frames", None, n.to_guests_frames),
+        ("vnb_nat_to_guests_bytes", None, n.to_guests_bytes),
+        ("vnb_nat_queue_full", None, n.queue_full),
+    ];
+    for (reason, v) in &n.switch_drops {
+        out.push((
+            "vnb_nat_switch_drops",
+            Some(("reason", reason.as_str())),
+            *v,
+        ));
+    }
+    let g = &n.gateway;
+    out.extend([
+        ("vnb_nat_gateway_drops", None, g.dropped),
+        ("vnb_nat_gateway_dns_send_failed", None, g.dns_send_failed),
+        ("vnb_nat_gateway_unresolved", None, g.unresolved),
+    ]);
+    match &n.egress {
+        EgressStats::User(u) => {
+            let opened = "vnb_nat_user_flows_opened";
+            let dropped = "vnb_nat_user_dropped";
+            let refused = "vnb_nat_user_refused";
+            out.extend([
+                (opened, Some(("protocol", "tcp")), u.tcp.opened),
+                (opened, Some(("protocol", "udp")), u.udp.opened),
+                (opened, Some(("protocol", "icmp")), u.icmp.opened),
+                ("vnb_nat_user_tcp_refused", None, u.tcp.refused),
+                (
+                    "vnb_nat_user_tcp_connect_failed",
+                    None,
+                    u.tcp.connect_failed,
+                ),
+                ("vnb_nat_user_tcp_resets", None, u.tcp.reset),
+                (dropped, Some(("protocol", "udp")), u.udp.dropped),
+                (dropped, Some(("protocol", "icmp")), u.icmp.dropped),
+                (
+                    refused,
+                    Some(("reason", "conntrack_full")),
+                    u.conntrack_full,
+                ),
+                (
+                    refused,
+                    Some(("reason", "unsupported_protocol")),
+                    u.unsupported,
+                ),
+            ]);
+        }
+        EgressStats::Kernel(k) => out.extend([
+            ("vnb_nat_tap_tx_errors", None, k.tx_errors),
+            ("vnb_nat_tap_rx_bad_header", None, k.rx_bad_header),
+            ("vnb_nat_tap_rx_unsent", None, k.rx_unsent),
+        ]),
+    }
+    out
+}
+
+/// The NAT networks' families from their `nat-stats` views; a network without its view (its
+/// loop did not answer) has only `vnb_nat_up` 0.
+fn nat_families(
+    e: &mut DescriptorEncoder,
+    networks: &[(String, Result<NatStatsView, String>)],
+) -> Result<(), std::fmt::Error> {
+    let mut up = Vec::new();
+    let mut samples = Vec::new();
+    for (name, result) in networks {
+        let labels: Labels = vec![("network", name.clone())];
+        up.push((labels.clone(), gauge(i64::from(result.is_ok()))));
+        let Ok(n) = result else {
+            continue;
+        };
+        for (family, label, v) in nat_samples(n) {
+            let mut l = labels.clone();
+            l.extend(label.map(|(k, value)| (k, value.to_string())));
+            samples.push((family, l, v));
+        }
+    }
+    let help = "1 when the NAT network's event loop answered the scrape.";
+    family(e, "vnb_nat_up", help, &up)?;
+    for (name, help) in NAT_FAMILIES {
+        let these: Vec<_> = samples
+            .iter()
+            .filter(|(f, ..)| *f == name)
+            .map(|(_, l, v)| (l.clone(), counter(*v)))
+            .collect();
+        family(e, name, help, &these)?;
+    }
+    Ok(())
 }
 
 /// A scrape in progress.
@@ -428,4 +635,112 @@ pub fn scrape(addr: SocketAddr) -> io::Result<String> {
     let mut out = String::new();
     s.read_to_string(&mut out)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::protocol::GatewayPortStats;
+    use crate::nat::kernel::KernelSideStats;
+    use crate::nat::user::UserEgressStats;
+
+    /// NAT networks' views as a scrape finds them.
+    #[derive(Debug)]
+    struct Views(Vec<(String, Result<NatStatsView, String>)>);
+
+    impl Collector for Views {
+        fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            nat_families(&mut e, &self.0)
+        }
+    }
+
+    fn view(network: &str, egress: EgressStats) -> NatStatsView {
+        NatStatsView {
+            network: network.into(),
+            port: 0,
+            from_guests_frames: 40,
+            from_guests_bytes: 4000,
+            to_guests_frames: 30,
+            to_guests_bytes: 3500,
+            queue_full: 2,
+            switch_drops: vec![("hairpin".into(), 0), ("policy_drop".into(), 5)],
+            gateway: GatewayPortStats {
+                dropped: 1,
+                dns_send_failed: 0,
+                unresolved: 4,
+            },
+            egress,
+        }
+    }
+
+    #[test]
+    fn nat_families_label_by_network_and_leave_out_a_network_that_did_not_answer() {
+        let mut user = UserEgressStats::default();
+        user.tcp.opened = 2;
+        user.tcp.connect_failed = 1;
+        user.udp.dropped = 3;
+        user.unsupported = 7;
+        let kernel = KernelSideStats {
+            tx_errors: 0,
+            rx_bad_header: 0,
+            rx_unsent: 9,
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Views(vec![
+            (
+                "default".into(),
+                Ok(view("default", EgressStats::User(user))),
+            ),
+            ("stuck".into(), Err("stuck: no answer".into())),
+            ("wan".into(), Ok(view("wan", EgressStats::Kernel(kernel)))),
+        ])));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for expected in [
+            "# TYPE vnb_nat_up gauge",
+            "vnb_nat_up{network=\"default\"} 1",
+            "vnb_nat_up{network=\"wan\"} 1",
+            "# TYPE vnb_nat_from_guests_frames counter",
+            "# HELP vnb_nat_from_guests_frames Frames the switch delivered to the gateway.",
+            "vnb_nat_from_guests_frames_total{network=\"default\"} 40",
+            "vnb_nat_to_guests_bytes_total{network=\"wan\"} 3500",
+            "vnb_nat_queue_full_total{network=\"default\"} 2",
+            "vnb_nat_switch_drops_total{network=\"default\",reason=\"hairpin\"} 0",
+            "vnb_nat_switch_drops_total{network=\"wan\",reason=\"policy_drop\"} 5",
+            "vnb_nat_gateway_drops_total{network=\"default\"} 1",
+            "vnb_nat_gateway_unresolved_total{network=\"wan\"} 4",
+            "vnb_nat_user_flows_opened_total{network=\"default\",protocol=\"tcp\"} 2",
+            "vnb_nat_user_flows_opened_total{network=\"default\",protocol=\"icmp\"} 0",
+            "vnb_nat_user_tcp_connect_failed_total{network=\"default\"} 1",
+            "vnb_nat_user_dropped_total{network=\"default\",protocol=\"udp\"} 3",
+            "vnb_nat_user_refused_total{network=\"default\",reason=\"unsupported_protocol\"} 7",
+            "vnb_nat_tap_rx_unsent_total{network=\"wan\"} 9",
+            "# EOF",
+        ] {
+            assert!(lines.contains(&expected), "{expected} not in\n{text}");
+        }
+        // The network whose loop did not answer has only its `up` 0.
+        let stuck: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.contains("network=\"stuck\""))
+            .collect();
+        assert_eq!(stuck, ["vnb_nat_up{network=\"stuck\"} 0"]);
+        // Each egress has only its own families, each declared once: besides `up`, the user
+        // network's 20 samples (10 of the egress), the kernel network's 13 (3).
+        let samples = |network: &str| {
+            let label = format!("{{network=\"{network}\"");
+            lines.iter().filter(|l| l.contains(&label)).count()
+        };
+        assert_eq!((samples("default"), samples("wan")), (1 + 20, 1 + 13));
+        assert!(!lines
+            .iter()
+            .any(|l| l.starts_with("vnb_nat_tap_") && l.contains("\"default\"")));
+        assert!(!lines
+            .iter()
+            .any(|l| l.starts_with("vnb_nat_user_") && l.contains("\"wan\"")));
+        let types = lines.iter().filter(|l| l.starts_with("# TYPE vnb_nat_"));
+        assert_eq!(types.count(), 1 + NAT_FAMILIES.len());
+    }
 }

@@ -26,8 +26,12 @@ pub trait Conntrack: Send + Sync {
 
 /// The counters of the NAT networks.
 pub trait NatStats: Send + Sync {
-    /// The counters of network `network` (of every NAT network when `None`).
+    /// The counters of network `network` (of every NAT network when `None`); fails when a
+    /// network's loop does not answer.
     fn stats(&self, network: Option<&str>) -> Result<Vec<NatStatsView>, String>;
+    /// The counters of every NAT network, each network's name with its own result: a network
+    /// whose loop does not answer gives an error and the others their counters.
+    fn each(&self) -> Vec<(String, Result<NatStatsView, String>)>;
 }
 
 /// Port forwards into NAT networks.

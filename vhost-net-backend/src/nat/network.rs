@@ -54,7 +54,7 @@ use crate::event_loop::Stopper;
 /// How often conntrack drops expired flows.
 const CONNTRACK_SWEEP: Duration = Duration::from_secs(1);
 /// How long a control call waits for the loop.
-const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Errors starting or driving a NAT network.
 #[derive(Debug, thiserror::Error)]
@@ -141,7 +141,6 @@ pub struct NatNetwork {
     port: PortId,
     network: NetworkId,
     mac: EthernetAddress,
-    inbox: Arc<Inbox>,
     stop: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
 }
@@ -279,7 +278,6 @@ impl NatNetwork {
             port,
             network,
             mac,
-            inbox,
             stop,
             thread: Some(thread),
         })
@@ -293,11 +291,6 @@ impl NatNetwork {
     /// The gateway's switch port.
     pub fn port(&self) -> PortId {
         self.port
-    }
-
-    /// Frames the gateway port dropped because its queue was full.
-    pub fn inbox_drops(&self) -> u64 {
-        self.inbox.dropped()
     }
 
     /// Stops the event loop and removes the gateway port.
@@ -347,7 +340,8 @@ impl NatHandle {
         &self.conntrack
     }
 
-    fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, NatError> {
+    /// Sends a call to the event loop; its answer is awaited with [`Pending::wait`].
+    fn send<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<Pending<T>, NatError> {
         let (tx, rx) = mpsc::channel();
         self.calls
             .commands
@@ -357,8 +351,11 @@ impl NatHandle {
             .map_err(|_| NatError::NotRunning)?;
         // Fails only when the counter is saturated, which still wakes the loop.
         let _ = self.calls.wake.write(1);
-        rx.recv_timeout(CALL_TIMEOUT)
-            .map_err(|_| NatError::NotRunning)
+        Ok(Pending(rx))
+    }
+
+    fn call<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, NatError> {
+        self.send(make)?.wait(call_deadline())
     }
 
     /// Starts forwarding `forward` (its network is this one).
@@ -376,9 +373,47 @@ impl NatHandle {
         self.call(Command::Forwards)
     }
 
-    /// The network's counters, read on its event loop.
-    pub fn counters(&self) -> Result<NatCounters, NatError> {
-        self.call(Command::Counters)
+    /// Asks the event loop for the network's counters, read there. Several networks can be
+    /// asked before any answer is awaited, all with one deadline ([`call_deadline`]), so that
+    /// loops that do not answer hold the caller back once, not once each.
+    pub fn ask_counters(&self) -> Result<Pending<NatCounters>, NatError> {
+        self.send(Command::Counters)
+    }
+}
+
+#[cfg(test)]
+impl NatHandle {
+    /// A handle to network `name` whose event loop is stuck: calls wait in the returned queue,
+    /// which nothing serves; once it is dropped, the loop is gone.
+    pub(crate) fn unserved(name: &str) -> (NatHandle, impl std::fmt::Debug) {
+        let (commands, queue) = mpsc::channel::<Command>();
+        let handle = NatHandle {
+            name: name.into(),
+            conntrack: Arc::new(Conntrack::new(ConntrackConfig::default())),
+            leases: Arc::default(),
+            calls: Arc::new(Calls {
+                commands: Mutex::new(commands),
+                wake: Arc::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+            }),
+        };
+        (handle, queue)
+    }
+}
+
+/// The deadline of a call into an event loop made now.
+pub fn call_deadline() -> std::time::Instant {
+    std::time::Instant::now() + CALL_TIMEOUT
+}
+
+/// A call into a network's event loop whose answer is still to come.
+#[derive(Debug)]
+pub struct Pending<T>(Receiver<T>);
+
+impl<T> Pending<T> {
+    /// The answer, if it comes by `deadline` ([`NatError::NotRunning`] otherwise).
+    pub fn wait(self, deadline: std::time::Instant) -> Result<T, NatError> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        self.0.recv_timeout(left).map_err(|_| NatError::NotRunning)
     }
 }
 

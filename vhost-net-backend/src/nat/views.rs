@@ -6,7 +6,7 @@
 use bridge_core::conntrack::{FlowInfo as CtFlow, Protocol, TcpState};
 use bridge_core::time::Instant;
 
-use super::network::{NatCounters, NatHandle};
+use super::network::{call_deadline, NatCounters, NatHandle};
 use crate::cli::error_chain;
 use crate::config::{ForwardConfig, MacAddr};
 use crate::control::hooks::{Conntrack, Forwards, Leases, NatStats};
@@ -91,14 +91,33 @@ impl NatStats for NatViews {
             Some(name) => vec![self.network(name)?],
             None => self.networks.iter().collect(),
         };
-        networks
+        counters(&networks).into_iter().map(|(_, r)| r).collect()
+    }
+
+    fn each(&self) -> Vec<(String, Result<NatStatsView, String>)> {
+        let networks: Vec<&NatHandle> = self.networks.iter().collect();
+        counters(&networks)
             .into_iter()
-            .map(|n| {
-                let counters = n.counters().map_err(|e| format!("{}: {e}", n.name()))?;
-                Ok(nat_stats_view(n.name(), &counters))
-            })
+            .map(|(name, r)| (name.to_string(), r))
             .collect()
     }
+}
+
+/// The counters of `networks`, asked of all their loops before any answer is awaited, with one
+/// deadline: loops that do not answer hold the caller back once.
+fn counters<'a>(networks: &[&'a NatHandle]) -> Vec<(&'a str, Result<NatStatsView, String>)> {
+    let deadline = call_deadline();
+    let asked: Vec<_> = networks.iter().map(|n| (n, n.ask_counters())).collect();
+    asked
+        .into_iter()
+        .map(|(n, pending)| {
+            let counters = pending.and_then(|p| p.wait(deadline));
+            let view = counters
+                .map(|c| nat_stats_view(n.name(), &c))
+                .map_err(|e| format!("{}: {e}", n.name()));
+            (n.name(), view)
+        })
+        .collect()
 }
 
 /// A network's counters as the control API shows them.
@@ -166,5 +185,45 @@ fn tcp_state_name(s: TcpState) -> &'static str {
         TcpState::LastAck => "LAST_ACK",
         TcpState::TimeWait => "TIME_WAIT",
         TcpState::Close => "CLOSE",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nat::network::CALL_TIMEOUT;
+
+    #[test]
+    fn networks_whose_loops_do_not_answer_are_errors_of_their_own_and_cost_one_wait() {
+        let (stuck, _queue) = NatHandle::unserved("stuck");
+        let (also_stuck, _also_queue) = NatHandle::unserved("also-stuck");
+        let (gone, queue) = NatHandle::unserved("gone");
+        drop(queue);
+        let views = NatViews::new(vec![stuck, gone, also_stuck]);
+        let started = std::time::Instant::now();
+        let each = views.each();
+        // Both stuck loops were asked before either was waited for.
+        assert!(
+            started.elapsed() < CALL_TIMEOUT * 2,
+            "{:?}",
+            started.elapsed()
+        );
+        let names: Vec<&str> = each.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["stuck", "gone", "also-stuck"]);
+        for (name, result) in &each {
+            let e = result.as_ref().unwrap_err();
+            assert_eq!(
+                e,
+                &format!("{name}: the network's event loop does not answer")
+            );
+        }
+        assert_eq!(
+            views.stats(Some("gone")).unwrap_err(),
+            "gone: the network's event loop does not answer"
+        );
+        assert_eq!(
+            views.stats(Some("elsewhere")).unwrap_err(),
+            "no NAT network is named \"elsewhere\""
+        );
     }
 }
