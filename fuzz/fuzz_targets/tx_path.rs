@@ -178,7 +178,7 @@ fuzz_target!(|input: Input| {
     let mut scratch = TxScratch::default();
     let mut retry = None;
     for _ in 0..4 {
-        match run_batch(&dp, &ports[0], 1, &mut scratch, retry.take()) {
+        match run_batch(&dp, &ports[0], 1, &mut scratch, retry.take(), false) {
             Progress::Idle => break,
             Progress::More => {}
             Progress::Stalled(stall) => retry = Some(stall),

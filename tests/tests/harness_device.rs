@@ -45,11 +45,11 @@ fn config(dir: &tempfile::TempDir, ports: &[PortConfig]) -> Config {
 
 /// Starts a daemon with one port per entry of `ports` (queue pairs, MTU, daemon's socket role).
 fn lab(ports: &[(u16, u16, SocketRole)]) -> Lab {
-    lab_with_workers(ports, None)
+    lab_tuned(ports, |_| {})
 }
 
-/// [`lab`] with `workers` datapath threads (default: one per CPU).
-fn lab_with_workers(ports: &[(u16, u16, SocketRole)], workers: Option<NonZeroUsize>) -> Lab {
+/// [`lab`] with its configuration changed by `tune`.
+fn lab_tuned(ports: &[(u16, u16, SocketRole)], tune: impl FnOnce(&mut Config)) -> Lab {
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<PortConfig> = ports
         .iter()
@@ -63,7 +63,7 @@ fn lab_with_workers(ports: &[(u16, u16, SocketRole)], workers: Option<NonZeroUsi
         })
         .collect();
     let mut config = config(&dir, &ports);
-    config.workers = workers;
+    tune(&mut config);
     let daemon = start(config).unwrap();
     let ids = daemon.ports();
     assert_eq!(ids.len(), ports.len());
@@ -294,7 +294,8 @@ fn a_receiver_that_never_posts_buffers_holds_its_senders_only_briefly() {
 
 #[test]
 fn one_worker_serves_many_ports_that_wait_and_come_and_go() {
-    let lab = lab_with_workers(&[(1, 1500, SocketRole::Listen); 4], NonZeroUsize::new(1));
+    let one = |c: &mut Config| c.workers = NonZeroUsize::new(1);
+    let lab = lab_tuned(&[(1, 1500, SocketRole::Listen); 4], one);
     let few = NetOptions {
         rx_buffers: Some(4),
         ..options(FrontendKind::Qemu)
@@ -337,6 +338,27 @@ fn one_worker_serves_many_ports_that_wait_and_come_and_go() {
     unicast(&mut e, 3, &mut a, 0, 20, 1514);
     unicast(&mut a, 0, &mut e, 3, 20, 1514);
     unicast(&mut c, 2, &mut b, 1, 20, 1514);
+}
+
+#[test]
+fn a_polling_worker_takes_frames_without_kicks_then_sleeps() {
+    let poll = Duration::from_secs(2);
+    let tune = |c: &mut Config| c.poll_us = poll.as_micros() as u32;
+    let lab = lab_tuned(&[(1, 1500, SocketRole::Listen); 2], tune);
+    let mut a = lab.attach(0, options(FrontendKind::Qemu));
+    let mut b = lab.attach(1, options(FrontendKind::Qemu));
+    introduce(&mut [&mut a, &mut b]);
+    // One frame at a time, each received before the next: the worker, polling, keeps A's
+    // transmit queue's kicks off (EVENT_IDX: one kick at most, as the first entry passes the
+    // avail_event it last set).
+    let before = a.vring_stats(1).unwrap().kicks;
+    unicast(&mut a, 0, &mut b, 1, 30, 200);
+    let polled = a.vring_stats(1).unwrap().kicks - before;
+    assert!(polled <= 1, "{polled} kicks for 30 frames while polled");
+    // After the window the worker turns kicks back on and sleeps: the next frame kicks.
+    thread::sleep(poll + Duration::from_millis(500));
+    unicast(&mut a, 0, &mut b, 1, 1, 200);
+    assert_eq!(a.vring_stats(1).unwrap().kicks, before + polled + 1);
 }
 
 #[test]

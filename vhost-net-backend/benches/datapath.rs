@@ -151,7 +151,7 @@ fn vm_to_vm(c: &mut Criterion<CpuTime>) {
     b.fill_tx(&frame(ep_b, ep_a));
     a.post(0, 1);
     b.post(1, 1);
-    run_batch(&dp, &b.port, 1, &mut scratch, None);
+    run_batch(&dp, &b.port, 1, &mut scratch, None, false);
     a.fill_tx(&frame(ep_a, ep_b));
     b.post(0, 2 * BATCH as u16);
 
@@ -161,7 +161,7 @@ fn vm_to_vm(c: &mut Criterion<CpuTime>) {
         bench.iter(|| {
             a.post(1, BATCH as u16);
             b.post(0, BATCH as u16);
-            black_box(run_batch(&dp, &a.port, 1, &mut scratch, None));
+            black_box(run_batch(&dp, &a.port, 1, &mut scratch, None, false));
         });
     });
     group.finish();

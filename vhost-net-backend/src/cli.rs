@@ -72,6 +72,11 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N")]
     pub workers: Option<NonZeroUsize>,
 
+    /// Microseconds a datapath thread keeps polling its dry queues (guests need not kick) before
+    /// it sleeps (default 0: it sleeps at once); overrides the file's `poll_us`.
+    #[arg(long, value_name = "US")]
+    pub poll_us: Option<u32>,
+
     /// Print the resulting configuration as TOML, every setting explicit, and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -331,6 +336,9 @@ impl TryFrom<&DaemonArgs> for Loaded {
         if let Some(n) = args.workers {
             config.workers = Some(n);
         }
+        if let Some(us) = args.poll_us {
+            config.poll_us = us;
+        }
         Ok(Loaded { config, notes })
     }
 }
@@ -577,6 +585,16 @@ mod tests {
         assert!(parse(&["--workers", "0"]).is_err());
         let zero = file("workers = 0\n");
         assert!(parse(&["--config", zero.path().to_str().unwrap()]).is_err());
+    }
+
+    #[test]
+    fn the_poll_option_overrides_the_file() {
+        let f = file("poll_us = 50\n");
+        let path = f.path().to_str().unwrap();
+        assert_eq!(parse(&["--config", path]).unwrap().config.poll_us, 50);
+        let c = parse(&["--config", path, "--poll-us", "0"]).unwrap().config;
+        assert_eq!(c.poll_us, 0);
+        assert_eq!(parse(&[]).unwrap().config.poll_us, 0);
     }
 
     #[test]

@@ -574,6 +574,9 @@ pub struct Config {
     /// Datapath threads, each serving its share of the ports; `None`: one per CPU the daemon
     /// may run on.
     pub workers: Option<NonZeroUsize>,
+    /// Microseconds a worker keeps polling its dry transmit queues, kicks off, before it sleeps;
+    /// 0: it sleeps at once.
+    pub poll_us: u32,
 }
 
 impl Default for Config {
@@ -588,6 +591,7 @@ impl Default for Config {
             metrics: None,
             state_dir: None,
             workers: None,
+            poll_us: 0,
         }
     }
 }

@@ -158,7 +158,8 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
             .map_err(Error::Resource)?
     };
     let count = config.workers.unwrap_or_else(worker::default_count);
-    let workers = Workers::start(&datapath, count).map_err(Error::Resource)?;
+    let poll = Duration::from_micros(config.poll_us.into());
+    let workers = Workers::start(&datapath, count, poll).map_err(Error::Resource)?;
     let hooks = Hooks::default();
     if !nat.is_empty() {
         let views = Arc::new(NatViews::new(

@@ -330,9 +330,15 @@ impl Vring {
     }
 
     /// Asks the driver to kick when it makes buffers available (a receive queue a frame waits
-    /// for); returns true if some arrived meanwhile.
+    /// for, a transmit queue the worker stops polling); returns true if some arrived meanwhile.
     pub fn ask_for_buffers(&mut self) -> bool {
         self.parts().is_some_and(|mut ring| ring.enable_kicks())
+    }
+
+    /// Whether the running ring has chains the datapath has not taken (a polling worker's
+    /// look, without a kick).
+    pub fn has_avail(&mut self) -> bool {
+        self.parts().is_some_and(|ring| ring.has_avail())
     }
 
     /// Publishes the used entries added since the last call (while the ring runs) and signals
@@ -526,6 +532,13 @@ impl<'a> Ring<'a> {
             let flag = VRING_USED_F_NO_NOTIFY as u16;
             let _ = self.used.store(flag.to_le(), 0, Ordering::Relaxed);
         }
+    }
+
+    /// Whether the driver made chains available past the ones taken.
+    pub fn has_avail(&self) -> bool {
+        self.avail
+            .load::<u16>(2, Ordering::Relaxed)
+            .is_ok_and(|idx| u16::from_le(idx) != self.queue.next_avail())
     }
 
     /// Re-enables kicks; returns true if buffers arrived meanwhile (drain again).

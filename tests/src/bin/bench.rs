@@ -71,6 +71,10 @@ struct Args {
     /// Entries per virtqueue.
     #[arg(long, default_value_t = 256)]
     queue_size: u16,
+    /// Microseconds the daemon's workers poll dry queues before they sleep (its `--poll-us`;
+    /// 0, the default: they sleep at once).
+    #[arg(long, default_value_t = 0)]
+    poll_us: u32,
 }
 
 /// A policy set-up of the daemon.
@@ -259,6 +263,7 @@ fn bench(args: &Args) -> Result<(), BoxError> {
             let ours = Device::Daemon {
                 binary: binary.clone(),
                 extra_config: extra,
+                poll_us: args.poll_us,
             };
             let m = throughput(args, &ours, row, cpus)?;
             res.spread.push(m.brief());
@@ -281,6 +286,7 @@ fn bench(args: &Args) -> Result<(), BoxError> {
             let ours = Device::Daemon {
                 binary: binary.clone(),
                 extra_config: String::new(),
+                poll_us: args.poll_us,
             };
             latency.0.push(latency_run(args, &ours, cpus)?);
             if testpmd {
@@ -541,6 +547,12 @@ fn print_machine(args: &Args, testpmd: bool) {
             "none (dpdk-testpmd not installed or --no-testpmd)"
         }
     );
+    if args.poll_us > 0 {
+        println!(
+            "The daemon's workers poll dry queues for {} us before they sleep (--poll-us).",
+            args.poll_us
+        );
+    }
     println!();
 }
 
@@ -706,6 +718,7 @@ fn many_ports(args: &Args, binary: &std::path::Path, cpus: Option<Cpus>) -> Resu
     let device = Device::Daemon {
         binary: binary.to_path_buf(),
         extra_config: String::new(),
+        poll_us: args.poll_us,
     };
     let settle = || std::thread::sleep(Duration::from_millis(300));
     let empty = Backend::start(&device, 0, cpus)?;

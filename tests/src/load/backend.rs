@@ -56,6 +56,8 @@ pub enum Device {
         binary: PathBuf,
         /// Extra configuration (policies), appended as is.
         extra_config: String,
+        /// Microseconds its workers poll dry queues before they sleep (`--poll-us`; 0: none).
+        poll_us: u32,
     },
     /// testpmd, io-forward, one forwarding core; `tso` keeps the TSO features on (`tso=1`).
     Testpmd {
@@ -108,6 +110,7 @@ impl Backend {
             Device::Daemon {
                 binary,
                 extra_config,
+                poll_us,
             } => {
                 let config = dir.path().join("bench.toml");
                 fs::write(&config, daemon_config(&sockets, extra_config))
@@ -128,6 +131,8 @@ impl Backend {
                     .args(&control)
                     .arg("--state-dir")
                     .arg(dir.path().join("state"))
+                    .arg("--poll-us")
+                    .arg(poll_us.to_string())
                     .env("RUST_LOG", "warn");
                 ("vhost-net-backend", c)
             }

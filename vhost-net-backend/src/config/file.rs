@@ -292,6 +292,8 @@ struct File {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     workers: Option<NonZeroUsize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    poll_us: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     control: Option<ControlFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     metrics: Option<MetricsFile>,
@@ -536,6 +538,7 @@ impl File {
             metrics: self.metrics.map(|m| m.listen),
             state_dir: self.state_dir.map(|d| resolve(dir, d)),
             workers: self.workers,
+            poll_us: self.poll_us.unwrap_or(0),
         })
     }
 
@@ -547,6 +550,7 @@ impl File {
         File {
             state_dir: c.state_dir.clone(),
             workers: c.workers,
+            poll_us: Some(c.poll_us).filter(|&p| p != 0),
             control,
             metrics: c.metrics.map(|listen| MetricsFile { listen }),
             networks: c.networks.iter().map(NetworkFile::from_network).collect(),

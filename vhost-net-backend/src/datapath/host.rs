@@ -368,7 +368,7 @@ mod tests {
         mem.write_slice(&[0; 12], GuestAddress(0x100000)).unwrap();
         mem.write_slice(&f, GuestAddress(0x100000 + 12)).unwrap();
         tx.post(&[(0x100000, 12 + f.len() as u32, 0)]);
-        run_batch(&dp, &guest, 1, &mut TxScratch::default(), None);
+        run_batch(&dp, &guest, 1, &mut TxScratch::default(), None, false);
         assert_eq!(
             recorder.0.lock().unwrap().as_slice(),
             [(VnetHdr::default(), f)]

@@ -64,7 +64,7 @@ pub struct Stall {
 /// How a batch ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Progress {
-    /// The queue is empty and kicks are on.
+    /// The queue is empty and kicks are on (unless the batch was told to poll).
     Idle,
     /// More chains are waiting (the batch was full, or some arrived as kicks went back on).
     More,
@@ -210,7 +210,8 @@ impl Default for TxScratch {
 }
 
 /// Runs one batch on transmit queue `ring` of `port`; `retry` is the stall the last batch on
-/// this queue ended with, if any.
+/// this queue ended with, if any. With `poll`, a queue the batch drains keeps its kicks off: its
+/// worker polls it ([`super::worker`]).
 ///
 /// With policies, a frame whose flow has a verdict is carried out at once; the others are
 /// set aside with their copied heads, judged together (when the stage is full and at the end of
@@ -221,6 +222,7 @@ pub fn run_batch(
     ring: usize,
     s: &mut TxScratch,
     mut retry: Option<Stall>,
+    poll: bool,
 ) -> Progress {
     if s.policy.is_none() {
         if let Some(plane) = dp.policy() {
@@ -302,7 +304,7 @@ pub fn run_batch(
         queue.add_used(&s.used[..n]);
         let progress = match stalled {
             Some(stall) => Progress::Stalled(stall),
-            None if !drained || queue.enable_kicks() => Progress::More,
+            None if !drained || (!poll && queue.enable_kicks()) => Progress::More,
             None => Progress::Idle,
         };
         // The sender's transmit queue: its used entries published, the guest signalled.
@@ -952,7 +954,7 @@ mod tests {
     }
 
     fn batch(dp: &Datapath, g: &Guest) -> Progress {
-        run_batch(dp, &g.port, 1, &mut TxScratch::default(), None)
+        run_batch(dp, &g.port, 1, &mut TxScratch::default(), None, false)
     }
 
     #[test]
@@ -1245,20 +1247,21 @@ mod tests {
             send(&g[0], &mut a_tx, i as u64, [0; 12], f);
         }
         let mut scratch = TxScratch::default();
-        let Progress::Stalled(stall) = run_batch(&dp, &g[0].port, 1, &mut scratch, None) else {
+        let Progress::Stalled(stall) = run_batch(&dp, &g[0].port, 1, &mut scratch, None, false)
+        else {
             panic!("the second frame waits");
         };
         assert_eq!((stall.waiting.dst, stall.waiting.ring), (g[1].port.id(), 0));
         assert_eq!(a_tx.used_idx(), 1, "only the delivered frame is given back");
         assert_eq!(b_rx.used_idx(), 1);
         // Still nothing: it waits again, counted once.
-        let again = run_batch(&dp, &g[0].port, 1, &mut scratch, Some(stall));
+        let again = run_batch(&dp, &g[0].port, 1, &mut scratch, Some(stall), false);
         assert_eq!(again, Progress::Stalled(stall));
         // B posts buffers: the frames go, in order.
         for i in 1..5 {
             b_rx.post(&[(RX_BUF + i * 0x10000, 2048, W)]);
         }
-        let done = run_batch(&dp, &g[0].port, 1, &mut scratch, Some(stall));
+        let done = run_batch(&dp, &g[0].port, 1, &mut scratch, Some(stall), false);
         assert_eq!(done, Progress::Idle);
         assert_eq!((a_tx.used_idx(), b_rx.used_idx()), (3, 3));
         for (i, f) in frames.iter().enumerate() {
@@ -1280,12 +1283,13 @@ mod tests {
             send(&g[0], &mut a_tx, i, [0; 12], &eth(mac(2), mac(1), 60));
         }
         let mut scratch = TxScratch::default();
-        let Progress::Stalled(stall) = run_batch(&dp, &g[0].port, 1, &mut scratch, None) else {
+        let Progress::Stalled(stall) = run_batch(&dp, &g[0].port, 1, &mut scratch, None, false)
+        else {
             panic!("the first frame waits");
         };
         std::thread::sleep(STALL_MAX + Duration::from_millis(10));
         // Past STALL_MAX: dropped, and so are the next frames to that queue, at once.
-        let done = run_batch(&dp, &g[0].port, 1, &mut scratch, Some(stall));
+        let done = run_batch(&dp, &g[0].port, 1, &mut scratch, Some(stall), false);
         assert_eq!(done, Progress::Idle);
         assert_eq!(a_tx.used_idx(), 3);
         assert_eq!(g[1].stats().get(DeviceDrop::RxNoBuffers), 3);
@@ -1297,12 +1301,13 @@ mod tests {
         let (mut a_tx, mut b_rx) = (g[0].tx(), g[1].rx());
         send(&g[0], &mut a_tx, 0, tso_hdr(1000), &tcp_frame(3000));
         let mut scratch = TxScratch::default();
-        let Progress::Stalled(stall) = run_batch(&dp, &g[0].port, 1, &mut scratch, None) else {
+        let Progress::Stalled(stall) = run_batch(&dp, &g[0].port, 1, &mut scratch, None, false)
+        else {
             panic!("the frame waits");
         };
         assert_eq!((a_tx.used_idx(), b_rx.used_idx()), (0, 0));
         post_rx(&mut b_rx, 3, 4096);
-        let done = run_batch(&dp, &g[0].port, 1, &mut scratch, Some(stall));
+        let done = run_batch(&dp, &g[0].port, 1, &mut scratch, Some(stall), false);
         assert_eq!(done, Progress::Idle);
         assert_eq!(
             (a_tx.used_idx(), b_rx.used_idx()),
