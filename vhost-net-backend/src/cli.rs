@@ -67,8 +67,8 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
-    /// Datapath threads, each serving its share of the ports (default: one per CPU the daemon
-    /// may run on); overrides the file's `workers`.
+    /// A pool of N datapath threads shares the ports (default: each port has its own);
+    /// overrides the file's `workers`.
     #[arg(long, value_name = "N")]
     pub workers: Option<NonZeroUsize>,
 

@@ -571,8 +571,7 @@ pub struct Config {
     /// location (`/var/lib/vhost-net-backend` for root, else `$XDG_STATE_HOME` or
     /// `~/.local/state`, `/vhost-net-backend`).
     pub state_dir: Option<PathBuf>,
-    /// Datapath threads, each serving its share of the ports; `None`: one per CPU the daemon
-    /// may run on.
+    /// A pool of this many datapath threads shares the ports; `None`: each port has its own.
     pub workers: Option<NonZeroUsize>,
     /// Microseconds a worker keeps polling its dry transmit queues, kicks off, before it sleeps;
     /// 0: it sleeps at once.

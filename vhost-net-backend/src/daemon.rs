@@ -17,7 +17,7 @@ use crate::config::{Config, FieldPath, ForwardConfig, Invalid, NetworkMode, Port
 use crate::control::hooks::Hooks;
 use crate::datapath::counters::DeviceStats;
 use crate::datapath::policy::PolicyPlane;
-use crate::datapath::worker::{self, Workers};
+use crate::datapath::worker::Workers;
 use crate::datapath::Datapath;
 use crate::event_loop;
 use crate::nat::network::{NatError, NatNetwork};
@@ -157,9 +157,8 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
             .spawn(move || housekeeping(dp, timer, stop))
             .map_err(Error::Resource)?
     };
-    let count = config.workers.unwrap_or_else(worker::default_count);
     let poll = Duration::from_micros(config.poll_us.into());
-    let workers = Workers::start(&datapath, count, poll).map_err(Error::Resource)?;
+    let workers = Workers::start(&datapath, config.workers, poll).map_err(Error::Resource)?;
     let hooks = Hooks::default();
     if !nat.is_empty() {
         let views = Arc::new(NatViews::new(
@@ -290,7 +289,10 @@ impl Daemon {
                 return Err(Error::Resource(e));
             }
         };
-        self.workers.add(Arc::clone(&handle.port));
+        if let Err(e) = self.workers.add(Arc::clone(&handle.port)) {
+            self.stop_port(handle);
+            return Err(Error::Resource(e));
+        }
         info!(port = id.0, socket = %handle.port.config().socket.display(), mac = %handle.port.config().mac, "port added");
         ports.insert(id, handle);
         Ok(id)

@@ -131,9 +131,10 @@ impl Backend {
                     .args(&control)
                     .arg("--state-dir")
                     .arg(dir.path().join("state"))
-                    .arg("--poll-us")
-                    .arg(poll_us.to_string())
                     .env("RUST_LOG", "warn");
+                if *poll_us > 0 {
+                    c.arg("--poll-us").arg(poll_us.to_string());
+                }
                 ("vhost-net-backend", c)
             }
             Device::Testpmd { tso } => {

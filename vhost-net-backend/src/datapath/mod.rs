@@ -3,7 +3,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`worker`] | the pool of worker threads, each serving its ports: epoll on their kick and wake fds |
+//! | [`worker`] | the worker threads (one per port, or a pool): epoll on their ports' kick and wake fds |
 //! | [`tx`] | one TX batch: chains, headers, decisions, delivery, notifications |
 //! | [`rx`] | delivery of one frame into a receive queue |
 //! | [`backpressure`] | how long a receive queue without buffers may hold the frames sent to it |

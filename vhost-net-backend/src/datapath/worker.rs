@@ -1,8 +1,8 @@
-//! The datapath workers: a few threads (one per CPU unless configured), each serving the ports
-//! given to it. A worker waits on its ports' TX kick eventfds, their devices' wake eventfds (ring
-//! changes) and its inbox, and runs TX batches to completion, round robin over the queues that
-//! have work. Kicks that arrive while it works are taken in the same wake-up, so a busy worker
-//! sleeps less often than one thread per port would.
+//! The datapath workers: a thread per port, or a fixed pool of them sharing the ports. A worker
+//! waits on its ports' TX kick eventfds, their devices' wake eventfds (ring changes) and its
+//! inbox, and runs TX batches to completion, round robin over the queues that have work. In a
+//! pool, kicks that arrive while a worker works are taken in the same wake-up, so it sleeps and
+//! is preempted less often than a thread per port, and an idle port costs no thread.
 //!
 //! A queue whose frame waits for a receiver's buffers ([`Progress::Stalled`]) is run again when
 //! that receiver's guest kicks its receive queue (watched edge-triggered, never read: the
@@ -42,11 +42,6 @@ const KIND_WAKE: u64 = u32::MAX as u64;
 /// Tokens of receivers' kick eventfds watched for stalled queues: this plus the watch's index.
 const TOKEN_STALL: u64 = 1 << 62;
 
-/// The number of workers when none is configured: one per CPU the daemon may run on.
-pub fn default_count() -> NonZeroUsize {
-    thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
-}
-
 /// What a worker is asked to do.
 enum Command {
     /// Serve this port.
@@ -65,11 +60,15 @@ struct Handle {
 /// The datapath's worker threads, and which port each serves.
 #[derive(Debug)]
 pub struct Workers {
+    dp: Arc<Datapath>,
+    poll: Duration,
+    /// A fixed pool of workers shared by the ports; without it, each port has its own.
+    pool: bool,
     state: Mutex<PoolState>,
 }
 
 struct PoolState {
-    workers: Vec<Handle>,
+    workers: Vec<Option<Handle>>,
     /// The worker serving each port.
     serving: BTreeMap<PortId, usize>,
 }
@@ -84,71 +83,106 @@ impl std::fmt::Debug for PoolState {
 }
 
 impl Workers {
-    /// Starts `count` workers on `dp`, each polling its dry queues for `poll` (if not zero)
-    /// before it sleeps.
-    pub fn start(dp: &Arc<Datapath>, count: NonZeroUsize, poll: Duration) -> io::Result<Self> {
-        let mut workers = Vec::with_capacity(count.get());
-        for i in 0..count.get() {
-            let (inbox, commands) = mpsc::channel();
-            let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
-            let (dp, w) = (Arc::clone(dp), Arc::clone(&wake));
-            let thread = thread::Builder::new()
-                .name(format!("datapath{i}"))
-                .spawn(move || {
-                    if let Err(e) = serve(&dp, &w, &commands, poll) {
-                        error!(worker = i, error = %e, "datapath worker failed");
-                    }
-                })?;
-            workers.push(Handle {
-                inbox,
-                wake,
-                thread,
-            });
+    /// Workers on `dp`, each polling its dry queues for `poll` (if not zero) before it sleeps:
+    /// a pool of `pool` workers started now that share the ports, or (`None`) a worker per
+    /// port, started with it.
+    pub fn start(
+        dp: &Arc<Datapath>,
+        pool: Option<NonZeroUsize>,
+        poll: Duration,
+    ) -> io::Result<Self> {
+        let workers = Workers {
+            dp: Arc::clone(dp),
+            poll,
+            pool: pool.is_some(),
+            state: Mutex::new(PoolState {
+                workers: Vec::new(),
+                serving: BTreeMap::new(),
+            }),
+        };
+        for i in 0..pool.map_or(0, NonZeroUsize::get) {
+            let handle = workers.spawn(format!("datapath{i}"))?;
+            workers.lock().workers.push(Some(handle));
         }
-        let serving = BTreeMap::new();
-        Ok(Workers {
-            state: Mutex::new(PoolState { workers, serving }),
+        Ok(workers)
+    }
+
+    fn spawn(&self, name: String) -> io::Result<Handle> {
+        let (inbox, commands) = mpsc::channel();
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        let (dp, w, poll) = (Arc::clone(&self.dp), Arc::clone(&wake), self.poll);
+        let thread = thread::Builder::new().name(name).spawn(move || {
+            if let Err(e) = serve(&dp, &w, &commands, poll) {
+                error!(error = %e, "datapath worker failed");
+            }
+        })?;
+        Ok(Handle {
+            inbox,
+            wake,
+            thread,
         })
     }
 
-    /// Gives `port` to the worker serving the fewest ports.
-    pub fn add(&self, port: Arc<Port>) {
+    /// Gives `port` to a worker: its own, or the pool's worker serving the fewest ports.
+    pub fn add(&self, port: Arc<Port>) -> io::Result<()> {
         let mut state = self.lock();
-        let mut load = vec![0usize; state.workers.len()];
-        for &w in state.serving.values() {
-            load[w] += 1;
-        }
-        let Some(w) = (0..load.len()).min_by_key(|&w| load[w]) else {
-            return;
+        let w = if self.pool {
+            let mut load = vec![0usize; state.workers.len()];
+            for &w in state.serving.values() {
+                load[w] += 1;
+            }
+            let Some(w) = (0..load.len()).min_by_key(|&w| load[w]) else {
+                return Ok(());
+            };
+            w
+        } else {
+            let handle = self.spawn(format!("port{}-dp", port.id().0))?;
+            let free = state.workers.iter().position(Option::is_none);
+            let w = free.unwrap_or(state.workers.len());
+            if w == state.workers.len() {
+                state.workers.push(None);
+            }
+            state.workers[w] = Some(handle);
+            w
         };
         state.serving.insert(port.id(), w);
-        state.workers[w].send(Command::Add(port));
+        if let Some(h) = &state.workers[w] {
+            h.send(Command::Add(port));
+        }
+        Ok(())
     }
 
-    /// Takes port `id` from its worker: once this returns, the worker no longer touches its
-    /// rings.
+    /// Takes port `id` from its worker (a worker of its own ends): once this returns, no
+    /// worker touches its rings.
     pub fn remove(&self, id: PortId) {
-        let done = {
+        let (done, own) = {
             let mut state = self.lock();
             let Some(w) = state.serving.remove(&id) else {
                 return;
             };
             let (done, answer) = mpsc::channel();
-            state.workers[w].send(Command::Remove(id, done));
-            answer
+            if let Some(h) = &state.workers[w] {
+                h.send(Command::Remove(id, done));
+            }
+            let own = if self.pool {
+                None
+            } else {
+                state.workers[w].take()
+            };
+            (answer, own)
         };
         // An error means the worker ended, and with it its hold on the port.
         let _ = done.recv();
+        if let Some(h) = own {
+            h.stop();
+        }
     }
 
     /// Ends the workers (after their ports were removed).
     pub fn stop(&self) {
         let workers = std::mem::take(&mut self.lock().workers);
-        for w in workers {
-            // A closed inbox ends the worker.
-            drop(w.inbox);
-            let _ = w.wake.write(1);
-            let _ = w.thread.join();
+        for w in workers.into_iter().flatten() {
+            w.stop();
         }
     }
 
@@ -162,6 +196,13 @@ impl Handle {
         // A failed send means the worker ended; a failed write, that a wake-up is pending.
         let _ = self.inbox.send(command);
         let _ = self.wake.write(1);
+    }
+
+    fn stop(self) {
+        // A closed inbox ends the worker.
+        drop(self.inbox);
+        let _ = self.wake.write(1);
+        let _ = self.thread.join();
     }
 }
 
