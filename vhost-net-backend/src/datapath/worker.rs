@@ -191,6 +191,13 @@ impl Workers {
     }
 }
 
+impl Drop for Workers {
+    /// Ends the workers also when the daemon never started (a later start-up step failed).
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 impl Handle {
     fn send(&self, command: Command) {
         // A failed send means the worker ended; a failed write, that a wake-up is pending.
