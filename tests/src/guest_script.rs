@@ -8,8 +8,10 @@
 //! - `pings HOST COUNT [SIZE]`: `ping -c COUNT -i 0.2`, every output line as `GUEST PING ...`;
 //! - `ping_forever HOST`: the same without an end;
 //! - `iperf HOST SECONDS [ARGS]`: iperf3 TCP to HOST, then reversed: `GUEST IPERF send|receive
-//!   <iperf3's sender/receiver lines>` and `GUEST IPERF-RC send|receive <rc>`;
-//! - `serve`: starts an iperf3 server in the background;
+//!   <iperf3's sender/receiver lines>` and `GUEST IPERF-RC send|receive <rc>` (a run that hangs
+//!   is killed after SECONDS + 60 s);
+//! - `serve`: starts an iperf3 server in the background, logging to a file;
+//! - `served`: that log's connections, results and errors as `GUEST IPERF-SERVER ...`;
 //! - `stats`: `ethtool -S eth0` as `GUEST STAT <name> <value>` lines;
 //! - `ipstats`: the kernel's IP counters (/proc/net/snmp) as `GUEST IP <name> <value>` lines;
 //! - `carrier`: `GUEST CARRIER <eth0's carrier_changes>` (how often the link went up or down);
@@ -36,14 +38,17 @@ reach() {
 }
 pings() { ping -c "$2" -i 0.2 -s "${3:-56}" "$1" 2>&1 | while read -r l; do say PING "$l"; done; }
 ping_forever() { ping -i 0.2 "$1" 2>&1 | while read -r l; do say PING "$l"; done; }
-serve() { iperf3 -s -D >/dev/null 2>&1; }
+serve() { iperf3 -s -D --logfile /tmp/iperf3.log --forceflush >/dev/null 2>&1; }
+served() {
+  grep -E 'Accepted|sender|receiver|error' /tmp/iperf3.log | while read -r l; do say IPERF-SERVER "$l"; done
+}
 iperf() {
   host=$1; secs=$2; shift 2
   for dir in send receive; do
     flag=; [ $dir = receive ] && flag=-R
     # The server may still be starting: retry the connection for a while.
     for try in 1 2 3 4 5 6 7 8 9 10; do
-      out=$(iperf3 -c "$host" -t "$secs" -f m $flag "$@" 2>&1); rc=$?
+      out=$(timeout $((secs + 60)) iperf3 -c "$host" -t "$secs" -f m $flag "$@" 2>&1); rc=$?
       case "$out" in *"unable to connect"*|*"Connection refused"*) sleep 1 ;; *) break ;; esac
     done
     echo "$out" | grep -E 'sender|receiver' | while read -r l; do say IPERF $dir "$l"; done

@@ -5,12 +5,14 @@
 //! scratch directory.
 //!
 //! [`two_guest_traffic`] is the traffic scenario the variants share: two guests ping each
-//! other and run iperf3 TCP both ways, and report their counters.
+//! other and run iperf3 TCP both ways, and report their counters; the daemon's per-port
+//! counters ([`Network::print_counters`]) are in the test's output, shown when it fails.
 
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::control_cli;
 use crate::daemon::{Daemon, DaemonError};
 use crate::e2e::E2e;
 use crate::guest_script::{self, net_script};
@@ -70,6 +72,8 @@ pub fn port_arg(nic: &NicSpec) -> String {
 pub struct Network {
     pub guests: Vec<Guest>,
     pub daemon: Daemon,
+    /// The daemon's control socket.
+    pub control: PathBuf,
 }
 
 impl Network {
@@ -82,11 +86,11 @@ impl Network {
         let nics: Vec<&NicSpec> = guests.iter().flat_map(|g| &g.nics).collect();
         // Its own control socket and state (leases files), so that daemons of other tests or
         // users do not clash.
-        let control = e2e.path("control.sock").display().to_string();
+        let control = e2e.path("control.sock");
         let state = e2e.dir().display().to_string();
         let mut args = vec![
             "--control".to_string(),
-            control,
+            control.display().to_string(),
             "--state-dir".into(),
             state,
         ];
@@ -98,12 +102,25 @@ impl Network {
         let mut network = Network {
             guests: Vec::new(),
             daemon,
+            control,
         };
         network.wait_listening(&nics)?;
         for spec in guests {
             network.guests.push(Guest::start(image, spec, e2e.dir())?);
         }
         Ok(network)
+    }
+
+    /// Prints the daemon's `show` (link states, queue pairs, MTUs) and `stats` (per port: frames
+    /// and bytes each way, drops by reason) to the test's captured output, which the test
+    /// harness shows when the test fails.
+    pub fn print_counters(&self) {
+        for command in ["show", "stats"] {
+            let out = control_cli::run(&self.control, &[command]).unwrap_or_else(|e| e + "\n");
+            for line in out.lines() {
+                eprintln!("[daemon {command}] {line}");
+            }
+        }
     }
 
     /// Waits until the daemon listens on the sockets of `nics` where it is the listening side.
@@ -167,7 +184,7 @@ pub fn two_guest_traffic(
         &format!("{}/24", ip(0)),
         traffic.mtu,
         &format!(
-            "{setup}\nserve\noffloads\nreach {peer}\npings {peer} 3\nwait_notified\n\
+            "{setup}\nserve\noffloads\nreach {peer}\npings {peer} 3\nwait_notified\nserved\n\
              stats\nipstats\nsay FINISHED",
             peer = ip(1)
         ),
@@ -188,10 +205,15 @@ pub fn two_guest_traffic(
         &image,
         &[guest(0, nic0, &server), guest(1, nic1, &client)],
     )?;
-    network.guests[1].expect("GUEST FINISHED", TRAFFIC_RUN)?;
-    // The server finishes once notified by the client. When it cannot be (the network broke),
-    // the run is returned as it is: its checks say what is missing.
-    let _ = network.guests[0].expect("GUEST FINISHED", SERVER_FINISH);
+    let client_finished = network.guests[1].expect("GUEST FINISHED", TRAFFIC_RUN);
+    if client_finished.is_ok() {
+        // The server finishes once notified by the client. When it cannot be (the network
+        // broke), the run is returned as it is: its checks say what is missing.
+        let _ = network.guests[0].expect("GUEST FINISHED", SERVER_FINISH);
+    }
+    // Taken before the guests are gone: which port stopped carrying frames, and why.
+    network.print_counters();
+    client_finished?;
     let run = TrafficRun {
         server: network.guests[0].lines_with("GUEST "),
         client: network.guests[1].lines_with("GUEST "),
