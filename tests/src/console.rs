@@ -3,12 +3,13 @@
 //!
 //! A reader thread per stream (stdout, stderr) appends lines to a [`Console`]; a test waits for
 //! a stdout line containing a prefix with [`Console::wait_for`]. Each line is also echoed to the
-//! test's output, tagged with the process's name, so a failing test shows what it printed.
+//! test's output, tagged with the process's name and the time it was read (UTC, as the daemon's
+//! log), so a failing test shows what it printed and when.
 
 use std::io::{BufRead, BufReader, Read};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Errors waiting on a console.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,21 @@ pub struct Console {
     changed: Condvar,
 }
 
+/// The time of day, UTC, as `HH:MM:SS.mmm`.
+fn time_of_day() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        now.subsec_millis()
+    )
+}
+
 /// How many lines of each stream an error message shows.
 const TAIL_LINES: usize = 40;
 
@@ -89,7 +105,7 @@ impl Console {
             Stream::Stdout => "",
             Stream::Stderr => " stderr",
         };
-        eprintln!("[{}{tag}] {line}", self.guest);
+        eprintln!("[{}{tag} {}] {line}", self.guest, time_of_day());
         let mut lines = self.lock();
         match stream {
             Stream::Stdout => lines.stdout.push(line),

@@ -11,7 +11,8 @@
 //!   <iperf3's sender/receiver lines>` and `GUEST IPERF-RC send|receive <rc>` (a run that hangs
 //!   is killed after SECONDS + 60 s);
 //! - `serve`: starts an iperf3 server in the background, logging to a file;
-//! - `served`: that log's connections, results and errors as `GUEST IPERF-SERVER ...`;
+//! - `served`: that log's restarts, connections, results, errors and warnings as
+//!   `GUEST IPERF-SERVER ...`;
 //! - `stats`: `ethtool -S eth0` as `GUEST STAT <name> <value>` lines;
 //! - `ipstats`: the kernel's IP counters (/proc/net/snmp) as `GUEST IP <name> <value>` lines;
 //! - `carrier`: `GUEST CARRIER <eth0's carrier_changes>` (how often the link went up or down);
@@ -38,9 +39,11 @@ reach() {
 }
 pings() { ping -c "$2" -i 0.2 -s "${3:-56}" "$1" 2>&1 | while read -r l; do say PING "$l"; done; }
 ping_forever() { ping -i 0.2 "$1" 2>&1 | while read -r l; do say PING "$l"; done; }
-serve() { iperf3 -s -D --logfile /tmp/iperf3.log --forceflush >/dev/null 2>&1; }
+# Not -D with --logfile: iperf3 closes that log before it writes a failed test's error.
+serve() { iperf3 -s --forceflush >/tmp/iperf3.log 2>&1 & }
 served() {
-  grep -E 'Accepted|sender|receiver|error' /tmp/iperf3.log | while read -r l; do say IPERF-SERVER "$l"; done
+  grep -E 'listening|Accepted|sender|receiver|iperf3:' /tmp/iperf3.log |
+    while read -r l; do say IPERF-SERVER "$l"; done
 }
 iperf() {
   host=$1; secs=$2; shift 2
