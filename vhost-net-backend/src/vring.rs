@@ -554,9 +554,7 @@ impl<'a> Ring<'a> {
         // The store must be visible before the index is read again, or a chain made available
         // in between would get neither a kick nor a look.
         fence(Ordering::SeqCst);
-        self.avail
-            .load::<u16>(2, Ordering::Relaxed)
-            .is_ok_and(|idx| u16::from_le(idx) != next)
+        self.has_avail()
     }
 }
 

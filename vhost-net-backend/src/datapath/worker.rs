@@ -137,11 +137,7 @@ impl Workers {
             w
         } else {
             let handle = self.spawn(format!("port{}-dp", port.id().0))?;
-            let free = state.workers.iter().position(Option::is_none);
-            let w = free.unwrap_or(state.workers.len());
-            if w == state.workers.len() {
-                state.workers.push(None);
-            }
+            let w = vacant(&mut state.workers);
             state.workers[w] = Some(handle);
             w
         };
@@ -257,6 +253,14 @@ fn same(a: &Option<Arc<EventFd>>, b: &Option<Arc<EventFd>>) -> bool {
     matches!((a, b), (Some(a), Some(b)) if Arc::ptr_eq(a, b))
 }
 
+/// The index of an empty entry of `v`, pushed at the end if there is none.
+fn vacant<T>(v: &mut Vec<Option<T>>) -> usize {
+    v.iter().position(Option::is_none).unwrap_or_else(|| {
+        v.push(None);
+        v.len() - 1
+    })
+}
+
 fn port_token(slot: usize, kind: u64) -> u64 {
     ((slot as u64) << 32) | kind
 }
@@ -282,13 +286,7 @@ impl Worker<'_> {
 
     /// Starts serving `port` in a free slot.
     fn add(&mut self, port: Arc<Port>) -> io::Result<()> {
-        let slot = match self.slots.iter().position(Option::is_none) {
-            Some(s) => s,
-            None => {
-                self.slots.push(None);
-                self.slots.len() - 1
-            }
-        };
+        let slot = vacant(&mut self.slots);
         self.watch(port.device().wake_fd(), port_token(slot, KIND_WAKE), false)?;
         let queues = (0..port.device().queue_count())
             .map(|_| TxQueue::default())
@@ -414,13 +412,7 @@ impl Worker<'_> {
         let w = match found {
             Some(w) => w,
             None => {
-                let w = match self.watches.iter().position(Option::is_none) {
-                    Some(w) => w,
-                    None => {
-                        self.watches.push(None);
-                        self.watches.len() - 1
-                    }
-                };
+                let w = vacant(&mut self.watches);
                 self.watch(&kick, TOKEN_STALL + w as u64, true)?;
                 let queues = Vec::new();
                 self.watches[w] = Some(StallWatch { kick, queues });
