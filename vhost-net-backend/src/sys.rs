@@ -228,6 +228,40 @@ impl GuestRam {
     }
 }
 
+/// Whether the CPU has PREFETCHW (CPUID leaf 0x8000_0001, ECX bit 8), read once.
+#[cfg(target_arch = "x86_64")]
+fn has_prefetchw() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        use std::arch::x86_64::__cpuid;
+        __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0
+    })
+}
+
+/// Asks the CPU to bring the cache line holding byte `at` of `slice` into its cache, for
+/// writing if `write` (then another CPU's copy is invalidated at once, not on the first store):
+/// a hint that reads nothing and never faults (nothing happens past the slice's end).
+#[inline]
+pub fn prefetch(slice: &VolatileSlice<'_, ()>, at: usize, write: bool) {
+    if at >= slice.len() {
+        return;
+    }
+    let p = slice.ptr_guard().as_ptr().wrapping_add(at);
+    #[cfg(target_arch = "x86_64")]
+    if write && has_prefetchw() {
+        // SAFETY: PREFETCHW (checked present above) has no architectural effect: it loads
+        // nothing into a register and does not fault, whatever the address.
+        unsafe {
+            std::arch::asm!("prefetchw [{}]", in(reg) p, options(nostack, readonly, preserves_flags))
+        };
+    } else {
+        // SAFETY: as PREFETCHW; PREFETCHT0 belongs to SSE, part of every x86_64 CPU.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, write);
+}
+
 /// Copies as much of `src` as fits into `dst` from byte `at` on (nothing if `at` is past its
 /// end); returns the bytes copied. One `memmove`, without vm-memory's per-copy dispatch: the
 /// datapath's copies of headers and small frames.

@@ -146,6 +146,7 @@ pub fn deliver(
                 return Err(RxError::AvailCorrupt);
             }
         };
+        ring.prefetch_next();
         let nsegs = match chain::walk(mem, &params, head_index, &mut scratch.segs) {
             Ok((n, _)) => n,
             Err(e) => {
