@@ -20,7 +20,8 @@ use vhost_net_backend::cli::{self, error_chain, Args};
 use vhost_net_backend::config::{ControlConfig, ForwardConfig, PolicyConfig};
 use vhost_net_backend::control::hooks::{Conntrack, Forwards, Leases, Policies};
 use vhost_net_backend::control::protocol::{
-    FdbView, FlowInfo, LeaseInfo, Link, PolicyInfo, PortView, RuleInfo, ShowView, StatsView,
+    FdbView, FlowInfo, LeaseInfo, Link, PolicyInfo, PortView, QueueView, QueuesView, RuleInfo,
+    ShowView, StatsView,
 };
 use vhost_net_backend::control::server::ServerError;
 use vhost_net_backend::control::Server;
@@ -225,6 +226,85 @@ fn show_fdb_and_stats_see_the_traffic() {
     assert!(text.starts_with("port2 "), "{text}");
     assert!(text.contains("switch drops: none"), "{text}");
     assert_eq!(lab.cli(&["stats", "port7"]).unwrap_err(), "no port port7");
+}
+
+/// Port 1's vring `index` as `queues` shows it, once `ready` holds (the device publishes
+/// used entries of a transmit queue after the frames went on).
+fn queue_of_port1(lab: &Lab, index: usize, ready: impl Fn(&QueueView) -> bool) -> QueueView {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let v: QueuesView = lab.json(&["queues", "port1"]);
+        let q = v.ports[0].queues[index].clone();
+        if ready(&q) {
+            return q;
+        }
+        assert!(std::time::Instant::now() < deadline, "{q:?}");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn queues_show_each_vring_as_the_device_and_the_driver_see_it() {
+    let lab = Lab::new(3);
+    let mut a = lab.attach(&lab.socket("vm0.sock"));
+    let mut b = lab.attach(&lab.socket("vm1.sock"));
+    introduce(&mut [(0, &mut a), (1, &mut b)]);
+    unicast(&mut a, 0, &mut b, 1, 1, 30);
+
+    let all: QueuesView = lab.json(&["queues"]);
+    let ids: Vec<u32> = all.ports.iter().map(|p| p.id).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    let kinds: Vec<(usize, &str)> = all.ports[0]
+        .queues
+        .iter()
+        .map(|q| (q.index, q.kind.as_str()))
+        .collect();
+    assert_eq!(kinds, [(0, "rx"), (1, "tx")]);
+    // Port 3 has no frontend: its rings are stopped, with nothing in guest memory to read.
+    for q in &all.ports[2].queues {
+        let s = &q.state;
+        assert!(
+            !s.running && !s.started && !s.kick_fd && s.guest.is_none(),
+            "{q:?}"
+        );
+    }
+
+    // a sent 31 frames (the broadcast, then 30), all taken and returned.
+    let tx = queue_of_port1(&lab, 1, |q| q.state.guest.is_some_and(|g| g.used_idx == 31));
+    let s = &tx.state;
+    let guest = s.guest.unwrap();
+    assert!(
+        s.running && s.started && s.enabled && s.kick_fd && s.call_fd,
+        "{s:?}"
+    );
+    assert_eq!(s.size, a.vring(1).size());
+    assert_eq!(s.event_idx, a.vring(1).event_idx());
+    assert_eq!((s.next_avail, s.avail_seen, guest.avail_idx), (31, 31, 31));
+    assert_eq!(guest.avail_idx, a.vring(1).avail_idx());
+    assert_eq!((s.next_used, guest.used_idx), (31, 31));
+    assert_eq!(guest.used_idx, a.vring(1).used_idx(a.memory()).unwrap());
+    // a received b's broadcast: one receive buffer used, the rest still available.
+    let rx = queue_of_port1(&lab, 0, |q| q.state.next_used == 1);
+    let guest = rx.state.guest.unwrap();
+    assert_eq!((rx.state.next_avail, guest.used_idx), (1, 1));
+    assert_eq!(guest.avail_idx, a.vring(0).avail_idx());
+
+    let text = lab.cli(&["queues"]).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("port   queue  state    size  fds"),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 1 + 3 * 2, "{text}");
+    assert!(
+        lines[2].starts_with("port1  1 tx   running  256   kick,call"),
+        "{text}"
+    );
+    assert!(lines[6].starts_with("port3  1 tx   stopped"), "{text}");
+    let one: QueuesView = lab.json(&["queues", &lab.socket("vm1.sock").display().to_string()]);
+    assert_eq!(one.ports.len(), 1);
+    assert_eq!(one.ports[0].id, 2);
+    assert_eq!(lab.cli(&["queues", "port7"]).unwrap_err(), "no port port7");
 }
 
 #[test]

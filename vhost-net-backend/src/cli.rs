@@ -114,6 +114,14 @@ pub enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The vrings of every port, or of one (id, `portN` or socket path): state, eventfds, the
+    /// device's positions and the ring's indices and flags in guest memory.
+    Queues {
+        /// Only this port.
+        port: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// DHCP leases of the NAT networks (like dnsmasq's leases file).
     Leases(ClientArgs),
     /// Tracked connections (like `conntrack -L`).
@@ -392,6 +400,7 @@ pub fn run(command: Command) -> Result<String, CliError> {
         Command::Show(c) => ask(&c, &Request::Show, render::show),
         Command::Fdb { network, client } => ask(&client, &Request::Fdb { network }, render::fdb),
         Command::Stats { port, client } => ask(&client, &Request::Stats { port }, render::stats),
+        Command::Queues { port, client } => ask(&client, &Request::Queues { port }, render::queues),
         Command::Leases(c) => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -27,6 +27,7 @@ use crate::policy::{HostConfig, LoadError, PolicyHost};
 use crate::port::{self, Link, Port};
 use crate::socket::{Endpoint, SocketError};
 use crate::uplink::{self, UplinkError, UplinkHandle, UplinkStatus, UplinkViews};
+use crate::vring::QueueState;
 
 /// How often learned addresses are aged out.
 const AGEING_INTERVAL: Duration = Duration::from_secs(1);
@@ -325,6 +326,14 @@ impl Daemon {
             device: port.counters().snapshot(),
             link: port.link(),
         })
+    }
+
+    /// The state of each of a port's vrings, by index (each locked only while it is read).
+    pub fn queue_states(&self, id: PortId) -> Option<Vec<QueueState>> {
+        let port = Arc::clone(&self.lock_ports().get(&id)?.port);
+        let device = port.device();
+        let states = (0..device.queue_count()).filter_map(|i| Some(device.vring(i)?.state()));
+        Some(states.collect())
     }
 
     /// The running NAT network named `name`.

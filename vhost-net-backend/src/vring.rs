@@ -60,6 +60,53 @@ pub struct UsedElem {
     pub len: u32,
 }
 
+/// A vring's state for the control API (`queues`): what the device holds, and the ring's
+/// indices and flags in guest memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueState {
+    /// The datapath may use it (started, enabled, its rings and memory known).
+    pub running: bool,
+    /// Started (kick received, not stopped).
+    pub started: bool,
+    /// Enabled (SET_VRING_ENABLE, or started without PROTOCOL_FEATURES).
+    pub enabled: bool,
+    /// Entries (SET_VRING_NUM's; [`MAX_QUEUE_SIZE`] until the frontend sets it).
+    pub size: u16,
+    /// VIRTIO_RING_F_EVENT_IDX was negotiated.
+    pub event_idx: bool,
+    /// The device's next available entry to take.
+    pub next_avail: u16,
+    /// The device's next used entry to write.
+    pub next_used: u16,
+    /// The used index at the device's last signal decision.
+    pub signalled_used: u16,
+    /// The driver's available index as the device last read it.
+    pub avail_seen: u16,
+    /// A kick eventfd is set.
+    pub kick_fd: bool,
+    /// A call eventfd is set.
+    pub call_fd: bool,
+    /// The ring in guest memory, while the queue is ready.
+    pub guest: Option<GuestRing>,
+}
+
+/// A split ring's indices and flags as they are in guest memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestRing {
+    /// The driver's available index (`avail->idx`).
+    pub avail_idx: u16,
+    /// The available ring's flags (`VRING_AVAIL_F_NO_INTERRUPT`).
+    pub avail_flags: u16,
+    /// The driver's `used_event` (EVENT_IDX: signal once the used index passes it).
+    pub used_event: u16,
+    /// The used index the device published (`used->idx`).
+    pub used_idx: u16,
+    /// The used ring's flags (`VRING_USED_F_NO_NOTIFY`).
+    pub used_flags: u16,
+    /// The device's `avail_event` (EVENT_IDX: kick once the available index passes it).
+    pub avail_event: u16,
+}
+
 /// A virtqueue of one connection.
 #[derive(Debug)]
 pub struct Vring {
@@ -293,6 +340,26 @@ impl Vring {
     /// The acked virtio features.
     pub fn features(&self) -> u64 {
         self.features
+    }
+
+    /// The ring's state, with its indices in guest memory while it is ready (plain loads; the
+    /// ring is not changed).
+    pub fn state(&mut self) -> QueueState {
+        let guest = self.ring().and_then(|ring| ring.guest());
+        QueueState {
+            running: self.is_running(),
+            started: self.started,
+            enabled: self.enabled,
+            size: self.size,
+            event_idx: self.queue.event_idx_enabled(),
+            next_avail: self.queue.next_avail(),
+            next_used: self.queue.next_used(),
+            signalled_used: self.signalled_used.0,
+            avail_seen: self.avail_seen.0,
+            kick_fd: self.kick.is_some(),
+            call_fd: self.call.is_some(),
+            guest,
+        }
     }
 
     /// The ring for the datapath, if it is running: its queue position and its three parts
@@ -563,6 +630,23 @@ impl<'a> Ring<'a> {
             .store(self.queue.next_used().to_le(), 2, Ordering::Release);
     }
 
+    /// The indices and flags in guest memory, as they are now.
+    fn guest(&self) -> Option<GuestRing> {
+        let load = |part: &VolatileSlice<'_, ()>, at| {
+            let v = part.load::<u16>(at, Ordering::Acquire).ok()?;
+            Some(u16::from_le(v))
+        };
+        let n = usize::from(self.queue.size());
+        Some(GuestRing {
+            avail_flags: load(&self.avail, 0)?,
+            avail_idx: load(&self.avail, 2)?,
+            used_event: load(&self.avail, 4 + 2 * n)?,
+            used_flags: load(&self.used, 0)?,
+            used_idx: load(&self.used, 2)?,
+            avail_event: load(&self.used, 4 + 8 * n)?,
+        })
+    }
+
     /// Stops driver notifications (kicks) while the worker drains the ring.
     pub fn disable_kicks(&mut self) {
         // With EVENT_IDX the driver kicks once past avail_event, which is left where it was.
@@ -762,6 +846,60 @@ mod tests {
         assert_eq!(call.read().unwrap(), 1);
         v.notify();
         assert!(call.read().is_err(), "nothing new since the last signal");
+    }
+
+    #[test]
+    fn state_shows_the_device_positions_and_the_ring_in_guest_memory() {
+        let mem = guest_memory();
+        let mut ring = TestRing::new(&mem, 0x10000, 16);
+        for _ in 0..3 {
+            ring.post(&[(0x20000, 10, 0)]);
+        }
+        ring.set_used_event(1);
+        ring.set_avail_flags(VRING_AVAIL_F_NO_INTERRUPT as u16);
+        let idle = Vring::default().state();
+        assert!(!idle.running && !idle.started && idle.guest.is_none());
+
+        let mut v = ring.vring(mem.clone(), 1 << VIRTIO_RING_F_EVENT_IDX);
+        v.set_call(Some(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let mut r = v.parts().unwrap();
+        assert_eq!(r.pop_head().unwrap(), Some(0));
+        assert_eq!(r.pop_head().unwrap(), Some(1));
+        r.add_used(&[UsedElem { head: 0, len: 0 }]);
+        assert!(r.enable_kicks(), "a third chain is available");
+        v.notify();
+        let state = v.state();
+        assert_eq!(
+            state,
+            QueueState {
+                running: true,
+                started: true,
+                enabled: true,
+                size: 16,
+                event_idx: true,
+                next_avail: 2,
+                next_used: 1,
+                signalled_used: 1,
+                avail_seen: 3,
+                kick_fd: false,
+                call_fd: true,
+                guest: Some(GuestRing {
+                    avail_idx: 3,
+                    avail_flags: VRING_AVAIL_F_NO_INTERRUPT as u16,
+                    used_event: 1,
+                    used_idx: 1,
+                    used_flags: 0,
+                    avail_event: 2,
+                }),
+            }
+        );
+        assert_eq!(v.state(), state, "reading the state changes nothing");
+        assert_eq!(v.parts().unwrap().pop_head().unwrap(), Some(2));
+
+        v.stop();
+        let stopped = v.state();
+        assert!(!stopped.running && !stopped.started && stopped.guest.is_none());
+        assert_eq!(stopped.next_avail, 3);
     }
 
     #[test]

@@ -28,6 +28,7 @@ fn run(daemon: &Daemon, request: Request) -> Result<serde_json::Value, String> {
         Request::Show => json(views::show(daemon)),
         Request::Fdb { network } => json(views::fdb(daemon, network.as_deref())?),
         Request::Stats { port } => json(views::stats(daemon, port.as_deref())?),
+        Request::Queues { port } => json(views::queues(daemon, port.as_deref())?),
         Request::Leases => {
             let leases = hooks.leases().ok_or(NO_GATEWAY)?;
             json(leases.leases())

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::nat::gateway_port::GatewayPortStats;
 pub use crate::nat::network::EgressStats;
 pub use crate::port::Link;
+pub use crate::vring::{GuestRing, QueueState};
 
 /// A request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +30,12 @@ pub enum Request {
     },
     /// Counters and drop reasons, of one port or all: [`StatsView`].
     Stats {
+        /// The port (id or socket path).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<String>,
+    },
+    /// The vrings of one port or all, with their indices: [`QueuesView`].
+    Queues {
         /// The port (id or socket path).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         port: Option<String>,
@@ -291,6 +298,36 @@ pub struct StatsView {
     pub unknown_port_drops: u64,
 }
 
+/// One vring of a port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueView {
+    /// Its index (receive queues even, transmit queues odd).
+    pub index: usize,
+    /// rx (the guest's receive queue, which the device fills) or tx (its transmit queue).
+    pub kind: String,
+    /// Its state.
+    #[serde(flatten)]
+    pub state: QueueState,
+}
+
+/// A port's vrings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortQueuesView {
+    /// The switch's id.
+    pub id: u32,
+    /// The vhost-user socket.
+    pub socket: String,
+    /// Its vrings, by index.
+    pub queues: Vec<QueueView>,
+}
+
+/// The vrings view.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuesView {
+    /// The ports.
+    pub ports: Vec<PortQueuesView>,
+}
+
 /// A NAT network's counters: its gateway port and its egress (filled by the NAT networks
 /// through [`NatStats`](super::hooks::NatStats)).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -470,6 +507,13 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::Show).unwrap(),
             r#"{"cmd":"show"}"#
+        );
+        let r: Request = serde_json::from_str(r#"{"cmd":"queues","port":"port1"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::Queues {
+                port: Some("port1".into())
+            }
         );
         let all = Request::NatStats { network: None };
         let text = serde_json::to_string(&all).unwrap();

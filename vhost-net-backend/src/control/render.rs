@@ -3,9 +3,11 @@
 
 use std::fmt::Write;
 
+use virtio_bindings::virtio_ring::{VRING_AVAIL_F_NO_INTERRUPT, VRING_USED_F_NO_NOTIFY};
+
 use super::protocol::{
-    EgressStats, FdbView, FlowInfo, ForwardInfo, LeaseInfo, NatStatsView, PolicyInfo, PortView,
-    ShowView, StatsView,
+    EgressStats, FdbView, FlowInfo, ForwardInfo, GuestRing, LeaseInfo, NatStatsView, PolicyInfo,
+    PortView, QueueState, QueuesView, ShowView, StatsView,
 };
 
 /// Columns of text, left-aligned, two spaces apart.
@@ -270,6 +272,109 @@ pub fn stats(v: &StatsView) -> String {
     out
 }
 
+/// `queues`: a line per vring, the device's positions next to the ring's indices in guest
+/// memory (`-` while the ring is not ready).
+pub fn queues(v: &QueuesView) -> String {
+    let mut t = Table::new(&[
+        "port",
+        "queue",
+        "state",
+        "size",
+        "fds",
+        "event_idx",
+        "avail.idx",
+        "avail_seen",
+        "next_avail",
+        "next_used",
+        "used.idx",
+        "signalled",
+        "used_event",
+        "avail_event",
+        "flags",
+    ]);
+    for p in &v.ports {
+        for q in &p.queues {
+            let s = &q.state;
+            let guest = |field: fn(&GuestRing) -> u16| {
+                s.guest
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |g| field(g).to_string())
+            };
+            t.row(vec![
+                port_name(p.id),
+                format!("{} {}", q.index, q.kind),
+                queue_state(s).to_string(),
+                s.size.to_string(),
+                queue_fds(s),
+                (if s.event_idx { "yes" } else { "no" }).to_string(),
+                guest(|g| g.avail_idx),
+                s.avail_seen.to_string(),
+                s.next_avail.to_string(),
+                s.next_used.to_string(),
+                guest(|g| g.used_idx),
+                s.signalled_used.to_string(),
+                guest(|g| g.used_event),
+                guest(|g| g.avail_event),
+                s.guest.as_ref().map_or_else(|| "-".to_string(), ring_flags),
+            ]);
+        }
+    }
+    t.render()
+}
+
+/// A vring's state in a word.
+fn queue_state(s: &QueueState) -> &'static str {
+    match (s.running, s.started, s.enabled) {
+        (true, _, _) => "running",
+        (false, false, _) => "stopped",
+        (false, true, false) => "disabled",
+        (false, true, true) => "not ready",
+    }
+}
+
+/// `items` separated by commas, or `-`.
+fn listed(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".to_string()
+    } else {
+        items.join(",")
+    }
+}
+
+/// The eventfds a vring has: `kick,call`, one of them, or `-`.
+fn queue_fds(s: &QueueState) -> String {
+    let fds: Vec<String> = [(s.kick_fd, "kick"), (s.call_fd, "call")]
+        .into_iter()
+        .filter(|(set, _)| *set)
+        .map(|(_, name)| name.to_string())
+        .collect();
+    listed(&fds)
+}
+
+/// The ring flags that are set, by name (`no_interrupt`: the driver wants no calls;
+/// `no_notify`: the device wants no kicks), other bits in hex, or `-`.
+fn ring_flags(g: &GuestRing) -> String {
+    let mut set = Vec::new();
+    for (part, flags, known, name) in [
+        (
+            "avail",
+            g.avail_flags,
+            VRING_AVAIL_F_NO_INTERRUPT,
+            "no_interrupt",
+        ),
+        ("used", g.used_flags, VRING_USED_F_NO_NOTIFY, "no_notify"),
+    ] {
+        let known = known as u16;
+        if flags & known != 0 {
+            set.push(name.to_string());
+        }
+        if flags & !known != 0 {
+            set.push(format!("{part} {:#x}", flags & !known));
+        }
+    }
+    listed(&set)
+}
+
 /// `nat-stats`: per NAT network, its gateway port's counters, the gateway's and the egress's.
 pub fn nat_stats(networks: &[NatStatsView]) -> String {
     let mut out = String::new();
@@ -496,6 +601,60 @@ mod tests {
         assert!(
             lines[5].starts_with("port0  default  up    52:54:00:00:00:00"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn queues_line_up_the_device_and_the_guest_ring() {
+        use crate::control::protocol::{PortQueuesView, QueueView};
+        let running = QueueState {
+            running: true,
+            started: true,
+            enabled: true,
+            size: 256,
+            event_idx: true,
+            next_avail: 1034,
+            next_used: 1034,
+            signalled_used: 1034,
+            avail_seen: 1040,
+            kick_fd: true,
+            call_fd: true,
+            guest: Some(GuestRing {
+                avail_idx: 1040,
+                avail_flags: 0,
+                used_event: 1033,
+                used_idx: 1034,
+                used_flags: VRING_USED_F_NO_NOTIFY as u16 | 4,
+                avail_event: 1034,
+            }),
+        };
+        let stopped = QueueState {
+            size: 1024,
+            ..QueueState::default()
+        };
+        let v = QueuesView {
+            ports: vec![PortQueuesView {
+                id: 1,
+                socket: "/run/vm0.sock".into(),
+                queues: vec![
+                    QueueView {
+                        index: 0,
+                        kind: "rx".into(),
+                        state: stopped,
+                    },
+                    QueueView {
+                        index: 1,
+                        kind: "tx".into(),
+                        state: running,
+                    },
+                ],
+            }],
+        };
+        assert_eq!(
+            queues(&v),
+            "port   queue  state    size  fds        event_idx  avail.idx  avail_seen  next_avail  next_used  used.idx  signalled  used_event  avail_event  flags\n\
+             port1  0 rx   stopped  1024  -          no         -          0           0           0          -         0          -           -            -\n\
+             port1  1 tx   running  256   kick,call  yes        1040       1040        1034        1034       1034      1034       1033        1034         no_notify,used 0x4\n"
         );
     }
 

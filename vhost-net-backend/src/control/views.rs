@@ -1,14 +1,15 @@
 //! The views whose data the daemon itself holds: networks, ports and their links (`show`), the
-//! FDB, counters with drop reasons; and finding a port by id or socket path.
+//! FDB, counters with drop reasons, the ports' vrings; and finding a port by id or socket path.
 
 use bridge_core::{DropCounts, FdbEntryKind, PortId, PortVlan, VlanId};
 
 use super::protocol::{
-    FdbEntryView, FdbView, NetworkView, PortStatsView, PortView, ShowView, StatsView,
-    UplinkStatsView,
+    FdbEntryView, FdbView, NetworkView, PortQueuesView, PortStatsView, PortView, QueueView,
+    QueuesView, ShowView, StatsView, UplinkStatsView,
 };
 use crate::config::{format_vlan_list, MacAddr, NetworkConfig, NetworkMode, PortConfig, Uplink};
 use crate::daemon::{Daemon, PortReport};
+use crate::vhu_net::is_rx_queue;
 
 /// The `show` view.
 pub fn show(daemon: &Daemon) -> ShowView {
@@ -218,6 +219,32 @@ pub fn stats(daemon: &Daemon, port: Option<&str>) -> Result<StatsView, String> {
         uplinks,
         unknown_port_drops: daemon.switch().unknown_port_drops(),
     })
+}
+
+/// The vrings of `port` (every port when `None`).
+pub fn queues(daemon: &Daemon, port: Option<&str>) -> Result<QueuesView, String> {
+    let ids = match port {
+        Some(name) => vec![find_port(daemon, name)?],
+        None => daemon.ports(),
+    };
+    let ports = ids
+        .into_iter()
+        .filter_map(|id| {
+            let socket = daemon.port_report(id)?.config.socket.display().to_string();
+            let queues = daemon.queue_states(id)?.into_iter().enumerate();
+            let queues = queues.map(|(index, state)| QueueView {
+                index,
+                kind: (if is_rx_queue(index) { "rx" } else { "tx" }).to_string(),
+                state,
+            });
+            Some(PortQueuesView {
+                id: id.0,
+                socket,
+                queues: queues.collect(),
+            })
+        })
+        .collect();
+    Ok(QueuesView { ports })
 }
 
 /// The uplink named by `name`: its port's id (`3`, `port3`) or its host interface.
