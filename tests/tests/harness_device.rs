@@ -341,6 +341,26 @@ fn one_worker_serves_many_ports_that_wait_and_come_and_go() {
 }
 
 #[test]
+fn a_frame_whose_kick_was_lost_is_sent_within_the_kick_check() {
+    let lab = simple_lab(2);
+    let mut a = lab.attach(0, options(FrontendKind::Qemu));
+    let mut b = lab.attach(1, options(FrontendKind::Qemu));
+    introduce(&mut [&mut a, &mut b]);
+    // The worker sleeps with A's kicks on; the driver makes a frame available and its kick is
+    // lost. The worker's once-a-second look finds it.
+    thread::sleep(QUIET);
+    let sent = numbered(mac(1), mac(0), 1, 100);
+    a.send_unkicked(0, &sent).unwrap();
+    let (_, got) = b
+        .recv(WAIT)
+        .unwrap()
+        .expect("the frame without a kick is never sent");
+    assert_eq!(got, sent);
+    // Kicks work as before afterwards.
+    unicast(&mut a, 0, &mut b, 1, 3, 200);
+}
+
+#[test]
 fn a_polling_worker_takes_frames_without_kicks_then_sleeps() {
     let poll = Duration::from_secs(2);
     let tune = |c: &mut Config| c.poll_us = poll.as_micros() as u32;

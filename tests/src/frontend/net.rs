@@ -543,6 +543,17 @@ impl VirtioNet {
         self.publish(vring)
     }
 
+    /// Makes one frame with no offload available on `pair` without kicking, whatever the
+    /// device asked: a driver whose notification was lost.
+    pub fn send_unkicked(&mut self, pair: u16, frame: &[u8]) -> Result<(), NetError> {
+        let vring = self.tx_index(pair)?;
+        self.reclaim(vring)?;
+        self.queue_frame(vring, &NetHdr::plain(), frame)?;
+        let ring = &mut self.vrings[vring].ring;
+        ring.publish(&self.mem).map_err(queue_err(vring))?;
+        Ok(())
+    }
+
     /// Queues as many of `frames` as fit now on `pair`, each with header `hdr`, then publishes
     /// and kicks once; returns how many were queued. Transmit buffers the device finished with
     /// are reclaimed first. Allocates nothing per frame.

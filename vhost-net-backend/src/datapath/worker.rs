@@ -9,6 +9,11 @@
 //! eventfd belongs to the receiver's rings) or after [`STALL_POLL`], whichever comes first.
 //! The receiver is asked to kick (EVENT_IDX `avail_event`) only when a frame starts waiting.
 //!
+//! A queue waiting for a kick is also looked at every [`KICK_CHECK`]: chains found there missed
+//! their kick (a driver or hypervisor without the memory barrier between publishing the
+//! available index and reading `avail_event`, as QEMU before 8.1 under TCG with one vCPU). The
+//! queue is served and the miss logged, instead of the guest's transmissions stopping for good.
+//!
 //! Optionally a worker polls: once its queues run dry it keeps looking at them, kicks off, for
 //! a while before it turns kicks back on and sleeps. Guests then rarely kick and frames wait
 //! less for a wake-up, for CPU time spent looking.
@@ -23,7 +28,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use bridge_core::PortId;
-use tracing::error;
+use tracing::{error, warn};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -34,6 +39,9 @@ use crate::vhu_net;
 
 /// How often a stalled queue is tried again without a kick from its receiver.
 pub const STALL_POLL: Duration = Duration::from_millis(1);
+
+/// How often the queues that wait for a kick are looked at for chains that came without one.
+const KICK_CHECK: Duration = Duration::from_secs(1);
 
 /// The inbox's token; any other token is a port's slot (high half) and what fired (low half).
 const TOKEN_INBOX: u64 = u64::MAX;
@@ -223,6 +231,8 @@ struct TxQueue {
     /// The watch of the receiver's kick eventfd for its last stall (an index in
     /// `Worker::watches`).
     watch: Option<usize>,
+    /// Times it was found with chains but no kick ([`KICK_CHECK`]).
+    missed: u64,
 }
 
 /// A port a worker serves.
@@ -512,6 +522,31 @@ impl Worker<'_> {
         }
     }
 
+    /// Looks at the queues that wait for a kick: one with chains missed it, and has work.
+    fn missed_kicks(&mut self) {
+        for s in self.slots.iter_mut().flatten() {
+            for (i, q) in s.queues.iter_mut().enumerate() {
+                let waiting = q.kick.is_some() && !q.pending && !q.polled && q.stall.is_none();
+                if !waiting || !s.port.device().vring(i).is_some_and(|mut v| v.has_avail()) {
+                    continue;
+                }
+                q.pending = true;
+                q.missed += 1;
+                // Logged at the 1st, 2nd, 4th, 8th... miss of a queue.
+                if q.missed.is_power_of_two() {
+                    warn!(
+                        port = s.port.id().0,
+                        queue = i,
+                        missed = q.missed,
+                        "a transmit queue had frames but no kick; serving it (the guest's \
+                         notification lacks a memory barrier: QEMU before 8.1 under TCG needs \
+                         -smp 1,maxcpus=2)"
+                    );
+                }
+            }
+        }
+    }
+
     fn any_queue(&self, f: impl Fn(&TxQueue) -> bool) -> bool {
         self.slots.iter().flatten().any(|s| s.queues.iter().any(&f))
     }
@@ -535,6 +570,7 @@ fn serve(
     let mut scratch = TxScratch::default();
     let mut events = [EpollEvent::default(); 64];
     let mut last_poll = Instant::now();
+    let mut last_check = last_poll;
     // While its queues are dry and polled: when the worker stops polling them.
     let mut polling_until = None;
     loop {
@@ -559,7 +595,7 @@ fn serve(
         } else if stalled {
             STALL_POLL.as_millis() as i32
         } else {
-            -1
+            KICK_CHECK.as_millis() as i32
         };
         let n = match w.epoll.wait(timeout, &mut events) {
             Ok(n) => n,
@@ -590,6 +626,14 @@ fn serve(
                 }
                 token if token >= TOKEN_STALL => w.stall_kicked((token - TOKEN_STALL) as usize),
                 token => w.port_event((token >> 32) as usize, token & KIND_WAKE)?,
+            }
+        }
+        if !busy {
+            // After the kicks that woke the worker were taken: only a queue without one counts.
+            let now = Instant::now();
+            if now.saturating_duration_since(last_check) >= KICK_CHECK {
+                last_check = now;
+                w.missed_kicks();
             }
         }
         for slot in 0..w.slots.len() {
