@@ -663,13 +663,18 @@ impl<'a> Ring<'a> {
             .is_ok_and(|idx| u16::from_le(idx) != self.queue.next_avail())
     }
 
-    /// Re-enables kicks; returns true if buffers arrived meanwhile (drain again).
+    /// Re-enables kicks: the driver kicks when it makes an entry available past the ones
+    /// available now. Returns true if chains past the ones taken are available (drain again).
     pub fn enable_kicks(&mut self) -> bool {
-        let next = self.queue.next_avail();
         if self.queue.event_idx_enabled() {
-            // Kick when the entry after the last one taken is made available.
+            // Past the entries available now, not past the ones taken: a receive queue that
+            // holds a few buffers, too few for the frame waiting, is kicked for the next one.
+            let avail = self
+                .avail
+                .load::<u16>(2, Ordering::Relaxed)
+                .map_or(self.queue.next_avail(), u16::from_le);
             let at = 4 + 8 * usize::from(self.queue.size());
-            let _ = self.used.store(next.to_le(), at, Ordering::Relaxed);
+            let _ = self.used.store(avail.to_le(), at, Ordering::Relaxed);
         } else {
             let _ = self.used.store(0u16, 0, Ordering::Relaxed);
         }
@@ -849,6 +854,26 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_with_too_few_buffers_is_kicked_for_the_next_one() {
+        let mem = guest_memory();
+        let mut ring = TestRing::new(&mem, 0x10000, 16);
+        ring.post(&[(0x20000, 10, 2)]);
+        ring.post(&[(0x21000, 10, 2)]);
+        let mut v = ring.vring(mem.clone(), 1 << VIRTIO_RING_F_EVENT_IDX);
+        let mut r = v.parts().unwrap();
+        // A frame took both buffers, needed a third, and gave them back.
+        assert_eq!(r.pop_head().unwrap(), Some(0));
+        assert_eq!(r.pop_head().unwrap(), Some(1));
+        r.unpop(2);
+        assert!(r.enable_kicks(), "two buffers are still available");
+        let avail_event = v.state().guest.unwrap().avail_event;
+        // The driver posting a third buffer (index 2 to 3) kicks (virtio 2.7.10's
+        // vring_need_event).
+        let (new, old) = (Wrapping(3u16), Wrapping(2u16));
+        assert!(new - Wrapping(avail_event) - Wrapping(1) < new - old);
+    }
+
+    #[test]
     fn state_shows_the_device_positions_and_the_ring_in_guest_memory() {
         let mem = guest_memory();
         let mut ring = TestRing::new(&mem, 0x10000, 16);
@@ -889,7 +914,8 @@ mod tests {
                     used_event: 1,
                     used_idx: 1,
                     used_flags: 0,
-                    avail_event: 2,
+                    // Past the chains available, not the ones taken.
+                    avail_event: 3,
                 }),
             }
         );
