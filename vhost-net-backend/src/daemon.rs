@@ -135,77 +135,27 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
         names.zip(network_ids.clone()).collect(),
     ));
     policies.apply(&config.policies).map_err(Error::Policy)?;
-    let mut nat = Vec::new();
-    for (n, &id) in config.networks.iter().zip(&network_ids) {
-        if let NetworkMode::Nat(c) = &n.mode {
-            let forwards: Vec<_> = config
-                .forwards
-                .iter()
-                .filter(|f| f.network == n.name)
-                .cloned()
-                .collect();
-            let state_dir = config.state_dir.as_deref();
-            let started = NatNetwork::start(&n.name, id, id.0, c, &forwards, state_dir, &datapath);
-            nat.push(started.map_err(|e| Error::Nat(n.name.clone(), e))?);
-        }
-    }
     let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Resource)?);
-    let housekeeping = {
-        let (dp, stop) = (Arc::clone(&datapath), Arc::clone(&stop));
-        let timer = TimerFd::new().map_err(|e| Error::Resource(e.into()))?;
-        thread::Builder::new()
-            .name("housekeeping".into())
-            .spawn(move || housekeeping(dp, timer, stop))
-            .map_err(Error::Resource)?
-    };
     let poll = Duration::from_micros(config.poll_us.into());
     let workers = Workers::start(&datapath, config.workers, poll).map_err(Error::Resource)?;
-    let hooks = Hooks::default();
-    if !nat.is_empty() {
-        let views = Arc::new(NatViews::new(
-            nat.iter().map(|n| n.handle().clone()).collect(),
-        ));
-        hooks.set_leases(Some(views.clone()));
-        hooks.set_conntrack(Some(views.clone()));
-        hooks.set_nat_stats(Some(views.clone()));
-        hooks.set_forwards(Some(views));
-    }
-    let mut uplinks = Vec::new();
-    for (n, id) in config.networks.iter().zip(&network_ids) {
-        if let NetworkMode::Bridge(bridge) = &n.mode {
-            let port = datapath
-                .switch()
-                .add_port(*id, bridge_core::PortConfig::default())?;
-            let handle = uplink::start(&datapath, &n.name, port, bridge.uplink.clone())?;
-            info!(network = %n.name, kind = bridge.uplink.kind(), interface = bridge.uplink.interface(), "uplink started");
-            uplinks.push(handle);
-        }
-    }
-    let daemon = Daemon {
+    // From here on, a failed step drops the daemon: its Drop stops and joins what was started.
+    let mut daemon = Daemon {
         datapath,
         config,
         network_ids,
-        hooks,
+        hooks: Hooks::default(),
         policies: Arc::clone(&policies),
-        nat,
+        nat: Vec::new(),
         ports: Mutex::new(BTreeMap::new()),
         workers,
-        uplinks,
+        uplinks: Vec::new(),
         stop,
-        housekeeping: Some(housekeeping),
+        housekeeping: None,
     };
     daemon.hooks.set_policies(Some(policies));
-    if !daemon.uplinks.is_empty() {
-        let views = UplinkViews {
-            ports: daemon
-                .uplinks
-                .iter()
-                .map(|u| Arc::clone(u.port()))
-                .collect(),
-            switch: Arc::clone(daemon.switch()),
-        };
-        daemon.hooks.set_uplinks(Some(Arc::new(views)));
-    }
+    daemon.start_nat()?;
+    daemon.start_housekeeping()?;
+    daemon.start_uplinks()?;
     for port in ports {
         daemon.add_port(port)?;
     }
@@ -263,7 +213,6 @@ impl Daemon {
         let endpoint = Endpoint::new(&config.socket, config.role)?;
         let switch = self.switch();
         let id = switch.add_port(network, config.switch_config())?;
-        self.policies.host().set_port_network(id.0, Some(network.0));
         let counters = switch.port_counters(id).ok_or(Error::NoSuchPort(id))?;
         let port = match Port::new(id, config, counters) {
             Ok(p) => Arc::new(p),
@@ -272,6 +221,7 @@ impl Daemon {
                 return Err(Error::Resource(e));
             }
         };
+        self.policies.host().set_port_network(id.0, Some(network.0));
         self.datapath.insert(Arc::clone(&port));
         let spawned = {
             let p = Arc::clone(&port);
@@ -376,6 +326,70 @@ impl Daemon {
             .filter_map(|n| n.handle().forwards().ok())
             .flatten()
             .collect()
+    }
+
+    /// Starts the NAT networks and registers their views.
+    fn start_nat(&mut self) -> Result<(), Error> {
+        for (n, &id) in self.config.networks.iter().zip(&self.network_ids) {
+            if let NetworkMode::Nat(c) = &n.mode {
+                let forwards: Vec<_> = self
+                    .config
+                    .forwards
+                    .iter()
+                    .filter(|f| f.network == n.name)
+                    .cloned()
+                    .collect();
+                let state_dir = self.config.state_dir.as_deref();
+                let dp = &self.datapath;
+                let started = NatNetwork::start(&n.name, id, id.0, c, &forwards, state_dir, dp);
+                self.nat
+                    .push(started.map_err(|e| Error::Nat(n.name.clone(), e))?);
+            }
+        }
+        if !self.nat.is_empty() {
+            let views = Arc::new(NatViews::new(
+                self.nat.iter().map(|n| n.handle().clone()).collect(),
+            ));
+            self.hooks.set_leases(Some(views.clone()));
+            self.hooks.set_conntrack(Some(views.clone()));
+            self.hooks.set_nat_stats(Some(views.clone()));
+            self.hooks.set_forwards(Some(views));
+        }
+        Ok(())
+    }
+
+    /// Starts the thread that ages learned addresses until `stop`.
+    fn start_housekeeping(&mut self) -> Result<(), Error> {
+        let (dp, stop) = (Arc::clone(&self.datapath), Arc::clone(&self.stop));
+        let timer = TimerFd::new().map_err(|e| Error::Resource(e.into()))?;
+        let thread = thread::Builder::new()
+            .name("housekeeping".into())
+            .spawn(move || housekeeping(dp, timer, stop))
+            .map_err(Error::Resource)?;
+        self.housekeeping = Some(thread);
+        Ok(())
+    }
+
+    /// Starts the bridged networks' uplinks and registers their views.
+    fn start_uplinks(&mut self) -> Result<(), Error> {
+        for (n, id) in self.config.networks.iter().zip(&self.network_ids) {
+            if let NetworkMode::Bridge(bridge) = &n.mode {
+                let port = self
+                    .switch()
+                    .add_port(*id, bridge_core::PortConfig::default())?;
+                let handle = uplink::start(&self.datapath, &n.name, port, bridge.uplink.clone())?;
+                info!(network = %n.name, kind = bridge.uplink.kind(), interface = bridge.uplink.interface(), "uplink started");
+                self.uplinks.push(handle);
+            }
+        }
+        if !self.uplinks.is_empty() {
+            let views = UplinkViews {
+                ports: self.uplinks.iter().map(|u| Arc::clone(u.port())).collect(),
+                switch: Arc::clone(self.switch()),
+            };
+            self.hooks.set_uplinks(Some(Arc::new(views)));
+        }
+        Ok(())
     }
 
     /// Stops every port and thread and waits for them.
