@@ -430,8 +430,10 @@ impl Vring {
         // The used index store must be visible before the driver's suppression field is read.
         fence(Ordering::SeqCst);
         let wanted = if event_idx {
-            let at = 4 + 2 * usize::from(ring.size());
-            match ring.avail.load::<u16>(at, Ordering::Relaxed) {
+            match ring
+                .avail
+                .load::<u16>(ring.used_event_at(), Ordering::Relaxed)
+            {
                 Ok(used_event) => {
                     let used_event = Wrapping(u16::from_le(used_event));
                     new - used_event - Wrapping(1) < new - old
@@ -630,20 +632,29 @@ impl<'a> Ring<'a> {
             .store(self.queue.next_used().to_le(), 2, Ordering::Release);
     }
 
+    /// Where the driver's `used_event` is in the available ring: after its entries.
+    fn used_event_at(&self) -> usize {
+        4 + 2 * usize::from(self.queue.size())
+    }
+
+    /// Where the device's `avail_event` is in the used ring: after its entries.
+    fn avail_event_at(&self) -> usize {
+        4 + 8 * usize::from(self.queue.size())
+    }
+
     /// The indices and flags in guest memory, as they are now.
     fn guest(&self) -> Option<GuestRing> {
         let load = |part: &VolatileSlice<'_, ()>, at| {
             let v = part.load::<u16>(at, Ordering::Acquire).ok()?;
             Some(u16::from_le(v))
         };
-        let n = usize::from(self.queue.size());
         Some(GuestRing {
             avail_flags: load(&self.avail, 0)?,
             avail_idx: load(&self.avail, 2)?,
-            used_event: load(&self.avail, 4 + 2 * n)?,
+            used_event: load(&self.avail, self.used_event_at())?,
             used_flags: load(&self.used, 0)?,
             used_idx: load(&self.used, 2)?,
-            avail_event: load(&self.used, 4 + 8 * n)?,
+            avail_event: load(&self.used, self.avail_event_at())?,
         })
     }
 
@@ -673,8 +684,9 @@ impl<'a> Ring<'a> {
                 .avail
                 .load::<u16>(2, Ordering::Relaxed)
                 .map_or(self.queue.next_avail(), u16::from_le);
-            let at = 4 + 8 * usize::from(self.queue.size());
-            let _ = self.used.store(avail.to_le(), at, Ordering::Relaxed);
+            let _ = self
+                .used
+                .store(avail.to_le(), self.avail_event_at(), Ordering::Relaxed);
         } else {
             let _ = self.used.store(0u16, 0, Ordering::Relaxed);
         }

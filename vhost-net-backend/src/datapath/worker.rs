@@ -602,10 +602,11 @@ fn serve(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        if stalled {
+        // The clock, read once for the timed looks below (not on a busy pass without stalls).
+        let now = (stalled || !busy).then(Instant::now);
+        if let Some(now) = now.filter(|_| stalled) {
             // The poll: stalled queues try again every STALL_POLL, however busy the others are
             // (a waiting frame must reach its deadline even if its receiver never kicks).
-            let now = Instant::now();
             if now.saturating_duration_since(last_poll) >= STALL_POLL {
                 last_poll = now;
                 for s in w.slots.iter_mut().flatten() {
@@ -628,9 +629,8 @@ fn serve(
                 token => w.port_event((token >> 32) as usize, token & KIND_WAKE)?,
             }
         }
-        if !busy {
+        if let Some(now) = now.filter(|_| !busy) {
             // After the kicks that woke the worker were taken: only a queue without one counts.
-            let now = Instant::now();
             if now.saturating_duration_since(last_check) >= KICK_CHECK {
                 last_check = now;
                 w.missed_kicks();
