@@ -396,8 +396,8 @@ fn throughput(
     let device = t.backend_switches.unwrap_or_default();
     eprintln!(
         "bench:   {} / {} / {name}: {:.2} Gbit/s, {} ns/frame, loss {}{}; device threads slept \
-         {} times, preempted {}; generator preempted {}; frames/s (CPU round trip \
-         before/after) {}",
+         {} times, preempted {}; generator preempted {}, kicked {} per 1000 frames, idle {} of its \
+         time; frames/s (CPU round trip before/after) {}",
         row.name,
         row.policy.name(),
         t.gbps(),
@@ -409,6 +409,8 @@ fn throughput(
         count(device.voluntary),
         count(device.involuntary),
         count(t.generator_switches.involuntary),
+        fixed(t.kicks_per_1000(), 1),
+        percent(t.idle_share()),
         m.brief()
     );
     Ok(m)

@@ -144,7 +144,8 @@ fn run_once(args: &Args) -> Result<String, Box<dyn std::error::Error>> {
     };
     Ok(format!(
         "received {} frames in {:.2} s: {} frames/s, {:.2} Gbit/s, loss {:.3}% ({} sent, {} \
-         received){backend}, generator {} ns/frame",
+         received){backend}, generator {} ns/frame ({} kicks per 1000 frames, idle {:.1}% of its \
+         time)",
         t.frames,
         t.elapsed.as_secs_f64(),
         report::mega(Some(t.fps())),
@@ -153,5 +154,7 @@ fn run_once(args: &Args) -> Result<String, Box<dyn std::error::Error>> {
         t.sent,
         t.received,
         report::fixed(t.generator_ns_per_frame(), 0),
+        report::fixed(t.kicks_per_1000(), 1),
+        t.idle_share().unwrap_or(0.0) * 100.0,
     ))
 }

@@ -504,6 +504,11 @@ impl VirtioNet {
         Ok(self.vrings[index].stats)
     }
 
+    /// Kicks sent so far, on all vrings.
+    pub fn kicks(&self) -> u64 {
+        self.vrings.iter().map(|v| v.stats.kicks).sum()
+    }
+
     /// The driver side of vring `index`.
     pub fn vring(&self, index: usize) -> &SplitQueue {
         &self.vrings[index].ring
@@ -1018,11 +1023,13 @@ impl VirtioNet {
         self.read_slot(index, slot, 0, read)?;
         let hdr = NetHdr::decode(&self.scratch[..self.hdr_len]);
         if self.negotiated.has(features::MRG_RXBUF) {
-            let deadline = Instant::now() + self.options.timeout;
+            // The clock is read only once a buffer is late (not per frame: a load run's cost).
+            let mut deadline = None;
             let mut returned = 1;
             while returned < hdr.num_buffers {
                 let Some(used) = self.pop_used(index)? else {
-                    if Instant::now() >= deadline {
+                    let now = Instant::now();
+                    if now >= *deadline.get_or_insert(now + self.options.timeout) {
                         return Err(NetError::MergeBuffers {
                             vring: index,
                             num_buffers: hdr.num_buffers,

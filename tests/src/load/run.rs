@@ -73,6 +73,11 @@ pub struct Throughput {
     pub backend_switches: Option<proc::Switches>,
     /// Context switches of the generator's threads during the window.
     pub generator_switches: proc::Switches,
+    /// Kicks the generator's guests sent during the window (transmit and receive queues).
+    pub kicks: u64,
+    /// Time the generator's threads spent in passes over their pairs in which they neither
+    /// received nor sent a frame (waiting for the backend), summed over the threads.
+    pub generator_idle: Duration,
 }
 
 impl Throughput {
@@ -100,6 +105,17 @@ impl Throughput {
         (self.frames > 0).then(|| cpu.as_nanos() as f64 / self.frames as f64)
     }
 
+    /// The generator's kicks per 1000 received frames.
+    pub fn kicks_per_1000(&self) -> Option<f64> {
+        (self.frames > 0).then(|| self.kicks as f64 * 1000.0 / self.frames as f64)
+    }
+
+    /// Share of the generator's CPU time spent in passes that found nothing to do.
+    pub fn idle_share(&self) -> Option<f64> {
+        let cpu = self.generator_cpu.as_secs_f64();
+        (cpu > 0.0).then(|| self.generator_idle.as_secs_f64() / cpu)
+    }
+
     /// Generator CPU nanoseconds per received frame.
     pub fn generator_ns_per_frame(&self) -> Option<f64> {
         (self.frames > 0).then(|| self.generator_cpu.as_nanos() as f64 / self.frames as f64)
@@ -112,6 +128,8 @@ struct Counts {
     sent: u64,
     received: u64,
     bytes: u64,
+    kicks: u64,
+    idle: Duration,
 }
 
 /// How long receivers must stay quiet for the rings to count as drained.
@@ -173,6 +191,8 @@ pub fn throughput_observed(
             let (win, all) = w.join().map_err(|_| RunError::Panicked)??;
             window.received += win.received;
             window.bytes += win.bytes;
+            window.kicks += win.kicks;
+            window.idle += win.idle;
             total.sent += all.sent;
             total.received += all.received;
         }
@@ -190,6 +210,8 @@ pub fn throughput_observed(
             generator_cpu: gen1.saturating_sub(gen0),
             backend_switches: backend_sw0.zip(backend_sw1).map(|(a, b)| b.since(a)),
             generator_switches: gen_sw1.since(gen_sw0),
+            kicks: window.kicks,
+            generator_idle: window.idle,
         })
     })
 }
@@ -213,9 +235,12 @@ fn worker(
     barrier.wait();
     barrier.wait();
     let mut counts = Counts::default();
+    let kicks = |guests: &[Guest]| guests.iter().map(|g| g.nic.kicks()).sum::<u64>();
+    let kicked = kicks(guests);
     if result.is_ok() {
         result = pump(guests, &mut counts, Instant::now() + duration);
     }
+    counts.kicks = kicks(guests) - kicked;
     let window = counts;
     barrier.wait();
     barrier.wait();
@@ -227,7 +252,9 @@ fn worker(
 
 /// Sends and receives on every pair until `deadline`.
 fn pump(guests: &mut [Guest], counts: &mut Counts, deadline: Instant) -> Result<(), RunError> {
+    let mut last = Instant::now();
     loop {
+        let before = (counts.received, counts.sent);
         for pair in guests.chunks_mut(2) {
             let [tx, rx] = pair else { continue };
             let (frames, bytes) = rx.receive()?;
@@ -235,7 +262,12 @@ fn pump(guests: &mut [Guest], counts: &mut Counts, deadline: Instant) -> Result<
             counts.bytes += bytes;
             counts.sent += tx.send()? as u64;
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if before == (counts.received, counts.sent) {
+            counts.idle += now - last;
+        }
+        last = now;
+        if now >= deadline {
             return Ok(());
         }
     }
