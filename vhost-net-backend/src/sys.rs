@@ -262,6 +262,25 @@ pub fn prefetch(slice: &VolatileSlice<'_, ()>, at: usize, write: bool) {
     let _ = (p, write);
 }
 
+/// Hints the CPU to move the cache line holding byte `at` of `slice` out of its own caches to
+/// the shared last-level cache (CLDEMOTE; a no-op on CPUs without it), so that another CPU's
+/// next read of it does not have to take it from this one.
+#[inline]
+pub fn demote(slice: &VolatileSlice<'_, ()>, at: usize) {
+    if at >= slice.len() {
+        return;
+    }
+    let p = slice.ptr_guard().as_ptr().wrapping_add(at);
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: CLDEMOTE (0F 1C /0, in the hint-NOP space: a NOP on CPUs without it) has no
+    // architectural effect: it loads nothing into a register and does not fault.
+    unsafe {
+        std::arch::asm!("cldemote [{}]", in(reg) p, options(nostack, readonly, preserves_flags))
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Copies as much of `src` as fits into `dst` from byte `at` on (nothing if `at` is past its
 /// end); returns the bytes copied. One `memmove`, without vm-memory's per-copy dispatch: the
 /// datapath's copies of headers and small frames.

@@ -11,7 +11,7 @@ use vm_memory::{Bytes, GuestAddress};
 use super::chain::{self, ChainError, DescTable, Direction, Seg, WalkParams};
 use bridge_core::Egress;
 
-use super::copy::{Reader, Source};
+use super::copy::{self, Reader, Source};
 use super::counters::DeviceDrop;
 use super::vnet_hdr::{VnetHdr, MAX_HDR_LEN};
 use crate::port::Port;
@@ -170,6 +170,9 @@ pub fn deliver(
             nb_addrs = num_buffers_addrs(segs);
         }
         let written = reader.copy_into(mem, segs);
+        if let Some(first) = segs.first().filter(|_| count == 0) {
+            copy::demote_head(mem, first, written);
+        }
         scratch.used[count] = UsedElem {
             head: head_index,
             len: written as u32,
