@@ -28,9 +28,10 @@ fn slice_at<'m>(
 /// Demoting every line of a 1500-byte frame cost the device more than the guest gained.
 const DEMOTED: usize = 128;
 
-/// Hands the first [`DEMOTED`] bytes written into `seg` (`written` of them) to the shared
-/// cache ([`sys::demote`]): the receiving guest, on another CPU, reads them next, and takes
-/// them from there instead of from this CPU.
+/// Hands the lines at bytes 0 and 64 of `seg` (of the `written` bytes; the first [`DEMOTED`]
+/// when the buffer starts on a line) to the shared cache ([`sys::demote`]): the receiving
+/// guest, on another CPU, reads them next, and takes them from there instead of from this
+/// CPU.
 pub fn demote_head(mem: &GuestRam, seg: &Seg, written: usize) {
     if let Some(dst) = slice_at(mem, seg, 0, written.min(DEMOTED)) {
         for at in (0..dst.len()).step_by(64) {
