@@ -25,7 +25,9 @@
 //! Conntrack counts nothing per packet of a known flow, so there is nothing else to credit.
 //!
 //! The table is allocated on the first entry, so a thread whose stage never sees a known flow
-//! costs nothing but this struct. A guest can make its own packets collide in the cache; that
+//! costs nothing but this struct. It starts at [`ENTRIES`] and doubles, up to [`MAX_ENTRIES`],
+//! while more live flows pass than it holds (a pool worker serving many ports: 16 ports of 256
+//! flows each made a quarter of its packets go to conntrack with a fixed size). A guest can make its own packets collide in the cache; that
 //! costs it the lookup in conntrack the cache would have saved, nothing more. A set keeps its
 //! live entries: a packet whose set holds two other live ones is tracked but not remembered
 //! (until one of them is outdated), so more keys than a set holds do not evict each other in
@@ -43,8 +45,14 @@ use crate::conntrack::{
     Conntrack, CtState, Ipv4Fields, PacketKind, PacketMeta, TcpFlags, TcpState, Tracked, Transport,
 };
 
-/// Entries of a cache: sets of two, picked by a hash of the packet's key.
+/// Entries of a cache when it is made: sets of two, picked by a hash of the packet's key.
 pub const ENTRIES: usize = 1024;
+
+/// Most entries a cache grows to (512 KiB of slots).
+pub const MAX_ENTRIES: usize = 16384;
+
+/// Lookups per set over which the share of packets that found no slot is taken.
+const WINDOW_PER_SET: u64 = 32;
 
 /// The longest time an entry answers for.
 const MAX_REFRESH: Duration = Duration::from_secs(1);
@@ -140,12 +148,13 @@ impl Key {
         }
     }
 
-    /// The index of the key's set: a multiply of its words, top bits.
-    fn set(&self) -> usize {
+    /// The index of the key's set among `sets` (a power of two): a multiply of its words, top
+    /// bits, so the keys of a set go to one of two sets when their number doubles.
+    fn set(&self, sets: usize) -> usize {
         let a = u64::from(self.src) << 32 | u64::from(self.dst);
         let b = u64::from(self.ports) << 32 | u64::from(self.zone) ^ u64::from(self.kind) << 24;
         let h = (a ^ b.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (h >> (64 - (ENTRIES / 2).trailing_zeros())) as usize
+        (h >> (64 - sets.trailing_zeros())) as usize
     }
 }
 
@@ -195,8 +204,12 @@ const _: () = assert!(MAX_VERDICTS <= 1 << 16);
 /// One thread's cache in front of one [`Conntrack`]. See the module docs.
 #[derive(Debug)]
 pub struct FlowCache<V> {
-    /// [`ENTRIES`] / 2 sets once the first entry is made, empty before.
+    /// [`ENTRIES`] / 2 sets once the first entry is made (more once grown), empty before.
     sets: Box<[Set]>,
+    /// Lookups since the window began.
+    lookups: u64,
+    /// Packets since the window began that were tracked but found no slot.
+    refused: u64,
     /// The distinct verdicts the slots of the current stamp refer to (at most
     /// [`MAX_VERDICTS`]); emptied with each new stamp.
     verdicts: Vec<V>,
@@ -215,6 +228,8 @@ impl<V: Copy + PartialEq> FlowCache<V> {
         let refresh = (flows.timeouts().shortest() / 8).min(MAX_REFRESH);
         FlowCache {
             sets: Box::default(),
+            lookups: 0,
+            refused: 0,
             verdicts: Vec::new(),
             refresh,
             epoch: flows.epoch(),
@@ -248,14 +263,16 @@ impl<V: Copy + PartialEq> FlowCache<V> {
 
     /// The verdict for `packet` at `now`, if a packet like it was tracked less than
     /// [`refresh`](Self::refresh) ago in this epoch and remembered; otherwise track it.
-    pub fn get(&self, now: Instant, packet: &PacketMeta) -> Option<V> {
+    pub fn get(&mut self, now: Instant, packet: &PacketMeta) -> Option<V> {
+        self.lookups += 1;
         self.find(now, Key::of(packet)?).copied()
     }
 
     /// As [`get`](Self::get), for the packet of `fields` (without building its
     /// [`PacketMeta`]), and the verdict by reference.
     #[inline]
-    pub fn lookup(&self, now: Instant, fields: &Ipv4Fields<'_>) -> Option<&V> {
+    pub fn lookup(&mut self, now: Instant, fields: &Ipv4Fields<'_>) -> Option<&V> {
+        self.lookups += 1;
         self.find(now, Key::of_fields(fields)?)
     }
 
@@ -263,7 +280,7 @@ impl<V: Copy + PartialEq> FlowCache<V> {
     fn find(&self, now: Instant, key: Key) -> Option<&V> {
         let slot = self
             .sets
-            .get(key.set())?
+            .get(key.set(self.sets.len()))?
             .0
             .iter()
             .find(|s| s.key == key && s.answers(now, self.stamp))?;
@@ -274,6 +291,10 @@ impl<V: Copy + PartialEq> FlowCache<V> {
     /// skip tracking: it was valid, left its flow as it was (UDP, ICMP echo, TCP ESTABLISHED
     /// without SYN/FIN/RST) and came with a verdict. The caller decides whether that verdict
     /// may be reused at all (and calls this only then).
+    ///
+    /// When more than one lookup in 16 over a window ends in a packet that finds its set full
+    /// (more live flows than the cache holds: a thread serving many ports), the cache doubles,
+    /// up to [`MAX_ENTRIES`].
     pub fn insert(&mut self, now: Instant, packet: &PacketMeta, tracked: &Tracked<V>) {
         let (Some(key), Some(verdict)) = (Key::of(packet), tracked.verdict) else {
             return;
@@ -287,7 +308,13 @@ impl<V: Copy + PartialEq> FlowCache<V> {
         if self.sets.is_empty() {
             self.sets = vec![Set([Slot::EMPTY; 2]); ENTRIES / 2].into_boxed_slice();
         }
-        let set = key.set();
+        if self.lookups >= WINDOW_PER_SET * self.sets.len() as u64 {
+            if self.refused * 16 > self.lookups && self.sets.len() * 4 <= MAX_ENTRIES {
+                self.grow(now);
+            }
+            (self.lookups, self.refused) = (0, 0);
+        }
+        let set = key.set(self.sets.len());
         // The same key's slot, else an empty or outdated one. Two live slots of other keys
         // stay: with more keys in use than a set holds, evicting the older one would make
         // every key of that set miss in turn; this way only the ones that find no slot do.
@@ -297,6 +324,7 @@ impl<V: Copy + PartialEq> FlowCache<V> {
             .position(|s| s.key == key)
             .or_else(|| slots.iter().position(|s| !s.answers(now, self.stamp)))
         else {
+            self.refused += 1;
             return;
         };
         let verdict = self.intern(verdict);
@@ -306,6 +334,24 @@ impl<V: Copy + PartialEq> FlowCache<V> {
             verdict,
             until: now + self.refresh,
         };
+    }
+
+    /// Doubles the sets; the live slots move to their set among the new ones (each set's go to
+    /// two sets of their own, so they all fit).
+    fn grow(&mut self, now: Instant) {
+        let sets = self.sets.len() * 2;
+        let old = std::mem::replace(
+            &mut self.sets,
+            vec![Set([Slot::EMPTY; 2]); sets].into_boxed_slice(),
+        );
+        for slot in old.iter().flat_map(|s| s.0) {
+            if slot.answers(now, self.stamp) {
+                let set = &mut self.sets[slot.key.set(sets)].0;
+                if let Some(free) = set.iter_mut().find(|s| s.key.kind == Key::EMPTY.kind) {
+                    *free = slot;
+                }
+            }
+        }
     }
 
     /// The index of `verdict` in the table of the current stamp, added if new; when the table
@@ -363,7 +409,7 @@ mod tests {
 
     #[test]
     fn a_full_set_keeps_its_live_entries() {
-        let set_of = |port| Key::of(&udp(port)).unwrap().set();
+        let set_of = |port| Key::of(&udp(port)).unwrap().set(ENTRIES / 2);
         let ports: Vec<u16> = (1000..u16::MAX)
             .filter(|&p| set_of(p) == set_of(1000))
             .take(3)
@@ -385,6 +431,48 @@ mod tests {
             &ct.track(later, &udp(ports[2])).unwrap(),
         );
         assert_eq!(cache.get(later, &udp(ports[2])), Some(7));
+    }
+
+    /// Packets of `flows` in turn, `rounds` times, each tracked and offered to `cache` when it
+    /// has no answer (as the policy stage does); the misses of the last round.
+    fn traffic(
+        ct: &Conntrack<u32>,
+        cache: &mut FlowCache<u32>,
+        flows: u16,
+        rounds: usize,
+    ) -> usize {
+        let ports = 1000..1000 + flows;
+        for port in ports.clone() {
+            let flow = ct.track(T0, &udp(port)).unwrap().flow.unwrap();
+            ct.set_verdict(&flow, 7);
+        }
+        cache.begin_batch(ct);
+        let mut misses = 0;
+        for _ in 0..rounds {
+            misses = 0;
+            for port in ports.clone() {
+                if cache.get(T0, &udp(port)).is_none() {
+                    misses += 1;
+                    cache.insert(T0, &udp(port), &ct.track(T0, &udp(port)).unwrap());
+                }
+            }
+        }
+        misses
+    }
+
+    #[test]
+    fn a_cache_grows_while_many_of_its_packets_find_no_slot() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let mut cache = FlowCache::new(&ct);
+        let flows = 4 * ENTRIES as u16;
+        let misses = traffic(&ct, &mut cache, flows, 200);
+        assert!(cache.sets.len() > ENTRIES / 2 && cache.sets.len() <= MAX_ENTRIES / 2);
+        assert!(misses * 16 < usize::from(flows), "{misses} of {flows} miss");
+        // A cache whose flows fit keeps its size.
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let mut cache = FlowCache::new(&ct);
+        traffic(&ct, &mut cache, ENTRIES as u16 / 4, 1000);
+        assert_eq!(cache.sets.len(), ENTRIES / 2);
     }
 
     #[test]

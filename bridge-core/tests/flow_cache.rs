@@ -282,7 +282,7 @@ fn set_checksum(ip: &mut [u8]) {
 
 #[test]
 fn lookup_by_the_bytes_fields_answers_as_get_by_the_packet_meta_for_any_one_byte_change() {
-    let (_ct, cache) = tcp_and_udp_flows();
+    let (_ct, mut cache) = tcp_and_udp_flows();
     let originals = [
         tcp_bytes("A", false),
         tcp_bytes("A", true),
@@ -320,7 +320,7 @@ fn lookup_by_the_bytes_fields_answers_as_get_by_the_packet_meta_for_any_one_byte
 
 #[test]
 fn malformed_and_fragmented_packets_have_no_fields_to_look_up() {
-    let (_ct, cache) = tcp_and_udp_flows();
+    let (_ct, mut cache) = tcp_and_udp_flows();
     let ack = tcp_bytes("A", false);
     let udp = udp_bytes(false);
     let changed = |original: &[u8], change: &dyn Fn(&mut Vec<u8>), checksum: bool| {

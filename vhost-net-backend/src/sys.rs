@@ -143,6 +143,11 @@ pub fn wait_readable(
     }
 }
 
+/// Whether `fd` is readable now (an eventfd: its count is not zero), without waiting.
+pub fn is_readable(fd: &impl AsRawFd) -> bool {
+    wait_readable(fd, fd, 0).is_ok_and(|r| r != Readiness::TimedOut)
+}
+
 /// The process's effective user id.
 pub fn euid() -> u32 {
     // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.

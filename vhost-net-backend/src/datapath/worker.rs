@@ -9,8 +9,8 @@
 //! eventfd belongs to the receiver's rings) or after [`STALL_POLL`], whichever comes first.
 //! The receiver is asked to kick (EVENT_IDX `avail_event`) only when a frame starts waiting.
 //!
-//! A queue waiting for a kick is also looked at every [`KICK_CHECK`]: chains found there missed
-//! their kick (a driver or hypervisor without the memory barrier between publishing the
+//! A queue waiting for a kick is also looked at every [`KICK_CHECK`]: chains found there, with
+//! no kick in its eventfd either, missed their kick (a driver or hypervisor without the memory barrier between publishing the
 //! available index and reading `avail_event`, as QEMU before 8.1 under TCG with one vCPU). The
 //! queue is served and the miss logged, instead of the guest's transmissions stopping for good.
 //!
@@ -35,7 +35,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::tx::{self, Progress, Stall, TxScratch};
 use super::Datapath;
 use crate::port::Port;
-use crate::vhu_net;
+use crate::{sys, vhu_net};
 
 /// How often a stalled queue is tried again without a kick from its receiver.
 pub const STALL_POLL: Duration = Duration::from_millis(1);
@@ -531,6 +531,11 @@ impl Worker<'_> {
                     continue;
                 }
                 q.pending = true;
+                // A kick that came after the worker's last wait is no miss (taken here).
+                if let Some(kick) = q.kick.as_ref().filter(|k| sys::is_readable(&***k)) {
+                    let _ = kick.read();
+                    continue;
+                }
                 q.missed += 1;
                 // Logged at the 1st, 2nd, 4th, 8th... miss of a queue.
                 if q.missed.is_power_of_two() {
