@@ -24,14 +24,14 @@
 //! batch, and a flow's timeout runs from up to [`FlowCache::refresh`] before its last packet.
 //! Conntrack counts nothing per packet of a known flow, so there is nothing else to credit.
 //!
-//! The table is allocated on the first entry, so a thread whose stage never sees a known flow
-//! costs nothing but this struct. It starts at [`ENTRIES`] and doubles, up to [`MAX_ENTRIES`],
-//! while more live flows pass than it holds (a pool worker serving many ports: 16 ports of 256
-//! flows each made a quarter of its packets go to conntrack with a fixed size). A guest can make its own packets collide in the cache; that
-//! costs it the lookup in conntrack the cache would have saved, nothing more. A set keeps its
-//! live entries: a packet whose set holds two other live ones is tracked but not remembered
-//! (until one of them is outdated), so more keys than a set holds do not evict each other in
-//! turn and all miss.
+//! The table is allocated on the first entry, so a thread whose stage never sees a known flow costs
+//! nothing but this struct. It starts at [`ENTRIES`] and doubles, up to [`MAX_ENTRIES`], while more
+//! live flows pass than it holds (a pool worker serving 16 ports of 256 flows each sent most of its
+//! packets to conntrack while the size was fixed). A guest can make its own packets collide in the
+//! cache; that costs it the lookup in conntrack the cache would have saved, nothing more. A set
+//! keeps its live entries: a packet whose set holds two other live ones is tracked but not
+//! remembered (until one of them is outdated), so more keys than a set holds do not evict each
+//! other in turn and all miss.
 //!
 //! A slot holds its key and the index of its verdict in a small table of the distinct verdicts
 //! (a port's flows share a few), so a hit reads one cache line of slots and a verdict that the

@@ -9,10 +9,11 @@
 //! eventfd belongs to the receiver's rings) or after [`STALL_POLL`], whichever comes first.
 //! The receiver is asked to kick (EVENT_IDX `avail_event`) only when a frame starts waiting.
 //!
-//! A queue waiting for a kick is also looked at every [`KICK_CHECK`]: chains found there, with
-//! no kick in its eventfd either, missed their kick (a driver or hypervisor without the memory barrier between publishing the
-//! available index and reading `avail_event`, as QEMU before 8.1 under TCG with one vCPU). The
-//! queue is served and the miss logged, instead of the guest's transmissions stopping for good.
+//! A queue waiting for a kick is also looked at every [`KICK_CHECK`]: chains found there, with no
+//! kick in its eventfd either, missed their kick (a driver or hypervisor without the memory barrier
+//! between publishing the available index and reading `avail_event`, as QEMU before 8.1 under TCG
+//! with one vCPU). The queue is served and the miss logged, instead of the guest's transmissions
+//! stopping for good.
 //!
 //! Optionally a worker polls: once its queues run dry it keeps looking at them, kicks off, for
 //! a while before it turns kicks back on and sleeps. Guests then rarely kick and frames wait
