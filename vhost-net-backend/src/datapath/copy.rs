@@ -34,10 +34,60 @@ const DEMOTED: usize = 128;
 /// CPU.
 pub fn demote_head(mem: &GuestRam, seg: &Seg, written: usize) {
     if let Some(dst) = slice_at(mem, seg, 0, written.min(DEMOTED)) {
-        for at in (0..dst.len()).step_by(64) {
-            sys::demote(&dst, at);
-        }
+        demote_lines(&dst, dst.len());
     }
+}
+
+/// Demotes the lines at bytes 0 and 64 of `dst` that hold some of its first `written` bytes
+/// (up to [`DEMOTED`]).
+#[inline]
+fn demote_lines(dst: &VolatileSlice<'_, ()>, written: usize) {
+    if written > 0 {
+        sys::demote(dst, 0);
+    }
+    if written.min(DEMOTED) > 64 {
+        sys::demote(dst, 64);
+    }
+}
+
+/// Writes a whole frame, `len` bytes (`pieces` then `body`), into the buffer `seg` if it
+/// holds them and lies in one memory region (the usual receive buffer): one bounds check, then
+/// a copy per piece, without the [`Reader`]'s bookkeeping; then demotes its head as
+/// [`demote_head`] does. Returns false, having written nothing or bytes the caller writes
+/// again, if the buffer does not qualify or the sender's memory went away.
+#[inline]
+pub fn write_whole(
+    mem: &GuestRam,
+    seg: &Seg,
+    pieces: [&[u8]; 3],
+    body: Source<'_>,
+    len: usize,
+) -> bool {
+    if (seg.len as usize) < len {
+        return false;
+    }
+    let Some(dst) = mem.slice_in(seg.region, seg.addr, len) else {
+        return false;
+    };
+    let mut at = 0;
+    for piece in pieces {
+        at += sys::copy_to_slice(&dst, at, piece);
+    }
+    let done = match body {
+        Source::Local(bytes) => at + sys::copy_to_slice(&dst, at, bytes),
+        Source::Guest { .. } if at == len => at,
+        Source::Guest { .. } => {
+            let Ok(rest) = dst.offset(at) else {
+                return false;
+            };
+            at + Reader::with_locals([&[]; 3], body).fill(&rest)
+        }
+    };
+    if done != len {
+        return false;
+    }
+    demote_lines(&dst, len);
+    true
 }
 
 /// Where frame bytes come from.
@@ -54,6 +104,21 @@ pub enum Source<'a> {
     },
     /// Bytes in the backend.
     Local(&'a [u8]),
+}
+
+impl Source<'_> {
+    /// The bytes it holds (a guest chain's after `skip`).
+    #[inline]
+    pub fn len(&self) -> usize {
+        match *self {
+            Source::Local(bytes) => bytes.len(),
+            Source::Guest { segs, skip, .. } => segs
+                .iter()
+                .map(|s| s.len as usize)
+                .sum::<usize>()
+                .saturating_sub(skip),
+        }
+    }
 }
 
 /// Reads up to three local pieces (a virtio-net header, a rewritten head, the rest of a frame's
@@ -84,15 +149,10 @@ impl<'a> Reader<'a> {
             seg_off: 0,
             remaining: 0,
         };
-        r.remaining = locals.iter().map(|l| l.len()).sum::<usize>()
-            + match source {
-                Source::Local(bytes) => bytes.len(),
-                Source::Guest { segs, skip, .. } => {
-                    let total: usize = segs.iter().map(|s| s.len as usize).sum();
-                    r.skip(skip);
-                    total.saturating_sub(skip)
-                }
-            };
+        r.remaining = locals.iter().map(|l| l.len()).sum::<usize>() + source.len();
+        if let Source::Guest { skip, .. } = source {
+            r.skip(skip);
+        }
         r
     }
 
@@ -350,6 +410,40 @@ mod tests {
         let mut out = [0u8; 24];
         m.memory().read_slice(&mut out, GuestAddress(100)).unwrap();
         assert_eq!(out, [7u8; 24]);
+    }
+
+    #[test]
+    fn whole_frame_into_one_located_buffer() {
+        let src_mem = mem();
+        let dst_mem = mem();
+        let rest: Vec<u8> = (0..40).collect();
+        // The body after 4 bytes to skip, across the sender's two regions.
+        src_mem
+            .memory()
+            .write_slice(&rest, GuestAddress(0xff0 + 4))
+            .unwrap();
+        let src_segs = [Seg::at(0xff0, 44)];
+        let body = Source::Guest {
+            mem: &src_mem,
+            segs: &src_segs,
+            skip: 4,
+        };
+        assert_eq!(body.len(), 40);
+        let pieces: [&[u8]; 3] = [&[1, 2], &[], &[3]];
+        let buf = Seg {
+            addr: 0x100,
+            len: 43,
+            region: 0,
+        };
+        assert!(
+            !write_whole(&dst_mem, &Seg::at(0x100, 43), pieces, body, 43),
+            "not located"
+        );
+        assert!(!write_whole(&dst_mem, &buf, pieces, body, 44), "too small");
+        assert!(write_whole(&dst_mem, &buf, pieces, body, 43));
+        let mut want = vec![1u8, 2, 3];
+        want.extend_from_slice(&rest);
+        assert_eq!(gather(&dst_mem, &[buf]), want);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::counters::DeviceDrop;
 use super::vnet_hdr::{VnetHdr, MAX_HDR_LEN};
 use crate::port::Port;
 use crate::vhu_net::Negotiated;
-use crate::vring::{UsedElem, Vring, MAX_QUEUE_SIZE};
+use crate::vring::{Ring, UsedElem, Vring, MAX_QUEUE_SIZE};
 
 /// Why a frame was not delivered. Each is a drop reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -121,8 +121,8 @@ pub fn deliver(
     let hdr_len = features.header_len();
     let mut vnet = [0u8; MAX_HDR_LEN];
     hdr.emit(&mut vnet[..hdr_len], 1);
-    let mut reader = Reader::with_locals([&vnet[..hdr_len], head[0], head[1]], body);
-    let frame_len = reader.remaining() - hdr_len;
+    let pieces = [&vnet[..hdr_len], head[0], head[1]];
+    let frame_len = head[0].len() + head[1].len() + body.len();
 
     let params = WalkParams {
         table: DescTable::Host(ring.desc_table()),
@@ -131,57 +131,46 @@ pub fn deliver(
         direction: Direction::Write,
         max_len: u32::MAX,
     };
+    let (mut head_index, mut nsegs) = take_chain(&mut ring, &params, scratch, 0)?;
+    // The usual case: the whole frame in the chain's one buffer.
+    if let [seg] = &scratch.segs[..nsegs] {
+        let len = hdr_len + frame_len;
+        if copy::write_whole(mem, seg, pieces, body, len) {
+            ring.push_used(&[UsedElem {
+                head: head_index,
+                len: len as u32,
+            }]);
+            vring.fed();
+            return Ok(frame_len);
+        }
+    }
+
     let mrg = features.mrg_rxbuf();
+    let mut reader = Reader::with_locals(pieces, body);
     let mut count = 0usize;
     let mut nb_addrs = [None, None];
-    while reader.remaining() > 0 {
-        let head_index = match ring.pop_head() {
-            Ok(Some(h)) => h,
-            Ok(None) => {
-                ring.unpop(count as u16);
-                return Err(RxError::NoBuffers);
-            }
-            Err(_) => {
-                ring.unpop(count as u16);
-                return Err(RxError::AvailCorrupt);
-            }
-        };
-        ring.prefetch_next();
-        let nsegs = match chain::walk(mem, &params, head_index, &mut scratch.segs) {
-            Ok((n, _)) => n,
-            Err(e) => {
-                // Give every chain taken for this frame back empty, the bad one included
-                // (unless its head names no descriptor), so the guest can post them again.
-                let used = &mut scratch.used[..count];
-                used.iter_mut().for_each(|u| u.len = 0);
-                ring.add_used(used);
-                if head_index < ring.size() {
-                    let bad = UsedElem {
-                        head: head_index,
-                        len: 0,
-                    };
-                    ring.add_used(&[bad]);
-                }
-                return Err(RxError::Chain(e));
-            }
-        };
+    loop {
         let segs = &scratch.segs[..nsegs];
-        if mrg && count == 0 {
-            nb_addrs = num_buffers_addrs(segs);
-        }
         let written = reader.copy_into(mem, segs);
         if let Some(first) = segs.first().filter(|_| count == 0) {
             copy::demote_head(mem, first, written);
+            if mrg && reader.remaining() > 0 {
+                nb_addrs = num_buffers_addrs(segs);
+            }
         }
         scratch.used[count] = UsedElem {
             head: head_index,
             len: written as u32,
         };
         count += 1;
-        if reader.remaining() > 0 && (!mrg || count == scratch.used.len()) {
+        if reader.remaining() == 0 {
+            break;
+        }
+        if !mrg || count == scratch.used.len() {
             ring.unpop(count as u16);
             return Err(RxError::TooBig);
         }
+        (head_index, nsegs) = take_chain(&mut ring, &params, scratch, count)?;
     }
     if mrg && count > 1 {
         let n = (count as u16).to_le_bytes();
@@ -194,6 +183,47 @@ pub fn deliver(
     ring.push_used(&scratch.used[..count]);
     vring.fed();
     Ok(frame_len)
+}
+
+/// Takes the next receive chain for a frame that has `count` chains already and walks it into
+/// `scratch.segs`: its head and buffer count. On failure the `count` chains are put back (no
+/// buffers, a corrupt ring) or returned to the guest empty with the bad one (a malformed chain).
+fn take_chain(
+    ring: &mut Ring<'_>,
+    params: &WalkParams,
+    scratch: &mut RxScratch,
+    count: usize,
+) -> Result<(u16, usize), RxError> {
+    let head_index = match ring.pop_head() {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            ring.unpop(count as u16);
+            return Err(RxError::NoBuffers);
+        }
+        Err(_) => {
+            ring.unpop(count as u16);
+            return Err(RxError::AvailCorrupt);
+        }
+    };
+    ring.prefetch_next();
+    match chain::walk(ring.mem(), params, head_index, &mut scratch.segs) {
+        Ok((n, _)) => Ok((head_index, n)),
+        Err(e) => {
+            // Give every chain taken for this frame back empty, the bad one included (unless
+            // its head names no descriptor), so the guest can post them again.
+            let used = &mut scratch.used[..count];
+            used.iter_mut().for_each(|u| u.len = 0);
+            ring.add_used(used);
+            if head_index < ring.size() {
+                let bad = UsedElem {
+                    head: head_index,
+                    len: 0,
+                };
+                ring.add_used(&[bad]);
+            }
+            Err(RxError::Chain(e))
+        }
+    }
 }
 
 /// Delivers `frame`, whose sender left offloads to do (`hdr`: a partial checksum, a TSO
