@@ -515,17 +515,22 @@ impl<'a> Ring<'a> {
         self.desc
     }
 
-    /// The chain head `ahead` entries past the next one, if the driver made it available (as
-    /// far as this ring has read the available index).
-    fn peek_head(&self, ahead: u16) -> Option<u16> {
-        let at = Wrapping(self.queue.next_avail()) + Wrapping(ahead);
-        let left = (*self.avail_seen - at).0;
-        if left == 0 || left > self.queue.size() {
-            return None;
-        }
-        let slot = usize::from(at.0 & (self.queue.size() - 1));
-        let head = self.avail.get_ref::<u16>(4 + 2 * slot).ok()?.load();
-        Some(u16::from_le(head))
+    /// The heads of the next two chains, those the driver made available (as far as this ring
+    /// has read the available index).
+    #[inline]
+    fn next_heads(&self) -> [Option<u16>; 2] {
+        let next = self.queue.next_avail();
+        let size = self.queue.size();
+        let left = (*self.avail_seen - Wrapping(next)).0;
+        let head = |ahead: u16| {
+            if ahead >= left || left > size {
+                return None;
+            }
+            let slot = usize::from(next.wrapping_add(ahead) & (size - 1));
+            let head = self.avail.get_ref::<u16>(4 + 2 * slot).ok()?.load();
+            Some(u16::from_le(head))
+        };
+        [head(0), head(1)]
     }
 
     /// Prefetches the receive buffers that come next (a hint, with no other effect): the
@@ -536,20 +541,22 @@ impl<'a> Ring<'a> {
     /// buffers the device only reads, the same prefetch cost more than it saved.)
     #[inline]
     pub fn prefetch_next(&self) {
-        if let Some(head) = self.peek_head(1) {
+        let [next, after] = self.next_heads();
+        if let Some(head) = after {
             sys::prefetch(&self.desc, 16 * usize::from(head), false);
         }
-        let Some(head) = self.peek_head(0) else {
+        let Some(head) = next else {
             return;
         };
         let Ok(desc) = self.desc.get_ref::<u64>(16 * usize::from(head)) else {
             return;
         };
         let addr = u64::from_le(desc.load());
-        for line in [addr, addr.wrapping_add(64)] {
-            if let Some(buf) = self.mem.slice(line, 1) {
-                sys::prefetch(&buf, 0, true);
-            }
+        // Both lines with one lookup; only the first if they are not in one region.
+        let lines = self.mem.slice(addr, 65).or_else(|| self.mem.slice(addr, 1));
+        if let Some(buf) = lines {
+            sys::prefetch(&buf, 0, true);
+            sys::prefetch(&buf, 64, true);
         }
     }
 
@@ -814,16 +821,18 @@ mod tests {
         }
         let mut v = ring.vring(mem.clone(), 0);
         let mut r = v.parts().unwrap();
-        assert_eq!(r.peek_head(0), None, "the index is read by pop_head");
-        assert_eq!(r.pop_head().unwrap(), Some(0));
         assert_eq!(
-            (r.peek_head(0), r.peek_head(1), r.peek_head(2)),
-            (Some(1), Some(2), None)
+            r.next_heads(),
+            [None, None],
+            "the index is read by pop_head"
         );
+        assert_eq!(r.pop_head().unwrap(), Some(0));
+        assert_eq!(r.next_heads(), [Some(1), Some(2)]);
         r.prefetch_next();
         assert_eq!(r.pop_head().unwrap(), Some(1));
+        assert_eq!(r.next_heads(), [Some(2), None]);
         assert_eq!(r.pop_head().unwrap(), Some(2));
-        assert_eq!(r.peek_head(0), None);
+        assert_eq!(r.next_heads(), [None, None]);
         r.prefetch_next();
     }
 
