@@ -203,14 +203,16 @@ impl GuestRam {
     }
 
     /// The index of the region holding all of `[addr, addr + len)`, if one does.
+    #[inline]
     pub fn locate(&self, addr: u64, len: usize) -> Option<u32> {
-        let i = self
-            .regions
-            .iter()
-            .position(|r| addr.wrapping_sub(r.start) < r.len)?;
-        let r = &self.regions[i];
-        let end = (addr - r.start).checked_add(len as u64)?;
-        (end <= r.len).then_some(i as u32)
+        for (i, r) in self.regions.iter().enumerate() {
+            let offset = addr.wrapping_sub(r.start);
+            if offset < r.len {
+                // No overflow: `offset < r.len`.
+                return (len as u64 <= r.len - offset).then_some(i as u32);
+            }
+        }
+        None
     }
 
     /// `[addr, addr + len)` as host memory if it lies in region `region` (as
