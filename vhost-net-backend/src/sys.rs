@@ -290,11 +290,26 @@ pub fn demote(slice: &VolatileSlice<'_, ()>, at: usize) {
 
 /// Copies as much of `src` as fits into `dst` from byte `at` on (nothing if `at` is past its
 /// end); returns the bytes copied. One `memmove`, without vm-memory's per-copy dispatch: the
-/// datapath's copies of headers and small frames.
+/// datapath's copies of headers and small frames; 8 to 16 bytes (a virtio-net header) with two
+/// stores instead.
 pub fn copy_to_slice(dst: &VolatileSlice<'_, ()>, at: usize, src: &[u8]) -> usize {
     let n = src.len().min(dst.len().saturating_sub(at));
     if n == 0 {
         return 0;
+    }
+    if (8..=16).contains(&n) {
+        // Both halves are read before either is written, as memmove would.
+        let first = u64::from_ne_bytes(src[..8].try_into().unwrap_or_default());
+        let last = u64::from_ne_bytes(src[n - 8..n].try_into().unwrap_or_default());
+        let p = dst.ptr_guard_mut().as_ptr();
+        // SAFETY: `at + n <= dst.len()` (checked above) and `8 <= n`, so both 8-byte ranges,
+        // `[at, at + 8)` and `[at + n - 8, at + n)`, lie inside the slice's memory, valid for
+        // writes while `dst` is borrowed; the stores are unaligned, so any address is allowed.
+        unsafe {
+            p.add(at).cast::<u64>().write_unaligned(first);
+            p.add(at + n - 8).cast::<u64>().write_unaligned(last);
+        }
+        return n;
     }
     // SAFETY: `at + n <= dst.len()` (checked above), so the destination range lies inside the
     // slice's memory, valid for writes while `dst` is borrowed; `src` is valid for reads of
@@ -365,6 +380,23 @@ mod tests {
         assert!(!write_array(&slice, 6, [1, 1, 1]), "one byte past the end");
         assert!(!write_array(&slice, usize::MAX, [1]));
         assert_eq!(dst, [0xee, 0xee, 1, 2, 3, 9, 8, 7]);
+    }
+
+    #[test]
+    fn headers_of_8_to_16_bytes_are_copied_whole() {
+        let src: Vec<u8> = (1..=20).collect();
+        for n in [8, 10, 12, 16] {
+            let mut dst = [0u8; 24];
+            let slice = VolatileSlice::from(&mut dst[..]);
+            assert_eq!(copy_to_slice(&slice, 3, &src[..n]), n);
+            let mut want = [0u8; 24];
+            want[3..3 + n].copy_from_slice(&src[..n]);
+            assert_eq!(dst, want, "{n} bytes");
+        }
+        let mut dst = [0u8; 14];
+        let slice = VolatileSlice::from(&mut dst[..]);
+        assert_eq!(copy_to_slice(&slice, 4, &src[..12]), 10, "cut at the end");
+        assert_eq!(dst[4..], src[..10]);
     }
 
     #[test]
