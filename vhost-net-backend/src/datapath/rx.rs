@@ -119,8 +119,9 @@ pub fn deliver(
     };
     let mem = ring.mem();
     let hdr_len = features.header_len();
+    // The 10-byte header is the 12-byte one without num_buffers.
     let mut vnet = [0u8; MAX_HDR_LEN];
-    hdr.emit(&mut vnet[..hdr_len], 1);
+    hdr.emit(&mut vnet, 1);
     let pieces = [&vnet[..hdr_len], head[0], head[1]];
     let frame_len = head[0].len() + head[1].len() + body.len();
 

@@ -138,6 +138,7 @@ impl VnetHdr {
 
     /// Writes the header for a receiving guest into `out` (its header length: 10 or 12 bytes);
     /// `num_buffers` goes into the 12-byte form.
+    #[inline]
     pub fn emit(&self, out: &mut [u8], num_buffers: u16) {
         let gso_type = match self.gso {
             Gso::None => VIRTIO_NET_HDR_GSO_NONE,
