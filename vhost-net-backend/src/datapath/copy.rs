@@ -112,6 +112,10 @@ impl Source<'_> {
     pub fn len(&self) -> usize {
         match *self {
             Source::Local(bytes) => bytes.len(),
+            // The usual frame, in one buffer, without the sum's loop.
+            Source::Guest {
+                segs: [seg], skip, ..
+            } => (seg.len as usize).saturating_sub(skip),
             Source::Guest { segs, skip, .. } => segs
                 .iter()
                 .map(|s| s.len as usize)
