@@ -109,7 +109,7 @@ pub enum Source<'a> {
 impl Source<'_> {
     /// The bytes it holds (a guest chain's after `skip`).
     #[inline]
-    pub fn len(&self) -> usize {
+    pub fn byte_len(&self) -> usize {
         match *self {
             Source::Local(bytes) => bytes.len(),
             // The usual frame, in one buffer, without the sum's loop.
@@ -153,7 +153,7 @@ impl<'a> Reader<'a> {
             seg_off: 0,
             remaining: 0,
         };
-        r.remaining = locals.iter().map(|l| l.len()).sum::<usize>() + source.len();
+        r.remaining = locals.iter().map(|l| l.len()).sum::<usize>() + source.byte_len();
         if let Source::Guest { skip, .. } = source {
             r.skip(skip);
         }
@@ -432,7 +432,7 @@ mod tests {
             segs: &src_segs,
             skip: 4,
         };
-        assert_eq!(body.len(), 40);
+        assert_eq!(body.byte_len(), 40);
         let pieces: [&[u8]; 3] = [&[1, 2], &[], &[3]];
         let buf = Seg {
             addr: 0x100,

@@ -123,7 +123,7 @@ pub fn deliver(
     let mut vnet = [0u8; MAX_HDR_LEN];
     hdr.emit(&mut vnet, 1);
     let pieces = [&vnet[..hdr_len], head[0], head[1]];
-    let frame_len = head[0].len() + head[1].len() + body.len();
+    let frame_len = head[0].len() + head[1].len() + body.byte_len();
 
     let params = WalkParams {
         table: DescTable::Host(ring.desc_table()),
