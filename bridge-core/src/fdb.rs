@@ -32,6 +32,7 @@ use arc_swap::{ArcSwap, Guard};
 use foldhash::fast::RandomState;
 use smoltcp::wire::EthernetAddress;
 
+use crate::frame;
 use crate::network::NetworkStats;
 use crate::port::{Port, PortId};
 use crate::time::{Duration, Instant};
@@ -88,11 +89,14 @@ pub(crate) struct Key(u64);
 const EMPTY: u64 = 0;
 
 impl Key {
-    #[inline]
     pub(crate) fn new(vlan: Option<VlanId>, mac: EthernetAddress) -> Key {
-        let [m0, m1, m2, m3, m4, m5] = mac.0;
-        let [v0, v1] = vlan.map_or(0, VlanId::get).to_be_bytes();
-        Key(u64::from_be_bytes([v0, v1, m0, m1, m2, m3, m4, m5]))
+        Key::of_bits(vlan, frame::mac_bits(mac))
+    }
+
+    /// The key of a MAC address given as a 48-bit number ([`frame::mac_bits`]).
+    #[inline]
+    pub(crate) fn of_bits(vlan: Option<VlanId>, mac: u64) -> Key {
+        Key(u64::from(vlan.map_or(0, VlanId::get)) << 48 | mac)
     }
 
     fn vlan(self) -> Option<VlanId> {
@@ -100,8 +104,7 @@ impl Key {
     }
 
     fn mac(self) -> EthernetAddress {
-        let [_, _, m0, m1, m2, m3, m4, m5] = self.0.to_be_bytes();
-        EthernetAddress([m0, m1, m2, m3, m4, m5])
+        frame::mac_of_bits(self.0)
     }
 }
 
@@ -526,8 +529,15 @@ impl Fdb {
     #[inline]
     fn sync(&self, view: &mut View) {
         if view.table.epoch.load(Acquire) != view.epoch {
-            *view = self.view(view.now);
+            self.reload(view);
         }
+    }
+
+    /// The reload of [`sync`](Self::sync) (out of line: the epoch rarely moves).
+    #[cold]
+    #[inline(never)]
+    fn reload(&self, view: &mut View) {
+        *view = self.view(view.now);
     }
 
     /// [`learn`](Self::learn) for the next frame of `view`'s batch: a key the batch learned

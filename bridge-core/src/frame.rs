@@ -1,13 +1,15 @@
 //! A total, allocation-free classifier for Ethernet frames.
 //!
-//! [`L2Meta::parse`] reads what the switch needs (addresses, an optional 802.1Q tag, the
-//! EtherType and where L3 starts); [`FrameMeta::parse`] adds the IP protocol, the L4 offset and
+//! [`L2Meta::parse`] reads the layer-2 facts (addresses, an optional 802.1Q tag, the EtherType
+//! and where L3 starts; the switch reads them as a `MacHeader`, its addresses as 48-bit numbers);
+//! [`FrameMeta::parse`] adds the IP protocol, the L4 offset and
 //! the TCP/UDP ports for the conntrack and policy stages. Both accept any byte sequence: headers
 //! that are truncated or inconsistent beyond the Ethernet header leave the later fields `None`
 //! rather than failing.
 
 use smoltcp::wire::{
     EthernetAddress, EthernetProtocol, IpProtocol, Ipv4Packet, Ipv6Packet, TcpPacket, UdpPacket,
+    ETHERNET_HEADER_LEN,
 };
 
 use crate::vlan::{self, Tci};
@@ -40,29 +42,74 @@ pub struct L2Meta {
 
 impl L2Meta {
     /// Reads the Ethernet header and an optional 802.1Q tag.
-    ///
-    /// Inlined: the switch reads the result straight from registers (returned through memory,
-    /// its fields are stored bytewise and loaded wider, a store-forwarding stall per frame).
     #[inline]
     pub fn parse(frame: &[u8]) -> Result<L2Meta, Error> {
-        // The addresses are copied as they are (smoltcp's EthernetFrame view would check each
-        // by slice).
-        let (header, payload) = frame
-            .split_first_chunk::<{ smoltcp::wire::ETHERNET_HEADER_LEN }>()
-            .ok_or(Error::TooShort)?;
-        let [d0, d1, d2, d3, d4, d5, s0, s1, s2, s3, s4, s5, t0, t1] = *header;
-        let mut meta = L2Meta {
-            dst: EthernetAddress([d0, d1, d2, d3, d4, d5]),
-            src: EthernetAddress([s0, s1, s2, s3, s4, s5]),
-            tci: None,
-            ethertype: EthernetProtocol::from(u16::from_be_bytes([t0, t1])),
-            l3_offset: smoltcp::wire::ETHERNET_HEADER_LEN as u16,
+        let header = MacHeader::parse(frame)?;
+        let tag_len = if header.tci.is_some() {
+            vlan::HEADER_LEN
+        } else {
+            0
         };
-        if meta.ethertype == EthernetProtocol::Unknown(vlan::TPID) {
+        Ok(L2Meta {
+            dst: mac_of_bits(header.dst),
+            src: mac_of_bits(header.src),
+            tci: header.tci,
+            ethertype: EthernetProtocol::from(header.ethertype),
+            l3_offset: (ETHERNET_HEADER_LEN + tag_len) as u16,
+        })
+    }
+}
+
+/// The bit of a MAC address as a number ([`mac_bits`]) that marks a group address.
+pub(crate) const GROUP_BIT: u64 = 1 << 40;
+
+/// A MAC address as a 48-bit number, its first byte highest.
+pub(crate) fn mac_bits(mac: EthernetAddress) -> u64 {
+    let [m0, m1, m2, m3, m4, m5] = mac.0;
+    u64::from_be_bytes([0, 0, m0, m1, m2, m3, m4, m5])
+}
+
+/// The MAC address of a 48-bit number ([`mac_bits`]; higher bits are ignored).
+pub(crate) fn mac_of_bits(bits: u64) -> EthernetAddress {
+    let [_, _, m0, m1, m2, m3, m4, m5] = bits.to_be_bytes();
+    EthernetAddress([m0, m1, m2, m3, m4, m5])
+}
+
+/// The Ethernet header as the switch reads it: the addresses as 48-bit numbers
+/// ([`mac_bits`]), read with two 8-byte loads and tested and combined in registers, and the
+/// 802.1Q tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MacHeader {
+    pub(crate) dst: u64,
+    pub(crate) src: u64,
+    /// The outer 802.1Q tag, if any.
+    pub(crate) tci: Option<Tci>,
+    /// The EtherType of the payload (inside the tag, if any).
+    pub(crate) ethertype: u16,
+}
+
+impl MacHeader {
+    /// Reads the Ethernet header and an optional 802.1Q tag. Inlined: the switch reads the
+    /// result straight from registers.
+    #[inline]
+    pub(crate) fn parse(frame: &[u8]) -> Result<MacHeader, Error> {
+        let (header, payload) = frame
+            .split_first_chunk::<ETHERNET_HEADER_LEN>()
+            .ok_or(Error::TooShort)?;
+        // Bytes 0..8 (destination and two of the source) and 6..14 (source and EtherType).
+        let (first, _) = header.split_first_chunk::<8>().ok_or(Error::TooShort)?;
+        let (_, last) = header.split_last_chunk::<8>().ok_or(Error::TooShort)?;
+        let (first, last) = (u64::from_be_bytes(*first), u64::from_be_bytes(*last));
+        let mut meta = MacHeader {
+            dst: first >> 16,
+            src: last >> 16,
+            tci: None,
+            ethertype: last as u16,
+        };
+        if meta.ethertype == vlan::TPID {
             let tag = vlan::Packet::new_checked(payload).map_err(|_| Error::TruncatedTag)?;
             meta.tci = Some(tag.tci());
-            meta.ethertype = tag.ethertype();
-            meta.l3_offset += vlan::HEADER_LEN as u16;
+            meta.ethertype = u16::from(tag.ethertype());
         }
         Ok(meta)
     }

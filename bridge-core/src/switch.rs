@@ -18,7 +18,7 @@ use smoltcp::wire::EthernetAddress;
 use crate::counters::{DropReason, PortCounters, PortStats};
 use crate::egress::Egress;
 use crate::fdb::{self, FdbEntry, Key, Learn};
-use crate::frame::{self, L2Meta};
+use crate::frame::{self, MacHeader};
 use crate::network::{LimitAction, Network, NetworkConfig, NetworkId, NetworkStats};
 use crate::port::{IngressTag, Port, PortConfig, PortId};
 use crate::time::Instant;
@@ -177,13 +177,14 @@ fn put<T>(slots: &mut Vec<Option<T>>, index: usize, value: T) {
     }
 }
 
-/// Whether `mac` is a reserved IEEE 802.1D group address (01:80:c2:00:00:00..0f), which
-/// bridges never forward.
-fn is_link_local(mac: EthernetAddress) -> bool {
-    mac.0[..5] == [0x01, 0x80, 0xc2, 0x00, 0x00] && mac.0[5] & 0xf0 == 0
+/// Whether `mac` ([`frame::mac_bits`]) is a reserved IEEE 802.1D group address
+/// (01:80:c2:00:00:00..0f), which bridges never forward.
+fn is_link_local(mac: u64) -> bool {
+    mac & !0xf == 0x0180_c200_0000
 }
 
 /// The tag action for a frame of `vlan` (arrived with `tag`) leaving through `port`.
+#[inline]
 fn egress_for(port: &Port, vlan: Option<VlanId>, tag: IngressTag) -> Option<Egress> {
     match vlan {
         None => Some(Egress::AsIs),
@@ -245,20 +246,20 @@ impl Switch {
     fn decide(
         topology: &Topology,
         port: &Arc<Port>,
-        l2: &L2Meta,
+        header: &MacHeader,
         fdb: Option<&mut fdb::View>,
     ) -> Decision {
         let drop = Decision::Drop;
         if !port.is_up() {
             return drop(DropReason::PortDown);
         }
-        if l2.src.is_multicast() {
+        if header.src & frame::GROUP_BIT != 0 {
             return drop(DropReason::SourceMulticast);
         }
-        if l2.src.0 == [0; 6] {
+        if header.src == 0 {
             return drop(DropReason::SourceZero);
         }
-        if is_link_local(l2.dst) {
+        if is_link_local(header.dst) {
             return drop(DropReason::LinkLocal);
         }
         let (Some(slot), Some(view)) = (topology.network(port.network), fdb) else {
@@ -267,14 +268,14 @@ impl Switch {
         };
         let network = &slot.network;
         let (vlan, tag) = if network.config.vlan_filtering {
-            match port.config.vlan.ingress(l2.tci) {
+            match port.config.vlan.ingress(header.tci) {
                 Some((vlan, tag)) => (Some(vlan), tag),
                 None => return drop(DropReason::VlanNotAllowed),
             }
         } else {
             (None, IngressTag::Untagged)
         };
-        let src = Key::new(vlan, l2.src);
+        let src = Key::of_bits(vlan, header.src);
         match network.fdb.learn_in(view, src, port, &topology.ports) {
             Learn::Known | Learn::Added | Learn::Moved => {}
             Learn::SpoofedStatic => return drop(DropReason::SpoofedStatic),
@@ -285,21 +286,21 @@ impl Switch {
                 }
             }
         }
-        let flood = Decision::Flood(Flood {
-            network: port.network,
-            ingress: port.id,
-            vlan,
-            tag,
-        });
-        if l2.dst.is_multicast() {
-            return flood;
+        let flood = || {
+            Decision::Flood(Flood {
+                network: port.network,
+                ingress: port.id,
+                vlan,
+                tag,
+            })
+        };
+        if header.dst & frame::GROUP_BIT != 0 {
+            return flood();
         }
-        let dst = match network
-            .fdb
-            .lookup_in(view, Key::new(vlan, l2.dst), &topology.ports)
-        {
+        let dst = Key::of_bits(vlan, header.dst);
+        let dst = match network.fdb.lookup_in(view, dst, &topology.ports) {
             Some(dst) if dst.network == port.network => dst,
-            _ => return flood,
+            _ => return flood(),
         };
         if Arc::ptr_eq(dst, port) {
             return drop(DropReason::Hairpin);
@@ -570,8 +571,8 @@ impl IngressBatch<'_> {
         };
         self.rx_frames += 1;
         self.rx_bytes += len as u64;
-        let decision = match L2Meta::parse(head) {
-            Ok(l2) => Switch::decide(&self.topology, port, &l2, self.fdb.as_mut()),
+        let decision = match MacHeader::parse(head) {
+            Ok(header) => Switch::decide(&self.topology, port, &header, self.fdb.as_mut()),
             Err(frame::Error::TooShort) => Decision::Drop(DropReason::TooShort),
             Err(frame::Error::TruncatedTag) => Decision::Drop(DropReason::Malformed),
         };
