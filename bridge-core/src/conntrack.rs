@@ -417,20 +417,21 @@ const IPV4_FRAG_OFFSET: u16 = 0x1fff;
 /// costs a call and a loop per header.
 #[inline]
 fn ipv4_header_checksum_ok(header: &[u8]) -> bool {
+    // Words in the machine's byte order: the one's complement sum of byte-swapped words is the
+    // byte-swapped sum (RFC 1071), and 0xffff is its own swap.
     let words = |h: &[u8]| -> u64 {
         h.chunks_exact(4)
-            .map(|w| u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]])))
+            .map(|w| u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
             .sum()
     };
     // At most 15 words of 32 bits: the sum cannot overflow 64 bits.
-    let mut sum = match header.first_chunk::<IPV4_HEADER_LEN>() {
+    let sum = match header.first_chunk::<IPV4_HEADER_LEN>() {
         Some(fixed) if header.len() == IPV4_HEADER_LEN => words(fixed),
         _ => words(header),
     };
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum == 0xffff
+    // Folding the carries back in keeps the sum modulo 0xffff (2^16 is 1) and ends in
+    // 1..=0xffff for a sum that is not 0: at 0xffff exactly when it is a multiple of 0xffff.
+    sum != 0 && sum % 0xffff == 0
 }
 
 /// ICMP header (type, code, checksum and the echo identifier and sequence, or the unused word

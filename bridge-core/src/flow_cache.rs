@@ -183,7 +183,13 @@ impl Slot {
     /// Whether the slot answers at `now` under `stamp`.
     #[inline]
     fn answers(&self, now: Instant, stamp: u16) -> bool {
-        self.key.kind != Key::EMPTY.kind && self.stamp == stamp && now < self.until
+        self.key.kind != Key::EMPTY.kind && self.is_current(now, stamp)
+    }
+
+    /// Whether the slot, if it holds a key, answers at `now` under `stamp`.
+    #[inline]
+    fn is_current(&self, now: Instant, stamp: u16) -> bool {
+        self.stamp == stamp && now < self.until
     }
 }
 
@@ -283,7 +289,8 @@ impl<V: Copy + PartialEq> FlowCache<V> {
             .get(key.set(self.sets.len()))?
             .0
             .iter()
-            .find(|s| s.key == key && s.answers(now, self.stamp))?;
+            // A packet's key is never EMPTY: a slot that holds it holds a key.
+            .find(|s| s.key == key && s.is_current(now, self.stamp))?;
         self.verdicts.get(usize::from(slot.verdict))
     }
 

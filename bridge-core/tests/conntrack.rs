@@ -586,6 +586,33 @@ proptest::proptest! {
 }
 
 #[test]
+fn the_header_checksum_is_accepted_exactly_where_smoltcp_accepts_it() {
+    // Every value of the checksum field, with and without options.
+    let frame = udp_frame(&route(GUEST, WAN), 40000, 80, b"query");
+    let mut with_options = vec![0u8; frame.len() - 14 + 4];
+    with_options[..20].copy_from_slice(&frame[14..34]);
+    with_options[20..24].copy_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+    with_options[24..].copy_from_slice(&frame[34..]);
+    let total_len = u16::try_from(with_options.len()).unwrap();
+    {
+        let mut ip = smoltcp::wire::Ipv4Packet::new_unchecked(&mut with_options[..]);
+        ip.set_header_len(24);
+        ip.set_total_len(total_len);
+    }
+    for mut packet in [frame[14..].to_vec(), with_options] {
+        let mut accepted = 0;
+        for sum in 0..=u16::MAX {
+            packet[10..12].copy_from_slice(&sum.to_be_bytes());
+            let right = smoltcp::wire::Ipv4Packet::new_unchecked(&packet[..]).verify_checksum();
+            let parsed = PacketMeta::parse_ipv4(1, &packet);
+            assert_eq!(parsed.is_ok(), right, "checksum {sum:#06x}");
+            accepted += usize::from(right);
+        }
+        assert!(accepted >= 1, "the right checksum is accepted");
+    }
+}
+
+#[test]
 fn the_header_checksum_is_verified_over_options_too() {
     // A header with one word of options (IHL 6), every single-bit error in it.
     let frame = udp_frame(&route(GUEST, WAN), 40000, 80, b"query");
