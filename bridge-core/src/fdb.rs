@@ -346,7 +346,8 @@ pub(crate) struct View {
     now: Instant,
     /// Sources learned (or found) on the batch's port since then.
     learned: Recent,
-    /// Destinations found since then (not expired), with their ports.
+    /// Destinations found since then (not expired), with their ports: only those that resolve
+    /// in the batch's topology.
     found: Recent,
 }
 
@@ -576,7 +577,8 @@ impl Fdb {
 
     /// The port `key` is reached through, unless unknown, expired or gone from `ports`, for the
     /// next frame of `view`'s batch: a key the batch found already is not looked up again.
-    /// Always inlined: out of line, its call and saved registers cost as much as the rest.
+    /// `ports` is the batch's topology snapshot, the same for every call on `view`. Always
+    /// inlined: out of line, its call and saved registers cost as much as the rest.
     #[inline(always)]
     pub(crate) fn lookup_in<'p>(
         &self,
@@ -587,18 +589,25 @@ impl Fdb {
         self.sync(view);
         let target = match view.found.get(key) {
             Some(target) => target,
-            None => self.find_first(view, key)?,
+            None => return self.find_first(view, key, ports),
         };
-        target.resolve(ports)
+        // It resolved in `ports` when it was found (the batch's topology), so it still does.
+        ports.get(target.port_id().0 as usize)?.as_ref()
     }
 
-    /// Looks up a destination the batch has not found yet and remembers it (out of line, as
-    /// [`learn_first`](Self::learn_first)).
+    /// Looks up a destination the batch has not found yet and remembers it if it resolves in
+    /// `ports` (out of line, as [`learn_first`](Self::learn_first)).
     #[inline(never)]
-    fn find_first(&self, view: &mut View, key: Key) -> Option<Target> {
+    fn find_first<'p>(
+        &self,
+        view: &mut View,
+        key: Key,
+        ports: &'p [Option<Arc<Port>>],
+    ) -> Option<&'p Arc<Port>> {
         let target = self.find_live(&view.table, view.now, key)?;
+        let port = target.resolve(ports)?;
         view.found.put(key, target);
-        Some(target)
+        Some(port)
     }
 
     /// The target of `key` unless unknown or expired at `now`.
