@@ -190,6 +190,30 @@ struct OutBufs {
     reply: Box<[u8]>,
 }
 
+impl OutBufs {
+    /// Remembers receive queue `ring` of port `dst` for one signal at the end of the batch;
+    /// `false` when too many are remembered (the caller signals it now).
+    fn remember(&mut self, dst: PortId, ring: usize) -> bool {
+        if !self.touched.contains(&(dst, ring)) {
+            if self.touched.len() == TOUCHED_MAX {
+                return false;
+            }
+            self.touched.push((dst, ring));
+        }
+        true
+    }
+
+    /// Releases the held receive queue, remembered for a signal at the end of the batch if it
+    /// got frames since its last signal.
+    fn let_go(&mut self, held: &mut Option<HeldRx<'_>>) {
+        if let Some(mut h) = held.take() {
+            if h.unsignalled && !self.remember(h.port, h.ring) {
+                h.notify();
+            }
+        }
+    }
+}
+
 impl Default for TxScratch {
     fn default() -> Self {
         TxScratch {
@@ -338,6 +362,8 @@ struct HeldRx<'p> {
     /// Frames and bytes delivered, not yet counted.
     frames: u64,
     bytes: u64,
+    /// Whether frames were delivered into it since it was last signalled.
+    unsignalled: bool,
 }
 
 impl HeldRx<'_> {
@@ -354,6 +380,7 @@ impl HeldRx<'_> {
     fn notify(&mut self) {
         self.count();
         self.vring.notify();
+        self.unsignalled = false;
     }
 }
 
@@ -426,11 +453,7 @@ impl<'a, 'p> Batch<'a, 'p> {
             ports: self.ports,
             held: self.held,
             src: self.port,
-            rx: &mut bufs.rx,
-            touched: &mut bufs.touched,
-            frame_buf: &mut bufs.frame,
-            egress_buf: &mut bufs.egress,
-            reply: &mut bufs.reply,
+            bufs,
             gathered: false,
             captures: self.captures,
             may_wait: false,
@@ -515,7 +538,7 @@ impl<'a, 'p> Batch<'a, 'p> {
         if let Some(c) = self.captures.filter(|c| c.wants(self.port.id())) {
             let mut out = self.out(&mut s.out);
             out.gather(&frame);
-            let bytes = &out.frame_buf[..frame.len];
+            let bytes = &out.bufs.frame[..frame.len];
             c.record(self.port.id(), capture::Direction::In, &[bytes]);
         }
         let decision = self.switch.borrow_mut().process_head(frame.head, frame.len);
@@ -613,12 +636,8 @@ struct Out<'a, 'p> {
     /// receive queue itself (host ports, a reject's answer to the sender).
     held: &'a RefCell<Option<HeldRx<'p>>>,
     src: &'a Port,
-    rx: &'a mut RxScratch,
-    touched: &'a mut Vec<(PortId, usize)>,
-    frame_buf: &'a mut [u8],
-    egress_buf: &'a mut [u8],
-    reply: &'a mut [u8],
-    /// Whether `frame_buf` holds the frame already (gathered for a first software delivery).
+    bufs: &'a mut OutBufs,
+    /// Whether `bufs.frame` holds the frame already (gathered for a first software delivery).
     gathered: bool,
     /// The captures, while any runs.
     captures: Option<&'a Captures>,
@@ -635,8 +654,8 @@ impl<'p> Out<'_, 'p> {
             Some(Some(Attachment::Host(host))) => {
                 self.release();
                 self.gather(frame);
-                let bytes = &self.frame_buf[..frame.len];
-                return host.deliver(&frame.vnet, bytes, egress, self.egress_buf);
+                let bytes = &self.bufs.frame[..frame.len];
+                return host.deliver(&frame.vnet, bytes, egress, &mut self.bufs.egress);
             }
             _ => return,
         };
@@ -658,7 +677,7 @@ impl<'p> Out<'_, 'p> {
         };
         let held = self.held;
         let mut held = held.borrow_mut();
-        let Some(h) = Self::hold(&mut held, port, dst, frame.pair) else {
+        let Some(h) = Self::hold(&mut held, self.bufs, port, dst, frame.pair) else {
             return port.counters().record(DeviceDrop::RxNotRunning);
         };
         let ring = h.ring;
@@ -666,7 +685,7 @@ impl<'p> Out<'_, 'p> {
         let mut asked = false;
         let delivered = loop {
             let result = if fits {
-                rx::deliver(&mut h.vring, &hdr, head, frame.rest(), self.rx).map(|n| {
+                rx::deliver(&mut h.vring, &hdr, head, frame.rest(), &mut self.bufs.rx).map(|n| {
                     h.frames += 1;
                     h.bytes += n as u64;
                     true
@@ -698,19 +717,12 @@ impl<'p> Out<'_, 'p> {
         if !delivered {
             return;
         }
+        h.unsignalled = true;
         if let Some(c) = self.captures.filter(|c| c.wants(dst)) {
             self.gather(frame);
-            if let Some(f) = egress.apply(&self.frame_buf[..frame.len]) {
+            if let Some(f) = egress.apply(&self.bufs.frame[..frame.len]) {
                 c.record(dst, capture::Direction::Out, &[f.head(), f.tail()]);
             }
-        }
-        if self.touched.contains(&(dst, ring)) {
-            return;
-        }
-        if self.touched.len() < TOUCHED_MAX {
-            self.touched.push((dst, ring));
-        } else {
-            h.notify();
         }
     }
 
@@ -718,6 +730,7 @@ impl<'p> Out<'_, 'p> {
     /// locked: the held one if it is that, else the held one is released and this one taken.
     fn hold<'h>(
         held: &'h mut Option<HeldRx<'p>>,
+        bufs: &mut OutBufs,
         port: &'p Port,
         dst: PortId,
         pair: usize,
@@ -727,7 +740,7 @@ impl<'p> Out<'_, 'p> {
             .is_some_and(|h| h.port == dst && h.pair == pair)
         {
             // Released first: only one receive queue is ever locked by a worker.
-            *held = None;
+            bufs.let_go(held);
             let (ring, vring) = port.rx_vring(pair)?;
             *held = Some(HeldRx {
                 port: dst,
@@ -737,14 +750,15 @@ impl<'p> Out<'_, 'p> {
                 vring,
                 frames: 0,
                 bytes: 0,
+                unsignalled: false,
             });
         }
         held.as_mut()
     }
 
     /// Releases the held receive queue (it is signalled at the end of the batch).
-    fn release(&self) {
-        self.held.borrow_mut().take();
+    fn release(&mut self) {
+        self.bufs.let_go(&mut self.held.borrow_mut());
     }
 
     /// Answers a rejected frame to its sender (a TCP RST or an ICMP port unreachable, where one
@@ -752,18 +766,16 @@ impl<'p> Out<'_, 'p> {
     fn reject(&mut self, frame: &TxFrame<'_>) {
         self.release();
         self.gather(frame);
-        let Ok(n) = reject_reply(&self.frame_buf[..frame.len], self.reply) else {
+        let bufs = &mut *self.bufs;
+        let Ok(n) = reject_reply(&bufs.frame[..frame.len], &mut bufs.reply) else {
             return;
         };
-        let (src, reply) = (self.src, &self.reply[..n]);
-        if let Some(ring) = rx::deliver_bytes(src, frame.pair, reply, Egress::AsIs, self.rx) {
-            if self.touched.contains(&(src.id(), ring)) {
-                return;
-            }
-            if self.touched.len() < TOUCHED_MAX {
-                self.touched.push((src.id(), ring));
-            } else if let Some(mut v) = src.device().vring(ring) {
-                v.notify();
+        let (src, reply) = (self.src, &bufs.reply[..n]);
+        if let Some(ring) = rx::deliver_bytes(src, frame.pair, reply, Egress::AsIs, &mut bufs.rx) {
+            if !bufs.remember(src.id(), ring) {
+                if let Some(mut v) = src.device().vring(ring) {
+                    v.notify();
+                }
             }
         }
     }
@@ -771,7 +783,8 @@ impl<'p> Out<'_, 'p> {
     /// Copies the frame (its copied head, then the rest) into `frame_buf`, once per frame.
     fn gather(&mut self, frame: &TxFrame<'_>) {
         if !self.gathered {
-            Reader::new(frame.head, &[], frame.rest()).read_local(&mut self.frame_buf[..frame.len]);
+            Reader::new(frame.head, &[], frame.rest())
+                .read_local(&mut self.bufs.frame[..frame.len]);
             self.gathered = true;
         }
     }
@@ -788,20 +801,21 @@ impl<'p> Out<'_, 'p> {
         port: &Port,
     ) -> Result<bool, RxError> {
         self.gather(frame);
-        let original = &self.frame_buf[..frame.len];
+        let bufs = &mut *self.bufs;
+        let original = &bufs.frame[..frame.len];
         let full = match egress {
             Egress::AsIs => original,
             _ => match egress
                 .apply(original)
-                .and_then(|f| f.copy_to(self.egress_buf))
+                .and_then(|f| f.copy_to(&mut bufs.egress))
             {
-                Some(n) => &self.egress_buf[..n],
+                Some(n) => &bufs.egress[..n],
                 None => return Ok(false),
             },
         };
         let mut delivered = false;
         let mut first_failed = None;
-        let result = rx::deliver_completed(rx, hdr, full, self.rx, |r| match r {
+        let result = rx::deliver_completed(rx, hdr, full, &mut bufs.rx, |r| match r {
             Ok(n) => {
                 port.switch_counters().record_tx(n);
                 delivered = true;
