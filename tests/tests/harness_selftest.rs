@@ -53,9 +53,9 @@ impl Loopback {
         }
     }
 
-    /// Moves frames from `tx` to `rx` while both have chains; returns how many. With
-    /// MRG_RXBUF a frame spans as many receive chains as it needs; without, it is cut to one.
-    /// Transmit chains it cannot read are returned unused.
+    /// Moves frames from `tx` to `rx` while both have chains; returns how many transmit chains
+    /// it took (moved, or returned unused: chains it cannot read). With MRG_RXBUF a frame spans
+    /// as many receive chains as it needs; without, it is cut to one.
     fn forward(&self, rx: &VringRwLock, tx: &VringRwLock) -> io::Result<usize> {
         let Some(atomic) = &self.mem else {
             return Ok(0);
@@ -81,6 +81,7 @@ impl Loopback {
                 // A chain it cannot read is dropped (an out-of-range head cannot even be
                 // returned).
                 let _ = tx.add_used(tx_head, 0);
+                moved += 1;
                 continue;
             }
             let mut writers = Vec::new();
