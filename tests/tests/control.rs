@@ -282,7 +282,7 @@ fn queues_show_each_vring_as_the_device_and_the_driver_see_it() {
     assert_eq!((s.next_avail, s.avail_seen, guest.avail_idx), (31, 31, 31));
     assert_eq!(guest.avail_idx, a.vring(1).avail_idx());
     assert_eq!((s.next_used, guest.used_idx), (31, 31));
-    assert_eq!(guest.used_idx, a.vring(1).used_idx(a.memory()).unwrap());
+    assert_eq!(guest.used_idx, a.vring(1).used_idx().unwrap());
     // a received b's broadcast: one receive buffer used, the rest still available.
     let rx = queue_of_port1(&lab, 0, |q| q.state.next_used == 1);
     let guest = rx.state.guest.unwrap();

@@ -3,8 +3,6 @@
 //! than their first bytes. Both publish once and kick at most once per call, and allocate
 //! nothing per frame.
 
-use vm_memory::{Address, Bytes};
-
 use super::net::{NetError, VirtioNet};
 use super::net_hdr::NetHdr;
 
@@ -21,8 +19,9 @@ impl VirtioNet {
     ) -> Result<(), NetError> {
         let index = self.tx_index(pair)?;
         let mut frame = vec![0u8; self.max_frame()];
-        let mut lengths = Vec::with_capacity(self.vrings[index].slots.len());
-        for (i, &slot) in self.vrings[index].slots.iter().enumerate() {
+        let slots = self.vrings[index].slots.len();
+        let mut lengths = Vec::with_capacity(slots);
+        for i in 0..slots {
             let len = fill(i, &mut frame);
             let Some(bytes) = frame.get(..len) else {
                 return Err(NetError::FrameTooLarge {
@@ -31,7 +30,7 @@ impl VirtioNet {
                 });
             };
             self.tx_descriptors(len)?;
-            self.write_tx_slot(index, slot, hdr, bytes)?;
+            self.write_tx_slot(index, i, hdr, bytes)?;
             lengths.push(len as u32);
         }
         self.vrings[index].prepared = lengths;
@@ -75,7 +74,7 @@ impl VirtioNet {
     ) -> Result<bool, NetError> {
         let index = self.tx_index(pair)?;
         self.reclaim(index)?;
-        let Ok((head, slot)) = self.next_tx_slot(index) else {
+        let Ok(head) = self.next_tx_head(index) else {
             return Ok(false);
         };
         let vring = &self.vrings[index];
@@ -91,10 +90,9 @@ impl VirtioNet {
         if self.tx_descriptors(len as usize)? > vring.ring.num_free() {
             return Ok(false);
         }
-        let at = slot.unchecked_add((self.hdr_len + offset) as u64);
-        self.mem
-            .mmap()
-            .write_slice(bytes, at)
+        vring.slots[usize::from(head)]
+            .block
+            .write_slice(bytes, self.hdr_len + offset)
             .map_err(|e| NetError::Queue {
                 vring: index,
                 source: e.into(),
@@ -129,7 +127,7 @@ impl VirtioNet {
     pub fn rx_pending(&self, pair: u16) -> Result<bool, NetError> {
         let index = self.rx_index(pair)?;
         let ring = &self.vrings[index].ring;
-        let used = ring.used_idx(&self.mem).map_err(|source| NetError::Queue {
+        let used = ring.used_idx().map_err(|source| NetError::Queue {
             vring: index,
             source,
         })?;

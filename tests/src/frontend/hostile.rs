@@ -193,7 +193,7 @@ pub fn write_hostile(
         }
         H::NextOutOfRange => one_with(addr, len, dir | next, Link::Index(size.wrapping_add(5))),
         H::HeadOutOfRange => {
-            ring.push_avail(mem, size.wrapping_add(7))?;
+            ring.push_avail(size.wrapping_add(7))?;
             return Ok(None);
         }
         H::WrongDirection => one(addr, len, if receive { 0 } else { write }).to_vec(),
@@ -257,7 +257,7 @@ pub fn write_hostile(
             one(table, DESCRIPTOR_SIZE as u32, indirect).to_vec()
         }
     };
-    Ok(Some(ring.add_raw(mem, &descs)?))
+    Ok(Some(ring.add_raw(&descs)?))
 }
 
 fn one_with(addr: u64, len: u32, flags: u16, next: Link) -> Vec<RawDescriptor> {
@@ -305,7 +305,7 @@ impl VirtioNet {
         // A hostile guest kicks whether or not the device asked for it.
         self.vrings[vring]
             .ring
-            .publish(&self.mem)
+            .publish()
             .map_err(queue_err(vring))?;
         self.kick(vring)?;
         Ok(head)
@@ -347,7 +347,7 @@ mod tests {
     fn post(chain: HostileChain) -> Seen {
         let (mut mem, mut ring, mut queue) = setup();
         write_hostile(&mut ring, &mut mem, chain, false, 12).unwrap();
-        ring.publish(&mem).unwrap();
+        ring.publish().unwrap();
         let popped = queue
             .pop_descriptor_chain(mem.mmap())
             .expect("a chain is available");

@@ -3,15 +3,20 @@
 //!
 //! All regions share one memfd, region `i` at file offset `i * region_size`, so a backend has to
 //! honour `mmap_offset`; the gaps between regions make a backend translate per region.
+//!
+//! The driver itself translates once: rings and buffers are [`MappedBlock`]s, resolved when they
+//! are allocated, so a load run's per-frame accesses skip `GuestMemoryMmap`'s region lookup.
 
 use std::ffi::CString;
 use std::io;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 use thiserror::Error;
 use vhost::VhostUserMemoryRegionInfo;
 use vm_memory::{
-    Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    Address, ByteValued, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion, MmapRegion, VolatileMemory, VolatileMemoryError, VolatileSlice,
 };
 
 use super::sys;
@@ -176,6 +181,80 @@ impl GuestMemory {
     pub fn size(&self) -> u64 {
         self.mmap.iter().map(|r| r.len()).sum()
     }
+
+    /// The `len` bytes at `addr`, resolved once to the mapping that holds them all.
+    pub fn block(&self, addr: GuestAddress, len: usize) -> Result<MappedBlock, MemoryError> {
+        let unmapped = || MemoryError::Unmapped(addr.raw_value());
+        let (region, offset) = self.mmap.to_region_addr(addr).ok_or_else(unmapped)?;
+        let mapping = region.get_mmap();
+        let offset = offset.raw_value() as usize;
+        mapping.get_slice(offset, len).map_err(|_| unmapped())?;
+        Ok(MappedBlock {
+            mapping,
+            offset,
+            len,
+        })
+    }
+}
+
+/// A block of guest memory resolved to its place in the mapping: accesses through it skip the
+/// guest-address translation, and fixed-size ones copy nothing through `memcpy`. The `Arc`
+/// keeps the mapping alive; offsets are relative to the block and checked against its length.
+#[derive(Clone, Debug)]
+pub struct MappedBlock {
+    mapping: Arc<MmapRegion>,
+    offset: usize,
+    len: usize,
+}
+
+impl MappedBlock {
+    /// Zeroes the block.
+    pub fn zero(&self) -> Result<(), VolatileMemoryError> {
+        self.write_slice(&vec![0; self.len], 0)
+    }
+
+    fn slice(&self) -> Result<VolatileSlice<'_>, VolatileMemoryError> {
+        self.mapping.get_slice(self.offset, self.len)
+    }
+
+    /// Reads the `T` at byte `at` with a fixed-size volatile load (no `memcpy`).
+    pub fn read_obj<T: ByteValued>(&self, at: usize) -> Result<T, VolatileMemoryError> {
+        Ok(self.slice()?.get_ref::<T>(at)?.load())
+    }
+
+    /// Writes `value` at byte `at` with a fixed-size volatile store (no `memcpy`).
+    pub fn write_obj<T: ByteValued>(&self, value: T, at: usize) -> Result<(), VolatileMemoryError> {
+        self.slice()?.get_ref::<T>(at)?.store(value);
+        Ok(())
+    }
+
+    /// Atomically loads the (aligned) `u16` at byte `at`.
+    pub fn load_u16(&self, at: usize, order: Ordering) -> Result<u16, VolatileMemoryError> {
+        Ok(self.slice()?.get_atomic_ref::<AtomicU16>(at)?.load(order))
+    }
+
+    /// Atomically stores `value` into the (aligned) `u16` at byte `at`.
+    pub fn store_u16(
+        &self,
+        value: u16,
+        at: usize,
+        order: Ordering,
+    ) -> Result<(), VolatileMemoryError> {
+        self.slice()?
+            .get_atomic_ref::<AtomicU16>(at)?
+            .store(value, order);
+        Ok(())
+    }
+
+    /// Fills `buf` from the bytes at `at`.
+    pub fn read_slice(&self, buf: &mut [u8], at: usize) -> Result<(), VolatileMemoryError> {
+        self.slice()?.read_slice(buf, at)
+    }
+
+    /// Writes `buf` at byte `at`.
+    pub fn write_slice(&self, buf: &[u8], at: usize) -> Result<(), VolatileMemoryError> {
+        self.slice()?.write_slice(buf, at)
+    }
 }
 
 #[cfg(test)]
@@ -220,6 +299,27 @@ mod tests {
             mem.alloc(0x2000, 1),
             Err(MemoryError::Exhausted { .. })
         ));
+    }
+
+    #[test]
+    fn block_accesses_stay_inside_it() {
+        let mut mem = GuestMemory::new(&MemoryLayout::default(), 0x10000).unwrap();
+        let addr = mem.alloc(64, 64).unwrap();
+        let block = mem.block(addr, 16).unwrap();
+        block.write_obj(0x1122_3344_u32, 4).unwrap();
+        let at = addr.unchecked_add(4);
+        assert_eq!(mem.mmap().read_obj::<u32>(at).unwrap(), 0x1122_3344);
+        block.store_u16(7, 2, Ordering::Release).unwrap();
+        assert_eq!(block.load_u16(2, Ordering::Acquire).unwrap(), 7);
+        assert!(block.read_obj::<u32>(13).is_err(), "past the block's end");
+        assert!(
+            block.store_u16(1, 3, Ordering::Relaxed).is_err(),
+            "misaligned"
+        );
+        // A span across a region's end, or in the gap after it, is no block.
+        let end = mem.region_start(0).unchecked_add(mem.region_size());
+        assert!(mem.block(end.unchecked_sub(8), 16).is_err());
+        assert!(mem.block(end, 1).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! | [`hostile`] | [`HostileChain`](hostile::HostileChain): descriptor chains a guest must not post, to check a backend drops them |
 //! | [`connection`] | [`Role`](connection::Role) (connect or listen), [`Connection`](connection::Connection): the `vhost` crate's `Frontend` plus message-level requests it refuses, with a log of every request |
 //! | [`virtqueue`] | [`SplitQueue`](virtqueue::SplitQueue), the driver side of a split ring, EVENT_IDX both ways |
-//! | [`memory`] | [`GuestMemory`](memory::GuestMemory): memfd-backed regions with gaps, a bump allocator |
+//! | [`memory`] | [`GuestMemory`](memory::GuestMemory): memfd-backed regions with gaps, a bump allocator; [`MappedBlock`](memory::MappedBlock), a block resolved once to its mapping (rings, buffers) |
 //! | [`net_hdr`] | [`NetHdr`](net_hdr::NetHdr), the virtio-net header (10 or 12 bytes) |
 //! | [`frames`] | numbered test frames; TCP segments with complete, partial (CSUM) or TSO checksum state, and [`check_tcp`](frames::check_tcp) for what arrives |
 //! | [`features`] | feature bit masks |

@@ -10,20 +10,21 @@
 //! uses slot `i` of its queue, so no bookkeeping is allocated on the datapath.
 
 use std::io;
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::VringConfigData;
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Address, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::connection::{Connection, ConnectionError, Endpoint, Role};
 use super::features;
 use super::hostile::HostileError;
-use super::memory::{GuestMemory, MemoryError, MemoryLayout};
+use super::memory::{GuestMemory, MappedBlock, MemoryError, MemoryLayout};
 use super::net_hdr::{NetHdr, HDR_LEN, LEGACY_HDR_LEN};
 use super::replay::{self, FrontendKind};
 use super::virtqueue::{QueueError, Segment, SplitQueue, Used};
@@ -313,12 +314,19 @@ impl Notifiers {
     }
 }
 
+/// A buffer of a vring: where it is in guest memory, and the same bytes resolved once.
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) addr: GuestAddress,
+    pub(super) block: MappedBlock,
+}
+
 /// Driver state of one vring.
 #[derive(Debug)]
 pub(super) struct Vring {
     pub(super) ring: SplitQueue,
     /// Buffer memory per descriptor index.
-    pub(super) slots: Vec<GuestAddress>,
+    pub(super) slots: Vec<Slot>,
     /// Indirect table memory per descriptor index (transmit vrings).
     tables: Vec<GuestAddress>,
     /// Per descriptor index: the head of a hostile chain in flight.
@@ -408,7 +416,9 @@ impl VirtioNet {
             let mut slots = Vec::with_capacity(usize::from(options.queue_size));
             let mut tables = Vec::new();
             for _ in 0..options.queue_size {
-                slots.push(mem.alloc(u64::from(size), 64)?);
+                let addr = mem.alloc(u64::from(size), 64)?;
+                let block = mem.block(addr, size as usize)?;
+                slots.push(Slot { addr, block });
                 if transmit {
                     tables.push(mem.alloc(MAX_INDIRECT as u64 * 16, 16)?);
                 }
@@ -555,7 +565,7 @@ impl VirtioNet {
         self.reclaim(vring)?;
         self.queue_frame(vring, &NetHdr::plain(), frame)?;
         let ring = &mut self.vrings[vring].ring;
-        ring.publish(&self.mem).map_err(queue_err(vring))?;
+        ring.publish().map_err(queue_err(vring))?;
         Ok(())
     }
 
@@ -594,7 +604,7 @@ impl VirtioNet {
         Ok(vring
             .slots
             .iter()
-            .map(|s| s.unchecked_add(hdr_len))
+            .map(|s| s.addr.unchecked_add(hdr_len))
             .collect())
     }
 
@@ -718,7 +728,7 @@ impl VirtioNet {
     /// Publishes what was made available on vring `index` and kicks if the device asks.
     pub(super) fn publish(&mut self, index: usize) -> Result<(), NetError> {
         let ring = &mut self.vrings[index].ring;
-        if ring.publish(&self.mem).map_err(queue_err(index))? {
+        if ring.publish().map_err(queue_err(index))? {
             self.kick(index)?;
         }
         Ok(())
@@ -749,7 +759,7 @@ impl VirtioNet {
             let Some(head) = vring.ring.next_head() else {
                 break;
             };
-            let base = vring.slots[usize::from(head)];
+            let base = vring.slots[usize::from(head)].addr;
             self.segments.clear();
             let seg = self
                 .options
@@ -767,10 +777,7 @@ impl VirtioNet {
                 });
                 offset += len;
             }
-            vring
-                .ring
-                .add(&self.mem, &self.segments)
-                .map_err(queue_err)?;
+            vring.ring.add(&self.segments).map_err(queue_err)?;
         }
         self.publish(index)
     }
@@ -778,10 +785,7 @@ impl VirtioNet {
     /// Suppresses the device's calls for vring `index`.
     pub(super) fn disable_notification(&mut self, index: usize) -> Result<(), NetError> {
         let vring = &mut self.vrings[index];
-        vring
-            .ring
-            .disable_notification(&self.mem)
-            .map_err(queue_err(index))
+        vring.ring.disable_notification().map_err(queue_err(index))
     }
 
     /// Reads the calls pending on vring `index` into its counters.
@@ -800,7 +804,7 @@ impl VirtioNet {
         for &index in vrings {
             let pending = self.vrings[index]
                 .ring
-                .enable_notification(&self.mem)
+                .enable_notification()
                 .map_err(queue_err(index))?;
             if pending {
                 self.disable_all(vrings)?;
@@ -848,10 +852,7 @@ impl VirtioNet {
     }
 
     fn pop_used(&mut self, index: usize) -> Result<Option<Used>, NetError> {
-        self.vrings[index]
-            .ring
-            .pop_used(&self.mem)
-            .map_err(queue_err(index))
+        self.vrings[index].ring.pop_used().map_err(queue_err(index))
     }
 
     /// If `used` returns a hostile chain, records it and returns true.
@@ -894,47 +895,48 @@ impl VirtioNet {
 
     /// Writes one frame into the transmit slot of the next head and makes it available.
     fn queue_frame(&mut self, index: usize, hdr: &NetHdr, frame: &[u8]) -> Result<(), NetError> {
-        let (_, slot) = self.next_tx_slot(index)?;
+        let head = self.next_tx_head(index)?;
         // The slot no longer holds the frame prepared for it.
         self.vrings[index].prepared.clear();
-        self.write_tx_slot(index, slot, hdr, frame)?;
+        self.write_tx_slot(index, usize::from(head), hdr, frame)?;
         self.add_tx_chain(index, frame.len() as u32)
     }
 
-    /// The next head of transmit vring `index` and its slot.
-    pub(super) fn next_tx_slot(&self, index: usize) -> Result<(u16, GuestAddress), NetError> {
-        let vring = &self.vrings[index];
-        let head = vring
+    /// The next head of transmit vring `index` (its slot is the frame's).
+    pub(super) fn next_tx_head(&self, index: usize) -> Result<u16, NetError> {
+        self.vrings[index]
             .ring
             .next_head()
-            .ok_or_else(|| queue_err(index)(QueueError::Full { needed: 1, free: 0 }))?;
-        Ok((head, vring.slots[usize::from(head)]))
+            .ok_or_else(|| queue_err(index)(QueueError::Full { needed: 1, free: 0 }))
     }
 
     /// Writes `hdr` and `frame` into transmit slot `slot` of vring `index`.
     pub(super) fn write_tx_slot(
         &self,
         index: usize,
-        slot: GuestAddress,
+        slot: usize,
         hdr: &NetHdr,
         frame: &[u8],
     ) -> Result<(), NetError> {
         let queue_err = queue_err(index);
         let mut hdr_bytes = [0u8; HDR_LEN];
         hdr.encode(&mut hdr_bytes[..self.hdr_len]);
-        let m = self.mem.mmap();
-        m.write_slice(&hdr_bytes[..self.hdr_len], slot)
+        let block = &self.vrings[index].slots[slot].block;
+        block
+            .write_slice(&hdr_bytes[..self.hdr_len], 0)
             .map_err(|e| queue_err(e.into()))?;
-        let data = slot.unchecked_add(self.hdr_len as u64);
-        m.write_slice(frame, data).map_err(|e| queue_err(e.into()))
+        block
+            .write_slice(frame, self.hdr_len)
+            .map_err(|e| queue_err(e.into()))
     }
 
     /// Makes the frame of `len` bytes in the transmit slot of the next head available, laid out
     /// as the options say.
     pub(super) fn add_tx_chain(&mut self, index: usize, len: u32) -> Result<(), NetError> {
         let queue_err = queue_err(index);
-        let (head, slot) = self.next_tx_slot(index)?;
+        let head = self.next_tx_head(index)?;
         let vring = &mut self.vrings[index];
+        let slot = vring.slots[usize::from(head)].addr;
         let data = slot.unchecked_add(self.hdr_len as u64);
         let layout = self.options.tx_layout;
         self.segments.clear();
@@ -974,10 +976,7 @@ impl VirtioNet {
                 .add_indirect(&self.mem, table, &self.segments)
                 .map_err(queue_err)?;
         } else {
-            vring
-                .ring
-                .add(&self.mem, &self.segments)
-                .map_err(queue_err)?;
+            vring.ring.add(&self.segments).map_err(queue_err)?;
         }
         vring.stats.frames += 1;
         vring.stats.bytes += u64::from(len);
@@ -1016,12 +1015,10 @@ impl VirtioNet {
             }
         };
         let mut len = self.check_used(index, first, self.hdr_len)?;
-        let limit = limit.saturating_add(self.hdr_len);
-        let mut read = len.min(limit);
+        let hdr = self.read_hdr(index, first.head)?;
+        let mut read = (len - self.hdr_len).min(limit);
         self.scratch.resize(read, 0);
-        let slot = self.vrings[index].slots[usize::from(first.head)];
-        self.read_slot(index, slot, 0, read)?;
-        let hdr = NetHdr::decode(&self.scratch[..self.hdr_len]);
+        self.read_slot(index, first.head, self.hdr_len, 0..read)?;
         if self.negotiated.has(features::MRG_RXBUF) {
             // The clock is read only once a buffer is late (not per frame: a load run's cost).
             let mut deadline = None;
@@ -1046,8 +1043,7 @@ impl VirtioNet {
                 let wanted = more.min(limit - read);
                 if wanted > 0 {
                     self.scratch.resize(read + wanted, 0);
-                    let slot = self.vrings[index].slots[usize::from(used.head)];
-                    self.read_slot(index, slot, read, wanted)?;
+                    self.read_slot(index, used.head, 0, read..read + wanted)?;
                     read += wanted;
                 }
                 len += more;
@@ -1064,7 +1060,7 @@ impl VirtioNet {
         let stats = &mut self.vrings[index].stats;
         stats.frames += 1;
         stats.bytes += (len - self.hdr_len) as u64;
-        sink(&hdr, len - self.hdr_len, &self.scratch[self.hdr_len..read]);
+        sink(&hdr, len - self.hdr_len, &self.scratch[..read]);
         Ok(true)
     }
 
@@ -1081,16 +1077,34 @@ impl VirtioNet {
         Ok(used.len as usize)
     }
 
+    /// The virtio-net header of the frame in receive slot `head` of vring `index`, read with
+    /// one fixed-size load.
+    fn read_hdr(&self, index: usize, head: u16) -> Result<NetHdr, NetError> {
+        let block = &self.vrings[index].slots[usize::from(head)].block;
+        let hdr = if self.hdr_len == HDR_LEN {
+            block
+                .read_obj::<[u8; HDR_LEN]>(0)
+                .map(|b| NetHdr::decode(&b))
+        } else {
+            block
+                .read_obj::<[u8; LEGACY_HDR_LEN]>(0)
+                .map(|b| NetHdr::decode(&b))
+        };
+        hdr.map_err(|e| queue_err(index)(e.into()))
+    }
+
+    /// Copies the bytes from `at` in receive slot `head` of vring `index` into `to` of the
+    /// scratch buffer.
     fn read_slot(
         &mut self,
         index: usize,
-        slot: GuestAddress,
+        head: u16,
         at: usize,
-        len: usize,
+        to: Range<usize>,
     ) -> Result<(), NetError> {
-        self.mem
-            .mmap()
-            .read_slice(&mut self.scratch[at..at + len], slot)
+        self.vrings[index].slots[usize::from(head)]
+            .block
+            .read_slice(&mut self.scratch[to], at)
             .map_err(|e| queue_err(index)(e.into()))
     }
 

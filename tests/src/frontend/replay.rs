@@ -333,7 +333,7 @@ impl VirtioNet {
     pub fn reset(&mut self) -> Result<(), NetError> {
         self.stop()?;
         for (index, vring) in self.vrings.iter_mut().enumerate() {
-            vring.ring.reset(&self.mem).map_err(queue_err(index))?;
+            vring.ring.reset().map_err(queue_err(index))?;
             vring.hostile.fill(false);
             vring.hostile_in_flight = 0;
             vring.saved_base = 0;
@@ -358,7 +358,7 @@ impl VirtioNet {
         )?;
         if self.options.frontend == FrontendKind::Qemu {
             for (index, vring) in self.vrings.iter_mut().enumerate() {
-                vring.saved_base = vring.ring.used_idx(&self.mem).map_err(queue_err(index))?;
+                vring.saved_base = vring.ring.used_idx().map_err(queue_err(index))?;
             }
         }
         self.start()

@@ -16,9 +16,9 @@ use virtio_bindings::virtio_ring::{
     VRING_USED_F_NO_NOTIFY,
 };
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress, VolatileMemoryError};
 
-use super::memory::{GuestMemory, MemoryError};
+use super::memory::{GuestMemory, MappedBlock, MemoryError};
 
 /// Bytes per descriptor.
 pub const DESCRIPTOR_SIZE: u64 = 16;
@@ -115,6 +115,12 @@ impl From<vm_memory::GuestMemoryError> for QueueError {
     }
 }
 
+impl From<VolatileMemoryError> for QueueError {
+    fn from(e: VolatileMemoryError) -> Self {
+        QueueError::Memory(e.into())
+    }
+}
+
 /// Guest-physical addresses of a queue's three parts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingAddresses {
@@ -131,6 +137,10 @@ pub struct RingAddresses {
 pub struct SplitQueue {
     size: u16,
     rings: RingAddresses,
+    /// The three rings, resolved once to the mapping that holds them.
+    desc: MappedBlock,
+    avail: MappedBlock,
+    used: MappedBlock,
     event_idx: bool,
     /// Free descriptor indices, used as a stack.
     free: Vec<u16>,
@@ -153,19 +163,16 @@ impl SplitQueue {
         if !size.is_power_of_two() || size > 32768 {
             return Err(QueueError::Size(size));
         }
-        let n = u64::from(size);
-        let desc = mem
-            .alloc(n * DESCRIPTOR_SIZE, RING_ALIGN)
-            .map_err(QueueError::Alloc)?;
-        let avail = mem
-            .alloc(6 + 2 * n, RING_ALIGN)
-            .map_err(QueueError::Alloc)?;
-        let used = mem
-            .alloc(6 + 8 * n, RING_ALIGN)
-            .map_err(QueueError::Alloc)?;
+        let n = usize::from(size);
+        let (desc, desc_block) = alloc_ring(mem, n * DESCRIPTOR_SIZE as usize)?;
+        let (avail, avail_block) = alloc_ring(mem, 6 + 2 * n)?;
+        let (used, used_block) = alloc_ring(mem, 6 + 8 * n)?;
         let mut queue = SplitQueue {
             size,
             rings: RingAddresses { desc, avail, used },
+            desc: desc_block,
+            avail: avail_block,
+            used: used_block,
             event_idx: false,
             free: Vec::with_capacity(size.into()),
             next: vec![0; size.into()],
@@ -175,17 +182,15 @@ impl SplitQueue {
             published_idx: 0,
             last_used: 0,
         };
-        queue.reset(mem)?;
+        queue.reset()?;
         Ok(queue)
     }
 
     /// Zeroes the rings and forgets every chain in flight, as a driver does at device reset.
-    pub fn reset(&mut self, mem: &GuestMemory) -> Result<(), QueueError> {
-        let n = usize::from(self.size);
-        let m = mem.mmap();
-        m.write_slice(&vec![0; n * DESCRIPTOR_SIZE as usize], self.rings.desc)?;
-        m.write_slice(&vec![0; 6 + 2 * n], self.rings.avail)?;
-        m.write_slice(&vec![0; 6 + 8 * n], self.rings.used)?;
+    pub fn reset(&mut self) -> Result<(), QueueError> {
+        for ring in [&self.desc, &self.avail, &self.used] {
+            ring.zero()?;
+        }
         self.free.clear();
         self.free.extend((0..self.size).rev());
         self.chain_len.fill(0);
@@ -237,10 +242,8 @@ impl SplitQueue {
     }
 
     /// The used index the device last published.
-    pub fn used_idx(&self, mem: &GuestMemory) -> Result<u16, QueueError> {
-        Ok(mem
-            .mmap()
-            .load(self.rings.used.unchecked_add(2), Ordering::Acquire)?)
+    pub fn used_idx(&self) -> Result<u16, QueueError> {
+        Ok(self.used.load_u16(2, Ordering::Acquire)?)
     }
 
     /// The head the next chain made available gets, if a descriptor is free.
@@ -249,7 +252,7 @@ impl SplitQueue {
     }
 
     /// Makes a chain of `segments` available (not yet published); returns its head.
-    pub fn add(&mut self, mem: &GuestMemory, segments: &[Segment]) -> Result<u16, QueueError> {
+    pub fn add(&mut self, segments: &[Segment]) -> Result<u16, QueueError> {
         let head = self.take(segments.len())?;
         let mut index = head;
         for (i, seg) in segments.iter().enumerate() {
@@ -261,10 +264,10 @@ impl SplitQueue {
                 next = self.next[usize::from(index)];
             }
             let desc = Descriptor::new(seg.addr.raw_value(), seg.len, flags as u16, next);
-            self.write_descriptor(mem, index, desc)?;
+            self.write_descriptor(index, desc)?;
             index = next;
         }
-        self.push_avail(mem, head)?;
+        self.push_avail(head)?;
         Ok(head)
     }
 
@@ -297,17 +300,13 @@ impl SplitQueue {
             flags: VRING_DESC_F_INDIRECT as u16,
             next: Link::Following,
         };
-        self.add_raw(mem, &[raw])
+        self.add_raw(&[raw])
     }
 
     /// Makes available a chain written exactly as `descs` says; returns its head. The
     /// descriptors are taken from the free list and given back when the device returns the head,
     /// whatever their links say.
-    pub fn add_raw(
-        &mut self,
-        mem: &GuestMemory,
-        descs: &[RawDescriptor],
-    ) -> Result<u16, QueueError> {
+    pub fn add_raw(&mut self, descs: &[RawDescriptor]) -> Result<u16, QueueError> {
         let head = self.take(descs.len())?;
         let member = |k: usize| (0..k).fold(head, |index, _| self.next[usize::from(index)]);
         let mut index = head;
@@ -324,48 +323,49 @@ impl SplitQueue {
                 Link::Index(raw_index) => raw_index,
             };
             let desc = Descriptor::new(raw.addr, raw.len, raw.flags, next);
-            self.write_descriptor(mem, index, desc)?;
+            self.write_descriptor(index, desc)?;
             index = following;
         }
-        self.push_avail(mem, head)?;
+        self.push_avail(head)?;
         Ok(head)
     }
 
     /// Puts `head` in the next available-ring slot without taking any descriptor: for entries
     /// that name a descriptor the driver does not own (out of range, already in flight).
-    pub fn push_avail(&mut self, mem: &GuestMemory, head: u16) -> Result<(), QueueError> {
-        let slot = u64::from(self.avail_idx % self.size);
-        let at = self.rings.avail.unchecked_add(4 + 2 * slot);
-        mem.mmap().store(head, at, Ordering::Relaxed)?;
+    pub fn push_avail(&mut self, head: u16) -> Result<(), QueueError> {
+        let slot = usize::from(self.avail_idx % self.size);
+        self.avail
+            .store_u16(head, 4 + 2 * slot, Ordering::Relaxed)?;
         self.avail_idx = self.avail_idx.wrapping_add(1);
         Ok(())
     }
 
     /// Publishes the chains added since the last call (`avail->idx`) and says whether the device
     /// asked to be kicked for them.
-    pub fn publish(&mut self, mem: &GuestMemory) -> Result<bool, QueueError> {
+    pub fn publish(&mut self) -> Result<bool, QueueError> {
         let old = self.published_idx;
         let new = self.avail_idx;
         if old == new {
             return Ok(false);
         }
-        let m = mem.mmap();
-        m.store(new, self.rings.avail.unchecked_add(2), Ordering::Release)?;
+        self.avail.store_u16(new, 2, Ordering::Release)?;
         self.published_idx = new;
         // The index store must be visible before the device's suppression state is read.
         fence(Ordering::SeqCst);
         if self.event_idx {
-            let avail_event: u16 = m.load(self.avail_event_addr(), Ordering::Acquire)?;
+            let avail_event: u16 = self
+                .used
+                .load_u16(self.avail_event_at(), Ordering::Acquire)?;
             Ok(need_event(avail_event, new, old))
         } else {
-            let flags: u16 = m.load(self.rings.used, Ordering::Acquire)?;
+            let flags = self.used.load_u16(0, Ordering::Acquire)?;
             Ok(u32::from(flags) & VRING_USED_F_NO_NOTIFY == 0)
         }
     }
 
     /// Reaps one used element, freeing its chain's descriptors.
-    pub fn pop_used(&mut self, mem: &GuestMemory) -> Result<Option<Used>, QueueError> {
-        let used_idx = self.used_idx(mem)?;
+    pub fn pop_used(&mut self) -> Result<Option<Used>, QueueError> {
+        let used_idx = self.used_idx()?;
         if used_idx == self.last_used {
             return Ok(None);
         }
@@ -376,10 +376,11 @@ impl SplitQueue {
                 in_flight: self.in_flight,
             });
         }
-        let slot = u64::from(self.last_used % self.size);
-        let at = self.rings.used.unchecked_add(4 + 8 * slot);
-        let id = u32::from_le(mem.mmap().read_obj(at)?);
-        let used_len = u32::from_le(mem.mmap().read_obj(at.unchecked_add(4))?);
+        let slot = usize::from(self.last_used % self.size);
+        let [id, used_len] = self
+            .used
+            .read_obj::<[u32; 2]>(4 + 8 * slot)?
+            .map(u32::from_le);
         let len = match usize::try_from(id).ok().and_then(|i| self.chain_len.get(i)) {
             Some(&len) if len > 0 => len,
             _ => return Err(QueueError::BadUsedId { id }),
@@ -401,27 +402,28 @@ impl SplitQueue {
 
     /// Asks the device for a notification at its next used element; returns whether used
     /// elements are already pending (then the caller should reap instead of waiting).
-    pub fn enable_notification(&mut self, mem: &GuestMemory) -> Result<bool, QueueError> {
-        let m = mem.mmap();
+    pub fn enable_notification(&mut self) -> Result<bool, QueueError> {
         if self.event_idx {
-            m.store(self.last_used, self.used_event_addr(), Ordering::Release)?;
+            let at = self.used_event_at();
+            self.avail
+                .store_u16(self.last_used, at, Ordering::Release)?;
         } else {
-            m.store(0u16, self.rings.avail, Ordering::Release)?;
+            self.avail.store_u16(0, 0, Ordering::Release)?;
         }
         fence(Ordering::SeqCst);
-        Ok(self.used_idx(mem)? != self.last_used)
+        Ok(self.used_idx()? != self.last_used)
     }
 
     /// Asks the device not to notify for used elements.
-    pub fn disable_notification(&mut self, mem: &GuestMemory) -> Result<(), QueueError> {
-        let m = mem.mmap();
+    pub fn disable_notification(&mut self) -> Result<(), QueueError> {
         if self.event_idx {
             // An event index just behind what was reaped is crossed only after a full wrap.
             let behind = self.last_used.wrapping_sub(1);
-            m.store(behind, self.used_event_addr(), Ordering::Release)?;
+            self.avail
+                .store_u16(behind, self.used_event_at(), Ordering::Release)?;
         } else {
             let flags = VRING_AVAIL_F_NO_INTERRUPT as u16;
-            m.store(flags, self.rings.avail, Ordering::Release)?;
+            self.avail.store_u16(flags, 0, Ordering::Release)?;
         }
         Ok(())
     }
@@ -451,26 +453,32 @@ impl SplitQueue {
         Ok(head)
     }
 
-    fn write_descriptor(
-        &self,
-        mem: &GuestMemory,
-        index: u16,
-        desc: Descriptor,
-    ) -> Result<(), QueueError> {
-        let at = self
-            .rings
-            .desc
-            .unchecked_add(u64::from(index) * DESCRIPTOR_SIZE);
-        Ok(mem.mmap().write_obj(desc, at)?)
+    fn write_descriptor(&self, index: u16, desc: Descriptor) -> Result<(), QueueError> {
+        let at = usize::from(index) * DESCRIPTOR_SIZE as usize;
+        Ok(self.desc.write_obj(desc, at)?)
     }
 
-    fn used_event_addr(&self) -> GuestAddress {
-        self.rings.avail.unchecked_add(4 + 2 * u64::from(self.size))
+    /// Byte offset of `used_event` in the available ring.
+    fn used_event_at(&self) -> usize {
+        4 + 2 * usize::from(self.size)
     }
 
-    fn avail_event_addr(&self) -> GuestAddress {
-        self.rings.used.unchecked_add(4 + 8 * u64::from(self.size))
+    /// Byte offset of `avail_event` in the used ring.
+    fn avail_event_at(&self) -> usize {
+        4 + 8 * usize::from(self.size)
     }
+}
+
+/// Allocates a ring of `len` bytes and resolves it.
+fn alloc_ring(
+    mem: &mut GuestMemory,
+    len: usize,
+) -> Result<(GuestAddress, MappedBlock), QueueError> {
+    let addr = mem
+        .alloc(len as u64, RING_ALIGN)
+        .map_err(QueueError::Alloc)?;
+    let block = mem.block(addr, len).map_err(QueueError::Alloc)?;
+    Ok((addr, block))
 }
 
 /// The device side of `driver`'s rings as virtio-queue's `Queue`, the rust-vmm reference
@@ -538,12 +546,12 @@ mod tests {
     fn device_sees_the_chain_as_written() {
         let (mem, mut driver, mut device) = setup(8, false);
         let segs = [seg(0x1000_8000, 12, false), seg(0x1000_9000, 100, true)];
-        let head = driver.add(&mem, &segs).unwrap();
-        assert!(driver.publish(&mem).unwrap(), "no NO_NOTIFY flag: kick");
+        let head = driver.add(&segs).unwrap();
+        assert!(driver.publish().unwrap(), "no NO_NOTIFY flag: kick");
         assert_eq!(pop_chain(&mut device, &mem), (head, segs.to_vec()));
         device.add_used(mem.mmap(), head, 77).unwrap();
-        assert_eq!(driver.pop_used(&mem).unwrap(), Some(Used { head, len: 77 }));
-        assert_eq!(driver.pop_used(&mem).unwrap(), None);
+        assert_eq!(driver.pop_used().unwrap(), Some(Used { head, len: 77 }));
+        assert_eq!(driver.pop_used().unwrap(), None);
         assert_eq!(driver.num_free(), 8);
     }
 
@@ -554,7 +562,7 @@ mod tests {
         let segs = [seg(0x1000_8000, 10, false), seg(0x1000_8100, 60, false)];
         let head = driver.add_indirect(&mem, table, &segs).unwrap();
         assert_eq!(driver.num_free(), 3, "one descriptor for an indirect chain");
-        driver.publish(&mem).unwrap();
+        driver.publish().unwrap();
         assert_eq!(pop_chain(&mut device, &mem), (head, segs.to_vec()));
     }
 
@@ -562,14 +570,12 @@ mod tests {
     fn indices_wrap_around_u16() {
         let (mem, mut driver, mut device) = setup(4, true);
         for i in 0..70_000u32 {
-            let head = driver
-                .add(&mem, &[seg(0x1000_8000, i % 1000 + 1, true)])
-                .unwrap();
-            driver.publish(&mem).unwrap();
+            let head = driver.add(&[seg(0x1000_8000, i % 1000 + 1, true)]).unwrap();
+            driver.publish().unwrap();
             let chain = device.pop_descriptor_chain(mem.mmap()).unwrap();
             assert_eq!(chain.head_index(), head);
             device.add_used(mem.mmap(), head, i % 1000).unwrap();
-            let used = driver.pop_used(&mem).unwrap().unwrap();
+            let used = driver.pop_used().unwrap().unwrap();
             assert_eq!(
                 used,
                 Used {
@@ -587,18 +593,18 @@ mod tests {
         let (mem, mut driver, mut device) = setup(8, true);
         // The device asks for a kick at the next available entry.
         device.enable_notification(mem.mmap()).unwrap();
-        driver.add(&mem, &[seg(0x1000_8000, 1, false)]).unwrap();
-        assert!(driver.publish(&mem).unwrap());
+        driver.add(&[seg(0x1000_8000, 1, false)]).unwrap();
+        assert!(driver.publish().unwrap());
         // Until the device re-arms, avail_event stays at 0: no kick for entries 1 and 2.
-        driver.add(&mem, &[seg(0x1000_8000, 1, false)]).unwrap();
-        assert!(!driver.publish(&mem).unwrap());
-        driver.add(&mem, &[seg(0x1000_8000, 1, false)]).unwrap();
-        assert!(!driver.publish(&mem).unwrap());
+        driver.add(&[seg(0x1000_8000, 1, false)]).unwrap();
+        assert!(!driver.publish().unwrap());
+        driver.add(&[seg(0x1000_8000, 1, false)]).unwrap();
+        assert!(!driver.publish().unwrap());
         // The device drains and re-arms at its next_avail (3).
         while device.pop_descriptor_chain(mem.mmap()).is_some() {}
         device.enable_notification(mem.mmap()).unwrap();
-        driver.add(&mem, &[seg(0x1000_8000, 1, false)]).unwrap();
-        assert!(driver.publish(&mem).unwrap());
+        driver.add(&[seg(0x1000_8000, 1, false)]).unwrap();
+        assert!(driver.publish().unwrap());
     }
 
     #[test]
@@ -606,22 +612,22 @@ mod tests {
         let (mem, mut driver, mut device) = setup(8, true);
         let mut heads = Vec::new();
         for _ in 0..4 {
-            heads.push(driver.add(&mem, &[seg(0x1000_8000, 64, true)]).unwrap());
+            heads.push(driver.add(&[seg(0x1000_8000, 64, true)]).unwrap());
         }
-        driver.publish(&mem).unwrap();
-        driver.disable_notification(&mem).unwrap();
+        driver.publish().unwrap();
+        driver.disable_notification().unwrap();
         for &head in &heads[..2] {
             device.pop_descriptor_chain(mem.mmap()).unwrap();
             device.add_used(mem.mmap(), head, 1).unwrap();
             assert!(!device.needs_notification(mem.mmap()).unwrap());
         }
         assert!(
-            driver.enable_notification(&mem).unwrap(),
+            driver.enable_notification().unwrap(),
             "two used elements pending"
         );
-        driver.pop_used(&mem).unwrap().unwrap();
-        driver.pop_used(&mem).unwrap().unwrap();
-        assert!(!driver.enable_notification(&mem).unwrap());
+        driver.pop_used().unwrap().unwrap();
+        driver.pop_used().unwrap().unwrap();
+        assert!(!driver.enable_notification().unwrap());
         device.pop_descriptor_chain(mem.mmap()).unwrap();
         device.add_used(mem.mmap(), heads[2], 1).unwrap();
         assert!(device.needs_notification(mem.mmap()).unwrap());
@@ -631,22 +637,19 @@ mod tests {
     fn flags_suppress_without_event_idx() {
         let (mem, mut driver, mut device) = setup(8, false);
         device.disable_notification(mem.mmap()).unwrap();
-        driver.add(&mem, &[seg(0x1000_8000, 64, true)]).unwrap();
-        assert!(
-            !driver.publish(&mem).unwrap(),
-            "NO_NOTIFY set by the device"
-        );
+        driver.add(&[seg(0x1000_8000, 64, true)]).unwrap();
+        assert!(!driver.publish().unwrap(), "NO_NOTIFY set by the device");
         // virtio-queue ignores VRING_AVAIL_F_NO_INTERRUPT: check the flag word itself.
         let avail = driver.rings().avail;
         let avail_flags = |mem: &GuestMemory| mem.mmap().read_obj::<u16>(avail).unwrap();
-        driver.disable_notification(&mem).unwrap();
+        driver.disable_notification().unwrap();
         assert_eq!(avail_flags(&mem), VRING_AVAIL_F_NO_INTERRUPT as u16);
         let head = device
             .pop_descriptor_chain(mem.mmap())
             .unwrap()
             .head_index();
         device.add_used(mem.mmap(), head, 1).unwrap();
-        assert!(driver.enable_notification(&mem).unwrap());
+        assert!(driver.enable_notification().unwrap());
         assert_eq!(avail_flags(&mem), 0);
     }
 
@@ -660,25 +663,25 @@ mod tests {
             next,
         };
         let head = driver
-            .add_raw(&mem, &[raw(Link::Following), raw(Link::Member(0))])
+            .add_raw(&[raw(Link::Following), raw(Link::Member(0))])
             .unwrap();
-        driver.publish(&mem).unwrap();
+        driver.publish().unwrap();
         let chain = device.pop_descriptor_chain(mem.mmap()).unwrap();
         // virtio-queue stops a looping chain after queue-size descriptors.
         assert!(chain.count() <= 8);
         device.add_used(mem.mmap(), head, 0).unwrap();
-        driver.pop_used(&mem).unwrap().unwrap();
+        driver.pop_used().unwrap().unwrap();
         assert_eq!(driver.num_free(), 8);
     }
 
     #[test]
     fn bad_used_ids_are_device_bugs() {
         let (mem, mut driver, mut device) = setup(8, false);
-        let head = driver.add(&mem, &[seg(0x1000_8000, 64, true)]).unwrap();
-        driver.publish(&mem).unwrap();
+        let head = driver.add(&[seg(0x1000_8000, 64, true)]).unwrap();
+        driver.publish().unwrap();
         device.pop_descriptor_chain(mem.mmap()).unwrap();
         device.add_used(mem.mmap(), head + 1, 1).unwrap();
-        assert!(matches!(driver.pop_used(&mem), Err(QueueError::BadUsedId { id }) if id == 1));
+        assert!(matches!(driver.pop_used(), Err(QueueError::BadUsedId { id }) if id == 1));
     }
 
     #[test]
