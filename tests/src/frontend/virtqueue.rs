@@ -333,7 +333,7 @@ impl SplitQueue {
     /// Puts `head` in the next available-ring slot without taking any descriptor: for entries
     /// that name a descriptor the driver does not own (out of range, already in flight).
     pub fn push_avail(&mut self, head: u16) -> Result<(), QueueError> {
-        let slot = usize::from(self.avail_idx % self.size);
+        let slot = self.ring_slot(self.avail_idx);
         self.avail
             .store_u16(head, 4 + 2 * slot, Ordering::Relaxed)?;
         self.avail_idx = self.avail_idx.wrapping_add(1);
@@ -353,7 +353,7 @@ impl SplitQueue {
         // The index store must be visible before the device's suppression state is read.
         fence(Ordering::SeqCst);
         if self.event_idx {
-            let avail_event: u16 = self
+            let avail_event = self
                 .used
                 .load_u16(self.avail_event_at(), Ordering::Acquire)?;
             Ok(need_event(avail_event, new, old))
@@ -376,7 +376,7 @@ impl SplitQueue {
                 in_flight: self.in_flight,
             });
         }
-        let slot = usize::from(self.last_used % self.size);
+        let slot = self.ring_slot(self.last_used);
         let [id, used_len] = self
             .used
             .read_obj::<[u32; 2]>(4 + 8 * slot)?
@@ -456,6 +456,12 @@ impl SplitQueue {
     fn write_descriptor(&self, index: u16, desc: Descriptor) -> Result<(), QueueError> {
         let at = usize::from(index) * DESCRIPTOR_SIZE as usize;
         Ok(self.desc.write_obj(desc, at)?)
+    }
+
+    /// The ring entry of free-running index `idx`: a mask, as the size is a power of two (a
+    /// 16-bit division costs more than the rest of an entry's store).
+    fn ring_slot(&self, idx: u16) -> usize {
+        usize::from(idx & (self.size - 1))
     }
 
     /// Byte offset of `used_event` in the available ring.
