@@ -177,11 +177,16 @@ mod tests {
     fn own_process_has_cpu_time_memory_and_a_thread() {
         let pid = std::process::id();
         let before = cpu_time(pid).unwrap();
+        // The kernel adds a running thread's time at scheduler events (ticks, switches), so
+        // the counter may lag a short loop: spin until it moves, for at most two seconds.
+        let start = std::time::Instant::now();
         let mut x = 0u64;
-        for i in 0..2_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
+        while cpu_time(pid).unwrap() <= before && start.elapsed() < Duration::from_secs(2) {
+            for i in 0..100_000u64 {
+                x = x.wrapping_mul(31).wrapping_add(i);
+            }
+            std::hint::black_box(x);
         }
-        std::hint::black_box(x);
         assert!(cpu_time(pid).unwrap() > before);
         assert!(memory(pid).unwrap().rss > 0);
         assert!(threads(pid).unwrap() >= 1);
