@@ -292,6 +292,7 @@ pub fn demote(slice: &VolatileSlice<'_, ()>, at: usize) {
 /// end); returns the bytes copied. One `memmove`, without vm-memory's per-copy dispatch: the
 /// datapath's copies of headers and small frames; 8 to 16 bytes (a virtio-net header) with two
 /// stores instead.
+#[inline]
 pub fn copy_to_slice(dst: &VolatileSlice<'_, ()>, at: usize, src: &[u8]) -> usize {
     let n = src.len().min(dst.len().saturating_sub(at));
     if n == 0 {

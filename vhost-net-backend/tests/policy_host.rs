@@ -248,6 +248,33 @@ fn security_group_is_stateful_default_deny() {
 }
 
 #[test]
+fn rule_hits_are_exact_as_frames_alternate_between_verdicts() {
+    let (h, mut w) = load_one("sg", "security-group", SG);
+    let ssh = tcp4(NET, VM3, 9, 22, TCP_SYN);
+    let http = tcp4(NET, VM3, 9, 80, TCP_SYN);
+    let out = BridgeOut::Port(PortId(3));
+    let v = judge(&mut w, &[frame(&ssh, 0, out), frame(&http, 0, out)]);
+    assert_eq!(actions(&v), [Action::Accept, Action::Drop]);
+    // Runs of one verdict and single frames, of lengths 100 (ssh) and 1000 (http).
+    for k in [0, 1, 1, 0, 0, 0, 1, 0] {
+        w.admit(1, &v[k], PortId(0), [100, 1000][k]);
+    }
+    w.end_batch();
+    let list = h.render_list();
+    assert!(
+        list.contains(&format!(" {:>6} {:>10} {:>10}  ingress", 10, 5, 500)),
+        "{list}"
+    );
+    assert!(
+        list.contains(&format!(
+            " {:>6} {:>10} {:>10}  default ingress DROP",
+            3, 3, 3000
+        )),
+        "{list}"
+    );
+}
+
+#[test]
 fn rate_limit_classes_are_policed_per_port() {
     let cfg = "class 1 pps 5 bps 0\nport 3 class 1\n";
     let (_, mut w) = load_one("rl", "rate-limit", cfg);

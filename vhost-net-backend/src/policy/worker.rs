@@ -62,6 +62,17 @@ struct RuleHits {
     bytes: u64,
 }
 
+/// Frames of consecutive [`PolicyWorker::admit`]s with the same rules, not yet counted in
+/// [`PolicyWorker::hits`]: a port's frames mostly come in runs of one verdict, so most frames
+/// cost a comparison and two additions.
+#[derive(Clone, Copy, Debug, Default)]
+struct Run {
+    generation: u64,
+    rules: [u32; MAX_RULE_HITS],
+    packets: u64,
+    bytes: u64,
+}
+
 /// The generation `id`: `current`, or one of the `recent` ones.
 fn generation_by_id<'a>(
     current: &'a Generation,
@@ -85,6 +96,7 @@ pub struct PolicyWorker {
     descs: Vec<FrameDesc>,
     acc: Vec<Acc>,
     hits: Vec<RuleHits>,
+    run: Run,
 }
 
 fn desc_of(f: &PolicyFrame<'_>) -> FrameDesc {
@@ -138,6 +150,7 @@ impl PolicyWorker {
             descs: Vec::with_capacity(MAX_BATCH),
             acc: Vec::with_capacity(MAX_BATCH),
             hits: Vec::with_capacity(PENDING_RULES),
+            run: Run::default(),
         };
         w.swap();
         w
@@ -184,6 +197,12 @@ impl PolicyWorker {
 
     /// Ends a batch: adds the rule hits counted since the last call to the shared counters.
     pub fn end_batch(&mut self) {
+        self.end_run();
+        self.add_hits();
+    }
+
+    /// Adds the pending rule hits to the shared counters.
+    fn add_hits(&mut self) {
         for h in self.hits.drain(..) {
             let Some(generation) = generation_by_id(&self.generation, &self.recent, h.generation)
             else {
@@ -242,27 +261,38 @@ impl PolicyWorker {
         state.packets.take(now_ns, 1) && state.bytes.take(now_ns, frame_len as u64)
     }
 
-    /// Counts a frame of `len` bytes against rule `handle` of generation `generation`.
-    #[inline]
-    fn count_rule(&mut self, generation: u64, handle: u32, len: u64) {
+    /// Counts the frames of the current run against its rules; starts an empty run.
+    fn end_run(&mut self) {
+        let run = std::mem::take(&mut self.run);
+        if run.packets == 0 {
+            return;
+        }
+        for &h in run.rules.iter().take_while(|&&h| h != 0) {
+            self.count_rule(run.generation, h, run.packets, run.bytes);
+        }
+    }
+
+    /// Counts `packets` frames of `bytes` bytes against rule `handle` of generation
+    /// `generation`.
+    fn count_rule(&mut self, generation: u64, handle: u32, packets: u64, bytes: u64) {
         let found = self
             .hits
             .iter_mut()
             .find(|h| h.handle == handle && h.generation == generation);
         match found {
             Some(h) => {
-                h.packets += 1;
-                h.bytes += len;
+                h.packets += packets;
+                h.bytes += bytes;
             }
             None => {
                 if self.hits.len() == PENDING_RULES {
-                    self.end_batch();
+                    self.add_hits();
                 }
                 self.hits.push(RuleHits {
                     generation,
                     handle,
-                    packets: 1,
-                    bytes: len,
+                    packets,
+                    bytes,
                 });
             }
         }
@@ -474,7 +504,8 @@ impl PolicyHook for PolicyWorker {
     }
 
     /// Counts the frame against the verdict's rules (inlined: every frame of a known flow
-    /// comes here); polices its rate class if it has one.
+    /// comes here), in the current run if it has its rules; polices its rate class if it has
+    /// one.
     #[inline]
     fn admit(
         &mut self,
@@ -483,9 +514,13 @@ impl PolicyHook for PolicyWorker {
         ingress_port: PortId,
         frame_len: usize,
     ) -> bool {
-        for &h in verdict.rules.iter().take_while(|&&h| h != 0) {
-            self.count_rule(verdict.generation, h, frame_len as u64);
+        if verdict.rules != self.run.rules || verdict.generation != self.run.generation {
+            self.end_run();
+            self.run.rules = verdict.rules;
+            self.run.generation = verdict.generation;
         }
+        self.run.packets += 1;
+        self.run.bytes += frame_len as u64;
         match verdict.rate_class {
             None => true,
             Some(class) => self.police(now_ns, verdict, class, ingress_port, frame_len),
