@@ -167,7 +167,8 @@ pub struct TcpFlags {
 
 impl TcpFlags {
     /// The flags of a TCP header's flags byte (its 14th).
-    fn of(byte: u8) -> Self {
+    #[inline]
+    pub(crate) fn of(byte: u8) -> Self {
         TcpFlags {
             fin: byte & 0x01 != 0,
             syn: byte & 0x02 != 0,
@@ -250,8 +251,9 @@ pub enum Transport<'a> {
         src_port: u16,
         /// Destination port.
         dst_port: u16,
-        /// Flags.
-        flags: TcpFlags,
+        /// The header's flags byte, as it is: [`TcpFlags::of`] reads what conntrack needs
+        /// of it (the flow cache tests it without unpacking it).
+        flags: u8,
     },
     /// UDP: ports.
     Udp {
@@ -318,7 +320,7 @@ impl<'a> Ipv4Fields<'a> {
                 Transport::Tcp {
                     src_port: be16(tcp, 0),
                     dst_port: be16(tcp, 2),
-                    flags: TcpFlags::of(tcp[13]),
+                    flags: tcp[13],
                 }
             }
             IpProtocol::Udp => {
@@ -371,7 +373,12 @@ impl<'a> Ipv4Fields<'a> {
                 src_port,
                 dst_port,
                 flags,
-            } => (Protocol::Tcp, src_port, dst_port, PacketKind::Tcp(flags)),
+            } => (
+                Protocol::Tcp,
+                src_port,
+                dst_port,
+                PacketKind::Tcp(TcpFlags::of(flags)),
+            ),
             Transport::Udp { src_port, dst_port } => {
                 (Protocol::Udp, src_port, dst_port, PacketKind::Udp)
             }

@@ -116,7 +116,7 @@ impl Key {
                 src_port,
                 dst_port,
                 flags,
-            } => (src_port, dst_port, Self::tcp_kind(flags)?),
+            } => (src_port, dst_port, Self::tcp_kind(TcpFlags::of(flags))?),
             Transport::Udp { src_port, dst_port } => (src_port, dst_port, UDP),
             Transport::IcmpEcho { ident, request } => (ident, ident, Self::echo_kind(request)),
             Transport::IcmpError { .. } => return None,
