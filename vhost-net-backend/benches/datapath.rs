@@ -10,6 +10,10 @@
 //! - `vm-to-vm/64B-allow-all`: the same with the allow-all policy module in the operator chain:
 //!   every flow has its verdict cached after the first pass over the ring, so this adds the
 //!   policy stage's cost for frames of known flows (parsing, the thread's flow cache).
+//! - `vm-to-vm/64B-security-group`: the same with the 24-rule security group `bench` gives the
+//!   daemon, over both ports: 11 rules of each direction that do not match, then the one that
+//!   lets the flows through. Its flows' verdicts are cached too: the steady state costs what
+//!   allow-all's does unless the security group's verdicts are handled differently.
 //!
 //! Measured in CPU time of the benchmark thread (as the switch bench does), so figures hold on a
 //! loaded machine. Throughput is in frames: the time per element is the cost per frame. The rings stay
@@ -147,24 +151,46 @@ fn frame(from: Endpoint, to: Endpoint, flow: u16) -> Vec<u8> {
     f
 }
 
-/// A policy plane running the allow-all module.
-fn allow_all() -> Arc<PolicyPlane> {
+/// A policy plane running policy crate `name` with `config` in the operator chain.
+fn plane(name: &str, config: &str) -> Arc<PolicyPlane> {
     let host = PolicyHost::new(HostConfig::default()).unwrap();
     let mut set = PolicySet::default();
     set.operator.push(PolicySpec {
-        name: "allow-all".into(),
-        wasm: policy_wasm::policy_wasm("allow-all").into(),
-        config: String::new(),
+        name: name.into(),
+        wasm: policy_wasm::policy_wasm(name).into(),
+        config: config.into(),
         fail_mode: FailMode::Closed,
     });
     host.apply(set).unwrap();
     Arc::new(PolicyPlane::new(host))
 }
 
+/// The security group `bench` gives the daemon (tests/src/bin/bench.rs) over ports 0 and 1
+/// (A's and B's), its last rule of each direction for this bench's flows (UDP to port 9).
+fn security_group() -> String {
+    let mut config = String::from("group bench ports 0 1\n");
+    for direction in ["egress", "ingress"] {
+        for i in 0..11 {
+            config.push_str(&format!("{direction} ipv4 udp {} 10.0.0.0/8\n", 2000 + i));
+        }
+        config.push_str(&format!("{direction} ipv4 udp 9 10.0.0.0/8\n"));
+    }
+    config
+}
+
 fn vm_to_vm(c: &mut Criterion<CpuTime>) {
     let mut group = c.benchmark_group("vm-to-vm");
     group.throughput(Throughput::Elements(BATCH as u64));
-    for (name, policy) in [("64B", None), ("64B-allow-all", Some(allow_all()))] {
+    let cases = [
+        ("64B", None),
+        ("64B-allow-all", Some(("allow-all", String::new()))),
+        (
+            "64B-security-group",
+            Some(("security-group", security_group())),
+        ),
+    ];
+    for (name, policy) in cases {
+        let policy = policy.map(|(crate_name, config)| plane(crate_name, &config));
         a_to_b(&mut group, name, policy);
     }
     group.finish();
