@@ -389,8 +389,9 @@ impl<V: Copy + PartialEq> FlowCache<V> {
 mod tests {
     use super::*;
     use crate::conntrack::ConntrackConfig;
-    use crate::gateway::frame::{udp_frame, Ipv4Route};
+    use crate::gateway::frame::{ipv4_frame, udp_frame, Ipv4Route};
     use smoltcp::wire::EthernetAddress;
+    use smoltcp::wire::IpProtocol;
     use std::net::Ipv4Addr;
 
     const T0: Instant = Instant::from_millis_const(1_000_000);
@@ -412,6 +413,30 @@ mod tests {
         ct.set_verdict(&flow, verdict);
         cache.begin_batch(ct);
         cache.insert(T0, p, &ct.track(T0, p).unwrap());
+    }
+
+    #[test]
+    fn a_tcp_segment_has_the_same_key_from_its_fields_and_from_its_meta() {
+        let route = Ipv4Route {
+            src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            src_ip: Ipv4Addr::new(10, 0, 0, 2),
+            dst_ip: Ipv4Addr::new(10, 0, 0, 3),
+        };
+        let mut plain_acks = 0;
+        for flags in 0..=u8::MAX {
+            let frame = ipv4_frame(&route, IpProtocol::Tcp, 20, |tcp| {
+                tcp[..4].copy_from_slice(&[0x9c, 0x40, 0, 80]);
+                tcp[12] = 0x50;
+                tcp[13] = flags;
+            });
+            let fields = Ipv4Fields::parse(1, &frame[14..], frame.len() - 14).unwrap();
+            let key = Key::of_fields(&fields);
+            assert_eq!(key, Key::of(&fields.meta().unwrap()), "flags {flags:#04x}");
+            plain_acks += usize::from(key.is_some());
+        }
+        // ACK set, SYN, FIN and RST clear: 4 of the 8 bits free.
+        assert_eq!(plain_acks, 16);
     }
 
     #[test]
