@@ -233,6 +233,46 @@ impl GuestRam {
     pub fn slice(&self, addr: u64, len: usize) -> Option<VolatileSlice<'_, ()>> {
         self.slice_in(self.locate(addr, len)?, addr, len)
     }
+
+    /// `ranges` (guest address, length) translated once, each if it lies in one region: their
+    /// host memory is then had without a lookup or a bounds check ([`Pinned::slices`]).
+    pub fn pin<const N: usize>(&self, ranges: [(u64, usize); N]) -> Option<Pinned<N>> {
+        let mut spans = [(std::ptr::null_mut(), 0); N];
+        for (span, (addr, len)) in spans.iter_mut().zip(ranges) {
+            let slice = self.slice(addr, len)?;
+            *span = (slice.ptr_guard_mut().as_ptr(), slice.len());
+        }
+        Some(Pinned {
+            _mem: self.mem.clone(),
+            spans,
+        })
+    }
+}
+
+/// Ranges of guest memory translated to host memory once ([`GuestRam::pin`]), for the parts of
+/// a ring, used on every frame. It holds the memory, so the mappings outlive its slices.
+#[derive(Debug)]
+pub struct Pinned<const N: usize> {
+    _mem: Arc<GuestMemoryMmap>,
+    spans: [(*mut u8, usize); N],
+}
+
+// SAFETY: as for `GuestRam`: the pointers are into mappings owned by `_mem` and are only handed
+// out as `VolatileSlice`s.
+unsafe impl<const N: usize> Send for Pinned<N> {}
+// SAFETY: as for `Send`.
+unsafe impl<const N: usize> Sync for Pinned<N> {}
+
+impl<const N: usize> Pinned<N> {
+    /// The ranges' host memory, in the order they were pinned.
+    #[inline]
+    pub fn slices(&self) -> [VolatileSlice<'_, ()>; N] {
+        // SAFETY: each span is a slice that `GuestRam::slice` returned for `_mem`'s mappings,
+        // which `_mem` keeps mapped while the slices borrow `self`. Guest memory is shared
+        // with the guest and accessed only through the slices' volatile operations.
+        self.spans
+            .map(|(ptr, len)| unsafe { VolatileSlice::new(ptr, len) })
+    }
 }
 
 /// Whether the CPU has PREFETCHW (CPUID leaf 0x8000_0001, ECX bit 8), read once.

@@ -19,7 +19,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap, VolatileMemory, VolatileSl
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::datapath::backpressure::Starvation;
-use crate::sys::{self, GuestRam};
+use crate::sys::{self, GuestRam, Pinned};
 use crate::vhost_user::memory::MemoryTable;
 
 /// Largest queue size the device accepts (QEMU's limit for vhost-user; DPDK and
@@ -120,9 +120,9 @@ pub struct Vring {
     started: bool,
     positioned: bool,
     ram: Option<GuestRam>,
-    /// The memory regions holding the descriptor table, available ring and used ring (found
-    /// when the queue was activated).
-    regions: [u32; 3],
+    /// The descriptor table, available ring and used ring in host memory, while the queue is
+    /// ready (translated when it was activated).
+    rings: Option<Pinned<3>>,
     features: u64,
     signalled_used: Wrapping<u16>,
     /// The driver's available index as last read (see [`Ring::pop_head`]).
@@ -146,7 +146,7 @@ impl Default for Vring {
             started: false,
             positioned: false,
             ram: None,
-            regions: [0; 3],
+            rings: None,
             features: 0,
             signalled_used: Wrapping(0),
             avail_seen: Wrapping(0),
@@ -258,6 +258,7 @@ impl Vring {
     pub fn activate(&mut self, table: &MemoryTable) {
         self.generation += 1;
         self.queue.set_ready(false);
+        self.rings = None;
         let (Some(ram), Some(addrs), true) = (&self.ram, self.addrs, self.started) else {
             return;
         };
@@ -283,16 +284,17 @@ impl Vring {
             return;
         }
         // The datapath reaches each part of the ring through one host memory slice.
-        let lens = ring_lens(q.size());
-        let addrs = [q.desc_table(), q.avail_ring(), q.used_ring()];
-        for ((region, addr), len) in self.regions.iter_mut().zip(addrs).zip(lens) {
-            let Some(found) = ram.locate(addr, len) else {
-                warn!("a virtqueue's rings are not each in one memory region; queue not started");
-                q.set_ready(false);
-                return;
-            };
-            *region = found;
-        }
+        let [desc_len, avail_len, used_len] = ring_lens(q.size());
+        let parts = [
+            (q.desc_table(), desc_len),
+            (q.avail_ring(), avail_len),
+            (q.used_ring(), used_len),
+        ];
+        let Some(rings) = ram.pin(parts) else {
+            warn!("a virtqueue's rings are not each in one memory region; queue not started");
+            q.set_ready(false);
+            return;
+        };
         if !self.positioned {
             let Ok(used_idx) = q.used_idx(mem, Ordering::Acquire) else {
                 q.set_ready(false);
@@ -310,6 +312,7 @@ impl Vring {
         }
         // Read the driver's index afresh before taking chains.
         self.avail_seen = Wrapping(q.next_avail());
+        self.rings = Some(rings);
     }
 
     /// Whether the datapath may use this ring now.
@@ -362,8 +365,8 @@ impl Vring {
         }
     }
 
-    /// The ring for the datapath, if it is running: its queue position and its three parts
-    /// resolved to host memory.
+    /// The ring for the datapath, if it is running: its queue position and its three parts in
+    /// host memory (translated when the queue was activated: a few loads per call).
     #[inline]
     pub fn parts(&mut self) -> Option<Ring<'_>> {
         if !self.is_running() {
@@ -378,8 +381,15 @@ impl Vring {
         if !self.queue.ready() {
             return None;
         }
-        let ram = self.ram.as_ref()?;
-        Ring::resolve(&mut self.queue, ram, self.regions, &mut self.avail_seen)
+        let [desc, avail, used] = self.rings.as_ref()?.slices();
+        Some(Ring {
+            queue: &mut self.queue,
+            mem: self.ram.as_ref()?,
+            desc,
+            avail,
+            used,
+            avail_seen: &mut self.avail_seen,
+        })
     }
 
     /// Notes that a frame found no receive buffers at `now`; returns whether it may wait for
@@ -458,7 +468,8 @@ impl Vring {
 
 /// A running ring as the datapath uses it while it holds the vring's lock: the queue's
 /// position, the guest memory, and the descriptor table, available ring and used ring as host
-/// memory slices, each resolved (and bounds-checked) once instead of on every access.
+/// memory slices, each translated (and bounds-checked) once, when the queue was activated,
+/// instead of on every access.
 ///
 /// The available index is read once and remembered (in the vring): it is read again only when
 /// the chains it announced are all taken.
@@ -480,26 +491,6 @@ fn ring_lens(size: u16) -> [usize; 3] {
 }
 
 impl<'a> Ring<'a> {
-    /// The queue's rings in `mem`, in the regions `regions` (desc, avail, used) that
-    /// [`Vring::activate`] found; `None` unless each lies in its region.
-    #[inline]
-    fn resolve(
-        queue: &'a mut Queue,
-        mem: &'a GuestRam,
-        regions: [u32; 3],
-        avail_seen: &'a mut Wrapping<u16>,
-    ) -> Option<Ring<'a>> {
-        let [desc_len, avail_len, used_len] = ring_lens(queue.size());
-        Some(Ring {
-            desc: mem.slice_in(regions[0], queue.desc_table(), desc_len)?,
-            avail: mem.slice_in(regions[1], queue.avail_ring(), avail_len)?,
-            used: mem.slice_in(regions[2], queue.used_ring(), used_len)?,
-            queue,
-            mem,
-            avail_seen,
-        })
-    }
-
     /// The guest memory the ring's buffers are in.
     pub fn mem(&self) -> &'a GuestRam {
         self.mem
