@@ -205,14 +205,38 @@ impl GuestRam {
     /// The index of the region holding all of `[addr, addr + len)`, if one does.
     #[inline]
     pub fn locate(&self, addr: u64, len: usize) -> Option<u32> {
-        for (i, r) in self.regions.iter().enumerate() {
+        let (i, r, offset) = self.region_at(addr)?;
+        // No overflow: `offset < r.len`.
+        (len as u64 <= r.len - offset).then_some(i)
+    }
+
+    /// The region holding byte `addr`: its index, itself, and `addr`'s offset in it.
+    #[inline]
+    fn region_at(&self, addr: u64) -> Option<(u32, &HostRegion, u64)> {
+        self.regions.iter().enumerate().find_map(|(i, r)| {
             let offset = addr.wrapping_sub(r.start);
-            if offset < r.len {
-                // No overflow: `offset < r.len`.
-                return (len as u64 <= r.len - offset).then_some(i as u32);
-            }
+            (offset < r.len).then_some((i as u32, r, offset))
+        })
+    }
+
+    /// Asks the CPU to bring `lines` cache lines of guest memory from `addr` on into its cache
+    /// for writing, those in the region holding `addr` ([`prefetch`]): a hint, with no other
+    /// effect.
+    #[inline]
+    pub fn prefetch_for_write(&self, addr: u64, lines: usize) {
+        let Some((_, r, offset)) = self.region_at(addr) else {
+            return;
+        };
+        let p = r.host.wrapping_add(offset as usize);
+        let write = has_prefetchw();
+        // No overflow: `offset < r.len`.
+        let left = r.len - offset;
+        for at in (0..lines * 64)
+            .step_by(64)
+            .take_while(|at| (*at as u64) < left)
+        {
+            prefetch_ptr(p.wrapping_add(at), write);
         }
-        None
     }
 
     /// `[addr, addr + len)` as host memory if it lies in region `region` (as
@@ -277,12 +301,18 @@ impl<const N: usize> Pinned<N> {
 
 /// Whether the CPU has PREFETCHW (CPUID leaf 0x8000_0001, ECX bit 8), read once.
 #[cfg(target_arch = "x86_64")]
+#[inline]
 fn has_prefetchw() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| {
         use std::arch::x86_64::__cpuid;
         __cpuid(0x8000_0000).eax >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 8) != 0
     })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn has_prefetchw() -> bool {
+    false
 }
 
 /// Asks the CPU to bring the cache line holding byte `at` of `slice` into its cache, for
@@ -294,9 +324,16 @@ pub fn prefetch(slice: &VolatileSlice<'_, ()>, at: usize, write: bool) {
         return;
     }
     let p = slice.ptr_guard().as_ptr().wrapping_add(at);
+    prefetch_ptr(p, write && has_prefetchw());
+}
+
+/// [`prefetch`] of the line holding `p`, with PREFETCHW if `write` (the caller checked that
+/// the CPU has it).
+#[inline]
+fn prefetch_ptr(p: *const u8, write: bool) {
     #[cfg(target_arch = "x86_64")]
-    if write && has_prefetchw() {
-        // SAFETY: PREFETCHW (checked present above) has no architectural effect: it loads
+    if write {
+        // SAFETY: PREFETCHW (present: the caller checked) has no architectural effect: it loads
         // nothing into a register and does not fault, whatever the address.
         unsafe {
             std::arch::asm!("prefetchw [{}]", in(reg) p, options(nostack, readonly, preserves_flags))

@@ -539,15 +539,8 @@ impl<'a> Ring<'a> {
         let Some(head) = next else {
             return;
         };
-        let Ok(desc) = self.desc.get_ref::<u64>(16 * usize::from(head)) else {
-            return;
-        };
-        let addr = u64::from_le(desc.load());
-        // Both lines with one lookup; only the first if they are not in one region.
-        let lines = self.mem.slice(addr, 65).or_else(|| self.mem.slice(addr, 1));
-        if let Some(buf) = lines {
-            sys::prefetch(&buf, 0, true);
-            sys::prefetch(&buf, 64, true);
+        if let Ok(desc) = self.desc.get_ref::<u64>(16 * usize::from(head)) {
+            self.mem.prefetch_for_write(u64::from_le(desc.load()), 2);
         }
     }
 
