@@ -189,6 +189,9 @@ pub fn deliver(
 /// Takes the next receive chain for a frame that has `count` chains already and walks it into
 /// `scratch.segs`: its head and buffer count. On failure the `count` chains are put back (no
 /// buffers, a corrupt ring) or returned to the guest empty with the bad one (a malformed chain).
+/// Inlined: as a call (which the compiler made of it), its register saves and argument moves
+/// cost 28 instructions a frame.
+#[inline(always)]
 fn take_chain(
     ring: &mut Ring<'_>,
     params: &WalkParams,
