@@ -660,9 +660,9 @@ impl<'p> Out<'_, 'p> {
             _ => return,
         };
         // A frame the switch accepted has the headers its egress action rewrites.
-        let rewritten;
+        let (rewritten, shifted);
         let (head, hdr) = if egress == Egress::AsIs {
-            ([&[][..], frame.head], frame.vnet)
+            ([&[][..], frame.head], &frame.vnet)
         } else {
             let Some(r) = egress.apply(frame.head) else {
                 return;
@@ -670,10 +670,8 @@ impl<'p> Out<'_, 'p> {
             rewritten = r;
             let replaced = frame.head.len() - rewritten.tail().len();
             let shift = rewritten.head().len() as isize - replaced as isize;
-            (
-                [rewritten.head(), rewritten.tail()],
-                frame.vnet.shifted(shift),
-            )
+            shifted = frame.vnet.shifted(shift);
+            ([rewritten.head(), rewritten.tail()], &shifted)
         };
         let held = self.held;
         let mut held = held.borrow_mut();
@@ -685,13 +683,13 @@ impl<'p> Out<'_, 'p> {
         let mut asked = false;
         let delivered = loop {
             let result = if fits {
-                rx::deliver(&mut h.vring, &hdr, head, frame.rest(), &mut self.bufs.rx).map(|n| {
+                rx::deliver(&mut h.vring, hdr, head, frame.rest(), &mut self.bufs.rx).map(|n| {
                     h.frames += 1;
                     h.bytes += n as u64;
                     true
                 })
             } else {
-                self.in_software(frame, egress, &hdr, &mut h.vring, port)
+                self.in_software(frame, egress, hdr, &mut h.vring, port)
             };
             match result {
                 Ok(delivered) => break delivered,
