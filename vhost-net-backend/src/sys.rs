@@ -396,6 +396,17 @@ pub fn copy_to_slice(dst: &VolatileSlice<'_, ()>, at: usize, src: &[u8]) -> usiz
     n
 }
 
+/// Copies as much of `src` (guest memory) as fits into `dst`; returns the bytes copied. One
+/// `memmove`, without vm-memory's per-copy dispatch: the datapath's copy of a frame's head.
+pub fn copy_from_slice(dst: &mut [u8], src: &VolatileSlice<'_, ()>) -> usize {
+    let n = dst.len().min(src.len());
+    // SAFETY: `n <= src.len()`, so the source range lies inside the slice's memory, valid for
+    // reads while `src` is borrowed; `dst` is valid for writes of `n <= dst.len()` bytes.
+    // `copy` allows the ranges to overlap.
+    unsafe { std::ptr::copy(src.ptr_guard().as_ptr(), dst.as_mut_ptr(), n) };
+    n
+}
+
 /// Writes `bytes` into `dst` at byte `at` with one unaligned store, if they fit; returns
 /// whether they did. For ring entries of a fixed size (a used element: 8 bytes).
 #[inline]
@@ -457,6 +468,11 @@ mod tests {
         assert!(write_array(&slice, 5, [9, 8, 7]));
         assert!(!write_array(&slice, 6, [1, 1, 1]), "one byte past the end");
         assert!(!write_array(&slice, usize::MAX, [1]));
+        let mut out = [0u8; 4];
+        assert_eq!(copy_from_slice(&mut out, &slice.subslice(2, 3).unwrap()), 3);
+        assert_eq!(out, [1, 2, 3, 0]);
+        assert_eq!(copy_from_slice(&mut out[..2], &slice), 2, "cut at the end");
+        assert_eq!(out, [0xee, 0xee, 3, 0]);
         assert_eq!(dst, [0xee, 0xee, 1, 2, 3, 9, 8, 7]);
     }
 

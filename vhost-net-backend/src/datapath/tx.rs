@@ -36,7 +36,7 @@ use super::vnet_hdr::{Gso, VnetHdr, MAX_HDR_LEN};
 use super::{Attachment, Datapath, PortTable};
 use crate::capture::{self, Captures};
 use crate::port::Port;
-use crate::sys::GuestRam;
+use crate::sys::{self, GuestRam};
 use crate::vhu_net::Negotiated;
 use crate::vring::{UsedElem, Vring, MAX_QUEUE_SIZE};
 
@@ -491,7 +491,7 @@ impl<'a, 'p> Batch<'a, 'p> {
             .filter(|s| s.len as usize >= peek_len && s.region != chain::SPANS)
             .and_then(|s| mem.slice_in(s.region, s.addr, peek_len));
         match first {
-            Some(bytes) => bytes.copy_to(&mut peek[..peek_len]),
+            Some(bytes) => sys::copy_from_slice(&mut peek[..peek_len], &bytes),
             None => Reader::new(&[], &[], Source::Guest { mem, segs, skip: 0 })
                 .read_local(&mut peek[..peek_len]),
         };
