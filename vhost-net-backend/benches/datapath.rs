@@ -22,6 +22,8 @@
 
 #[path = "../../bridge-core/benches/cpu_time/mod.rs"]
 mod cpu_time;
+#[path = "support/operator.rs"]
+mod operator;
 #[path = "../tests/support/policy_wasm.rs"]
 mod policy_wasm;
 
@@ -36,7 +38,6 @@ use vhost::vhost_user::message::VhostUserMemoryRegion;
 use vhost_net_backend::datapath::policy::PolicyPlane;
 use vhost_net_backend::datapath::tx::{run_batch, TxScratch, BATCH};
 use vhost_net_backend::datapath::Datapath;
-use vhost_net_backend::policy::{FailMode, HostConfig, PolicyHost, PolicySet, PolicySpec};
 use vhost_net_backend::port::Port;
 use vhost_net_backend::vhost_user::memory::MemoryTable;
 use vhost_net_backend::vring::RingAddresses;
@@ -153,16 +154,7 @@ fn frame(from: Endpoint, to: Endpoint, flow: u16) -> Vec<u8> {
 
 /// A policy plane running policy crate `name` with `config` in the operator chain.
 fn plane(name: &str, config: &str) -> Arc<PolicyPlane> {
-    let host = PolicyHost::new(HostConfig::default()).unwrap();
-    let mut set = PolicySet::default();
-    set.operator.push(PolicySpec {
-        name: name.into(),
-        wasm: policy_wasm::policy_wasm(name).into(),
-        config: config.into(),
-        fail_mode: FailMode::Closed,
-    });
-    host.apply(set).unwrap();
-    Arc::new(PolicyPlane::new(host))
+    Arc::new(PolicyPlane::new(operator::host(Some((name, config)))))
 }
 
 /// The security group `bench` gives the daemon (tests/src/bin/bench.rs) over ports 0 and 1

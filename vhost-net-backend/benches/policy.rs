@@ -26,6 +26,8 @@
 //!   configuration (the compiled module reused). Each includes the canary (instantiation,
 //!   `pol_init`, golden frames); the fresh hosts include making the engine.
 
+#[path = "support/operator.rs"]
+mod operator;
 #[path = "../tests/support/policy_wasm.rs"]
 mod policy_wasm;
 
@@ -36,11 +38,12 @@ use bridge_core::policy::{BridgeOut, HookPoint, JudgeKind, PolicyFrame, PolicyHo
 use bridge_core::time::Instant;
 use bridge_core::{NetworkId, PortId};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use operator::{host, operator_set};
 use policy_sdk::abi::MAX_BATCH;
 use policy_sdk::frames::{tcp4, udp4, Endpoint, TCP_ACK, TCP_SYN};
 use vhost_net_backend::datapath::policy::{Check, FrameCtx, PolicyPlane, PolicyStage};
 use vhost_net_backend::policy::engine::LoadPath;
-use vhost_net_backend::policy::{FailMode, HostConfig, PolicyHost, PolicySet, PolicySpec};
+use vhost_net_backend::policy::{HostConfig, PolicyHost};
 
 const CLIENT: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 1], [192, 168, 122, 10]);
 const SERVER: Endpoint = Endpoint::new([0x52, 0x54, 0, 0, 0, 2], [192, 168, 122, 11]);
@@ -59,22 +62,6 @@ fn security_group_over(ports: &str, allowed: &str) -> String {
     }
     config.push_str(&format!("ingress ipv4 {allowed}\n"));
     config
-}
-
-/// A host running `policy` (crate name and configuration), or no policy.
-fn host(policy: Option<(&str, &str)>) -> PolicyHost {
-    let host = PolicyHost::new(HostConfig::default()).unwrap();
-    if let Some((name, config)) = policy {
-        let mut set = PolicySet::default();
-        set.operator.push(PolicySpec {
-            name: name.into(),
-            wasm: policy_wasm::policy_wasm(name).into(),
-            config: config.into(),
-            fail_mode: FailMode::Closed,
-        });
-        host.apply(set).unwrap();
-    }
-    host
 }
 
 /// SYNs of 64 flows from the client to the server's ssh port.
@@ -279,22 +266,10 @@ fn ports(c: &mut Criterion) {
     group.finish();
 }
 
-/// A set with the security group and `config`.
-fn sg_set(config: String) -> PolicySet {
-    let mut set = PolicySet::default();
-    set.operator.push(PolicySpec {
-        name: "sg".into(),
-        wasm: policy_wasm::policy_wasm("security-group").into(),
-        config,
-        fail_mode: FailMode::Closed,
-    });
-    set
-}
-
 fn reload(c: &mut Criterion) {
     let mut group = c.benchmark_group("reload");
     group.sample_size(10);
-    let set = sg_set(security_group());
+    let set = operator_set("security-group", &security_group());
     group.bench_function("compile", |b| {
         b.iter(|| {
             let host = PolicyHost::new(HostConfig::default()).unwrap();
@@ -317,7 +292,7 @@ fn reload(c: &mut Criterion) {
     });
     let host = PolicyHost::new(HostConfig::default()).unwrap();
     let configs = [security_group(), security_group().replace("servers", "web")];
-    let sets = configs.map(sg_set);
+    let sets = configs.map(|c| operator_set("security-group", &c));
     let mut n = 0;
     group.bench_function("config-only", |b| {
         b.iter(|| {
