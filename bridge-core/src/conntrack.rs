@@ -290,24 +290,42 @@ impl<'a> Ipv4Fields<'a> {
         let Some(ip) = head.first_chunk::<IPV4_HEADER_LEN>() else {
             return Err(malformed);
         };
-        let header_len = usize::from(ip[0] & 0x0f) * 4;
-        let total_len = usize::from(be16(ip, 2));
-        if head.len() > packet_len
-            || ip[0] >> 4 != 4
-            || header_len < IPV4_HEADER_LEN
-            || head.len() < header_len
-            || total_len < header_len
-            || total_len > packet_len
-            || !ipv4_header_checksum_ok(&head[..header_len])
-        {
+        // Version 4 without options, the common case, checked on the fixed header alone.
+        let header_len = if ip[0] == 0x45 && ipv4_fixed_header_checksum_ok(ip) {
+            IPV4_HEADER_LEN
+        } else {
+            ipv4_header_len(head)?
+        };
+        // The transport length of the whole packet: its total length (at least the header's,
+        // at most the packet's) less the header. Once the bytes at hand are within the packet,
+        // `packet_len - header_len` does not wrap, and a total length below the header's
+        // wraps to more than it.
+        let l4_len = usize::from(be16(ip, 2)).wrapping_sub(header_len);
+        if head.len() > packet_len || l4_len > packet_len.wrapping_sub(header_len) {
             return Err(malformed);
         }
+        let l4 = head.get(header_len..).ok_or(malformed)?;
+        Self::after_header(zone, ip, l4, l4_len)
+    }
+
+    /// The fields of a packet whose IPv4 header, `ip` (its first 20 bytes), was found well
+    /// formed: `l4` are the bytes at hand after it, `l4_len` the transport length of the
+    /// whole packet (from the header's total length).
+    #[inline(always)]
+    fn after_header(
+        zone: u32,
+        ip: &[u8; IPV4_HEADER_LEN],
+        l4: &'a [u8],
+        l4_len: usize,
+    ) -> Result<Self, ConntrackError> {
+        let malformed = ConntrackError::Malformed;
         if be16(ip, 6) & IPV4_FRAG_OFFSET != 0 {
             return Err(ConntrackError::Fragment);
         }
-        // The transport bytes at hand, and the transport length of the whole packet.
-        let l4 = &head[header_len..total_len.min(head.len())];
-        let l4_len = total_len - header_len;
+        // TCP and UDP read their header from the bytes at hand, which may reach past the
+        // packet's transport bytes (Ethernet padding): their length checks against `l4_len`
+        // refuse a header that does not fit in the packet. ICMP has none: its bytes are cut
+        // to the packet first.
         let transport = match IpProtocol::from(ip[9]) {
             IpProtocol::Tcp => {
                 let Some(tcp) = l4.first_chunk::<TCP_HEADER_LEN>() else {
@@ -337,7 +355,8 @@ impl<'a> Ipv4Fields<'a> {
                 }
             }
             IpProtocol::Icmp => {
-                let Some(icmp) = l4.first_chunk::<ICMP_HEADER_LEN>() else {
+                let l4 = &l4[..l4_len.min(l4.len())];
+                let Some((icmp, quoted)) = l4.split_first_chunk::<ICMP_HEADER_LEN>() else {
                     return Err(malformed);
                 };
                 match Icmpv4Message::from(icmp[0]) {
@@ -350,9 +369,7 @@ impl<'a> Ipv4Fields<'a> {
                     Icmpv4Message::DstUnreachable
                     | Icmpv4Message::TimeExceeded
                     | Icmpv4Message::ParamProblem
-                    | Icmpv4Message::Redirect => Transport::IcmpError {
-                        quoted: &l4[ICMP_HEADER_LEN..],
-                    },
+                    | Icmpv4Message::Redirect => Transport::IcmpError { quoted },
                     _ => return Err(ConntrackError::Unsupported),
                 }
             }
@@ -418,27 +435,75 @@ impl<'a> Ipv4Fields<'a> {
 /// The fragment offset bits of an IPv4 header's flags and fragment offset word.
 const IPV4_FRAG_OFFSET: u16 = 0x1fff;
 
-/// Whether an IPv4 header's checksum is right: its 32-bit words (the header is a whole number
-/// of them) add up, in one's complement folded to 16 bits, to 0xffff. A plain sum the compiler
-/// unrolls (fully for a header without options), where smoltcp's general `checksum::data`
-/// costs a call and a loop per header.
+/// Whether an IPv4 header's checksum is right: its 16-bit words add up, in one's complement,
+/// to 0xffff. The sum is taken over wider words in the machine's byte order: wider words
+/// only group 16-bit ones (2^16 is 1 modulo 0xffff), and the one's complement sum of
+/// byte-swapped words is the byte-swapped sum (RFC 1071), 0xffff its own swap.
 #[inline]
 fn ipv4_header_checksum_ok(header: &[u8]) -> bool {
-    // Words in the machine's byte order: the one's complement sum of byte-swapped words is the
-    // byte-swapped sum (RFC 1071), and 0xffff is its own swap.
-    let words = |h: &[u8]| -> u64 {
-        h.chunks_exact(4)
-            .map(|w| u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
-            .sum()
-    };
-    // At most 15 words of 32 bits: the sum cannot overflow 64 bits.
-    let sum = match header.first_chunk::<IPV4_HEADER_LEN>() {
-        Some(fixed) if header.len() == IPV4_HEADER_LEN => words(fixed),
-        _ => words(header),
-    };
-    // Folding the carries back in keeps the sum modulo 0xffff (2^16 is 1) and ends in
-    // 1..=0xffff for a sum that is not 0: at 0xffff exactly when it is a multiple of 0xffff.
-    sum != 0 && sum % 0xffff == 0
+    match header.split_first_chunk::<IPV4_HEADER_LEN>() {
+        Some((fixed, options)) => {
+            // At most 10 words of options: their plain sum cannot overflow 64 bits.
+            let options = options
+                .chunks_exact(4)
+                .map(|w| u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+                .sum();
+            fold(add_ones(ipv4_fixed_header_sum(fixed), options)) == 0xffff
+        }
+        None => false,
+    }
+}
+
+/// The length of the IPv4 header `head` starts with, if it is well formed: version 4, a
+/// length (IHL) of at least 20 bytes, all at hand, and the right checksum.
+#[inline(never)]
+fn ipv4_header_len(head: &[u8]) -> Result<usize, ConntrackError> {
+    let first = *head.first().ok_or(ConntrackError::Malformed)?;
+    let header_len = usize::from(first & 0x0f) * 4;
+    match head.get(..header_len) {
+        Some(header)
+            if first >> 4 == 4
+                && header_len >= IPV4_HEADER_LEN
+                && ipv4_header_checksum_ok(header) =>
+        {
+            Ok(header_len)
+        }
+        _ => Err(ConntrackError::Malformed),
+    }
+}
+
+/// [`ipv4_header_checksum_ok`] for a header without options.
+#[inline]
+fn ipv4_fixed_header_checksum_ok(header: &[u8; IPV4_HEADER_LEN]) -> bool {
+    fold(ipv4_fixed_header_sum(header)) == 0xffff
+}
+
+/// The one's complement sum of a header's first 20 bytes, in 64 bits: two 64-bit words and
+/// a 32-bit one.
+#[inline]
+fn ipv4_fixed_header_sum(header: &[u8; IPV4_HEADER_LEN]) -> u64 {
+    let (a, rest) = header.split_at(8);
+    let (b, c) = rest.split_at(8);
+    // Constant lengths: the conversions cannot fail.
+    let word = |w: &[u8]| w.try_into().map_or(0, u64::from_ne_bytes);
+    let last = c.try_into().map_or(0, u32::from_ne_bytes);
+    add_ones(add_ones(word(a), word(b)), u64::from(last))
+}
+
+/// `a + b` in one's complement: the carry out added back in (it cannot carry again).
+#[inline]
+fn add_ones(a: u64, b: u64) -> u64 {
+    let (sum, carry) = a.overflowing_add(b);
+    sum + u64::from(carry)
+}
+
+/// A one's complement sum folded to 16 bits (each half added to the other, carry included):
+/// 0 only for 0, else in 1..=0xffff and equal to the sum modulo 0xffff, so 0xffff exactly
+/// for a sum that is a non-zero multiple of it.
+#[inline]
+fn fold(sum: u64) -> u16 {
+    let half = (sum.wrapping_add(sum.rotate_left(32)) >> 32) as u32;
+    (half.wrapping_add(half.rotate_left(16)) >> 16) as u16
 }
 
 /// ICMP header (type, code, checksum and the echo identifier and sequence, or the unused word

@@ -641,3 +641,93 @@ fn the_header_checksum_is_verified_over_options_too() {
         );
     }
 }
+
+/// The IPv4 packet of `frame` with its total length set to `total_len` and its header
+/// checksum fixed: the bytes after that length are padding.
+fn with_total_len(frame: &[u8], total_len: u16) -> Vec<u8> {
+    let mut packet = frame[14..].to_vec();
+    let mut ip = smoltcp::wire::Ipv4Packet::new_unchecked(&mut packet[..]);
+    ip.set_total_len(total_len);
+    ip.fill_checksum();
+    packet
+}
+
+#[test]
+fn a_transport_header_cut_by_the_total_length_is_malformed_even_with_padding_after_it() {
+    let tcp = ipv4_frame(&route(GUEST, WAN), IpProtocol::Tcp, 20, |b| b[12] = 0x50);
+    let udp = udp_frame(&route(GUEST, WAN), 40000, 80, b"");
+    let echo = ipv4_frame(&route(GUEST, WAN), IpProtocol::Icmp, 8, |b| b[0] = 8);
+    for (what, frame, header) in [("TCP", tcp, 20), ("UDP", udp, 8), ("ICMP", echo, 8)] {
+        let whole = with_total_len(&frame, 20 + header);
+        assert!(PacketMeta::parse_ipv4(1, &whole).is_ok(), "{what}");
+        for cut in 0..header {
+            let packet = with_total_len(&frame, 20 + cut);
+            for parsed in [
+                PacketMeta::parse_ipv4(1, &packet),
+                PacketMeta::parse_ipv4_head(1, &packet, packet.len() + 10),
+                Ipv4Fields::parse(1, &packet, packet.len()).and_then(|f| f.meta()),
+            ] {
+                assert_eq!(parsed, Err(ConntrackError::Malformed), "{what} {cut}");
+            }
+        }
+    }
+    // A total length below the header's own, with or without options.
+    let packet = with_total_len(&udp_frame(&route(GUEST, WAN), 1, 2, b"x"), 19);
+    assert_eq!(
+        PacketMeta::parse_ipv4(1, &packet),
+        Err(ConntrackError::Malformed)
+    );
+}
+
+#[test]
+fn an_icmp_error_reads_its_quote_only_up_to_the_total_length() {
+    let offending = udp_frame(&route(GUEST, WAN), 40000, 80, b"query");
+    let error = icmp::error_reply(
+        &offending,
+        ErrorKind::Unreachable(Icmpv4DstUnreachable::PortUnreachable),
+        EthernetAddress([2, 0, 0, 0, 0, 9]),
+        WAN,
+    )
+    .unwrap();
+    let whole = PacketMeta::parse_ipv4(1, &error[14..]).unwrap();
+    assert!(matches!(whole.kind, PacketKind::IcmpError { .. }));
+    // The quote needs the offending packet's IPv4 header and 8 bytes after it: 20 + 8 + 28.
+    let cut = with_total_len(&error, 20 + 8 + 27);
+    assert_eq!(
+        PacketMeta::parse_ipv4(1, &cut),
+        Err(ConntrackError::Malformed)
+    );
+    assert_eq!(
+        PacketMeta::parse_ipv4(1, &with_total_len(&error, 20 + 8 + 28)),
+        Ok(whole)
+    );
+}
+
+proptest::proptest! {
+    /// Headers of every length and content: the checksum is accepted exactly where smoltcp
+    /// accepts it (sums with carries out of every word included).
+    #[test]
+    fn any_header_checksum_is_accepted_exactly_where_smoltcp_accepts_it(
+        words in proptest::collection::vec(proptest::prelude::any::<u32>(), 5..=15),
+        fill in proptest::prelude::any::<bool>(),
+    ) {
+        let mut packet: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+        let header_len = packet.len();
+        packet.extend([0; 8]);
+        {
+            let mut ip = smoltcp::wire::Ipv4Packet::new_unchecked(&mut packet[..]);
+            ip.set_version(4);
+            ip.set_header_len(header_len as u8);
+            ip.set_total_len((header_len + 8) as u16);
+            ip.set_frag_offset(0);
+            ip.set_next_header(IpProtocol::Udp);
+            if fill {
+                ip.fill_checksum();
+            }
+        }
+        packet[header_len + 5] = 8;
+        let right = smoltcp::wire::Ipv4Packet::new_unchecked(&packet[..]).verify_checksum();
+        proptest::prop_assert_eq!(PacketMeta::parse_ipv4(1, &packet).is_ok(), right);
+        proptest::prop_assert!(right || !fill);
+    }
+}
