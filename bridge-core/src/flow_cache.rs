@@ -37,7 +37,7 @@
 //! (a port's flows share a few), so a hit reads one cache line of slots and a verdict that the
 //! port's other flows keep in cache.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use smoltcp::time::{Duration, Instant};
 
@@ -57,34 +57,25 @@ const WINDOW_PER_SET: u64 = 32;
 /// The longest time an entry answers for.
 const MAX_REFRESH: Duration = Duration::from_secs(1);
 
-/// What makes two packets alike for the cache: the fields conntrack reads of them.
+/// What makes two packets alike for the cache: the fields conntrack reads of them, packed in
+/// two words that a slot compares in two, and the packet's kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Key {
-    zone: u32,
-    src: u32,
-    dst: u32,
-    /// Source port in the high half, destination port in the low half.
-    ports: u32,
+    /// The source address in the low half of the first word, the destination in its high
+    /// half (each as its bytes lie in memory); the network in the low half of the second, the
+    /// destination port above it and the source port in its top 16 bits.
+    words: [u64; 2],
     /// The protocol and kind: [`TCP_ACK`], [`UDP`], [`ECHO_REQUEST`] or [`ECHO_REPLY`].
     kind: u8,
 }
 
-/// Kinds of [`Key`] (0 is [`Key::EMPTY`]'s).
+/// Kinds of [`Key`] (0 is an empty [`Slot`]'s).
 const TCP_ACK: u8 = 1;
 const UDP: u8 = 2;
 const ECHO_REQUEST: u8 = 3;
 const ECHO_REPLY: u8 = 4;
 
 impl Key {
-    /// No packet's key.
-    const EMPTY: Key = Key {
-        zone: 0,
-        src: 0,
-        dst: 0,
-        ports: 0,
-        kind: 0,
-    };
-
     /// The key of a packet the cache may answer for: IPv4 TCP without SYN, FIN or RST (and
     /// with ACK), UDP, or an ICMP echo; `None` for any other.
     fn of(packet: &PacketMeta) -> Option<Key> {
@@ -98,14 +89,7 @@ impl Key {
         let (IpAddr::V4(src), IpAddr::V4(dst)) = (t.src.addr, t.dst.addr) else {
             return None;
         };
-        Some(Key::new(
-            t.zone,
-            src.to_bits(),
-            dst.to_bits(),
-            t.src.port,
-            t.dst.port,
-            kind,
-        ))
+        Some(Key::new(t.zone, src, dst, t.src.port, t.dst.port, kind))
     }
 
     /// The key of the packet of `fields`, as [`Key::of`] its [`PacketMeta`].
@@ -121,16 +105,22 @@ impl Key {
             Transport::IcmpEcho { ident, request } => (ident, ident, Self::echo_kind(request)),
             Transport::IcmpError { .. } => return None,
         };
-        let (src, dst) = (fields.src.to_bits(), fields.dst.to_bits());
-        Some(Key::new(fields.zone, src, dst, sport, dport, kind))
+        Some(Key::new(
+            fields.zone,
+            fields.src,
+            fields.dst,
+            sport,
+            dport,
+            kind,
+        ))
     }
 
-    fn new(zone: u32, src: u32, dst: u32, sport: u16, dport: u16, kind: u8) -> Key {
+    #[inline]
+    fn new(zone: u32, src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, kind: u8) -> Key {
+        let addr = |a: Ipv4Addr| u64::from(u32::from_ne_bytes(a.octets()));
+        let ports = u64::from(sport) << 16 | u64::from(dport);
         Key {
-            zone,
-            src,
-            dst,
-            ports: u32::from(sport) << 16 | u32::from(dport),
+            words: [addr(src) | addr(dst) << 32, u64::from(zone) | ports << 32],
             kind,
         }
     }
@@ -149,11 +139,14 @@ impl Key {
     }
 
     /// The index of the key's set among `sets` (a power of two): a multiply of its words, top
-    /// bits, so the keys of a set go to one of two sets when their number doubles.
+    /// bits, so the keys of a set go to one of two sets when their number doubles. The
+    /// addresses are taken as numbers, so the bytes that vary most between flows (their last)
+    /// are low in the product's input, and ports of neighbouring numbers go to sets apart.
+    #[inline]
     fn set(&self, sets: usize) -> usize {
-        let a = u64::from(self.src) << 32 | u64::from(self.dst);
-        let b = u64::from(self.ports) << 32 | u64::from(self.zone) ^ u64::from(self.kind) << 24;
-        let h = (a ^ b.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let addrs = u64::from_be(self.words[0]);
+        let rest = self.words[1] ^ u64::from(self.kind) << 24;
+        let h = (addrs ^ rest.rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         (h >> (64 - sets.trailing_zeros())) as usize
     }
 }
@@ -162,34 +155,53 @@ impl Key {
 /// verdicts: a set of two fills one cache line, and a hit reads no other line of its own.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
-    /// [`Key::EMPTY`] for none.
-    key: Key,
-    /// The cache's [`stamp`](FlowCache::stamp) when it was made.
-    stamp: u16,
-    /// Its verdict: an index into [`FlowCache::verdicts`], valid while `stamp` is current.
+    /// Its key's words.
+    words: [u64; 2],
+    /// Its key's kind in the low byte (0 for no key), and above it the cache's
+    /// [`stamp`](FlowCache::stamp) when it was made: a hit compares both at once.
+    tag: u32,
+    /// Its verdict: an index into [`FlowCache::verdicts`], valid while the stamp is current.
     verdict: u16,
     /// Until when it answers: when a packet like it was tracked, plus the refresh interval.
     until: Instant,
 }
 
+/// A slot's [`tag`](Slot::tag).
+#[inline]
+fn tag(kind: u8, stamp: u16) -> u32 {
+    u32::from(kind) | u32::from(stamp) << 8
+}
+
 impl Slot {
     const EMPTY: Slot = Slot {
-        key: Key::EMPTY,
-        stamp: 0,
+        words: [0; 2],
+        tag: 0,
         verdict: 0,
         until: Instant::ZERO,
     };
 
-    /// Whether the slot answers at `now` under `stamp`.
-    #[inline]
-    fn answers(&self, now: Instant, stamp: u16) -> bool {
-        self.key.kind != Key::EMPTY.kind && self.is_current(now, stamp)
+    /// The key it holds (of kind 0 if none).
+    fn key(&self) -> Key {
+        Key {
+            words: self.words,
+            kind: self.tag as u8,
+        }
     }
 
-    /// Whether the slot, if it holds a key, answers at `now` under `stamp`.
+    /// Whether it holds a key.
+    fn is_empty(&self) -> bool {
+        self.tag as u8 == 0
+    }
+
+    /// Whether it holds `key` and answers for it at `now` under `stamp`.
     #[inline]
-    fn is_current(&self, now: Instant, stamp: u16) -> bool {
-        self.stamp == stamp && now < self.until
+    fn answers_for(&self, key: &Key, now: Instant, stamp: u16) -> bool {
+        self.words == key.words && self.tag == tag(key.kind, stamp) && now < self.until
+    }
+
+    /// Whether it holds a key and answers at `now` under `stamp`.
+    fn answers(&self, now: Instant, stamp: u16) -> bool {
+        !self.is_empty() && self.answers_for(&self.key(), now, stamp)
     }
 }
 
@@ -289,8 +301,7 @@ impl<V: Copy + PartialEq> FlowCache<V> {
             .get(key.set(self.sets.len()))?
             .0
             .iter()
-            // A packet's key is never EMPTY: a slot that holds it holds a key.
-            .find(|s| s.key == key && s.is_current(now, self.stamp))?;
+            .find(|s| s.answers_for(&key, now, self.stamp))?;
         self.verdicts.get(usize::from(slot.verdict))
     }
 
@@ -328,7 +339,7 @@ impl<V: Copy + PartialEq> FlowCache<V> {
         let slots = &self.sets[set].0;
         let Some(way) = slots
             .iter()
-            .position(|s| s.key == key)
+            .position(|s| s.key() == key)
             .or_else(|| slots.iter().position(|s| !s.answers(now, self.stamp)))
         else {
             self.refused += 1;
@@ -336,8 +347,8 @@ impl<V: Copy + PartialEq> FlowCache<V> {
         };
         let verdict = self.intern(verdict);
         self.sets[set].0[way] = Slot {
-            key,
-            stamp: self.stamp,
+            words: key.words,
+            tag: tag(key.kind, self.stamp),
             verdict,
             until: now + self.refresh,
         };
@@ -353,8 +364,8 @@ impl<V: Copy + PartialEq> FlowCache<V> {
         );
         for slot in old.iter().flat_map(|s| s.0) {
             if slot.answers(now, self.stamp) {
-                let set = &mut self.sets[slot.key.set(sets)].0;
-                if let Some(free) = set.iter_mut().find(|s| s.key.kind == Key::EMPTY.kind) {
+                let set = &mut self.sets[slot.key().set(sets)].0;
+                if let Some(free) = set.iter_mut().find(|s| s.is_empty()) {
                     *free = slot;
                 }
             }
@@ -392,7 +403,6 @@ mod tests {
     use crate::gateway::frame::{ipv4_frame, udp_frame, Ipv4Route};
     use smoltcp::wire::EthernetAddress;
     use smoltcp::wire::IpProtocol;
-    use std::net::Ipv4Addr;
 
     const T0: Instant = Instant::from_millis_const(1_000_000);
 
@@ -437,6 +447,61 @@ mod tests {
         }
         // ACK set, SYN, FIN and RST clear: 4 of the 8 bits free.
         assert_eq!(plain_acks, 16);
+    }
+
+    #[test]
+    fn a_packet_that_differs_in_one_field_is_not_answered_for() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let mut cache = FlowCache::new(&ct);
+        let p = udp(1000);
+        remember(&ct, &mut cache, &p, 7);
+        assert_eq!(cache.get(T0, &p), Some(7));
+        let changed = |change: &dyn Fn(&mut PacketMeta)| {
+            let mut q = p;
+            change(&mut q);
+            q
+        };
+        let ack = PacketKind::Tcp(TcpFlags {
+            ack: true,
+            ..TcpFlags::default()
+        });
+        let others = [
+            changed(&|q| q.tuple.zone ^= 1 << 31),
+            changed(&|q| q.tuple.src.addr = Ipv4Addr::new(10, 0, 0, 4).into()),
+            changed(&|q| q.tuple.dst.addr = Ipv4Addr::new(11, 0, 0, 3).into()),
+            changed(&|q| q.tuple.src.port ^= 1 << 15),
+            changed(&|q| q.tuple.dst.port ^= 1),
+            changed(&|q| q.kind = ack),
+            changed(&|q| q.kind = PacketKind::IcmpEcho { request: true }),
+            // Source and destination swapped: the reply direction.
+            changed(&|q| q.tuple = q.tuple.reversed()),
+        ];
+        for (i, q) in others.iter().enumerate() {
+            assert_ne!(Key::of(q), Key::of(&p), "{i}");
+            assert_eq!(cache.get(T0, q), None, "{i}");
+        }
+        // A slot answers for its own key only, whatever set the other keys are in: any one
+        // bit of the words or the kind changed misses.
+        let key = Key::of(&p).unwrap();
+        let slot = Slot {
+            words: key.words,
+            tag: tag(key.kind, 3),
+            verdict: 0,
+            until: T0 + Duration::from_millis(1),
+        };
+        assert!(slot.answers_for(&key, T0, 3));
+        assert!(!slot.answers_for(&key, T0, 4) && !slot.answers_for(&key, slot.until, 3));
+        for bit in 0..128 {
+            let mut other = key;
+            other.words[bit / 64] ^= 1 << (bit % 64);
+            assert!(!slot.answers_for(&other, T0, 3), "bit {bit}");
+        }
+        for kind in [TCP_ACK, ECHO_REQUEST, ECHO_REPLY] {
+            assert!(
+                !slot.answers_for(&Key { kind, ..key }, T0, 3),
+                "kind {kind}"
+            );
+        }
     }
 
     #[test]
