@@ -145,7 +145,8 @@ impl Key {
     }
 
     /// The index of the key's set among `sets` (a power of two): a multiply of its words, top
-    /// bits, so the keys of a set go to one of two sets when their number doubles. The
+    /// bits (the high word of its product with `sets`), so the keys of a set go to one of two
+    /// sets when their number doubles. The
     /// addresses are taken as numbers, so the bytes that vary most between flows (their last)
     /// are low in the product's input, and ports of neighbouring numbers go to sets apart. The
     /// kind is left out: packets alike but for it (TCP and UDP of the same ports) are rare.
@@ -153,7 +154,7 @@ impl Key {
     fn set(&self, sets: usize) -> usize {
         let addrs = u64::from_be(self.words[0]);
         let h = (addrs ^ self.words[1].rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        (h >> (64 - sets.trailing_zeros())) as usize
+        ((u128::from(h) * sets as u128) >> 64) as usize
     }
 }
 
