@@ -317,8 +317,7 @@ impl<V: Copy + PartialEq> FlowCache<V> {
     /// without SYN/FIN/RST) and came with a verdict. The caller decides whether that verdict
     /// may be reused at all (and calls this only then).
     ///
-    /// When more than one lookup in [`GROW_REFUSED`] over a window ends in a packet that finds
-    /// its set full
+    /// When more than one lookup in 64 over a window ends in a packet that finds its set full
     /// (more live flows than the cache holds: a thread serving many ports), the cache doubles,
     /// up to [`MAX_ENTRIES`].
     pub fn insert(&mut self, now: Instant, packet: &PacketMeta, tracked: &Tracked<V>) {
