@@ -147,7 +147,7 @@ fn stage(c: &mut Criterion) {
         if stage.begin_batch() {
             for (frames, ctx) in [(&syns, ctx), (&syn_acks, reply), (&frames, ctx)] {
                 for f in frames {
-                    let _ = stage.check(now, ctx, f, f.len());
+                    let _ = stage.check(now, ctx.ingress, ctx.network, f, f.len(), || ctx);
                 }
                 stage.judge_pending(now);
             }
@@ -158,7 +158,8 @@ fn stage(c: &mut Criterion) {
                     return;
                 }
                 for f in &frames {
-                    let checked = stage.check(now, ctx, black_box(f), f.len());
+                    let checked =
+                        stage.check(now, ctx.ingress, ctx.network, black_box(f), f.len(), || ctx);
                     assert!(matches!(checked, Check::Now(_)), "cached");
                 }
                 stage.end_batch();
@@ -237,7 +238,7 @@ fn ports(c: &mut Criterion) {
             if stage.begin_batch() {
                 for batch in frames.chunks(MAX_BATCH) {
                     for f in batch {
-                        let _ = stage.check(now, *ctx, f, f.len());
+                        let _ = stage.check(now, ctx.ingress, ctx.network, f, f.len(), || *ctx);
                     }
                     stage.judge_pending(now);
                 }
@@ -254,7 +255,14 @@ fn ports(c: &mut Criterion) {
                             continue;
                         }
                         for f in &frames[round * MAX_BATCH..][..MAX_BATCH] {
-                            let checked = stage.check(now, *ctx, black_box(f), f.len());
+                            let checked = stage.check(
+                                now,
+                                ctx.ingress,
+                                ctx.network,
+                                black_box(f),
+                                f.len(),
+                                || *ctx,
+                            );
                             assert!(matches!(checked, Check::Now(_)), "cached");
                         }
                         stage.end_batch();

@@ -640,17 +640,27 @@ fn the_stage_passes_an_established_flow_by_its_cached_verdict_but_never_a_malfor
     assert!(stage.begin_batch());
     // The SYN opens the flow and is judged; the SYN+ACK passes by the flow's verdict.
     let syn = tcp4(VM3, VM4, 40000, 22, TCP_SYN);
-    assert_eq!(stage.check(now, out, &syn, syn.len()), Check::Later);
+    assert_eq!(
+        stage.check(now, out.ingress, out.network, &syn, syn.len(), || out),
+        Check::Later
+    );
     assert_eq!(stage.judge_pending(now), [Outcome::PASS]);
     let syn_ack = tcp4(VM4, VM3, 22, 40000, TCP_SYN | TCP_ACK);
     assert_eq!(
-        stage.check(now, back, &syn_ack, syn_ack.len()),
+        stage.check(
+            now,
+            back.ingress,
+            back.network,
+            &syn_ack,
+            syn_ack.len(),
+            || back
+        ),
         Check::Now(Outcome::PASS)
     );
     // The ACK that establishes the flow is tracked, the next from the flow cache.
     for _ in 0..2 {
         assert_eq!(
-            stage.check(now, out, &ack, ack.len()),
+            stage.check(now, out.ingress, out.network, &ack, ack.len(), || out),
             Check::Now(Outcome::PASS)
         );
     }
@@ -658,7 +668,7 @@ fn the_stage_passes_an_established_flow_by_its_cached_verdict_but_never_a_malfor
     let mut tagged = ack.clone();
     tagged.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
     assert_eq!(
-        stage.check(now, out, &tagged, tagged.len()),
+        stage.check(now, out.ingress, out.network, &tagged, tagged.len(), || out),
         Check::Now(Outcome::PASS)
     );
     // Malformed frames of the flow are judged (as invalid), never passed by its verdict.
@@ -673,7 +683,10 @@ fn the_stage_passes_an_established_flow_by_its_cached_verdict_but_never_a_malfor
         (&ack, 14 + 39),
     ];
     for (head, len) in malformed {
-        assert_eq!(stage.check(now, out, head, len), Check::Later);
+        assert_eq!(
+            stage.check(now, out.ingress, out.network, head, len, || out),
+            Check::Later
+        );
     }
     assert_eq!(stage.judge_pending(now), [Outcome::PASS; 4]);
     stage.end_batch();

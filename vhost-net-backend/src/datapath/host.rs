@@ -131,10 +131,10 @@ impl Injector {
         let judging = self.policy.as_mut().is_some_and(PolicyStage::begin_batch);
         let outcome = match self.policy.as_mut() {
             Some(stage) if judging => {
-                let network = self.network;
-                let ctx = FrameCtx::of(self.port, network, false, &decision, &ports);
+                let (port, network) = (self.port, self.network);
+                let ctx = || FrameCtx::of(port, network, false, &decision, &ports);
                 let head = &frame[..frame.len().min(HEAD_LEN)];
-                let outcome = match stage.check(now, ctx, head, frame.len()) {
+                let outcome = match stage.check(now, port, network, head, frame.len(), ctx) {
                     Check::Now(o) => o,
                     Check::Later => stage.judge_pending(now)[0],
                 };

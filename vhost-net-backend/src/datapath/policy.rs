@@ -280,20 +280,48 @@ impl PolicyStage {
         !self.pending.is_empty()
     }
 
-    /// Tracks a frame of `len` bytes whose first bytes are `head` (at least its headers),
-    /// and decides it by its flow's verdict, or sets it aside. Must not be called while
+    /// Tracks a frame of `len` bytes from `ingress` (in `network`) whose first bytes are `head`
+    /// (at least its headers), and decides it by its flow's verdict, or sets it aside with its
+    /// context, `ctx()` (called only on a flow cache miss). Must not be called while
     /// [`is_full`](Self::is_full).
-    pub fn check(&mut self, now: Instant, ctx: FrameCtx, head: &[u8], len: usize) -> Check {
-        let fields = match ipv4_fields(ctx.network, head, len) {
+    ///
+    /// Inlined: a packet of a known flow costs its parse, a cache lookup and its outcome.
+    #[inline]
+    pub fn check(
+        &mut self,
+        now: Instant,
+        ingress: PortId,
+        network: NetworkId,
+        head: &[u8],
+        len: usize,
+        ctx: impl FnOnce() -> FrameCtx,
+    ) -> Check {
+        let fields = match ipv4_fields(network, head, len) {
             Ok(f) => f,
-            Err(ct) => return self.set_aside(ctx, head, len, FlowState::untracked(ct)),
+            Err(ct) => return self.set_aside(ctx(), head, len, FlowState::untracked(ct)),
         };
         // A packet of an established flow: its verdict from the flow cache, by reference.
         let generation = self.generation;
-        let reusable = |v: &Verdict| v.generation == generation && v.cache;
-        if let Some(v) = self.cache.lookup(now, &fields).filter(|v| reusable(v)) {
-            return Check::Now(outcome(&mut self.worker, &mut self.log, now, &ctx, v, len));
+        let (worker, log) = (&mut self.worker, &mut self.log);
+        match self.cache.lookup(now, &fields) {
+            Some(v) if reusable(v, generation) => {
+                Check::Now(outcome(worker, log, now, ingress, network, v, len))
+            }
+            _ => self.track(now, &fields, ctx(), head, len),
         }
+    }
+
+    /// [`check`](Self::check) past the flow cache: tracks the packet of `fields` in the flow
+    /// table and decides it by its flow's verdict, or sets it aside.
+    #[inline(never)]
+    fn track(
+        &mut self,
+        now: Instant,
+        fields: &Ipv4Fields<'_>,
+        ctx: FrameCtx,
+        head: &[u8],
+        len: usize,
+    ) -> Check {
         let meta = match fields.meta() {
             Ok(m) => m,
             Err(e) => return self.set_aside(ctx, head, len, FlowState::untracked(ct_of(e))),
@@ -302,9 +330,10 @@ impl PolicyStage {
             return Check::Now(Outcome::Drop(DropReason::ConntrackFull));
         };
         match t.verdict {
-            Some(v) if reusable(&v) => {
+            Some(v) if reusable(&v, self.generation) => {
                 self.cache.insert(now, &meta, &t);
-                Check::Now(outcome(&mut self.worker, &mut self.log, now, &ctx, &v, len))
+                let (worker, log) = (&mut self.worker, &mut self.log);
+                Check::Now(outcome(worker, log, now, ctx.ingress, ctx.network, &v, len))
             }
             _ => {
                 let state = FlowState {
@@ -318,6 +347,7 @@ impl PolicyStage {
     }
 
     /// Sets a frame aside for judging, with what conntrack knows of it.
+    #[inline(never)]
     fn set_aside(&mut self, ctx: FrameCtx, head: &[u8], len: usize, state: FlowState) -> Check {
         let FlowState { flow, ct, verdict } = state;
         let kind = match verdict {
@@ -377,14 +407,9 @@ impl PolicyStage {
             if let (Some(flow), None) = (&p.flow, p.follows) {
                 self.plane.flows(self.hook).set_verdict(flow, v);
             }
-            let outcome = outcome(
-                &mut self.worker,
-                &mut self.log,
-                now,
-                &p.ctx,
-                &v,
-                p.frame_len,
-            );
+            let (worker, log) = (&mut self.worker, &mut self.log);
+            let (ingress, network) = (p.ctx.ingress, p.ctx.network);
+            let outcome = outcome(worker, log, now, ingress, network, &v, p.frame_len);
             self.outcomes.push(outcome);
         }
         self.pending.clear();
@@ -465,18 +490,31 @@ fn ipv4_fields(
     Ipv4Fields::parse(network.0, &head[l3..], len.saturating_sub(l3)).map_err(ct_of)
 }
 
+/// Whether `v` may decide a frame without judging it: a cacheable verdict of `generation`.
+fn reusable(v: &Verdict, generation: u64) -> bool {
+    v.generation == generation && v.cache
+}
+
 /// The conntrack state of a frame it could not track for `error`.
 fn ct_of(error: ConntrackError) -> Option<CtState> {
     (error == ConntrackError::Malformed).then_some(CtState::Invalid)
 }
 
-/// Logs a frame of a verdict with the LOG flag, if `log` has a token at `now_ns`.
+/// Logs a frame from `ingress` (in `network`) of a verdict with the LOG flag, if `log` has a
+/// token at `now_ns`.
 #[cold]
-fn log_frame(log: &mut TokenBucket, now_ns: u64, ctx: &FrameCtx, v: &Verdict, len: usize) {
+fn log_frame(
+    log: &mut TokenBucket,
+    now_ns: u64,
+    ingress: PortId,
+    network: NetworkId,
+    v: &Verdict,
+    len: usize,
+) {
     if log.take(now_ns, 1) {
         tracing::info!(
-            port = ctx.ingress.0,
-            network = ctx.network.0,
+            port = ingress.0,
+            network = network.0,
             len,
             action = ?v.action,
             "policy log"
@@ -484,22 +522,23 @@ fn log_frame(log: &mut TokenBucket, now_ns: u64, ctx: &FrameCtx, v: &Verdict, le
     }
 }
 
-/// Passes a frame under `v` on `worker`: rule counters, rate class, log (limited by `log`);
-/// the outcome.
+/// Passes a frame from `ingress` (in `network`) under `v` on `worker`: rule counters, rate
+/// class, log (limited by `log`); the outcome.
 #[inline]
 fn outcome(
     worker: &mut PolicyWorker,
     log: &mut TokenBucket,
     now: Instant,
-    ctx: &FrameCtx,
+    ingress: PortId,
+    network: NetworkId,
     v: &Verdict,
     len: usize,
 ) -> Outcome {
     let now_ns = nanos(now);
     if v.log {
-        log_frame(log, now_ns, ctx, v, len);
+        log_frame(log, now_ns, ingress, network, v, len);
     }
-    if !worker.admit(now_ns, v, ctx.ingress, len) {
+    if !worker.admit(now_ns, v, ingress, len) {
         return Outcome::Drop(DropReason::PolicyRateLimit);
     }
     match v.action {

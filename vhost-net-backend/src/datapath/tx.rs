@@ -546,13 +546,19 @@ impl<'a, 'p> Batch<'a, 'p> {
             return None;
         }
         let mut outcome = Outcome::PASS;
-        if let Some(stage) = s.policy.as_mut().filter(|_| self.judging) {
+        // `judging` first: without a policy, one test per frame.
+        let stage = if self.judging {
+            s.policy.as_mut()
+        } else {
+            None
+        };
+        if let Some(stage) = stage {
             if !s.aside.fits(&frame) {
                 self.judge_set_aside(mem, stage, &mut s.aside, &mut s.out);
             }
-            let id = self.port.id();
-            let ctx = FrameCtx::of(id, self.network, true, &decision, self.ports);
-            match stage.check(self.now, ctx, frame.head, frame.len) {
+            let (id, network) = (self.port.id(), self.network);
+            let ctx = || FrameCtx::of(id, network, true, &decision, self.ports);
+            match stage.check(self.now, id, network, frame.head, frame.len, ctx) {
                 Check::Now(o) => outcome = o,
                 Check::Later => {
                     s.aside.push(&frame, decision);

@@ -71,7 +71,12 @@ impl EgressPolicy {
         mut carry_out: impl FnMut(Outcome, VnetHdr, Vec<u8>),
     ) {
         let head = &frame[..frame.len().min(HEAD_LEN)];
-        match self.stage.check(self.now, self.ctx, head, frame.len()) {
+        let ctx = self.ctx;
+        let (ingress, network) = (ctx.ingress, ctx.network);
+        match self
+            .stage
+            .check(self.now, ingress, network, head, frame.len(), || ctx)
+        {
             Check::Now(outcome) => carry_out(outcome, hdr, frame),
             Check::Later => {
                 self.aside.push((hdr, frame));
