@@ -285,7 +285,8 @@ impl PolicyStage {
     /// context, `ctx()` (called only on a flow cache miss). Must not be called while
     /// [`is_full`](Self::is_full).
     ///
-    /// Inlined: a packet of a known flow costs its parse, a cache lookup and its outcome.
+    /// Inlined: a packet of a known flow costs one call (`cached`: its parse and a cache
+    /// lookup) and its outcome.
     #[inline]
     pub fn check(
         &mut self,
@@ -296,18 +297,14 @@ impl PolicyStage {
         len: usize,
         ctx: impl FnOnce() -> FrameCtx,
     ) -> Check {
-        let fields = match ipv4_fields(network, head, len) {
-            Ok(f) => f,
-            Err(ct) => return self.set_aside(ctx(), head, len, FlowState::untracked(ct)),
-        };
-        // A packet of an established flow: its verdict from the flow cache, by reference.
         let generation = self.generation;
-        let (worker, log) = (&mut self.worker, &mut self.log);
-        match self.cache.lookup(now, &fields) {
-            Some(v) if reusable(v, generation) => {
+        match cached(&mut self.cache, generation, now, network, head, len) {
+            Cached::Hit(v) => {
+                let (worker, log) = (&mut self.worker, &mut self.log);
                 Check::Now(outcome(worker, log, now, ingress, network, v, len))
             }
-            _ => self.track(now, &fields, ctx(), head, len),
+            Cached::Miss(fields) => self.track(now, &fields, ctx(), head, len),
+            Cached::Untracked(ct) => self.set_aside(ctx(), head, len, FlowState::untracked(ct)),
         }
     }
 
@@ -467,6 +464,38 @@ impl PolicyStage {
     /// The outcomes of the last [`judge_pending`](Self::judge_pending).
     pub fn outcomes(&self) -> &[Outcome] {
         &self.outcomes
+    }
+}
+
+/// What the flow cache knows of a frame.
+enum Cached<'c, 'h> {
+    /// Its flow's verdict, current and cacheable.
+    Hit(&'c Verdict),
+    /// Nothing: its IPv4 fields, for the flow table.
+    Miss(Ipv4Fields<'h>),
+    /// It has no flow: its conntrack state ([`ipv4_fields`]).
+    Untracked(Option<CtState>),
+}
+
+/// Looks up the packet of a frame of `len` bytes in `network` whose first bytes are `head` in
+/// `cache`, for a verdict of `generation`. Out of line, with the parse inlined: a hit hands back
+/// a reference, not the packet's fields.
+#[inline(never)]
+fn cached<'c, 'h>(
+    cache: &'c mut FlowCache<Verdict>,
+    generation: u64,
+    now: Instant,
+    network: NetworkId,
+    head: &'h [u8],
+    len: usize,
+) -> Cached<'c, 'h> {
+    let fields = match ipv4_fields(network, head, len) {
+        Ok(f) => f,
+        Err(ct) => return Cached::Untracked(ct),
+    };
+    match cache.lookup(now, &fields) {
+        Some(v) if reusable(v, generation) => Cached::Hit(v),
+        _ => Cached::Miss(fields),
     }
 }
 
