@@ -467,7 +467,8 @@ impl PolicyStage {
     }
 }
 
-/// What the flow cache knows of a frame.
+/// What the flow cache knows of a frame (tagged by a byte of its own: one test for a hit).
+#[repr(u8)]
 enum Cached<'c, 'h> {
     /// Its flow's verdict, current and cacheable.
     Hit(&'c Verdict),
