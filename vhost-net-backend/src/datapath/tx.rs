@@ -545,7 +545,6 @@ impl<'a, 'p> Batch<'a, 'p> {
         if let Decision::Drop(_) = decision {
             return None;
         }
-        let mut outcome = Outcome::PASS;
         // `judging` first: without a policy, one test per frame.
         let stage = if self.judging {
             s.policy.as_mut()
@@ -559,7 +558,10 @@ impl<'a, 'p> Batch<'a, 'p> {
             let (id, network) = (self.port.id(), self.network);
             let ctx = || FrameCtx::of(id, network, true, &decision, self.ports);
             match stage.check(self.now, id, network, frame.head, frame.len, ctx) {
-                Check::Now(o) => outcome = o,
+                // Carried out in this arm: the outcome is not copied into a variable first.
+                Check::Now(o) => {
+                    return self.carry_out(&frame, &decision, o, true, &mut self.out(&mut s.out))
+                }
                 Check::Later => {
                     s.aside.push(&frame, decision);
                     if stage.is_full() {
@@ -569,7 +571,13 @@ impl<'a, 'p> Batch<'a, 'p> {
                 }
             }
         }
-        self.carry_out(&frame, &decision, outcome, true, &mut self.out(&mut s.out))
+        self.carry_out(
+            &frame,
+            &decision,
+            Outcome::PASS,
+            true,
+            &mut self.out(&mut s.out),
+        )
     }
 
     /// Judges the frames set aside and carries out their outcomes, in order, on the bytes that
