@@ -21,7 +21,7 @@
 use std::sync::Arc;
 
 use bridge_core::conntrack::{
-    Conntrack, ConntrackConfig, ConntrackError, CtState, FlowRef, Ipv4Fields,
+    Conntrack, ConntrackConfig, ConntrackError, CtState, FlowRef, Ipv4Fields, PacketMeta,
 };
 use bridge_core::flow_cache::FlowCache;
 use bridge_core::policy::{
@@ -299,29 +299,35 @@ impl PolicyStage {
     ) -> Check {
         let generation = self.generation;
         match cached(&mut self.cache, generation, now, network, head, len) {
-            Cached::Hit(v) => {
+            Some(v) => {
                 let (worker, log) = (&mut self.worker, &mut self.log);
                 Check::Now(outcome(worker, log, now, ingress, network, v, len))
             }
-            Cached::Miss(fields) => self.track(now, &fields, ctx(), head, len),
-            Cached::Untracked(ct) => self.set_aside(ctx(), head, len, FlowState::untracked(ct)),
+            None => self.track(now, network, ctx(), head, len),
         }
     }
 
-    /// [`check`](Self::check) past the flow cache: tracks the packet of `fields` in the flow
-    /// table and decides it by its flow's verdict, or sets it aside.
+    /// [`check`](Self::check) past the flow cache: tracks the packet (in `network`) in the flow
+    /// table and decides it by its flow's verdict, or sets it aside (untracked if conntrack
+    /// does not follow it). It parses the frame again, out of line: a frame of a known flow
+    /// misses the cache once per flow and refresh, and so a hit hands back a verdict alone.
     #[inline(never)]
     fn track(
         &mut self,
         now: Instant,
-        fields: &Ipv4Fields<'_>,
+        network: NetworkId,
         ctx: FrameCtx,
         head: &[u8],
         len: usize,
     ) -> Check {
-        let meta = match fields.meta() {
+        // As `ipv4_fields` and the fields' `meta`, in bridge-core's copy of the parse.
+        let meta = l3_offset(head).ok_or(None).and_then(|l3| {
+            let packet = &head[l3..];
+            PacketMeta::parse_ipv4_head(network.0, packet, len.saturating_sub(l3)).map_err(ct_of)
+        });
+        let meta = match meta {
             Ok(m) => m,
-            Err(e) => return self.set_aside(ctx, head, len, FlowState::untracked(ct_of(e))),
+            Err(ct) => return self.set_aside(ctx, head, len, FlowState::untracked(ct)),
         };
         let Ok(t) = self.plane.flows(self.hook).track(now, &meta) else {
             return Check::Now(Outcome::Drop(DropReason::ConntrackFull));
@@ -467,37 +473,23 @@ impl PolicyStage {
     }
 }
 
-/// What the flow cache knows of a frame (tagged by a byte of its own: one test for a hit).
-#[repr(u8)]
-enum Cached<'c, 'h> {
-    /// Its flow's verdict, current and cacheable.
-    Hit(&'c Verdict),
-    /// Nothing: its IPv4 fields, for the flow table.
-    Miss(Ipv4Fields<'h>),
-    /// It has no flow: its conntrack state ([`ipv4_fields`]).
-    Untracked(Option<CtState>),
-}
-
-/// Looks up the packet of a frame of `len` bytes in `network` whose first bytes are `head` in
-/// `cache`, for a verdict of `generation`. Out of line, with the parse inlined: a hit hands back
-/// a reference, not the packet's fields.
+/// The verdict `cache` holds for the packet of a frame of `len` bytes in `network` whose first
+/// bytes are `head`, if it is current (of `generation`) and cacheable; `None` for a frame the
+/// cache does not answer for (tracked or not). Out of line, with the parse inlined: it hands
+/// back a reference alone, not the packet's fields.
 #[inline(never)]
-fn cached<'c, 'h>(
+fn cached<'c>(
     cache: &'c mut FlowCache<Verdict>,
     generation: u64,
     now: Instant,
     network: NetworkId,
-    head: &'h [u8],
+    head: &[u8],
     len: usize,
-) -> Cached<'c, 'h> {
-    let fields = match ipv4_fields(network, head, len) {
-        Ok(f) => f,
-        Err(ct) => return Cached::Untracked(ct),
-    };
-    match cache.lookup(now, &fields) {
-        Some(v) if reusable(v, generation) => Cached::Hit(v),
-        _ => Cached::Miss(fields),
-    }
+) -> Option<&'c Verdict> {
+    let fields = ipv4_fields(network, head, len).ok()?;
+    cache
+        .lookup(now, &fields)
+        .filter(|v| reusable(v, generation))
 }
 
 /// The IPv4 fields of a frame of `len` bytes in `network` whose first bytes are `head`;
@@ -509,15 +501,22 @@ fn ipv4_fields(
     head: &[u8],
     len: usize,
 ) -> Result<Ipv4Fields<'_>, Option<CtState>> {
-    // An untagged IPv4 frame, the common case, without reading the rest of its Ethernet header.
-    let l3 = match head.get(12..14) {
-        Some([0x08, 0x00]) => ETHERNET_HEADER_LEN,
-        _ => match L2Meta::parse(head) {
-            Ok(l2) if l2.ethertype == EthernetProtocol::Ipv4 => usize::from(l2.l3_offset),
-            _ => return Err(None),
-        },
-    };
+    let l3 = l3_offset(head).ok_or(None)?;
     Ipv4Fields::parse(network.0, &head[l3..], len.saturating_sub(l3)).map_err(ct_of)
+}
+
+/// Where the IPv4 packet of a frame whose first bytes are `head` starts; `None` if it carries
+/// none.
+#[inline]
+fn l3_offset(head: &[u8]) -> Option<usize> {
+    // An untagged IPv4 frame, the common case, without reading the rest of its Ethernet header.
+    match head.get(12..14) {
+        Some([0x08, 0x00]) => Some(ETHERNET_HEADER_LEN),
+        _ => match L2Meta::parse(head) {
+            Ok(l2) if l2.ethertype == EthernetProtocol::Ipv4 => Some(usize::from(l2.l3_offset)),
+            _ => None,
+        },
+    }
 }
 
 /// Whether `v` may decide a frame without judging it: a cacheable verdict of `generation`.
