@@ -297,13 +297,12 @@ impl PolicyStage {
         len: usize,
         ctx: impl FnOnce() -> FrameCtx,
     ) -> Check {
-        let generation = self.generation;
-        match cached(&mut self.cache, generation, now, network, head, len) {
-            Some(v) => {
+        match cached(&mut self.cache, now, network, head, len) {
+            Some(v) if reusable(v, self.generation) => {
                 let (worker, log) = (&mut self.worker, &mut self.log);
                 Check::Now(outcome(worker, log, now, ingress, network, v, len))
             }
-            None => self.track(now, network, ctx(), head, len),
+            _ => self.track(now, network, ctx(), head, len),
         }
     }
 
@@ -474,22 +473,19 @@ impl PolicyStage {
 }
 
 /// The verdict `cache` holds for the packet of a frame of `len` bytes in `network` whose first
-/// bytes are `head`, if it is current (of `generation`) and cacheable; `None` for a frame the
-/// cache does not answer for (tracked or not). Out of line, with the parse inlined: it hands
-/// back a reference alone, not the packet's fields.
+/// bytes are `head`; `None` for a frame the cache does not answer for (tracked or not). Out of
+/// line, with the parse inlined: it hands back a reference alone, not the packet's fields (and
+/// takes its arguments in registers: the caller tests the verdict's generation).
 #[inline(never)]
 fn cached<'c>(
     cache: &'c mut FlowCache<Verdict>,
-    generation: u64,
     now: Instant,
     network: NetworkId,
     head: &[u8],
     len: usize,
 ) -> Option<&'c Verdict> {
     let fields = ipv4_fields(network, head, len).ok()?;
-    cache
-        .lookup(now, &fields)
-        .filter(|v| reusable(v, generation))
+    cache.lookup(now, &fields)
 }
 
 /// The IPv4 fields of a frame of `len` bytes in `network` whose first bytes are `head`;
