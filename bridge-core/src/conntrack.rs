@@ -286,16 +286,49 @@ impl<'a> Ipv4Fields<'a> {
     /// bytes are `head`, as [`PacketMeta::parse_ipv4_head`] does.
     #[inline]
     pub fn parse(zone: u32, head: &'a [u8], packet_len: usize) -> Result<Self, ConntrackError> {
-        let malformed = ConntrackError::Malformed;
         let Some(ip) = head.first_chunk::<IPV4_HEADER_LEN>() else {
-            return Err(malformed);
+            return Err(ConntrackError::Malformed);
         };
         // Version 4 without options, the common case, checked on the fixed header alone.
-        let header_len = if ip[0] == 0x45 && ipv4_fixed_header_checksum_ok(ip) {
+        let header_len = if Self::is_plain(ip) {
             IPV4_HEADER_LEN
         } else {
             ipv4_header_len(head)?
         };
+        Self::with_header(zone, ip, head, header_len, packet_len)
+    }
+
+    /// As [`parse`](Self::parse), for a packet whose IPv4 header is the plain one (version 4,
+    /// no options, right checksum); `None` for any other, which [`parse`](Self::parse) reads.
+    /// It calls nothing, so a caller that inlines it keeps its values in registers it need
+    /// not save.
+    #[inline]
+    pub fn parse_plain(
+        zone: u32,
+        head: &'a [u8],
+        packet_len: usize,
+    ) -> Option<Result<Self, ConntrackError>> {
+        let ip = head.first_chunk::<IPV4_HEADER_LEN>()?;
+        Self::is_plain(ip).then(|| Self::with_header(zone, ip, head, IPV4_HEADER_LEN, packet_len))
+    }
+
+    /// Whether `ip` is a version 4 header without options and with the right checksum.
+    #[inline(always)]
+    fn is_plain(ip: &[u8; IPV4_HEADER_LEN]) -> bool {
+        ip[0] == 0x45 && ipv4_fixed_header_checksum_ok(ip)
+    }
+
+    /// The fields of a packet whose IPv4 header of `header_len` bytes, at the start of `head`
+    /// (its first 20 bytes `ip`), was found well formed.
+    #[inline(always)]
+    fn with_header(
+        zone: u32,
+        ip: &[u8; IPV4_HEADER_LEN],
+        head: &'a [u8],
+        header_len: usize,
+        packet_len: usize,
+    ) -> Result<Self, ConntrackError> {
+        let malformed = ConntrackError::Malformed;
         // The transport length of the whole packet: its total length (at least the header's,
         // at most the packet's) less the header. Once the bytes at hand are within the packet,
         // `packet_len - header_len` does not wrap, and a total length below the header's

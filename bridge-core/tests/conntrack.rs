@@ -581,6 +581,10 @@ proptest::proptest! {
             if let Ok(meta) = PacketMeta::parse_ipv4_head(0, head, bytes.len()) {
                 let _ = ct.track(T0, &meta);
             }
+            // The plain-header parse answers as the full one wherever it answers.
+            if let Some(plain) = Ipv4Fields::parse_plain(0, head, bytes.len()) {
+                proptest::prop_assert_eq!(plain, Ipv4Fields::parse(0, head, bytes.len()));
+            }
         }
     }
 }
@@ -662,10 +666,12 @@ fn a_transport_header_cut_by_the_total_length_is_malformed_even_with_padding_aft
         assert!(PacketMeta::parse_ipv4(1, &whole).is_ok(), "{what}");
         for cut in 0..header {
             let packet = with_total_len(&frame, 20 + cut);
+            let plain = Ipv4Fields::parse_plain(1, &packet, packet.len()).unwrap();
             for parsed in [
                 PacketMeta::parse_ipv4(1, &packet),
                 PacketMeta::parse_ipv4_head(1, &packet, packet.len() + 10),
                 Ipv4Fields::parse(1, &packet, packet.len()).and_then(|f| f.meta()),
+                plain.and_then(|f| f.meta()),
             ] {
                 assert_eq!(parsed, Err(ConntrackError::Malformed), "{what} {cut}");
             }
