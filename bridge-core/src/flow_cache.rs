@@ -146,10 +146,10 @@ impl Key {
 
     /// The index of the key's set among `sets` (a power of two): a multiply of its words, top
     /// bits (the high word of its product with `sets`), so the keys of a set go to one of two
-    /// sets when their number doubles. The
-    /// addresses are taken as numbers, so the bytes that vary most between flows (their last)
-    /// are low in the product's input, and ports of neighbouring numbers go to sets apart. The
-    /// kind is left out: packets alike but for it (TCP and UDP of the same ports) are rare.
+    /// sets when their number doubles. The addresses are taken as numbers, so the bytes that
+    /// vary most between flows (their last) are low in the product's input, and ports of
+    /// neighbouring numbers go to sets apart. The kind is left out: packets alike but for it
+    /// (TCP and UDP of the same ports) are rare.
     #[inline]
     fn set(&self, sets: usize) -> usize {
         let addrs = u64::from_be(self.words[0]);
