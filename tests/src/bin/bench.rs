@@ -494,6 +494,21 @@ fn by_placement(res: &Runs, reference_runs: Option<&Runs>, shortest: Option<Dura
         .join("; ")
 }
 
+/// The median over rounds of `f(ours) / f(theirs)` for the runs of the same round (the same
+/// index in both lists).
+fn paired(
+    ours: &[Throughput],
+    theirs: &[Throughput],
+    f: impl Fn(&Throughput) -> Option<f64>,
+) -> Option<f64> {
+    let ratios: Vec<f64> = ours
+        .iter()
+        .zip(theirs)
+        .filter_map(|(a, b)| Some(f(a)? / f(b)?))
+        .collect();
+    median(&ratios)
+}
+
 /// Frames the runs sent in their windows and lost (sent, never received), summed.
 fn sent_and_lost(runs: &[Throughput]) -> (u64, u64) {
     runs.iter().fold((0, 0), |(s, l), t| {
@@ -595,6 +610,8 @@ fn print_throughput(rows: &[Row], results: &mut [Runs]) {
         "testpmd CPU/frame",
         "rate vs testpmd",
         "CPU/frame vs testpmd",
+        "paired: rate",
+        "paired: CPU/frame",
     ]);
     let mut notes: Vec<String> = Vec::new();
     let mut drops: Vec<String> = Vec::new();
@@ -607,7 +624,11 @@ fn print_throughput(rows: &[Row], results: &mut [Runs]) {
         .copied();
     // The reference runs of a size and port count are kept on its no-policy row.
     let mut reference: Option<(String, [Option<f64>; 4], &Runs)> = None;
+    let mut allow_all: Option<(&str, &Runs)> = None;
     for (row, res) in rows.iter().zip(results.iter()) {
+        if row.policy == Policy::AllowAll {
+            allow_all = Some((&row.name, res));
+        }
         if !res.reference.is_empty() {
             reference = Some((row.name.clone(), medians(&res.reference), res));
         }
@@ -628,6 +649,9 @@ fn print_throughput(rows: &[Row], results: &mut [Runs]) {
             continue;
         }
         let [fps, gbps, loss, ns] = medians(&res.ours);
+        let theirs = reference_runs.map_or(&[][..], |r| &r.reference);
+        let paired_fps = paired(&res.ours, theirs, |t| Some(t.fps()));
+        let paired_ns = paired(&res.ours, theirs, Throughput::backend_ns_per_frame);
         table.row(vec![
             row.name.clone(),
             row.policy.name().into(),
@@ -640,18 +664,31 @@ fn print_throughput(rows: &[Row], results: &mut [Runs]) {
             cycles(refs[3]),
             ratio(fps, refs[0]),
             ratio(ns, refs[3]),
+            ratio(paired_fps, Some(1.0)),
+            ratio(paired_ns, Some(1.0)),
         ]);
+        let mut against_allow_all = String::new();
+        if let Some((_, aa)) = allow_all.filter(|(name, _)| *name == row.name) {
+            if row.policy == Policy::SecurityGroup24 {
+                let ns = paired(&res.ours, &aa.ours, Throughput::backend_ns_per_frame);
+                against_allow_all = format!(
+                    " CPU/frame against allow-all's run of the same round: {}.",
+                    ratio(ns, Some(1.0))
+                );
+            }
+        }
         let (sent, lost) = sent_and_lost(&res.ours);
         drops.push(format!(
             "- {} / {}: lost {} of {} sent; drops: {}. Runs: {}. By \
-             placement: {}",
+             placement: {}.{}",
             row.name,
             row.policy.name(),
             count(lost),
             count(sent),
             res.drops.render(),
             res.spread.join(", "),
-            by_placement(res, reference_runs, shortest)
+            by_placement(res, reference_runs, shortest),
+            against_allow_all
         ));
     }
     println!("Throughput (received frames; Gbit/s of Ethernet frames without FCS):\n");
@@ -664,7 +701,10 @@ fn print_throughput(rows: &[Row], results: &mut [Runs]) {
              and after it (the host places the virtual CPUs: far shorter when they share a \
              last-level cache); then the median frames/s of the runs that were near (both \
              round trips within 1.5x the bench's shortest) and far (both longer), ours and \
-             testpmd's:\n"
+             testpmd's. The paired columns above are the median of each round's ratio to \
+             testpmd's run of the same round (run next to it, so a change in the host's load \
+             between rounds moves both); the security group's rows also give its CPU per \
+             frame against allow-all's run of the same round:\n"
         );
         println!("{}\n", drops.join("\n"));
     }
