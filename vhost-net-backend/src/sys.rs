@@ -163,6 +163,8 @@ pub fn euid() -> u32 {
 pub struct GuestRam {
     mem: Arc<GuestMemoryMmap>,
     regions: Box<[HostRegion]>,
+    /// Whether the CPU has PREFETCHW ([`has_prefetchw`], asked once).
+    prefetchw: bool,
 }
 
 /// One region: its guest physical range and where it is mapped.
@@ -194,7 +196,11 @@ impl GuestRam {
                 })
             })
             .collect();
-        GuestRam { mem, regions }
+        GuestRam {
+            mem,
+            regions,
+            prefetchw: has_prefetchw(),
+        }
     }
 
     /// The guest memory.
@@ -228,7 +234,7 @@ impl GuestRam {
             return;
         };
         let p = r.host.wrapping_add(offset as usize);
-        let write = has_prefetchw();
+        let write = self.prefetchw;
         // No overflow: `offset < r.len`.
         let left = r.len - offset;
         for at in (0..lines * 64)
