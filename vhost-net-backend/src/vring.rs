@@ -508,20 +508,33 @@ impl<'a> Ring<'a> {
 
     /// The heads of the next two chains, those the driver made available (as far as this ring
     /// has read the available index).
-    #[inline]
+    #[cfg(test)]
     fn next_heads(&self) -> [Option<u16>; 2] {
-        let next = self.queue.next_avail();
-        let size = self.queue.size();
-        let left = (*self.avail_seen - Wrapping(next)).0;
-        let head = |ahead: u16| {
-            if ahead >= left || left > size {
-                return None;
-            }
-            let slot = usize::from(next.wrapping_add(ahead) & (size - 1));
-            let head = self.avail.get_ref::<u16>(4 + 2 * slot).ok()?.load();
-            Some(u16::from_le(head))
-        };
-        [head(0), head(1)]
+        let left = self.left();
+        [0, 1].map(|ahead| (ahead < left).then(|| self.head_after(ahead)).flatten())
+    }
+
+    /// Chains the driver made available that are not taken yet (as far as this ring has read
+    /// the available index; none if that index is corrupt).
+    #[inline]
+    fn left(&self) -> u16 {
+        let left = (*self.avail_seen - Wrapping(self.queue.next_avail())).0;
+        if left > self.queue.size() {
+            0
+        } else {
+            left
+        }
+    }
+
+    /// The head in the available ring `ahead` entries past the next one to take (which the
+    /// caller checked the driver made available).
+    #[inline]
+    fn head_after(&self, ahead: u16) -> Option<u16> {
+        let at = self.queue.next_avail().wrapping_add(ahead);
+        // The size is a power of two: the mask keeps the slot inside the ring.
+        let slot = usize::from(at & (self.queue.size() - 1));
+        let head = self.avail.get_ref::<u16>(4 + 2 * slot).ok()?.load();
+        Some(u16::from_le(head))
     }
 
     /// Prefetches the receive buffers that come next (a hint, with no other effect): the
@@ -532,14 +545,19 @@ impl<'a> Ring<'a> {
     /// buffers the device only reads, the same prefetch cost more than it saved.)
     #[inline]
     pub fn prefetch_next(&self) {
-        let [next, after] = self.next_heads();
-        if let Some(head) = after {
-            sys::prefetch(&self.desc, 16 * usize::from(head), false);
+        let left = self.left();
+        if left == 0 {
+            return;
         }
-        let Some(head) = next else {
+        if left > 1 {
+            if let Some(after) = self.head_after(1) {
+                sys::prefetch(&self.desc, 16 * usize::from(after), false);
+            }
+        }
+        let Some(next) = self.head_after(0) else {
             return;
         };
-        if let Ok(desc) = self.desc.get_ref::<u64>(16 * usize::from(head)) {
+        if let Ok(desc) = self.desc.get_ref::<u64>(16 * usize::from(next)) {
             self.mem.prefetch_for_write(u64::from_le(desc.load()), 2);
         }
     }

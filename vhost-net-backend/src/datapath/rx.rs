@@ -132,7 +132,7 @@ pub fn deliver(
         direction: Direction::Write,
         max_len: u32::MAX,
     };
-    let (mut head_index, mut nsegs) = take_chain(&mut ring, &params, scratch, 0)?;
+    let (head_index, nsegs) = take_chain(&mut ring, &params, scratch, 0)?;
     // The usual case: the whole frame in the chain's one buffer.
     if let [seg] = &scratch.segs[..nsegs] {
         let len = hdr_len + frame_len;
@@ -146,8 +146,34 @@ pub fn deliver(
         }
     }
 
-    let mrg = features.mrg_rxbuf();
-    let mut reader = Reader::with_locals(pieces, body);
+    let (mrg, reader) = (features.mrg_rxbuf(), Reader::with_locals(pieces, body));
+    deliver_spread(
+        &mut ring,
+        &params,
+        mrg,
+        (head_index, nsegs),
+        reader,
+        scratch,
+    )?;
+    vring.fed();
+    Ok(frame_len)
+}
+
+/// Copies `reader`'s bytes into the chain `taken` (its head, and its buffer count in the
+/// scratch space), then into as many more as MRG_RXBUF (`mrg`) allows; writes their used
+/// entries (and the frame's num_buffers). Out of line: the usual frame, whole in one buffer,
+/// does not pay for this loop's registers.
+#[inline(never)]
+fn deliver_spread(
+    ring: &mut Ring<'_>,
+    params: &WalkParams,
+    mrg: bool,
+    taken: (u16, usize),
+    mut reader: Reader<'_>,
+    scratch: &mut RxScratch,
+) -> Result<(), RxError> {
+    let (mut head_index, mut nsegs) = taken;
+    let mem = ring.mem();
     let mut count = 0usize;
     let mut nb_addrs = [None, None];
     loop {
@@ -171,7 +197,7 @@ pub fn deliver(
             ring.unpop(count as u16);
             return Err(RxError::TooBig);
         }
-        (head_index, nsegs) = take_chain(&mut ring, &params, scratch, count)?;
+        (head_index, nsegs) = take_chain(ring, params, scratch, count)?;
     }
     if mrg && count > 1 {
         let n = (count as u16).to_le_bytes();
@@ -182,8 +208,7 @@ pub fn deliver(
         }
     }
     ring.push_used(&scratch.used[..count]);
-    vring.fed();
-    Ok(frame_len)
+    Ok(())
 }
 
 /// Takes the next receive chain for a frame that has `count` chains already and walks it into
