@@ -125,13 +125,7 @@ pub fn deliver(
     let pieces = [&vnet[..hdr_len], head[0], head[1]];
     let frame_len = head[0].len() + head[1].len() + body.byte_len();
 
-    let params = WalkParams {
-        table: DescTable::Host(ring.desc_table()),
-        queue_size: ring.size(),
-        indirect: features.indirect(),
-        direction: Direction::Write,
-        max_len: u32::MAX,
-    };
+    let params = walk_params(&ring, features);
     let (head_index, nsegs) = take_chain(&mut ring, &params, scratch, 0)?;
     // The usual case: the whole frame in the chain's one buffer.
     if let [seg] = &scratch.segs[..nsegs] {
@@ -146,32 +140,42 @@ pub fn deliver(
         }
     }
 
-    let (mrg, reader) = (features.mrg_rxbuf(), Reader::with_locals(pieces, body));
-    deliver_spread(
-        &mut ring,
-        &params,
-        mrg,
-        (head_index, nsegs),
-        reader,
-        scratch,
-    )?;
+    let reader = Reader::with_locals(pieces, body);
+    deliver_spread(vring, (head_index, nsegs), reader, scratch)?;
     vring.fed();
     Ok(frame_len)
 }
 
-/// Copies `reader`'s bytes into the chain `taken` (its head, and its buffer count in the
-/// scratch space), then into as many more as MRG_RXBUF (`mrg`) allows; writes their used
-/// entries (and the frame's num_buffers). Out of line: the usual frame, whole in one buffer,
-/// does not pay for this loop's registers.
+/// How the chains of receive ring `ring` are walked.
+#[inline]
+fn walk_params<'a>(ring: &Ring<'a>, features: Negotiated) -> WalkParams<'a> {
+    WalkParams {
+        table: DescTable::Host(ring.desc_table()),
+        queue_size: ring.size(),
+        indirect: features.indirect(),
+        direction: Direction::Write,
+        max_len: u32::MAX,
+    }
+}
+
+/// Copies `reader`'s bytes into the chain `taken` from `vring` (its head, and its buffer count
+/// in the scratch space), then into as many more as MRG_RXBUF allows; writes their used
+/// entries (and the frame's num_buffers). Out of line, with the ring looked up again: the usual
+/// frame, whole in one buffer, does not pay for this loop's registers or keep its ring in
+/// memory for it.
 #[inline(never)]
 fn deliver_spread(
-    ring: &mut Ring<'_>,
-    params: &WalkParams,
-    mrg: bool,
+    vring: &mut Vring,
     taken: (u16, usize),
     mut reader: Reader<'_>,
     scratch: &mut RxScratch,
 ) -> Result<(), RxError> {
+    let features = Negotiated(vring.features());
+    // It runs: the caller took a chain from it under the same lock.
+    let Some(mut ring) = vring.parts() else {
+        return Err(RxError::NotRunning);
+    };
+    let (params, mrg) = (walk_params(&ring, features), features.mrg_rxbuf());
     let (mut head_index, mut nsegs) = taken;
     let mem = ring.mem();
     let mut count = 0usize;
@@ -197,7 +201,7 @@ fn deliver_spread(
             ring.unpop(count as u16);
             return Err(RxError::TooBig);
         }
-        (head_index, nsegs) = take_chain(ring, params, scratch, count)?;
+        (head_index, nsegs) = take_chain(&mut ring, &params, scratch, count)?;
     }
     if mrg && count > 1 {
         let n = (count as u16).to_le_bytes();
