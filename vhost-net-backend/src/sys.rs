@@ -216,6 +216,18 @@ impl GuestRam {
         (len as u64 <= r.len - offset).then_some(i)
     }
 
+    /// [`locate`](Self::locate), looking at region `near` first (where the buffer before was:
+    /// a guest's buffers of one queue are mostly in one region). Regions do not overlap, so the
+    /// answer is the same.
+    #[inline]
+    pub fn locate_near(&self, addr: u64, len: usize, near: u32) -> Option<u32> {
+        let in_near = self.regions.get(near as usize).and_then(|r| {
+            let offset = addr.wrapping_sub(r.start);
+            (offset < r.len && len as u64 <= r.len - offset).then_some(near)
+        });
+        in_near.or_else(|| self.locate(addr, len))
+    }
+
     /// The region holding byte `addr`: its index, itself, and `addr`'s offset in it.
     #[inline]
     fn region_at(&self, addr: u64) -> Option<(u32, &HostRegion, u64)> {
@@ -515,6 +527,18 @@ mod tests {
         assert_eq!(ram.locate(0x2000, 1), None, "in the gap");
         assert_eq!(ram.locate(0x4ffc, 5), None, "past the end");
         assert_eq!(ram.locate(u64::MAX, 2), None);
+        // Looking at another region first changes nothing.
+        for near in [0, 1, 2, 7, u32::MAX] {
+            assert_eq!(ram.locate_near(0x1800, 0x800, near), Some(1));
+            assert_eq!(ram.locate_near(0x4ffc, 4, near), Some(2));
+            assert_eq!(
+                ram.locate_near(0xff0, 0x20, near),
+                None,
+                "spans two regions"
+            );
+            assert_eq!(ram.locate_near(0x4ffc, 5, near), None, "past the end");
+            assert_eq!(ram.locate_near(0x2000, 1, near), None, "in the gap");
+        }
         let mut got = [0u8; 4];
         ram.slice(0x4ffc, 4).unwrap().copy_to(&mut got[..]);
         assert_eq!(&got, b"abcd");

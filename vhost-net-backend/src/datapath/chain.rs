@@ -163,8 +163,10 @@ fn single(mem: &GuestRam, p: &WalkParams, head: u16, segs: &mut [Seg]) -> Option
         return None;
     }
     let addr = desc.addr().raw_value();
-    let region = mem.locate(addr, len as usize)?;
-    *segs.first_mut()? = Seg { addr, len, region };
+    let first = segs.first_mut()?;
+    // The last chain's buffer, still there, tells where this one likely is.
+    let region = mem.locate_near(addr, len as usize, first.region)?;
+    *first = Seg { addr, len, region };
     Some((1, len))
 }
 
