@@ -319,7 +319,8 @@ impl<'a> Ipv4Fields<'a> {
     }
 
     /// The fields of a packet whose IPv4 header of `header_len` bytes, at the start of `head`
-    /// (its first 20 bytes `ip`), was found well formed.
+    /// (its first 20 bytes `ip`), was found well formed: checks its lengths (the packet has
+    /// `packet_len` bytes) and fragment offset, then reads its transport header.
     #[inline(always)]
     fn with_header(
         zone: u32,
@@ -337,21 +338,8 @@ impl<'a> Ipv4Fields<'a> {
         if head.len() > packet_len || l4_len > packet_len.wrapping_sub(header_len) {
             return Err(malformed);
         }
+        // The bytes at hand after the header.
         let l4 = head.get(header_len..).ok_or(malformed)?;
-        Self::after_header(zone, ip, l4, l4_len)
-    }
-
-    /// The fields of a packet whose IPv4 header, `ip` (its first 20 bytes), was found well
-    /// formed: `l4` are the bytes at hand after it, `l4_len` the transport length of the
-    /// whole packet (from the header's total length).
-    #[inline(always)]
-    fn after_header(
-        zone: u32,
-        ip: &[u8; IPV4_HEADER_LEN],
-        l4: &'a [u8],
-        l4_len: usize,
-    ) -> Result<Self, ConntrackError> {
-        let malformed = ConntrackError::Malformed;
         if be16(ip, 6) & IPV4_FRAG_OFFSET != 0 {
             return Err(ConntrackError::Fragment);
         }
