@@ -277,6 +277,12 @@ impl<V: Copy + PartialEq> FlowCache<V> {
         }
     }
 
+    /// Forgets every entry: no packet is answered for until one like it is remembered again
+    /// (for an owner whose verdicts went out of date).
+    pub fn clear(&mut self) {
+        self.new_stamp();
+    }
+
     /// Moves to a new stamp: no slot made so far answers, and the verdicts are forgotten.
     fn new_stamp(&mut self) {
         self.stamp = self.stamp.wrapping_add(1);

@@ -256,7 +256,12 @@ impl PolicyStage {
     /// [`check`](Self::check).
     pub fn begin_batch(&mut self) -> bool {
         self.worker.begin_batch();
-        self.generation = self.worker.generation_id();
+        let generation = self.worker.generation_id();
+        if generation != self.generation {
+            // The cache holds verdicts of the current generation only: a hit is reusable.
+            self.cache.clear();
+            self.generation = generation;
+        }
         let runs = self.worker.runs_at(self.hook);
         if runs {
             self.cache.begin_batch(self.plane.flows(self.hook));
@@ -298,7 +303,8 @@ impl PolicyStage {
         ctx: impl FnOnce() -> FrameCtx,
     ) -> Check {
         match cached(&mut self.cache, now, network, head, len) {
-            Some(v) if reusable(v, self.generation) => {
+            Some(v) => {
+                debug_assert!(reusable(v, self.generation));
                 let (worker, log) = (&mut self.worker, &mut self.log);
                 Check::Now(outcome(worker, log, now, ingress, network, v, len))
             }
