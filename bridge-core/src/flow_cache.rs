@@ -35,7 +35,8 @@
 //!
 //! A slot holds its key and the index of its verdict in a small table of the distinct verdicts
 //! (a port's flows share a few), so a hit reads one cache line of slots and a verdict that the
-//! port's other flows keep in cache.
+//! port's other flows keep in cache. The table also counts the packets and bytes answered with
+//! each verdict ([`FlowCache::hit`]), until its owner takes them ([`FlowCache::take_hits`]).
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -226,6 +227,15 @@ pub const MAX_VERDICTS: usize = 256;
 
 const _: () = assert!(MAX_VERDICTS <= 1 << 16);
 
+/// A verdict the slots refer to, and the packets the cache answered with it
+/// ([`FlowCache::hit`]) since they were last taken ([`FlowCache::take_hits`]).
+#[derive(Clone, Copy, Debug)]
+struct Answer<V> {
+    verdict: V,
+    packets: u64,
+    bytes: u64,
+}
+
 /// One thread's cache in front of one [`Conntrack`]. See the module docs.
 #[derive(Debug)]
 pub struct FlowCache<V> {
@@ -236,8 +246,10 @@ pub struct FlowCache<V> {
     /// Packets since the window began that were tracked but found no slot.
     refused: u64,
     /// The distinct verdicts the slots of the current stamp refer to (at most
-    /// [`MAX_VERDICTS`]); emptied with each new stamp.
-    verdicts: Vec<V>,
+    /// [`MAX_VERDICTS`]), with their hits; emptied with each new stamp.
+    verdicts: Vec<Answer<V>>,
+    /// The hits of verdicts a new stamp forgot, not yet taken.
+    forgotten: Vec<Answer<V>>,
     refresh: Duration,
     /// The table's epoch at the start of the batch.
     epoch: u64,
@@ -256,6 +268,7 @@ impl<V: Copy + PartialEq> FlowCache<V> {
             lookups: 0,
             refused: 0,
             verdicts: Vec::new(),
+            forgotten: Vec::new(),
             refresh,
             epoch: flows.epoch(),
             stamp: 0,
@@ -283,10 +296,12 @@ impl<V: Copy + PartialEq> FlowCache<V> {
         self.new_stamp();
     }
 
-    /// Moves to a new stamp: no slot made so far answers, and the verdicts are forgotten.
+    /// Moves to a new stamp: no slot made so far answers, and the verdicts are forgotten (their
+    /// hits kept until taken).
     fn new_stamp(&mut self) {
         self.stamp = self.stamp.wrapping_add(1);
-        self.verdicts.clear();
+        let hit = self.verdicts.drain(..).filter(|a| a.packets != 0);
+        self.forgotten.extend(hit);
         if self.stamp == 0 {
             self.sets.fill(Set([Slot::EMPTY; 2]));
         }
@@ -296,7 +311,8 @@ impl<V: Copy + PartialEq> FlowCache<V> {
     /// [`refresh`](Self::refresh) ago in this epoch and remembered; otherwise track it.
     pub fn get(&mut self, now: Instant, packet: &PacketMeta) -> Option<V> {
         self.lookups += 1;
-        self.find(now, Key::of(packet)?).copied()
+        let i = self.find(now, Key::of(packet)?)?;
+        self.verdicts.get(i).map(|a| a.verdict)
     }
 
     /// As [`get`](Self::get), for the packet of `fields` (without building its
@@ -304,18 +320,46 @@ impl<V: Copy + PartialEq> FlowCache<V> {
     #[inline]
     pub fn lookup(&mut self, now: Instant, fields: &Ipv4Fields<'_>) -> Option<&V> {
         self.lookups += 1;
-        self.find(now, Key::of_fields(fields)?)
+        let i = self.find(now, Key::of_fields(fields)?)?;
+        self.verdicts.get(i).map(|a| &a.verdict)
     }
 
+    /// As [`lookup`](Self::lookup), and counts the packet, of `bytes` bytes, as a hit of the
+    /// verdict it answers with ([`take_hits`](Self::take_hits)).
     #[inline]
-    fn find(&self, now: Instant, key: Key) -> Option<&V> {
+    pub fn hit(&mut self, now: Instant, fields: &Ipv4Fields<'_>, bytes: usize) -> Option<&V> {
+        self.lookups += 1;
+        let i = self.find(now, Key::of_fields(fields)?)?;
+        let answer = self.verdicts.get_mut(i)?;
+        answer.packets += 1;
+        answer.bytes += bytes as u64;
+        Some(&answer.verdict)
+    }
+
+    /// Hands `f` each verdict [`hit`](Self::hit) answered packets with since the last call,
+    /// with their number and bytes (a verdict the cache forgot in between may come more than
+    /// once).
+    pub fn take_hits(&mut self, mut f: impl FnMut(&V, u64, u64)) {
+        for a in self.forgotten.drain(..) {
+            f(&a.verdict, a.packets, a.bytes);
+        }
+        for a in self.verdicts.iter_mut().filter(|a| a.packets != 0) {
+            f(&a.verdict, a.packets, a.bytes);
+            (a.packets, a.bytes) = (0, 0);
+        }
+    }
+
+    /// The index in `verdicts` of the verdict for the packets of `key` at
+    /// `now`, if a slot answers for them.
+    #[inline]
+    fn find(&self, now: Instant, key: Key) -> Option<usize> {
         let slot = self
             .sets
             .get(key.set(self.sets.len()))?
             .0
             .iter()
             .find(|s| s.answers_for(&key, now, self.stamp))?;
-        self.verdicts.get(usize::from(slot.verdict))
+        Some(usize::from(slot.verdict))
     }
 
     /// Remembers what tracking `packet` at `now` answered, `tracked`, if packets like it may
@@ -392,15 +436,19 @@ impl<V: Copy + PartialEq> FlowCache<V> {
         let found = self
             .verdicts
             .last()
-            .filter(|&&v| v == verdict)
+            .filter(|a| a.verdict == verdict)
             .map(|_| self.verdicts.len() - 1);
-        let index = match found.or_else(|| self.verdicts.iter().position(|&v| v == verdict)) {
+        let index = match found.or_else(|| self.verdicts.iter().position(|a| a.verdict == verdict)) {
             Some(i) => i,
             None => {
                 if self.verdicts.len() == MAX_VERDICTS {
                     self.new_stamp();
                 }
-                self.verdicts.push(verdict);
+                self.verdicts.push(Answer {
+                    verdict,
+                    packets: 0,
+                    bytes: 0,
+                });
                 self.verdicts.len() - 1
             }
         };
@@ -653,6 +701,41 @@ mod tests {
     }
 
     #[test]
+    fn hits_are_counted_per_verdict_until_taken_even_when_forgotten() {
+        let route = Ipv4Route {
+            src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            src_ip: Ipv4Addr::new(10, 0, 0, 2),
+            dst_ip: Ipv4Addr::new(10, 0, 0, 3),
+        };
+        let frames: Vec<_> = (1000..1003).map(|p| udp_frame(&route, p, 53, b"x")).collect();
+        let fields = |i: usize| Ipv4Fields::parse(1, &frames[i][14..], frames[i].len() - 14);
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let mut cache = FlowCache::new(&ct);
+        for (i, verdict) in [(0, 7), (1, 7), (2, 8)] {
+            remember(&ct, &mut cache, &fields(i).unwrap().meta().unwrap(), verdict);
+        }
+        let taken = |cache: &mut FlowCache<u32>| {
+            let mut hits = Vec::new();
+            cache.take_hits(|&v, packets, bytes| hits.push((v, packets, bytes)));
+            hits
+        };
+        for (i, bytes) in [(0, 100), (1, 60), (2, 64), (0, 1)] {
+            assert!(cache.hit(T0, &fields(i).unwrap(), bytes).is_some());
+        }
+        // A lookup counts nothing.
+        assert_eq!(cache.lookup(T0, &fields(0).unwrap()), Some(&7));
+        assert_eq!(taken(&mut cache), [(7, 3, 161), (8, 1, 64)]);
+        assert_eq!(taken(&mut cache), []);
+        // Hits of verdicts a new stamp forgot are kept until taken.
+        assert!(cache.hit(T0, &fields(2).unwrap(), 64).is_some());
+        cache.clear();
+        assert!(cache.hit(T0, &fields(2).unwrap(), 64).is_none());
+        assert_eq!(taken(&mut cache), [(8, 1, 64)]);
+        assert_eq!(taken(&mut cache), []);
+    }
+
+    #[test]
     fn a_wrapped_stamp_answers_for_no_older_entry() {
         let ct = Conntrack::new(ConntrackConfig::default());
         let mut cache = FlowCache::new(&ct);
@@ -662,7 +745,11 @@ mod tests {
             cache.new_stamp();
         }
         // The same stamp and verdict index as when the entry was made.
-        cache.verdicts.push(8);
+        cache.verdicts.push(Answer {
+            verdict: 8,
+            packets: 0,
+            bytes: 0,
+        });
         assert_eq!(cache.get(T0, &udp(1000)), None);
     }
 }

@@ -12,7 +12,8 @@
 //! In front of the flow table each stage keeps a [`FlowCache`]: packets like one its flow's
 //! current, cacheable verdict was found for less than a second ago take that verdict without
 //! the table's lock (see [`bridge_core::flow_cache`] for what stays exact and what may lag).
-//! Rule hits are added to the shared counters once per batch ([`PolicyStage::end_batch`]).
+//! Rule hits are added to the shared counters once per batch ([`PolicyStage::end_batch`]); the
+//! frames the flow cache answered are counted there, per verdict, until then.
 //!
 //! A stage costs one atomic load per batch while no policy runs at its hook. Nothing is
 //! allocated per frame: a stage's buffers are sized for one batch when it is made, its flow
@@ -255,6 +256,7 @@ impl PolicyStage {
     /// Returns whether a policy runs at this stage's hook; if not, the batch's frames need no
     /// [`check`](Self::check).
     pub fn begin_batch(&mut self) -> bool {
+        self.count_cache_hits();
         self.worker.begin_batch();
         let generation = self.worker.generation_id();
         if generation != self.generation {
@@ -271,7 +273,14 @@ impl PolicyStage {
 
     /// Ends a batch: adds its rule hits to the shared counters.
     pub fn end_batch(&mut self) {
+        self.count_cache_hits();
         self.worker.end_batch();
+    }
+
+    /// Counts the frames the flow cache answered against their verdicts' rules.
+    fn count_cache_hits(&mut self) {
+        let worker = &mut self.worker;
+        self.cache.take_hits(|v, packets, bytes| worker.count(v, packets, bytes));
     }
 
     /// Whether as many frames are set aside as one call judges: call
@@ -305,8 +314,10 @@ impl PolicyStage {
         match cached(&mut self.cache, now, network, head, len) {
             Some(v) => {
                 debug_assert!(reusable(v, self.generation));
-                let (worker, log) = (&mut self.worker, &mut self.log);
-                Check::Now(outcome(worker, log, now, ingress, network, v, len))
+                // Counted by the cache: only policed here.
+                let now_ns = nanos(now);
+                let admitted = self.worker.police(now_ns, v, ingress, len);
+                Check::Now(decide(&mut self.log, now_ns, ingress, network, v, len, admitted))
             }
             _ => self.track(now, network, ctx(), head, len),
         }
@@ -341,8 +352,10 @@ impl PolicyStage {
         match t.verdict {
             Some(v) if reusable(&v, self.generation) => {
                 self.cache.insert(now, &meta, &t);
-                let (worker, log) = (&mut self.worker, &mut self.log);
-                Check::Now(outcome(worker, log, now, ctx.ingress, ctx.network, &v, len))
+                let now_ns = nanos(now);
+                let admitted = self.worker.admit(now_ns, &v, ctx.ingress, len);
+                let (ingress, network) = (ctx.ingress, ctx.network);
+                Check::Now(decide(&mut self.log, now_ns, ingress, network, &v, len, admitted))
             }
             _ => {
                 let state = FlowState {
@@ -416,9 +429,10 @@ impl PolicyStage {
             if let (Some(flow), None) = (&p.flow, p.follows) {
                 self.plane.flows(self.hook).set_verdict(flow, v);
             }
-            let (worker, log) = (&mut self.worker, &mut self.log);
-            let (ingress, network) = (p.ctx.ingress, p.ctx.network);
-            let outcome = outcome(worker, log, now, ingress, network, &v, p.frame_len);
+            let (ingress, network, len) = (p.ctx.ingress, p.ctx.network, p.frame_len);
+            let now_ns = nanos(now);
+            let admitted = self.worker.admit(now_ns, &v, ingress, len);
+            let outcome = decide(&mut self.log, now_ns, ingress, network, &v, len, admitted);
             self.outcomes.push(outcome);
         }
         self.pending.clear();
@@ -480,9 +494,9 @@ impl PolicyStage {
 }
 
 /// The verdict `cache` holds for the packet of a frame of `len` bytes in `network` whose first
-/// bytes are `head`; `None` for a frame the cache does not answer for (tracked or not). Out of
-/// line, with the parse inlined: it hands back a reference alone, not the packet's fields (and
-/// takes its arguments in registers: the caller tests the verdict's generation).
+/// bytes are `head`, counted as a hit of it; `None` for a frame the cache does not answer for
+/// (tracked or not). Out of line, with the parse inlined: it hands back a reference alone, not
+/// the packet's fields (and takes its arguments in registers).
 #[inline(never)]
 fn cached<'c>(
     cache: &'c mut FlowCache<Verdict>,
@@ -495,7 +509,7 @@ fn cached<'c>(
     // registers. Any other frame goes to the flow table, as a miss does.
     let l3 = l3_offset(head)?;
     let fields = Ipv4Fields::parse_plain(network.0, &head[l3..], len.saturating_sub(l3))?.ok()?;
-    cache.lookup(now, &fields)
+    cache.hit(now, &fields, len)
 }
 
 /// Where the IPv4 packet of a frame whose first bytes are `head` starts; `None` if it carries
@@ -544,23 +558,23 @@ fn log_frame(
     }
 }
 
-/// Passes a frame from `ingress` (in `network`) under `v` on `worker`: rule counters, rate
-/// class, log (limited by `log`); the outcome.
+/// The outcome of a frame of `len` bytes from `ingress` (in `network`) under `v`, `admitted`
+/// by its rate class or not (its rules counted); logged if `v` has the LOG flag (limited by
+/// `log`).
 #[inline]
-fn outcome(
-    worker: &mut PolicyWorker,
+fn decide(
     log: &mut TokenBucket,
-    now: Instant,
+    now_ns: u64,
     ingress: PortId,
     network: NetworkId,
     v: &Verdict,
     len: usize,
+    admitted: bool,
 ) -> Outcome {
-    let now_ns = nanos(now);
     if v.log {
         log_frame(log, now_ns, ingress, network, v, len);
     }
-    if !worker.admit(now_ns, v, ingress, len) {
+    if !admitted {
         return Outcome::Drop(DropReason::PolicyRateLimit);
     }
     match v.action {

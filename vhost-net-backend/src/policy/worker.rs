@@ -216,9 +216,32 @@ impl PolicyWorker {
         }
     }
 
+    /// Counts `packets` frames of `bytes` bytes against the rules of `verdict` (frames it
+    /// decided without [`admit`](PolicyHook::admit), counted by the caller).
+    pub fn count(&mut self, verdict: &Verdict, packets: u64, bytes: u64) {
+        self.count_rules(verdict.generation, &verdict.rules, packets, bytes);
+    }
+
+    /// Polices a frame of `frame_len` bytes from `ingress_port` under the rate class of `verdict`,
+    /// if it has one: `false` if over the rate. [`admit`](PolicyHook::admit) without the
+    /// counting.
+    #[inline]
+    pub fn police(
+        &mut self,
+        now_ns: u64,
+        verdict: &Verdict,
+        ingress_port: PortId,
+        frame_len: usize,
+    ) -> bool {
+        match verdict.rate_class {
+            None => true,
+            Some(class) => self.police_class(now_ns, verdict, class, ingress_port, frame_len),
+        }
+    }
+
     /// Polices a frame of `len` bytes from `ingress_port` under rate class `class` of
     /// `verdict`: `false` if over the rate.
-    fn police(
+    fn police_class(
         &mut self,
         now_ns: u64,
         verdict: &Verdict,
@@ -264,11 +287,15 @@ impl PolicyWorker {
     /// Counts the frames of the current run against its rules; starts an empty run.
     fn end_run(&mut self) {
         let run = std::mem::take(&mut self.run);
-        if run.packets == 0 {
-            return;
+        if run.packets != 0 {
+            self.count_rules(run.generation, &run.rules, run.packets, run.bytes);
         }
-        for &h in run.rules.iter().take_while(|&&h| h != 0) {
-            self.count_rule(run.generation, h, run.packets, run.bytes);
+    }
+
+    /// Counts `packets` frames of `bytes` bytes against `rules` of generation `generation`.
+    fn count_rules(&mut self, generation: u64, rules: &[u32], packets: u64, bytes: u64) {
+        for &h in rules.iter().take_while(|&&h| h != 0) {
+            self.count_rule(generation, h, packets, bytes);
         }
     }
 
@@ -521,9 +548,6 @@ impl PolicyHook for PolicyWorker {
         }
         self.run.packets += 1;
         self.run.bytes += frame_len as u64;
-        match verdict.rate_class {
-            None => true,
-            Some(class) => self.police(now_ns, verdict, class, ingress_port, frame_len),
-        }
+        self.police(now_ns, verdict, ingress_port, frame_len)
     }
 }
