@@ -438,7 +438,8 @@ impl<V: Copy + PartialEq> FlowCache<V> {
             .last()
             .filter(|a| a.verdict == verdict)
             .map(|_| self.verdicts.len() - 1);
-        let index = match found.or_else(|| self.verdicts.iter().position(|a| a.verdict == verdict)) {
+        let anywhere = || self.verdicts.iter().position(|a| a.verdict == verdict);
+        let index = match found.or_else(anywhere) {
             Some(i) => i,
             None => {
                 if self.verdicts.len() == MAX_VERDICTS {
@@ -708,12 +709,19 @@ mod tests {
             src_ip: Ipv4Addr::new(10, 0, 0, 2),
             dst_ip: Ipv4Addr::new(10, 0, 0, 3),
         };
-        let frames: Vec<_> = (1000..1003).map(|p| udp_frame(&route, p, 53, b"x")).collect();
+        let frames: Vec<_> = (1000..1003)
+            .map(|p| udp_frame(&route, p, 53, b"x"))
+            .collect();
         let fields = |i: usize| Ipv4Fields::parse(1, &frames[i][14..], frames[i].len() - 14);
         let ct = Conntrack::new(ConntrackConfig::default());
         let mut cache = FlowCache::new(&ct);
         for (i, verdict) in [(0, 7), (1, 7), (2, 8)] {
-            remember(&ct, &mut cache, &fields(i).unwrap().meta().unwrap(), verdict);
+            remember(
+                &ct,
+                &mut cache,
+                &fields(i).unwrap().meta().unwrap(),
+                verdict,
+            );
         }
         let taken = |cache: &mut FlowCache<u32>| {
             let mut hits = Vec::new();

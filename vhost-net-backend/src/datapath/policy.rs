@@ -280,7 +280,8 @@ impl PolicyStage {
     /// Counts the frames the flow cache answered against their verdicts' rules.
     fn count_cache_hits(&mut self) {
         let worker = &mut self.worker;
-        self.cache.take_hits(|v, packets, bytes| worker.count(v, packets, bytes));
+        self.cache
+            .take_hits(|v, packets, bytes| worker.count(v, packets, bytes));
     }
 
     /// Whether as many frames are set aside as one call judges: call
@@ -317,7 +318,8 @@ impl PolicyStage {
                 // Counted by the cache: only policed here.
                 let now_ns = nanos(now);
                 let admitted = self.worker.police(now_ns, v, ingress, len);
-                Check::Now(decide(&mut self.log, now_ns, ingress, network, v, len, admitted))
+                let log = &mut self.log;
+                Check::Now(decide(log, now_ns, ingress, network, v, len, admitted))
             }
             _ => self.track(now, network, ctx(), head, len),
         }
@@ -354,8 +356,8 @@ impl PolicyStage {
                 self.cache.insert(now, &meta, &t);
                 let now_ns = nanos(now);
                 let admitted = self.worker.admit(now_ns, &v, ctx.ingress, len);
-                let (ingress, network) = (ctx.ingress, ctx.network);
-                Check::Now(decide(&mut self.log, now_ns, ingress, network, &v, len, admitted))
+                let (log, ingress, network) = (&mut self.log, ctx.ingress, ctx.network);
+                Check::Now(decide(log, now_ns, ingress, network, &v, len, admitted))
             }
             _ => {
                 let state = FlowState {
