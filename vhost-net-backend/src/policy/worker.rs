@@ -530,9 +530,10 @@ impl PolicyHook for PolicyWorker {
         }
     }
 
-    /// Counts the frame against the verdict's rules (inlined: every frame of a known flow
-    /// comes here), in the current run if it has its rules; polices its rate class if it has
-    /// one.
+    /// Counts the frame against the verdict's rules (inlined: every frame decided past the
+    /// flow cache comes here), in the current run if it has its rules; polices its rate class
+    /// if it has one. The policy stage counts its flow cache's hits itself
+    /// ([`count`](PolicyWorker::count)) and only [`police`](PolicyWorker::police)s them.
     #[inline]
     fn admit(
         &mut self,
