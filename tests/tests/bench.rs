@@ -58,7 +58,10 @@ fn bench_smoke_prints_its_tables() {
     );
     if testpmd::installed() {
         let ratios = row.split('|').filter(|c| c.trim().ends_with('x')).count();
-        assert_eq!(ratios, 2, "rate and CPU ratios to testpmd: {row}");
+        assert_eq!(
+            ratios, 4,
+            "rate and CPU ratios to testpmd, of medians and paired: {row}"
+        );
         let testpmd_loss = row.split('|').nth(8).unwrap_or_default().trim();
         assert!(testpmd_loss.ends_with('%'), "testpmd's loss: {row}");
         assert!(stdout.contains("| testpmd io-forward |"), "{stdout}");
