@@ -175,6 +175,17 @@ struct HostRegion {
     host: *mut u8,
 }
 
+impl HostRegion {
+    /// The offset of `[addr, addr + len)` in the region, if the region holds all of it; `addr`
+    /// itself must lie in the region, even when `len` is 0.
+    #[inline]
+    fn offset_of(&self, addr: u64, len: usize) -> Option<u64> {
+        let offset = addr.wrapping_sub(self.start);
+        // No overflow: `offset < self.len`.
+        (offset < self.len && len as u64 <= self.len - offset).then_some(offset)
+    }
+}
+
 // SAFETY: the pointers are into mappings owned by `mem`, which is `Send` and `Sync`; a
 // `GuestRam` gives access to them only as `VolatileSlice`s, as `GuestMemoryMmap` itself does to
 // any thread.
@@ -211,9 +222,11 @@ impl GuestRam {
     /// The index of the region holding all of `[addr, addr + len)`, if one does.
     #[inline]
     pub fn locate(&self, addr: u64, len: usize) -> Option<u32> {
-        let (i, r, offset) = self.region_at(addr)?;
-        // No overflow: `offset < r.len`.
-        (len as u64 <= r.len - offset).then_some(i)
+        let i = self
+            .regions
+            .iter()
+            .position(|r| r.offset_of(addr, len).is_some())?;
+        Some(i as u32)
     }
 
     /// [`locate`](Self::locate), looking at region `near` first (where the buffer before was:
@@ -221,20 +234,20 @@ impl GuestRam {
     /// answer is the same.
     #[inline]
     pub fn locate_near(&self, addr: u64, len: usize, near: u32) -> Option<u32> {
-        let in_near = self.regions.get(near as usize).and_then(|r| {
-            let offset = addr.wrapping_sub(r.start);
-            (offset < r.len && len as u64 <= r.len - offset).then_some(near)
-        });
-        in_near.or_else(|| self.locate(addr, len))
+        let in_near = self
+            .regions
+            .get(near as usize)
+            .and_then(|r| r.offset_of(addr, len));
+        in_near.map(|_| near).or_else(|| self.locate(addr, len))
     }
 
     /// The region holding byte `addr`: its index, itself, and `addr`'s offset in it.
     #[inline]
     fn region_at(&self, addr: u64) -> Option<(u32, &HostRegion, u64)> {
-        self.regions.iter().enumerate().find_map(|(i, r)| {
-            let offset = addr.wrapping_sub(r.start);
-            (offset < r.len).then_some((i as u32, r, offset))
-        })
+        self.regions
+            .iter()
+            .enumerate()
+            .find_map(|(i, r)| Some((i as u32, r, r.offset_of(addr, 0)?)))
     }
 
     /// Asks the CPU to bring `lines` cache lines of guest memory from `addr` on into its cache
