@@ -530,11 +530,24 @@ impl<'a> Ring<'a> {
     /// caller checked the driver made available).
     #[inline]
     fn head_after(&self, ahead: u16) -> Option<u16> {
-        let at = self.queue.next_avail().wrapping_add(ahead);
+        self.head_at(self.queue.next_avail().wrapping_add(ahead))
+            .ok()
+    }
+
+    /// The head in the available ring at index `at` (which the caller checked the driver made
+    /// available, with the index's Acquire load); `AvailCorrupt` if its slot is not in the
+    /// ring's memory.
+    #[inline]
+    fn head_at(&self, at: u16) -> Result<u16, VringError> {
         // The size is a power of two: the mask keeps the slot inside the ring.
         let slot = usize::from(at & (self.queue.size() - 1));
-        let head = self.avail.get_ref::<u16>(4 + 2 * slot).ok()?.load();
-        Some(u16::from_le(head))
+        // A plain volatile read (inlined; the index's Acquire load orders it).
+        let head = self
+            .avail
+            .get_ref::<u16>(4 + 2 * slot)
+            .map_err(|_| VringError::AvailCorrupt)?
+            .load();
+        Ok(u16::from_le(head))
     }
 
     /// Prefetches the receive buffers that come next (a hint, with no other effect): the
@@ -591,16 +604,9 @@ impl<'a> Ring<'a> {
                 return Ok(None);
             }
         }
-        // The size is a power of two: the mask keeps the slot inside the ring.
-        let slot = usize::from(next.0 & (size - 1));
-        // A plain volatile read (inlined; the index's Acquire load above orders it).
-        let head = self
-            .avail
-            .get_ref::<u16>(4 + 2 * slot)
-            .map_err(|_| VringError::AvailCorrupt)?
-            .load();
+        let head = self.head_at(next.0)?;
         self.queue.set_next_avail(next.0.wrapping_add(1));
-        Ok(Some(u16::from_le(head)))
+        Ok(Some(head))
     }
 
     /// Writes `elems` to the used ring and publishes them (and any written before) with one
