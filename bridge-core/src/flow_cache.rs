@@ -316,16 +316,8 @@ impl<V: Copy + PartialEq> FlowCache<V> {
     }
 
     /// As [`get`](Self::get), for the packet of `fields` (without building its
-    /// [`PacketMeta`]), and the verdict by reference.
-    #[inline]
-    pub fn lookup(&mut self, now: Instant, fields: &Ipv4Fields<'_>) -> Option<&V> {
-        self.lookups += 1;
-        let i = self.find(now, Key::of_fields(fields)?)?;
-        self.verdicts.get(i).map(|a| &a.verdict)
-    }
-
-    /// As [`lookup`](Self::lookup), and counts the packet, of `bytes` bytes, as a hit of the
-    /// verdict it answers with ([`take_hits`](Self::take_hits)).
+    /// [`PacketMeta`]), with the verdict by reference, and counts the packet, of `bytes` bytes,
+    /// as a hit of the verdict it answers with ([`take_hits`](Self::take_hits)).
     #[inline]
     pub fn hit(&mut self, now: Instant, fields: &Ipv4Fields<'_>, bytes: usize) -> Option<&V> {
         self.lookups += 1;
@@ -732,7 +724,7 @@ mod tests {
             assert!(cache.hit(T0, &fields(i).unwrap(), bytes).is_some());
         }
         // A lookup counts nothing.
-        assert_eq!(cache.lookup(T0, &fields(0).unwrap()), Some(&7));
+        assert_eq!(cache.get(T0, &fields(0).unwrap().meta().unwrap()), Some(7));
         assert_eq!(taken(&mut cache), [(7, 3, 161), (8, 1, 64)]);
         assert_eq!(taken(&mut cache), []);
         // Hits of verdicts a new stamp forgot are kept until taken.

@@ -281,7 +281,7 @@ fn set_checksum(ip: &mut [u8]) {
 }
 
 #[test]
-fn lookup_by_the_bytes_fields_answers_as_get_by_the_packet_meta_for_any_one_byte_change() {
+fn a_hit_by_the_bytes_fields_answers_as_get_by_the_packet_meta_for_any_one_byte_change() {
     let (_ct, mut cache) = tcp_and_udp_flows();
     let originals = [
         tcp_bytes("A", false),
@@ -292,7 +292,7 @@ fn lookup_by_the_bytes_fields_answers_as_get_by_the_packet_meta_for_any_one_byte
     let (mut answered, mut unread) = (0, 0);
     for original in originals {
         let fields = Ipv4Fields::parse(1, &original, original.len()).unwrap();
-        assert_eq!(cache.lookup(T0, &fields), Some(&7));
+        assert_eq!(cache.hit(T0, &fields, original.len()), Some(&7));
         for i in 0..original.len() {
             for change in [0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0xff] {
                 let mut b = original.clone();
@@ -302,7 +302,8 @@ fn lookup_by_the_bytes_fields_answers_as_get_by_the_packet_meta_for_any_one_byte
                     Ok(fields) => {
                         assert_eq!(fields.meta(), meta);
                         let by_meta = cache.get(T0, &meta.unwrap());
-                        assert_eq!(cache.lookup(T0, &fields).copied(), by_meta, "byte {i}");
+                        let by_fields = cache.hit(T0, &fields, b.len()).copied();
+                        assert_eq!(by_fields, by_meta, "byte {i}");
                         answered += usize::from(by_meta.is_some());
                     }
                     Err(e) => {
@@ -386,7 +387,7 @@ fn malformed_and_fragmented_packets_have_no_fields_to_look_up() {
     );
     let first = changed(&ack, &|b| b[6] = 0x20, true);
     let fields = Ipv4Fields::parse(1, &first, first.len()).unwrap();
-    assert_eq!(cache.lookup(T0, &fields), Some(&7));
+    assert_eq!(cache.hit(T0, &fields, first.len()), Some(&7));
     // So is a packet with IP options, well formed: the same flow as without them.
     let mut options = ack[..20].to_vec();
     options[0] = 0x46;
@@ -396,11 +397,11 @@ fn malformed_and_fragmented_packets_have_no_fields_to_look_up() {
     set_checksum(&mut options);
     let fields = Ipv4Fields::parse(1, &options, options.len()).unwrap();
     assert_eq!(fields.meta(), Ok(tcp("A", false)));
-    assert_eq!(cache.lookup(T0, &fields), Some(&7));
+    assert_eq!(cache.hit(T0, &fields, options.len()), Some(&7));
     // A SYN, FIN or RST of the flow is never answered for.
     for flags in ["SA", "FA", "RA"] {
         let b = tcp_bytes(flags, false);
         let fields = Ipv4Fields::parse(1, &b, b.len()).unwrap();
-        assert_eq!(cache.lookup(T0, &fields), None, "{flags}");
+        assert_eq!(cache.hit(T0, &fields, b.len()), None, "{flags}");
     }
 }

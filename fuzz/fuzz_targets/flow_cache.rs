@@ -4,7 +4,7 @@
 //!
 //! Checks, for every packet: reading the fields from the bytes agrees with parsing them
 //! (`Ipv4Fields::parse` vs `PacketMeta::parse_ipv4`); the cache answers the same by the bytes'
-//! fields as by the parsed packet (`lookup` vs `get`); and an answer is only ever the current
+//! fields as by the parsed packet (`hit` vs `get`); and an answer is only ever the current
 //! verdict of the packet's own flow (no other flow has one, and a changed verdict is never
 //! answered with the old one).
 
@@ -141,7 +141,7 @@ fuzz_target!(|steps: Vec<Step>| {
         assert_eq!(fields.meta(), parsed);
         let Ok(m) = parsed else { continue };
         let by_meta = cache.get(now, &m);
-        assert_eq!(cache.lookup(now, &fields).copied(), by_meta);
+        assert_eq!(cache.hit(now, &fields, b.len()).copied(), by_meta);
         if let Some(v) = by_meta {
             let own = flows.iter().position(|f| same_flow(&m.tuple, f));
             assert_eq!(own.map(|i| verdicts[i]), Some(v), "answered {m:?}");
