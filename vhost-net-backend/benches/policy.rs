@@ -151,6 +151,7 @@ fn stage(c: &mut Criterion) {
                 }
                 stage.judge_pending(now);
             }
+            stage.end_batch();
         }
         group.bench_function(label, |b| {
             b.iter(|| {
