@@ -72,22 +72,9 @@ impl Server {
     pub fn start(daemon: Arc<Daemon>, config: &ControlConfig) -> Result<Server, ServerError> {
         let path = config.socket.clone().unwrap_or_else(default_socket_path);
         let listener = bind(&path, config.mode)?;
-        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(ServerError::Resource)?);
-        let subscriber = Control {
-            daemon,
-            listener,
-            conns: HashMap::new(),
-            owners: HashMap::new(),
-        };
-        let loop_stop = Arc::clone(&stop);
-        let thread = thread::Builder::new()
-            .name("control".into())
-            .spawn(move || {
-                if let Err(e) = event_loop::run(loop_stop, vec![Box::new(subscriber)]) {
-                    warn!(error = ?e, "the control loop failed");
-                }
-            })
-            .map_err(ServerError::Resource)?;
+        let (stop, thread) = serve(daemon, listener).inspect_err(|_| {
+            let _ = std::fs::remove_file(&path);
+        })?;
         info!(socket = %path.display(), mode = format!("{:o}", config.mode), "control socket");
         Ok(Server {
             path,
@@ -112,7 +99,33 @@ impl Drop for Server {
     }
 }
 
+/// Serves `daemon`'s control API on `listener` in a thread of its own: the eventfd that stops
+/// it and the thread.
+fn serve(
+    daemon: Arc<Daemon>,
+    listener: UnixListener,
+) -> Result<(Arc<EventFd>, JoinHandle<()>), ServerError> {
+    let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(ServerError::Resource)?);
+    let subscriber = Control {
+        daemon,
+        listener,
+        conns: HashMap::new(),
+        owners: HashMap::new(),
+    };
+    let loop_stop = Arc::clone(&stop);
+    let thread = thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            if let Err(e) = event_loop::run(loop_stop, vec![Box::new(subscriber)]) {
+                warn!(error = ?e, "the control loop failed");
+            }
+        })
+        .map_err(ServerError::Resource)?;
+    Ok((stop, thread))
+}
+
 /// Binds `path` with permissions `mode`, replacing a stale socket file that no one serves.
+/// On failure no socket file of its making is left.
 fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
@@ -129,8 +142,13 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener, ServerError> {
     }
     let bind_err = |e| ServerError::Bind(path.to_owned(), e);
     let listener = UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
-    listener.set_nonblocking(true).map_err(bind_err)?;
+    let ready = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| listener.set_nonblocking(true));
+    if let Err(e) = ready {
+        // The file is ours: no one else serves it.
+        let _ = std::fs::remove_file(path);
+        return Err(bind_err(e));
+    }
     Ok(listener)
 }
 
