@@ -5,6 +5,7 @@
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::{self, JoinHandle};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use tracing::warn;
@@ -61,6 +62,40 @@ pub fn run(stop: Arc<EventFd>, subscribers: Vec<Subscriber>) -> Result<(), event
         manager.run()?;
     }
     Ok(())
+}
+
+/// An event loop on a thread of its own, serving one subscriber until it is dropped.
+#[derive(Debug)]
+pub struct LoopThread {
+    stop: Arc<EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LoopThread {
+    /// Runs `subscriber` on a new thread named `name` (a failed loop is logged).
+    pub fn spawn(name: &str, subscriber: Subscriber) -> io::Result<LoopThread> {
+        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
+        let loop_stop = Arc::clone(&stop);
+        let thread = thread::Builder::new().name(name.into()).spawn(move || {
+            if let Err(e) = run(loop_stop, vec![subscriber]) {
+                warn!(error = ?e, "the {} loop failed", thread::current().name().unwrap_or("?"));
+            }
+        })?;
+        Ok(LoopThread {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for LoopThread {
+    /// Stops the loop and waits for its thread.
+    fn drop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Reads what a non-blocking `stream` has into `input`, up to a little over `limit` bytes.

@@ -38,7 +38,6 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use prometheus_client::collector::Collector;
@@ -47,11 +46,10 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::control::protocol::{EgressStats, NatStatsView};
 use crate::daemon::Daemon;
-use crate::event_loop;
+use crate::event_loop::{self, LoopThread};
 use crate::nat::rate_log::RateLimited;
 use crate::port::Link;
 
@@ -73,8 +71,7 @@ pub enum MetricsError {
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
-    stop: Arc<EventFd>,
-    thread: Option<JoinHandle<()>>,
+    _serving: LoopThread,
 }
 
 impl Server {
@@ -92,41 +89,23 @@ impl Server {
             daemon,
             log: Mutex::default(),
         }));
-        let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(MetricsError::Resource)?);
         let endpoint = Endpoint {
             listener,
             registry,
             conns: HashMap::new(),
         };
-        let loop_stop = Arc::clone(&stop);
-        let thread = thread::Builder::new()
-            .name("metrics".into())
-            .spawn(move || {
-                if let Err(e) = event_loop::run(loop_stop, vec![Box::new(endpoint)]) {
-                    warn!(error = ?e, "the metrics loop failed");
-                }
-            })
-            .map_err(MetricsError::Resource)?;
+        let serving =
+            LoopThread::spawn("metrics", Box::new(endpoint)).map_err(MetricsError::Resource)?;
         info!(%addr, "metrics endpoint");
         Ok(Server {
             addr,
-            stop,
-            thread: Some(thread),
+            _serving: serving,
         })
     }
 
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 

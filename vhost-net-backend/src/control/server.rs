@@ -9,12 +9,10 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use tracing::{info, warn};
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::handler;
@@ -23,7 +21,7 @@ use super::views;
 use crate::capture::{PcapNgStream, Tap};
 use crate::config::ControlConfig;
 use crate::daemon::Daemon;
-use crate::event_loop;
+use crate::event_loop::{self, LoopThread};
 
 /// Longest request line accepted.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -63,8 +61,8 @@ pub fn default_socket_path() -> PathBuf {
 #[derive(Debug)]
 pub struct Server {
     path: PathBuf,
-    stop: Arc<EventFd>,
-    thread: Option<JoinHandle<()>>,
+    /// `None` only while it is dropped.
+    serving: Option<LoopThread>,
 }
 
 impl Server {
@@ -72,14 +70,20 @@ impl Server {
     pub fn start(daemon: Arc<Daemon>, config: &ControlConfig) -> Result<Server, ServerError> {
         let path = config.socket.clone().unwrap_or_else(default_socket_path);
         let listener = bind(&path, config.mode)?;
-        let (stop, thread) = serve(daemon, listener).inspect_err(|_| {
+        let subscriber = Control {
+            daemon,
+            listener,
+            conns: HashMap::new(),
+            owners: HashMap::new(),
+        };
+        let serving = LoopThread::spawn("control", Box::new(subscriber)).map_err(|e| {
             let _ = std::fs::remove_file(&path);
+            ServerError::Resource(e)
         })?;
         info!(socket = %path.display(), mode = format!("{:o}", config.mode), "control socket");
         Ok(Server {
             path,
-            stop,
-            thread: Some(thread),
+            serving: Some(serving),
         })
     }
 
@@ -91,37 +95,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // The loop stops before its socket's file goes.
+        drop(self.serving.take());
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-/// Serves `daemon`'s control API on `listener` in a thread of its own: the eventfd that stops
-/// it and the thread.
-fn serve(
-    daemon: Arc<Daemon>,
-    listener: UnixListener,
-) -> Result<(Arc<EventFd>, JoinHandle<()>), ServerError> {
-    let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(ServerError::Resource)?);
-    let subscriber = Control {
-        daemon,
-        listener,
-        conns: HashMap::new(),
-        owners: HashMap::new(),
-    };
-    let loop_stop = Arc::clone(&stop);
-    let thread = thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
-            if let Err(e) = event_loop::run(loop_stop, vec![Box::new(subscriber)]) {
-                warn!(error = ?e, "the control loop failed");
-            }
-        })
-        .map_err(ServerError::Resource)?;
-    Ok((stop, thread))
 }
 
 /// Binds `path` with permissions `mode`, replacing a stale socket file that no one serves.
