@@ -460,14 +460,19 @@ mod tests {
 
     const T0: Instant = Instant::from_millis_const(1_000_000);
 
-    /// A UDP packet 10.0.0.2:`sport` -> 10.0.0.3:53.
-    fn udp(sport: u16) -> PacketMeta {
-        let route = Ipv4Route {
+    /// The route of the tests' packets: 10.0.0.2 -> 10.0.0.3.
+    fn route() -> Ipv4Route {
+        Ipv4Route {
             src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
             dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
             src_ip: Ipv4Addr::new(10, 0, 0, 2),
             dst_ip: Ipv4Addr::new(10, 0, 0, 3),
-        };
+        }
+    }
+
+    /// A UDP packet 10.0.0.2:`sport` -> 10.0.0.3:53.
+    fn udp(sport: u16) -> PacketMeta {
+        let route = route();
         PacketMeta::parse_ipv4(1, &udp_frame(&route, sport, 53, b"x")[14..]).unwrap()
     }
 
@@ -481,12 +486,7 @@ mod tests {
 
     #[test]
     fn a_tcp_segment_has_the_same_key_from_its_fields_and_from_its_meta() {
-        let route = Ipv4Route {
-            src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
-            dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
-            src_ip: Ipv4Addr::new(10, 0, 0, 2),
-            dst_ip: Ipv4Addr::new(10, 0, 0, 3),
-        };
+        let route = route();
         let mut plain_acks = 0;
         for flags in 0..=u8::MAX {
             let frame = ipv4_frame(&route, IpProtocol::Tcp, 20, |tcp| {
@@ -695,12 +695,7 @@ mod tests {
 
     #[test]
     fn hits_are_counted_per_verdict_until_taken_even_when_forgotten() {
-        let route = Ipv4Route {
-            src_mac: EthernetAddress([2, 0, 0, 0, 0, 1]),
-            dst_mac: EthernetAddress([2, 0, 0, 0, 0, 2]),
-            src_ip: Ipv4Addr::new(10, 0, 0, 2),
-            dst_ip: Ipv4Addr::new(10, 0, 0, 3),
-        };
+        let route = route();
         let frames: Vec<_> = (1000..1003)
             .map(|p| udp_frame(&route, p, 53, b"x"))
             .collect();
