@@ -255,7 +255,7 @@ impl PolicyStage {
     /// Starts a batch: takes up a newly published generation and the flow table's epoch.
     /// Returns whether a policy runs at this stage's hook; if not, the batch's frames need no
     /// [`check`](Self::check). A batch that checks frames ends with
-    /// [`end_batch`](Self::end_batch), which counts its flow cache hits.
+    /// [`end_batch`](Self::end_batch), which adds its rule hits to the shared counters.
     pub fn begin_batch(&mut self) -> bool {
         self.worker.begin_batch();
         let generation = self.worker.generation_id();

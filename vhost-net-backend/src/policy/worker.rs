@@ -512,9 +512,9 @@ impl PolicyWorker {
 }
 
 impl PolicyHook for PolicyWorker {
-    /// Also adds rule hits a caller left uncounted (no [`end_batch`](PolicyWorker::end_batch)).
+    /// Takes up a newly published generation. Rule hits are added by
+    /// [`end_batch`](PolicyWorker::end_batch), which ends every batch that admits frames.
     fn begin_batch(&mut self) {
-        self.end_batch();
         if self.host.generation_id() != self.generation.id {
             self.swap();
         }
