@@ -10,7 +10,6 @@ use std::time::Duration;
 use bridge_core::{NetworkId, PortId, PortStats, Switch};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use tracing::{info, warn};
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::config::{Config, FieldPath, ForwardConfig, Invalid, NetworkMode, PortConfig};
@@ -19,7 +18,7 @@ use crate::datapath::counters::DeviceStats;
 use crate::datapath::policy::PolicyPlane;
 use crate::datapath::worker::Workers;
 use crate::datapath::Datapath;
-use crate::event_loop;
+use crate::event_loop::LoopThread;
 use crate::nat::network::{NatError, NatNetwork};
 use crate::nat::views::NatViews;
 use crate::policy::control::{ControlError, PolicyControl};
@@ -112,8 +111,8 @@ pub struct Daemon {
     workers: Workers,
     /// The bridged networks' uplinks.
     uplinks: Vec<UplinkHandle>,
-    stop: Arc<EventFd>,
-    housekeeping: Option<JoinHandle<()>>,
+    /// The loop that ages learned addresses and flows, while it runs.
+    housekeeping: Option<LoopThread>,
 }
 
 /// Starts the daemon: the networks of `config`, and one port per entry.
@@ -135,7 +134,6 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
         names.zip(network_ids.clone()).collect(),
     ));
     policies.apply(&config.policies).map_err(Error::Policy)?;
-    let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(Error::Resource)?);
     let poll = Duration::from_micros(config.poll_us.into());
     let workers = Workers::start(&datapath, config.workers, poll).map_err(Error::Resource)?;
     // From here on, a failed step drops the daemon: its Drop stops and joins what was started.
@@ -149,7 +147,6 @@ pub fn start(mut config: Config) -> Result<Daemon, Error> {
         ports: Mutex::new(BTreeMap::new()),
         workers,
         uplinks: Vec::new(),
-        stop,
         housekeeping: None,
     };
     daemon.hooks.set_policies(Some(policies));
@@ -358,14 +355,15 @@ impl Daemon {
         Ok(())
     }
 
-    /// Starts the thread that ages learned addresses until `stop`.
+    /// Starts the thread that ages learned addresses and flows every [`AGEING_INTERVAL`].
     fn start_housekeeping(&mut self) -> Result<(), Error> {
-        let (dp, stop) = (Arc::clone(&self.datapath), Arc::clone(&self.stop));
-        let timer = TimerFd::new().map_err(|e| Error::Resource(e.into()))?;
-        let thread = thread::Builder::new()
-            .name("housekeeping".into())
-            .spawn(move || housekeeping(dp, timer, stop))
-            .map_err(Error::Resource)?;
+        let mut timer = TimerFd::new().map_err(|e| Error::Resource(e.into()))?;
+        if let Err(e) = timer.reset(AGEING_INTERVAL, Some(AGEING_INTERVAL)) {
+            warn!(error = %e, "the ageing timer cannot be armed");
+        }
+        let datapath = Arc::clone(&self.datapath);
+        let ageing = Box::new(Ageing { datapath, timer });
+        let thread = LoopThread::spawn("housekeeping", ageing).map_err(Error::Resource)?;
         self.housekeeping = Some(thread);
         Ok(())
     }
@@ -411,10 +409,7 @@ impl Daemon {
             self.datapath.remove(id);
             uplink.stop();
         }
-        let _ = self.stop.write(1);
-        if let Some(t) = self.housekeeping.take() {
-            let _ = t.join();
-        }
+        drop(self.housekeeping.take());
     }
 
     fn stop_port(&self, handle: PortHandle) {
@@ -464,14 +459,5 @@ impl MutEventSubscriber for Ageing {
         if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
             warn!(error = ?e, "the ageing timer cannot be watched");
         }
-    }
-}
-
-fn housekeeping(datapath: Arc<Datapath>, mut timer: TimerFd, stop: Arc<EventFd>) {
-    if let Err(e) = timer.reset(AGEING_INTERVAL, Some(AGEING_INTERVAL)) {
-        warn!(error = %e, "the ageing timer cannot be armed");
-    }
-    if let Err(e) = event_loop::run(stop, vec![Box::new(Ageing { datapath, timer })]) {
-        warn!(error = ?e, "housekeeping loop failed");
     }
 }

@@ -1,6 +1,6 @@
-//! The daemon's event loops (housekeeping, control socket, metrics): rust-vmm's event-manager
-//! with one subscriber per source, run until a stop eventfd is signalled; and the buffered
-//! non-blocking reads and writes their connections share.
+//! The daemon's event loops (housekeeping, uplinks, control socket, metrics): rust-vmm's
+//! event-manager with one subscriber per source, run until a stop eventfd is signalled; and the
+//! buffered non-blocking reads and writes their connections share.
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,7 +50,7 @@ impl MutEventSubscriber for Stopper {
 }
 
 /// Runs `subscribers` until `stop` is signalled.
-pub fn run(stop: Arc<EventFd>, subscribers: Vec<Subscriber>) -> Result<(), event_manager::Error> {
+fn run(stop: Arc<EventFd>, subscribers: Vec<Subscriber>) -> Result<(), event_manager::Error> {
     let mut manager = EventManager::<Subscriber>::new()?;
     for s in subscribers {
         manager.add_subscriber(s);

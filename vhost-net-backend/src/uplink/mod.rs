@@ -20,7 +20,6 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
 
 use arc_swap::ArcSwapOption;
 use bridge_core::{PortId, Switch};
@@ -29,7 +28,6 @@ use tracing::{info, warn};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
 };
-use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::Uplink;
 use crate::control::hooks::Uplinks;
@@ -39,7 +37,7 @@ use crate::datapath::host::{HostPort, Injector};
 use crate::datapath::tx::MAX_FRAME_LEN;
 use crate::datapath::vnet_hdr::VnetHdr;
 use crate::datapath::Datapath;
-use crate::event_loop;
+use crate::event_loop::LoopThread;
 use crate::vhu_net::Negotiated;
 
 pub mod af_packet;
@@ -213,8 +211,8 @@ impl UplinkPort {
 #[derive(Debug)]
 pub struct UplinkHandle {
     port: Arc<UplinkPort>,
-    stop: Arc<EventFd>,
-    thread: Option<JoinHandle<()>>,
+    /// `None` once stopped.
+    thread: Option<LoopThread>,
 }
 
 impl UplinkHandle {
@@ -229,10 +227,7 @@ impl UplinkHandle {
     }
 
     fn halt(&mut self) {
-        let _ = self.stop.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        drop(self.thread.take());
         self.port.sender.store(None);
     }
 }
@@ -281,18 +276,17 @@ pub fn start(
     };
     link.refresh()?;
     dp.insert_host(port, Arc::clone(&shared) as Arc<dyn HostPort>);
-    let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(UplinkError::Resource)?);
-    let thread = {
-        let stop = Arc::clone(&stop);
-        let injector = Injector::new(Arc::clone(dp), port);
-        thread::Builder::new()
-            .name(format!("uplink-{network}"))
-            .spawn(move || run(link, events, injector, stop))
-            .map_err(UplinkError::Resource)?
+    let subscriber = Loop {
+        link,
+        events,
+        injector: Injector::new(Arc::clone(dp), port),
+        watched: None,
+        buf: vec![0; MAX_FRAME_LEN + VNET_HDR_LEN + 4].into_boxed_slice(),
     };
+    let thread = LoopThread::spawn(&format!("uplink-{network}"), Box::new(subscriber))
+        .map_err(UplinkError::Resource)?;
     Ok(UplinkHandle {
         port: shared,
-        stop,
         thread: Some(thread),
     })
 }
@@ -550,19 +544,6 @@ impl MutEventSubscriber for Loop {
             warn!(error = ?e, "the link notifications cannot be watched");
         }
         self.rewatch(ops);
-    }
-}
-
-fn run(link: Link, events: LinkEvents, injector: Injector, stop: Arc<EventFd>) {
-    let subscriber = Loop {
-        link,
-        events,
-        injector,
-        watched: None,
-        buf: vec![0; MAX_FRAME_LEN + VNET_HDR_LEN + 4].into_boxed_slice(),
-    };
-    if let Err(e) = event_loop::run(stop, vec![Box::new(subscriber)]) {
-        warn!(error = ?e, "uplink loop failed");
     }
 }
 
