@@ -1,8 +1,8 @@
 //! WASM policies in the datapath, driven by the in-process frontend harness: a daemon on
 //! libvirt's default NAT network with `[[policy]]` entries in its configuration and policies
 //! loaded through the control hooks; firewall verdicts (drop, reject, counted), cached flows,
-//! hot reload under traffic without a lost frame, and faulting modules contained by their fail
-//! mode.
+//! hot reload under traffic without a lost frame, faulting modules contained by their fail
+//! mode, and the flows the tables track as the metrics endpoint serves them.
 
 #[path = "../../vhost-net-backend/tests/support/faulty.rs"]
 mod faulty;
@@ -27,6 +27,7 @@ use vhost_net_backend::cli::{self, error_chain, Args};
 use vhost_net_backend::config::{Egress, FailMode, NetworkMode, PolicyConfig};
 use vhost_net_backend::control::protocol::PolicyInfo;
 use vhost_net_backend::control::Server;
+use vhost_net_backend::metrics;
 use vhost_net_backend::{start, Config, Daemon, MacAddr, PortConfig};
 use vm_memory::{Address, Bytes};
 
@@ -317,6 +318,54 @@ fn a_known_flow_passes_by_its_verdict_counted_per_frame_and_judged_again_after_a
     assert_eq!(received(&mut lab.b).len(), 20);
     assert_eq!(lab.list("sg").packets, 3);
     assert_eq!(rule(&lab.list("sg"), "dpt:7000-7000"), 20);
+}
+
+/// The samples of the metrics endpoint's flow gauges (`vnb_policy_flows`, `vnb_nat_flows`).
+fn flow_gauges(server: &metrics::Server) -> Vec<String> {
+    let response = metrics::scrape(server.addr()).unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("vnb_policy_flows") || l.starts_with("vnb_nat_flows"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_metrics_endpoint_serves_the_flows_each_table_tracks() {
+    let mut lab = nat_lab();
+    let server =
+        metrics::Server::start(Arc::clone(&lab.daemon), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let gauges = |port_in: u32, nat_egress: u32, nat: u32| {
+        vec![
+            format!("vnb_policy_flows{{hook=\"port_in\"}} {port_in}"),
+            format!("vnb_policy_flows{{hook=\"nat_egress\"}} {nat_egress}"),
+            format!("vnb_nat_flows{{network=\"default\"}} {nat}"),
+        ]
+    };
+    assert_eq!(flow_gauges(&server), gauges(0, 0, 0));
+
+    // A to B, twice on one flow: one flow at the port_in hook.
+    let frame = udp4(A, B, 5000, 7000, b"one flow");
+    lab.a.send(0, &frame).unwrap();
+    lab.a.send(0, &frame).unwrap();
+    assert_eq!(received(&mut lab.b).len(), 2);
+    assert_eq!(flow_gauges(&server), gauges(1, 0, 0));
+
+    // A to a socket beyond the network: a second flow at the port_in hook, the first at the
+    // NAT egress hook (libvirt-nat runs at both) and in the NAT network's conntrack.
+    let far = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    far.set_read_timeout(Some(WAIT)).unwrap();
+    let NetworkMode::Nat(nat) = &lab.daemon.config().networks[0].mode else {
+        panic!("the default network is NAT");
+    };
+    let outside = Endpoint::new(nat.gateway_mac("default").0, [127, 0, 0, 1]);
+    let port = far.local_addr().unwrap().port();
+    lab.a
+        .send(0, &udp4(A, outside, 41000, port, b"out"))
+        .unwrap();
+    let mut buf = [0; 16];
+    assert_eq!(far.recv(&mut buf).unwrap(), 3, "the datagram leaves");
+    assert_eq!(flow_gauges(&server), gauges(2, 1, 1));
 }
 
 /// A UDP datagram from A to B carrying `n`.

@@ -181,6 +181,11 @@ impl Daemon {
         self.datapath.captures()
     }
 
+    /// The policy plane: the policy host and the flow table of each hook.
+    pub fn policy_plane(&self) -> Option<&Arc<PolicyPlane>> {
+        self.datapath.policy()
+    }
+
     /// The datapath's clock, as the switch is given it.
     pub fn now(&self) -> bridge_core::time::Instant {
         self.datapath.now()

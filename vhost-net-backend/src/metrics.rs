@@ -15,8 +15,10 @@
 //! | `vnb_policy_packets_total`, `vnb_policy_bytes_total` | policy, network | judged by a policy |
 //! | `vnb_policy_rule_packets_total`, `vnb_policy_rule_bytes_total` | policy, rule | matched by a rule |
 //! | `vnb_policy_quarantined` | policy | 1 while the fail mode judges |
+//! | `vnb_policy_flows` | hook (port_in, nat_egress) | flows the hook's flow table tracks |
 //! | `vnb_uplink_rx_frames_total`, `vnb_uplink_tx_frames_total`, `vnb_uplink_drops_total` | uplink, network | uplink counters |
-//! | `vnb_nat_up` | network | 1 when the NAT network's event loop answered the scrape; 0 leaves its other `vnb_nat_*` out |
+//! | `vnb_nat_up` | network | 1 when the NAT network's event loop answered the scrape; 0 leaves out the families read there (all but `vnb_nat_flows`) |
+//! | `vnb_nat_flows` | network | flows the network's conntrack table tracks (the `user` egress's) |
 //! | `vnb_nat_from_guests_frames_total`, `..._bytes_total` | network | frames and bytes the switch delivered to the gateway |
 //! | `vnb_nat_to_guests_frames_total`, `..._bytes_total` | network | frames and bytes the gateway sent into the network |
 //! | `vnb_nat_queue_full_total` | network | frames for the gateway dropped at its full queue |
@@ -31,7 +33,8 @@
 //!
 //! The NAT networks' counters are those of `nat-stats`, asked of each network's event loop at
 //! the scrape (all at once, waited for at most 5 s in all); a network whose loop does not answer
-//! is logged (rate-limited) and only its `vnb_nat_up` 0 is served.
+//! is logged (rate-limited) and only its `vnb_nat_up` 0 is served of them. The flow gauges are
+//! read from the tables themselves (`Conntrack::len`, flows not yet swept included).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -39,6 +42,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use bridge_core::conntrack::Conntrack;
+use bridge_core::policy::HookPoint;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -109,6 +114,12 @@ impl Server {
     }
 }
 
+/// The policy plane's hooks, with their `hook` label.
+const HOOKS: [(HookPoint, &str); 2] = [
+    (HookPoint::PortIn, "port_in"),
+    (HookPoint::NatEgress, "nat_egress"),
+];
+
 /// The daemon's counters, read at each scrape.
 #[derive(Debug)]
 struct DaemonCollector {
@@ -142,6 +153,11 @@ fn counter(v: u64) -> ConstCounter<u64> {
 
 fn gauge(v: i64) -> ConstGauge<i64> {
     ConstGauge::new(v)
+}
+
+/// A gauge of the flows `table` tracks.
+fn flows<V: Copy>(table: &Conntrack<V>) -> ConstGauge<i64> {
+    gauge(i64::try_from(table.len()).unwrap_or(i64::MAX))
 }
 
 impl Collector for DaemonCollector {
@@ -287,6 +303,14 @@ impl Collector for DaemonCollector {
             let help = "1 while the policy's fail mode judges.";
             family(&mut e, "vnb_policy_quarantined", help, &quarantined)?;
         }
+        if let Some(plane) = daemon.policy_plane() {
+            let tracked = HOOKS.map(|(hook, name)| {
+                let l: Labels = vec![("hook", name.to_string())];
+                (l, flows(plane.flows(hook)))
+            });
+            let help = "Flows the hook's flow table tracks.";
+            family(&mut e, "vnb_policy_flows", help, &tracked)?;
+        }
         if let Some(uplinks) = daemon.hooks().uplinks() {
             let mut rx = Vec::new();
             let mut tx = Vec::new();
@@ -313,6 +337,16 @@ impl Collector for DaemonCollector {
             }
             nat_families(&mut e, &networks)?;
         }
+        let nat_flows: Vec<_> = daemon
+            .nat_networks()
+            .iter()
+            .map(|n| {
+                let l: Labels = vec![("network", n.handle().name().to_string())];
+                (l, flows(n.handle().conntrack()))
+            })
+            .collect();
+        let help = "Flows the NAT network's conntrack table tracks.";
+        family(&mut e, "vnb_nat_flows", help, &nat_flows)?;
         let active = [(
             Labels::new(),
             gauge(i64::from(daemon.captures().is_active())),
