@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use vhost_net_backend::config::file::to_toml;
 use vhost_net_backend::config::{DnsConfig, Egress, NetworkMode};
+use vhost_net_backend::control::protocol::{EgressStats, NatStatsView};
 use vhost_net_backend::{Config, MacAddr, PortConfig};
 
 use crate::control_cli;
@@ -173,7 +174,8 @@ fn lease_ip(line: &str) -> String {
 /// A guest gets its lease by DHCP; the daemon is killed (SIGKILL, a crash) and started again
 /// and the guest keeps its address; it resolves the wan's name through the gateway, fetches
 /// its page, gets its UDP echo, pings it, sends it 100 MB over TCP (checksums compared) and
-/// runs iperf3 to it both ways (figures printed). The daemon stops cleanly at the end.
+/// runs iperf3 to it both ways (figures printed). `nat-stats` counted that traffic. The daemon
+/// stops cleanly at the end.
 pub fn lease_restart_and_wan(kind: EgressKind) -> Result<(), Box<dyn Error>> {
     let mut world = World::start(kind, 1)?;
     let body = format!(
@@ -237,6 +239,18 @@ pub fn lease_restart_and_wan(kind: EgressKind) -> Result<(), Box<dyn Error>> {
         .expect("the sink's checksum");
     assert_eq!(sent.len(), 64, "{sent}");
     assert_eq!(got, sent, "100 MB arrive intact");
+    // The restarted daemon's counters hold what the guest sent since: the 100 MB, and (user
+    // egress) the TCP, UDP and echo flows the gateway opened for it.
+    let stats: Vec<NatStatsView> = control_cli::json(&world.control(), &["nat-stats"]);
+    let [v] = &stats[..] else {
+        panic!("one network: {stats:?}")
+    };
+    assert!(v.from_guests_bytes > 100 << 20, "{v:?}");
+    assert!(v.to_guests_frames > 0, "{v:?}");
+    if let EgressStats::User(u) = v.egress {
+        assert!(u.tcp.opened >= 2, "the page and the sink: {u:?}");
+        assert!(u.udp.opened >= 1 && u.icmp.opened >= 1, "{u:?}");
+    }
     for direction in ["send", "receive"] {
         let figure = guest_script::iperf_receiver(&lines, direction)
             .unwrap_or_else(|| panic!("an iperf3 {direction} figure: {lines:?}"));
