@@ -14,7 +14,8 @@
 //! notifications and a stop eventfd, and go through the switch into the guests
 //! ([`Injector`]), each guest signalled once per wakeup. When the host interface (the NIC for
 //! `af_packet`, the bridge for `tap`) goes away the uplink's port goes down; when it comes back
-//! the uplink reopens its socket or enslaves its TAP again by itself.
+//! the uplink reopens its socket or enslaves its TAP again by itself. A TAP deleted under the
+//! uplink is made again, as at start.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -24,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::ArcSwapOption;
 use bridge_core::{PortId, Switch};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
 };
@@ -296,7 +297,8 @@ struct Link {
     dp: Arc<Datapath>,
     shared: Arc<UplinkPort>,
     netlink: Netlink,
-    /// The TAP (tap kind), made once and kept across the bridge's comings and goings.
+    /// The TAP (tap kind), kept across the bridge's comings and goings; made again when it is
+    /// deleted under the uplink. `None` while it could not be made again.
     tap: Option<Arc<tap::Tap>>,
     /// The receive ring (af_packet kind) while the NIC is there.
     ring: Option<af_packet::RxRing>,
@@ -316,7 +318,7 @@ impl Link {
     fn refresh(&mut self) -> Result<(), NetlinkError> {
         let up = match self.shared.config.clone() {
             Uplink::AfPacket { interface } => self.refresh_af_packet(&interface)?,
-            Uplink::Tap { bridge, .. } => self.refresh_tap(bridge.as_deref())?,
+            Uplink::Tap { interface, bridge } => self.refresh_tap(&interface, bridge.as_deref())?,
         };
         let was = self.shared.up.swap(up, Relaxed);
         if was != up {
@@ -393,14 +395,14 @@ impl Link {
         }
     }
 
-    fn refresh_tap(&mut self, bridge: Option<&str>) -> Result<bool, NetlinkError> {
-        let Some(tap) = self.tap.clone() else {
-            return Ok(false);
-        };
-        let Some(info) = self.netlink.link(tap.name())? else {
-            warn!(network = %self.shared.network, tap = tap.name(), "the uplink's TAP is gone");
-            self.publish(None);
-            return Ok(false);
+    fn refresh_tap(&mut self, interface: &str, bridge: Option<&str>) -> Result<bool, NetlinkError> {
+        let found = self.netlink.link(interface)?;
+        let (tap, info) = match (self.tap.clone(), found) {
+            (Some(tap), Some(info)) => (tap, info),
+            _ => match self.remake_tap(interface)? {
+                Some(made) => made,
+                None => return Ok(false),
+            },
         };
         let host = match bridge {
             Some(b) => self.netlink.link(b)?,
@@ -410,13 +412,16 @@ impl Link {
             self.set_host(None);
             return Ok(false);
         };
-        if bridge.is_some() && info.master != Some(host.index) {
+        let enslave = bridge.is_some() && info.master != Some(host.index);
+        if enslave {
             self.netlink.set_master(info.index, host.index)?;
-            self.attached();
             info!(network = %self.shared.network, tap = tap.name(), bridge = host.name, "TAP enslaved");
         }
         if !info.up {
             self.netlink.set_up(info.index)?;
+        }
+        if enslave || self.sender.is_none() {
+            self.attached();
         }
         if self.sender.is_none() {
             let sender = Sender::Tap(Arc::clone(&tap));
@@ -425,6 +430,38 @@ impl Link {
         let up = host.up;
         self.set_host(Some(host));
         Ok(up)
+    }
+
+    /// Makes the TAP again (as at start) after it was deleted under the uplink, and returns it
+    /// with what rtnetlink shows of it. `None` when that fails: logged once per loss, tried
+    /// again at the next link notification.
+    fn remake_tap(
+        &mut self,
+        interface: &str,
+    ) -> Result<Option<(Arc<tap::Tap>, LinkInfo)>, NetlinkError> {
+        let lost = self.tap.take().is_some();
+        self.publish(None);
+        let network = &self.shared.network;
+        if lost {
+            warn!(%network, tap = interface, "the uplink's TAP is gone, making it again");
+        }
+        let tap = match tap::Tap::create(interface, true) {
+            Ok(tap) => Arc::new(tap),
+            Err(e) if lost => {
+                warn!(%network, tap = interface, error = %e, "making the uplink's TAP failed, trying again at the next link notification");
+                return Ok(None);
+            }
+            Err(e) => {
+                debug!(%network, tap = interface, error = %e, "making the uplink's TAP failed");
+                return Ok(None);
+            }
+        };
+        let Some(info) = self.netlink.link(interface)? else {
+            return Ok(None);
+        };
+        info!(%network, tap = interface, "TAP made again");
+        self.tap = Some(Arc::clone(&tap));
+        Ok(Some((tap, info)))
     }
 
     /// Reads what is pending on the channel and sends it through the switch.
