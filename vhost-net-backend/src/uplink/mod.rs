@@ -21,6 +21,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use bridge_core::{PortId, Switch};
@@ -40,6 +41,7 @@ use crate::datapath::vnet_hdr::VnetHdr;
 use crate::datapath::Datapath;
 use crate::event_loop::LoopThread;
 use crate::vhu_net::Negotiated;
+use vmm_sys_util::timerfd::TimerFd;
 
 pub mod af_packet;
 pub mod netlink;
@@ -277,9 +279,11 @@ pub fn start(
     };
     link.refresh()?;
     dp.insert_host(port, Arc::clone(&shared) as Arc<dyn HostPort>);
+    let retry = TimerFd::new().map_err(|e| UplinkError::Resource(e.into()))?;
     let subscriber = Loop {
         link,
         events,
+        retry,
         injector: Injector::new(Arc::clone(dp), port),
         watched: None,
         buf: vec![0; MAX_FRAME_LEN + VNET_HDR_LEN + 4].into_boxed_slice(),
@@ -432,9 +436,15 @@ impl Link {
         Ok(up)
     }
 
+    /// Whether the uplink is of the tap kind and holds no TAP: it was deleted and could not be
+    /// made again yet.
+    fn tap_lost(&self) -> bool {
+        matches!(self.shared.config, Uplink::Tap { .. }) && self.tap.is_none()
+    }
+
     /// Makes the TAP again (as at start) after it was deleted under the uplink, and returns it
     /// with what rtnetlink shows of it. `None` when that fails: logged once per loss, tried
-    /// again at the next link notification.
+    /// again at the next link notification or after [`RETRY`].
     fn remake_tap(
         &mut self,
         interface: &str,
@@ -448,7 +458,7 @@ impl Link {
         let tap = match tap::Tap::create(interface, true) {
             Ok(tap) => Arc::new(tap),
             Err(e) if lost => {
-                warn!(%network, tap = interface, error = %e, "making the uplink's TAP failed, trying again at the next link notification");
+                warn!(%network, tap = interface, error = %e, "making the uplink's TAP failed, trying again at the next link notification or in a second");
                 return Ok(None);
             }
             Err(e) => {
@@ -515,17 +525,42 @@ fn retag(frame: &[u8], tpid: u16, tci: u16, out: &mut [u8]) -> Option<usize> {
 
 const TOKEN_LINK: u32 = 1;
 const TOKEN_CHANNEL: u32 = 2;
+const TOKEN_RETRY: u32 = 3;
 
-/// The uplink's subscriber: link notifications and the channel (the loop adds the stop eventfd).
+/// How long after a failed attempt a deleted TAP is made again, if no link notification comes
+/// first.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The uplink's subscriber: link notifications, the channel and the retry timer (the loop adds
+/// the stop eventfd).
 struct Loop {
     link: Link,
     events: LinkEvents,
+    /// Armed while a deleted TAP could not be made again.
+    retry: TimerFd,
     injector: Injector,
     watched: Option<RawFd>,
     buf: Box<[u8]>,
 }
 
 impl Loop {
+    /// Looks at the interface again and watches the channel it has now; arms the retry timer
+    /// while a deleted TAP could not be made again (and disarms it once it is).
+    fn refresh(&mut self, ops: &mut EventOps) {
+        if let Err(e) = self.link.refresh() {
+            warn!(error = %e, "looking at the uplink's interface failed");
+        }
+        self.rewatch(ops);
+        let armed = if self.link.tap_lost() {
+            self.retry.reset(RETRY, None)
+        } else {
+            self.retry.clear()
+        };
+        if let Err(e) = armed {
+            warn!(error = %e, "the uplink's retry timer cannot be set");
+        }
+    }
+
     /// Watches the current channel's descriptor (a new one after a recovery).
     fn rewatch(&mut self, ops: &mut EventOps) {
         let current = self.link.sender.as_ref().map(|s| s.fd());
@@ -554,11 +589,12 @@ impl MutEventSubscriber for Loop {
         match events.data() {
             TOKEN_LINK => {
                 if self.events.drain() {
-                    if let Err(e) = self.link.refresh() {
-                        warn!(error = %e, "looking at the uplink's interface failed");
-                    }
-                    self.rewatch(ops);
+                    self.refresh(ops);
                 }
+            }
+            TOKEN_RETRY => {
+                let _ = self.retry.wait();
+                self.refresh(ops);
             }
             _ => {
                 if events
@@ -566,8 +602,7 @@ impl MutEventSubscriber for Loop {
                     .intersects(EventSet::ERROR | EventSet::HANG_UP)
                 {
                     // The interface went away under the socket; its notification follows.
-                    let _ = self.link.refresh();
-                    self.rewatch(ops);
+                    self.refresh(ops);
                 }
                 let buf = &mut self.buf;
                 self.link.receive(&mut self.injector, buf);
@@ -579,6 +614,10 @@ impl MutEventSubscriber for Loop {
         let link = Events::with_data(&self.events, TOKEN_LINK, EventSet::IN);
         if let Err(e) = ops.add(link) {
             warn!(error = ?e, "the link notifications cannot be watched");
+        }
+        let retry = Events::with_data(&self.retry, TOKEN_RETRY, EventSet::IN);
+        if let Err(e) = ops.add(retry) {
+            warn!(error = ?e, "the uplink's retry timer cannot be watched");
         }
         self.rewatch(ops);
     }
