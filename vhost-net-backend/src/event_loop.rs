@@ -49,12 +49,10 @@ impl MutEventSubscriber for Stopper {
     }
 }
 
-/// Runs `subscribers` until `stop` is signalled.
-fn run(stop: Arc<EventFd>, subscribers: Vec<Subscriber>) -> Result<(), event_manager::Error> {
+/// Runs `subscriber` until `stop` is signalled.
+fn run(stop: Arc<EventFd>, subscriber: Subscriber) -> Result<(), event_manager::Error> {
     let mut manager = EventManager::<Subscriber>::new()?;
-    for s in subscribers {
-        manager.add_subscriber(s);
-    }
+    manager.add_subscriber(subscriber);
     let stopper = Stopper::new(stop);
     let stopped = stopper.stopped();
     manager.add_subscriber(Box::new(stopper));
@@ -77,7 +75,7 @@ impl LoopThread {
         let stop = Arc::new(EventFd::new(libc::EFD_NONBLOCK)?);
         let loop_stop = Arc::clone(&stop);
         let thread = thread::Builder::new().name(name.into()).spawn(move || {
-            if let Err(e) = run(loop_stop, vec![subscriber]) {
+            if let Err(e) = run(loop_stop, subscriber) {
                 warn!(error = ?e, "the {} loop failed", thread::current().name().unwrap_or("?"));
             }
         })?;
