@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6,
 };
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::config::Uplink;
 use crate::control::hooks::Uplinks;
@@ -41,7 +42,6 @@ use crate::datapath::vnet_hdr::VnetHdr;
 use crate::datapath::Datapath;
 use crate::event_loop::LoopThread;
 use crate::vhu_net::Negotiated;
-use vmm_sys_util::timerfd::TimerFd;
 
 pub mod af_packet;
 pub mod netlink;
