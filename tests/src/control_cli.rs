@@ -5,6 +5,7 @@ use std::path::Path;
 
 use clap::Parser;
 use vhost_net_backend::cli::{self, error_chain, Args};
+use vhost_net_backend::metrics;
 
 /// Runs a CLI subcommand against the control socket `control`: its output, or its error in one
 /// line.
@@ -24,6 +25,18 @@ pub fn json<T: serde::de::DeserializeOwned>(control: &Path, args: &[&str]) -> T 
     with_json.push("--json");
     let text = run(control, &with_json).unwrap();
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+}
+
+/// The samples the metrics endpoint `server` serves (checked to answer 200 OK) whose lines
+/// start with one of `prefixes`.
+pub fn metrics_samples(server: &metrics::Server, prefixes: &[&str]) -> Vec<String> {
+    let response = metrics::scrape(server.addr()).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    body.lines()
+        .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+        .map(str::to_string)
+        .collect()
 }
 
 /// A daemon started in-process with its control socket; its ports' sockets, control socket and

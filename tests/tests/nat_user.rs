@@ -661,17 +661,6 @@ fn user(v: &NatStatsView) -> UserEgressStats {
     }
 }
 
-/// The samples of the metrics endpoint's `vnb_nat_*` families.
-fn nat_metrics(server: &metrics::Server) -> Vec<String> {
-    let response = metrics::scrape(server.addr()).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    body.lines()
-        .filter(|l| l.starts_with("vnb_nat_"))
-        .map(str::to_string)
-        .collect()
-}
-
 /// Asserts that `samples` holds each of `expected`.
 fn assert_samples(samples: &[String], expected: &[String]) {
     for line in expected {
@@ -751,7 +740,7 @@ fn nat_stats_and_the_metrics_count_the_guests_flows_and_the_gateways_drops() {
     assert!(e.ends_with("no NAT network is named \"nowhere\""), "{e}");
 
     // The metrics endpoint serves the same counters, labelled with the network.
-    let samples = nat_metrics(&server);
+    let samples = control_cli::metrics_samples(&server, &["vnb_nat_"]);
     let label = "{network=\"default\"";
     assert_samples(
         &samples,
@@ -837,7 +826,7 @@ fn nat_stats_of_the_kernel_egress_inside() {
 
     let server =
         metrics::Server::start(Arc::clone(&lab.daemon), "127.0.0.1:0".parse().unwrap()).unwrap();
-    let samples = nat_metrics(&server);
+    let samples = control_cli::metrics_samples(&server, &["vnb_nat_"]);
     assert_samples(
         &samples,
         &[

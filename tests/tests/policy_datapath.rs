@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bridge_core::{DropReason, PortId};
 use clap::Parser;
 use policy_sdk::frames::{tcp4, udp4, Endpoint, TCP_SYN};
+use tests::control_cli;
 use tests::frontend::connection::Role;
 use tests::frontend::frames::numbered;
 use tests::frontend::net::{NetOptions, VirtioNet};
@@ -320,21 +321,13 @@ fn a_known_flow_passes_by_its_verdict_counted_per_frame_and_judged_again_after_a
     assert_eq!(rule(&lab.list("sg"), "dpt:7000-7000"), 20);
 }
 
-/// The samples of the metrics endpoint's flow gauges (`vnb_policy_flows`, `vnb_nat_flows`).
-fn flow_gauges(server: &metrics::Server) -> Vec<String> {
-    let response = metrics::scrape(server.addr()).unwrap();
-    let (_, body) = response.split_once("\r\n\r\n").unwrap();
-    body.lines()
-        .filter(|l| l.starts_with("vnb_policy_flows") || l.starts_with("vnb_nat_flows"))
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn the_metrics_endpoint_serves_the_flows_each_table_tracks() {
     let mut lab = nat_lab();
     let server =
         metrics::Server::start(Arc::clone(&lab.daemon), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let flow_gauges =
+        || control_cli::metrics_samples(&server, &["vnb_policy_flows", "vnb_nat_flows"]);
     let gauges = |port_in: u32, nat_egress: u32, nat: u32| {
         vec![
             format!("vnb_policy_flows{{hook=\"port_in\"}} {port_in}"),
@@ -342,14 +335,14 @@ fn the_metrics_endpoint_serves_the_flows_each_table_tracks() {
             format!("vnb_nat_flows{{network=\"default\"}} {nat}"),
         ]
     };
-    assert_eq!(flow_gauges(&server), gauges(0, 0, 0));
+    assert_eq!(flow_gauges(), gauges(0, 0, 0));
 
     // A to B, twice on one flow: one flow at the port_in hook.
     let frame = udp4(A, B, 5000, 7000, b"one flow");
     lab.a.send(0, &frame).unwrap();
     lab.a.send(0, &frame).unwrap();
     assert_eq!(received(&mut lab.b).len(), 2);
-    assert_eq!(flow_gauges(&server), gauges(1, 0, 0));
+    assert_eq!(flow_gauges(), gauges(1, 0, 0));
 
     // A to a socket beyond the network: a second flow at the port_in hook, the first at the
     // NAT egress hook (libvirt-nat runs at both) and in the NAT network's conntrack.
@@ -365,7 +358,7 @@ fn the_metrics_endpoint_serves_the_flows_each_table_tracks() {
         .unwrap();
     let mut buf = [0; 16];
     assert_eq!(far.recv(&mut buf).unwrap(), 3, "the datagram leaves");
-    assert_eq!(flow_gauges(&server), gauges(2, 1, 1));
+    assert_eq!(flow_gauges(), gauges(2, 1, 1));
 }
 
 /// A UDP datagram from A to B carrying `n`.
