@@ -14,6 +14,10 @@ mod netns;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use bridge_core::wire::{
+    ArpOperation, ArpPacket, EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet,
+    IpProtocol, Ipv4Address, Ipv4Packet,
+};
 use netns::run;
 use policy_sdk::frames::{arp_request, ping4, Endpoint};
 use tests::frontend::connection::Role;
@@ -71,23 +75,44 @@ fn expect(nic: &mut VirtioNet, what: &str, wanted: impl Fn(&[u8]) -> bool) -> Ve
     }
 }
 
+/// The ARP reply from [`HOST_IP`] in `frame`, if it is one.
+fn arp_reply(frame: &[u8]) -> Option<ArpPacket<&[u8]>> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let arp = ArpPacket::new_checked(&frame[14..]).ok()?;
+    (eth.ethertype() == EthernetProtocol::Arp
+        && arp.operation() == ArpOperation::Reply
+        && arp.source_protocol_addr() == HOST_IP)
+        .then_some(arp)
+}
+
+/// Whether `frame` is an ICMP echo reply from [`HOST_IP`].
+fn echo_reply(frame: &[u8]) -> bool {
+    let Ok(eth) = EthernetFrame::new_checked(frame) else {
+        return false;
+    };
+    let Ok(ip) = Ipv4Packet::new_checked(&frame[14..]) else {
+        return false;
+    };
+    eth.ethertype() == EthernetProtocol::Ipv4
+        && ip.next_header() == IpProtocol::Icmp
+        && ip.src_addr() == Ipv4Address::from(HOST_IP)
+        && Icmpv4Packet::new_checked(ip.payload())
+            .is_ok_and(|icmp| icmp.msg_type() == Icmpv4Message::EchoReply)
+}
+
 /// The guest asks for the bridge's MAC and pings it: both requests leave through the TAP, both
 /// answers come back through it.
 fn both_ways(nic: &mut VirtioNet) {
     nic.send(0, &arp_request(GUEST, HOST_IP)).unwrap();
-    let reply = expect(nic, "ARP reply", |f| {
-        f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 2] && f[28..32] == HOST_IP
-    });
-    let host_mac: [u8; 6] = reply[22..28].try_into().unwrap();
+    let reply = expect(nic, "ARP reply", |f| arp_reply(f).is_some());
+    let host_mac: [u8; 6] = arp_reply(&reply)
+        .unwrap()
+        .source_hardware_addr()
+        .try_into()
+        .unwrap();
     nic.send(0, &ping4(GUEST, Endpoint::new(host_mac, HOST_IP)))
         .unwrap();
-    expect(nic, "echo reply", |f| {
-        f.len() >= 42
-            && f[12..14] == [0x08, 0x00]
-            && f[23] == 1
-            && f[26..30] == HOST_IP
-            && f[34] == 0
-    });
+    expect(nic, "echo reply", echo_reply);
 }
 
 /// Whether the uplink is up after `recoveries` recoveries.
