@@ -287,6 +287,47 @@ fn frames_are_routed() {
 }
 
 #[test]
+fn martian_destinations_are_dropped_and_loopback_passes_only_when_allowed() {
+    let to = |dst: [u8; 4]| udp_frame(&route_to_gw(ip(76), Ipv4Address::from(dst)), 1000, 22, b"x");
+    let martians = [
+        [127, 0, 0, 1],
+        [127, 9, 9, 9],
+        [0, 0, 0, 0],
+        [0, 1, 2, 3],
+        [240, 0, 0, 1],
+    ];
+    let mut gw = gateway();
+    for dst in martians {
+        assert_eq!(
+            handle(&mut gw, &to(dst)),
+            Action::Drop(DropReason::MartianDestination),
+            "{dst:?}"
+        );
+    }
+    // Just outside them: routed.
+    for dst in [
+        [1, 0, 0, 0],
+        [126, 255, 255, 255],
+        [128, 0, 0, 1],
+        [223, 255, 255, 254],
+    ] {
+        assert_eq!(handle(&mut gw, &to(dst)), Action::Egress, "{dst:?}");
+    }
+    // A network whose guests may reach the host's loopback: only loopback passes.
+    let mut config = config();
+    config.loopback_egress = true;
+    let mut gw = Gateway::new(config).unwrap();
+    for dst in martians {
+        let want = if dst[0] == 127 {
+            Action::Egress
+        } else {
+            Action::Drop(DropReason::MartianDestination)
+        };
+        assert_eq!(handle(&mut gw, &to(dst)), want, "{dst:?}");
+    }
+}
+
+#[test]
 fn ttl_exceeded_when_forwarding() {
     let mut gw = gateway();
     let wan = Ipv4Address::new(198, 51, 100, 7);

@@ -74,6 +74,8 @@ impl Lab {
             nat.dns = Some(DnsConfig {
                 upstreams: vec![upstream],
             });
+            // The hosts the guests reach are this test's sockets on loopback.
+            nat.host_loopback = true;
             adjust(nat);
         });
         Lab { lab, _dns: dns }
@@ -254,6 +256,40 @@ fn tcp_is_relayed_both_ways_with_half_close() {
         g.tcp(tcp).state(),
         State::TimeWait | State::Closed
     )));
+}
+
+#[test]
+fn the_hosts_loopback_is_out_of_reach_unless_the_network_allows_it() {
+    let lab = Lab::with(1, |nat| nat.host_loopback = false);
+    let mut g = lab.guest(0);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_nonblocking(true).unwrap();
+    let udp_port = udp.local_addr().unwrap().port();
+
+    // A SYN and a datagram to the host's loopback, and a datagram to 0.0.0.0 (which a
+    // socket's send also delivers to the host itself): the gateway drops all three.
+    let tcp = g.connect(SocketAddrV4::new(
+        LOOPBACK,
+        listener.local_addr().unwrap().port(),
+    ));
+    let unspecified = Ipv4Address::new(0, 0, 0, 0);
+    for dst in [LOOPBACK, unspecified] {
+        let datagram = udp_frame(&route(&lab, 0, dst), 5353, udp_port, b"q");
+        g.nic().send(0, &datagram).unwrap();
+    }
+    let after = nat_stats_when(&lab, &mut g, |v| v.gateway.dropped >= 3);
+    assert_eq!(user(&after).tcp.opened, 0, "{after:?}");
+    assert_eq!(user(&after).udp.opened, 0, "{after:?}");
+    // Nothing arrived meanwhile, nor within a little longer.
+    g.until(Duration::from_millis(300), |_| false);
+    assert!(listener.accept().is_err(), "no connection reaches the host");
+    assert!(
+        udp.recv_from(&mut [0u8; 8]).is_err(),
+        "no datagram reaches the host"
+    );
+    assert_ne!(g.tcp(tcp).state(), State::Established);
 }
 
 #[test]

@@ -176,11 +176,21 @@ fn received(nic: &mut VirtioNet) -> Vec<Vec<u8>> {
 
 /// A [`lab`] whose operator tier runs libvirt-nat.
 fn nat_lab() -> Lab {
-    lab(|dir| {
+    lab_with(|dir, config| {
         let wasm = policy_wasm::policy_wasm("libvirt-nat");
         let path = module(dir, "libvirt_nat.wasm", &wasm);
-        vec![policy("nat", path, LIBVIRT_NAT, FailMode::Closed)]
+        config.policies = vec![policy("nat", path, LIBVIRT_NAT, FailMode::Closed)];
+        reach_host_loopback(config);
     })
+}
+
+/// Lets the default network's guests reach the host's loopback, where this test's hosts
+/// beyond the network are.
+fn reach_host_loopback(config: &mut Config) {
+    let NetworkMode::Nat(nat) = &mut config.networks[0].mode else {
+        panic!("the default network is NAT");
+    };
+    nat.host_loopback = true;
 }
 
 impl Lab {
@@ -702,7 +712,7 @@ fn egress_rules_wat(rules: &[EgressRule]) -> Vec<u8> {
 /// loopback.
 #[test]
 fn the_nat_egress_hook_judges_what_leaves_the_network() {
-    nat_egress_scenario(lab(|_| Vec::new()), [127, 0, 0, 1]);
+    nat_egress_scenario(lab_with(|_, c| reach_host_loopback(c)), [127, 0, 0, 1]);
 }
 
 const INSIDE: &str = "VNB_POLICY_DATAPATH_NETNS";

@@ -85,6 +85,11 @@ pub struct GatewayConfig {
     pub arp_capacity: usize,
     /// Age after which ARP entries are forgotten.
     pub arp_max_age: Duration,
+    /// Whether guests' packets to 127.0.0.0/8 go to the egress (where the `user` egress
+    /// connects to the host's own loopback). Off by default: like the kernel, which drops such
+    /// martians from an interface, the gateway drops them, so a guest cannot reach the
+    /// services a host binds to its loopback only.
+    pub loopback_egress: bool,
 }
 
 impl GatewayConfig {
@@ -104,6 +109,7 @@ impl GatewayConfig {
             }),
             arp_capacity: arp::DEFAULT_CAPACITY,
             arp_max_age: arp::DEFAULT_MAX_AGE,
+            loopback_egress: false,
         }
     }
 }
@@ -126,6 +132,11 @@ pub enum DropReason {
     /// A packet routed through the gateway whose source is not an address of the network.
     #[error("source address outside the network")]
     SpoofedSource,
+    /// A packet routed through the gateway to an address no packet from an interface may
+    /// go to: 0.0.0.0/8, 240.0.0.0/4, or loopback (unless the network lets guests reach the
+    /// host's loopback: [`GatewayConfig::loopback_egress`]).
+    #[error("destination address not routable from a guest")]
+    MartianDestination,
     /// A packet for a guest of the network sent to the gateway's MAC.
     #[error("packet for the network sent to the gateway")]
     Hairpin,
@@ -214,6 +225,7 @@ pub struct Gateway {
     arp: ArpTable,
     dhcp: Option<DhcpServer>,
     dns: Option<DnsForwarder>,
+    loopback_egress: bool,
     stats: GatewayStats,
 }
 
@@ -259,6 +271,7 @@ impl Gateway {
             arp: ArpTable::new(config.arp_capacity, config.arp_max_age),
             dhcp,
             dns,
+            loopback_egress: config.loopback_egress,
             stats: GatewayStats::default(),
         })
     }
@@ -422,6 +435,13 @@ impl Gateway {
         }
     }
 
+    /// Whether no packet from a guest may be routed to `dst`: 0.0.0.0/8 (to the host itself,
+    /// for a socket), 240.0.0.0/4 (reserved), or loopback unless it goes to the egress.
+    fn is_martian(&self, dst: Ipv4Address) -> bool {
+        let first = dst.octets()[0];
+        first == 0 || first >= 240 || (dst.is_loopback() && !self.loopback_egress)
+    }
+
     fn handle_ipv4<R: CryptoRng + ?Sized>(
         &mut self,
         now: Instant,
@@ -473,6 +493,9 @@ impl Gateway {
             }
             if !src_valid {
                 return Action::Drop(DropReason::SpoofedSource);
+            }
+            if self.is_martian(dst) {
+                return Action::Drop(DropReason::MartianDestination);
             }
             if ip.hop_limit() <= 1 {
                 return match self.reject(

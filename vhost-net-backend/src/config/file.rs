@@ -366,6 +366,8 @@ struct NetworkFile {
     interface: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     leases_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    host_loopback: Option<bool>,
     // switch
     #[serde(default, skip_serializing_if = "Option::is_none")]
     vlan_filtering: Option<bool>,
@@ -605,6 +607,7 @@ impl NetworkFile {
                 ("egress", self.egress.is_some()),
                 ("interface", self.interface.is_some()),
                 ("leases_file", self.leases_file.is_some()),
+                ("host_loopback", self.host_loopback.is_some()),
                 ("dhcp", self.dhcp.is_some()),
                 ("dns", self.dns.is_some()),
             ];
@@ -666,12 +669,17 @@ impl NetworkFile {
                 }
                 Egress::User
             }
-            Some(EgressName::Kernel) => Egress::Kernel {
-                interface: self
-                    .interface
-                    .clone()
-                    .unwrap_or_else(|| default_ifname(&self.name)),
-            },
+            Some(EgressName::Kernel) => {
+                if self.host_loopback.is_some() {
+                    return Err(misplaced(at.key("host_loopback"), "egress = \"user\""));
+                }
+                Egress::Kernel {
+                    interface: self
+                        .interface
+                        .clone()
+                        .unwrap_or_else(|| default_ifname(&self.name)),
+                }
+            }
         };
         let dhcp = match &self.dhcp {
             Some(DhcpFile {
@@ -738,6 +746,7 @@ impl NetworkFile {
             dns,
             egress,
             leases_file: self.leases_file.clone().map(|p| resolve(dir, p)),
+            host_loopback: self.host_loopback.unwrap_or(d.host_loopback),
         })
     }
 
@@ -759,6 +768,7 @@ impl NetworkFile {
                 f.mtu = Some(nat.mtu);
                 f.domain.clone_from(&nat.domain);
                 f.leases_file.clone_from(&nat.leases_file);
+                f.host_loopback = nat.host_loopback.then_some(true);
                 match &nat.egress {
                     Egress::User => f.egress = Some(EgressName::User),
                     Egress::Kernel { interface } => {
@@ -908,6 +918,7 @@ mode = "nat"
 subnet = "192.168.122.0/24"
 gateway = "192.168.122.1"
 domain = "vm.test"
+host_loopback = true
 
 [network.dhcp]
 ranges = ["192.168.122.100-192.168.122.200"]
@@ -980,6 +991,7 @@ config = "deny tcp 25"
             panic!("not nat")
         };
         assert_eq!(nat.domain.as_deref(), Some("vm.test"));
+        assert!(nat.host_loopback);
         let dhcp = nat.dhcp.as_ref().unwrap();
         assert_eq!(dhcp.lease_time, Duration::from_secs(7200));
         assert_eq!(dhcp.hosts[0].name.as_deref(), Some("web"));
@@ -1111,6 +1123,10 @@ config = "deny tcp 25"
         assert_eq!(
             error("[[network]]\nname = \"lan\"\nmode = \"isolated\"\nsubnet = \"10.0.0.0/8\"\n"),
             "/etc/vnb/c.toml:4:10: network[0].subnet: applies to nat networks only"
+        );
+        assert_eq!(
+            error("[[network]]\nname = \"n\"\negress = \"kernel\"\nhost_loopback = true\n"),
+            "/etc/vnb/c.toml:4:17: network[0].host_loopback: applies to egress = \"user\" only"
         );
         assert_eq!(
             error("[[network]]\nname = \"n\"\negress = \"user\"\ninterface = \"virbr0\"\n"),

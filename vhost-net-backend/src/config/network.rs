@@ -163,6 +163,10 @@ pub struct NatConfig {
     /// Where leases are kept across restarts; `None`: `<network name>.leases` in the daemon's
     /// state directory ([`Config::state_dir`]).
     pub leases_file: Option<PathBuf>,
+    /// Whether guests' packets to 127.0.0.0/8 reach the host's own loopback (`user` egress
+    /// only). Off by default: the gateway drops them, as the kernel drops such packets from
+    /// an interface, so guests cannot reach services bound to the host's loopback.
+    pub host_loopback: bool,
 }
 
 impl NatConfig {
@@ -181,6 +185,7 @@ impl NatConfig {
             dns: Some(DnsConfig::default()),
             egress: Egress::User,
             leases_file: None,
+            host_loopback: false,
         }
     }
 
@@ -212,6 +217,7 @@ impl NatConfig {
         g.address = address;
         g.mtu = self.mtu;
         g.domain.clone_from(&self.domain);
+        g.loopback_egress = self.host_loopback;
         g.dhcp = self.dhcp.as_ref().map(|d| {
             let mut c = dhcp_server::DhcpConfig::libvirt_default(address);
             c.ranges = d
