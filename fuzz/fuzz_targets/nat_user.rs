@@ -22,16 +22,15 @@ use std::process::Command;
 use std::sync::Once;
 
 use bridge_core::conntrack::{Conntrack, ConntrackConfig};
-use bridge_core::gateway::icmp::ErrorKind;
 use bridge_core::gateway::GatewayConfig;
 use bridge_core::time::{Duration, Instant};
 use bridge_core::wire::{
-    EthernetAddress, Icmpv4DstUnreachable, Icmpv4Packet, IpAddress, IpProtocol, Ipv4Address,
-    Ipv4Packet, TcpPacket, UdpPacket,
+    EthernetAddress, Icmpv4Packet, IpAddress, IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket,
+    UdpPacket,
 };
 use event_manager::EventSet;
 use libfuzzer_sys::fuzz_target;
-use vhost_net_backend::nat::gateway_port::{GatewayPort, Handoff};
+use vhost_net_backend::nat::gateway_port::GatewayPort;
 use vhost_net_backend::nat::outbox::Outbox;
 use vhost_net_backend::nat::rate_log::RateLimited;
 use vhost_net_backend::nat::registry::{Kind, Registry, Token};
@@ -95,16 +94,7 @@ fuzz_target!(|data: &[u8]| {
             conntrack: &conntrack,
             log: &mut log,
         };
-        match handoff {
-            Handoff::None => {}
-            Handoff::Egress => user.outbound(&mut cx, &frame),
-            Handoff::Local => {
-                if !user.local(&mut cx, &frame) {
-                    let kind = ErrorKind::Unreachable(Icmpv4DstUnreachable::HostProhibited);
-                    gateway.reject(&frame, kind, cx.out);
-                }
-            }
-        }
+        user.hand_off(&mut cx, handoff, &frame);
         servers.serve(&mut accepted);
         for kind in [Kind::Tcp, Kind::Udp, Kind::Icmp] {
             for index in 0..SLOTS {
@@ -125,10 +115,13 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-/// A TCP server that answers what it reads, and a UDP one that echoes, on loopback.
+/// A TCP server that answers what it reads, and a UDP one that echoes, on loopback, with
+/// their ports.
 struct Servers {
     tcp: TcpListener,
     udp: UdpSocket,
+    tcp_port: u16,
+    udp_port: u16,
 }
 
 impl Servers {
@@ -137,15 +130,14 @@ impl Servers {
         tcp.set_nonblocking(true).unwrap();
         let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
         udp.set_nonblocking(true).unwrap();
-        Servers { tcp, udp }
-    }
-
-    fn port(&self, protocol: IpProtocol) -> u16 {
-        let addr = match protocol {
-            IpProtocol::Tcp => self.tcp.local_addr(),
-            _ => self.udp.local_addr(),
-        };
-        addr.unwrap().port()
+        let tcp_port = tcp.local_addr().unwrap().port();
+        let udp_port = udp.local_addr().unwrap().port();
+        Servers {
+            tcp,
+            udp,
+            tcp_port,
+            udp_port,
+        }
     }
 
     /// Accepts the connections waiting (into `accepted`), and answers what every one and the
@@ -214,7 +206,7 @@ fn well_formed(frame: &mut [u8], servers: &Servers) {
             let mut tcp = TcpPacket::new_unchecked(l4);
             tcp.set_header_len(20);
             if to_server {
-                tcp.set_dst_port(servers.port(protocol));
+                tcp.set_dst_port(servers.tcp_port);
             }
             tcp.fill_checksum(&src, &dst);
         }
@@ -222,7 +214,7 @@ fn well_formed(frame: &mut [u8], servers: &Servers) {
             let mut udp = UdpPacket::new_unchecked(l4);
             udp.set_len(l4_len);
             if to_server {
-                udp.set_dst_port(servers.port(protocol));
+                udp.set_dst_port(servers.udp_port);
             }
             udp.fill_checksum(&src, &dst);
         }

@@ -23,11 +23,10 @@ use std::thread::{self, JoinHandle};
 
 use bridge_core::conntrack::{Conntrack, ConntrackConfig, FlowInfo};
 use bridge_core::counters::{PortCounters, PortStats};
-use bridge_core::gateway::icmp::ErrorKind;
 use bridge_core::gateway::leases::LeaseRecord;
 use bridge_core::reject::{reject_reply, MAX_REPLY_LEN};
 use bridge_core::time::{Duration, Instant};
-use bridge_core::wire::{EthernetAddress, Icmpv4DstUnreachable};
+use bridge_core::wire::EthernetAddress;
 use bridge_core::{DropReason, NetworkId, PortId};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use tracing::{info, warn};
@@ -465,7 +464,7 @@ struct Nat {
 
 impl Nat {
     /// The egress with its context.
-    fn split(&mut self, now: Instant) -> (&mut Egress, &mut GatewayPort, EgressCx<'_>) {
+    fn split(&mut self, now: Instant) -> (&mut Egress, EgressCx<'_>) {
         let cx = EgressCx {
             now,
             out: &mut self.out,
@@ -476,7 +475,7 @@ impl Nat {
             conntrack: &self.conntrack,
             log: &mut self.log,
         };
-        (&mut self.egress, &mut self.gateway, cx)
+        (&mut self.egress, cx)
     }
 
     /// Frames the switch sent to the gateway; those it hands to the egress pass the policies
@@ -513,17 +512,10 @@ impl Nat {
 
     /// Hands a frame the gateway did not take to the egress.
     fn hand_off(&mut self, now: Instant, handoff: Handoff, hdr: &VnetHdr, frame: &[u8]) {
-        let (egress, gateway, mut cx) = self.split(now);
+        let (egress, mut cx) = self.split(now);
         match (handoff, egress) {
             (Handoff::None, _) => {}
-            (Handoff::Egress, Egress::User(user)) => user.outbound(&mut cx, frame),
-            (Handoff::Local, Egress::User(user)) => {
-                if !user.local(&mut cx, frame) {
-                    // What libvirt's host firewall does with the rest (INPUT chain).
-                    let kind = ErrorKind::Unreachable(Icmpv4DstUnreachable::HostProhibited);
-                    gateway.reject(frame, kind, cx.out);
-                }
-            }
+            (_, Egress::User(user)) => user.hand_off(&mut cx, handoff, frame),
             // The kernel routes both: beyond the network, or to the host's own sockets
             // (replies of port-forwarded connections from the host among them).
             (Handoff::Egress | Handoff::Local, Egress::Kernel(kernel)) => {
@@ -570,7 +562,7 @@ impl Nat {
                 .gateway
                 .on_dns_socket(token.index as usize, &mut self.out, &mut self.reg);
         }
-        if let (Egress::User(user), _, mut cx) = self.split(now) {
+        if let (Egress::User(user), mut cx) = self.split(now) {
             user.on_socket(&mut cx, token, events);
         }
     }
@@ -585,8 +577,8 @@ impl Nat {
 
     fn add_forward(&mut self, forward: ForwardConfig) -> Result<(), ForwardError> {
         let added = match self.split(Instant::now()) {
-            (Egress::User(user), _, mut cx) => user.add_forward(&mut cx, forward.clone()),
-            (Egress::Kernel(kernel), _, _) => kernel.add_forward(forward.clone()),
+            (Egress::User(user), mut cx) => user.add_forward(&mut cx, forward.clone()),
+            (Egress::Kernel(kernel), _) => kernel.add_forward(forward.clone()),
         };
         if added.is_ok() {
             info!(network = %self.name, listen = %forward.listen, guest = %forward.guest, protocol = %forward.protocol, "port forward added");
@@ -603,8 +595,8 @@ impl Nat {
                 }
                 Command::RemoveForward(f, reply) => {
                     let result = match self.split(Instant::now()) {
-                        (Egress::User(user), _, mut cx) => user.remove_forward(&mut cx, &f),
-                        (Egress::Kernel(kernel), _, _) => kernel.remove_forward(&f),
+                        (Egress::User(user), mut cx) => user.remove_forward(&mut cx, &f),
+                        (Egress::Kernel(kernel), _) => kernel.remove_forward(&f),
                     };
                     self.removed.push((reply, result));
                 }
@@ -638,8 +630,8 @@ impl Nat {
     fn after_round(&mut self) -> Option<Instant> {
         let now = Instant::now();
         let egress_at = match self.split(now) {
-            (Egress::User(user), _, mut cx) => user.poll(&mut cx),
-            (Egress::Kernel(_), _, _) => None,
+            (Egress::User(user), mut cx) => user.poll(&mut cx),
+            (Egress::Kernel(_), _) => None,
         };
         let gateway_at = self.gateway.poll(now, &mut self.out, &mut self.reg);
         if now >= self.next_conntrack_sweep {

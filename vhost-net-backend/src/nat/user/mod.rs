@@ -32,6 +32,7 @@ use bridge_core::wire::{
 };
 use event_manager::EventSet;
 
+use super::gateway_port::Handoff;
 use super::outbox::Outbox;
 use super::rate_log::RateLimited;
 use super::registry::{Kind, Registry, Token};
@@ -211,6 +212,23 @@ impl UserEgress {
             udp: self.udp.stats(),
             icmp: self.icmp.stats(),
             ..self.stats
+        }
+    }
+
+    /// Takes a guest's `frame` that the gateway handed over: a packet to beyond the network
+    /// ([`outbound`](Self::outbound)) or to the gateway's own address
+    /// ([`local`](Self::local)); one to the gateway's address that nothing takes is refused
+    /// with ICMP host prohibited, as libvirt's host firewall does (INPUT chain).
+    pub fn hand_off(&mut self, cx: &mut EgressCx<'_>, handoff: Handoff, frame: &[u8]) {
+        match handoff {
+            Handoff::None => {}
+            Handoff::Egress => self.outbound(cx, frame),
+            Handoff::Local => {
+                if !self.local(cx, frame) {
+                    let kind = ErrorKind::Unreachable(Icmpv4DstUnreachable::HostProhibited);
+                    cx.reject(frame, kind);
+                }
+            }
         }
     }
 
