@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bridge_core::gateway::icmp::ErrorKind;
 use bridge_core::gateway::leases::LeaseRecord;
 use bridge_core::gateway::{Action, Gateway, GatewayConfig, GatewayError, UpstreamQuery};
 use bridge_core::time::{Duration, Instant};
@@ -182,13 +181,6 @@ impl GatewayPort {
         }
         self.save_leases(now);
         Handoff::None
-    }
-
-    /// The ICMP error `kind` about a guest's `frame`, queued (none when RFC 1122 forbids one).
-    pub fn reject(&self, frame: &[u8], kind: ErrorKind, out: &mut Outbox) {
-        if let Ok(reply) = self.gateway.reject(frame, kind) {
-            out.frame(reply);
-        }
     }
 
     fn send_query(&mut self, now: Instant, query: UpstreamQuery, reg: &mut Registry) {
