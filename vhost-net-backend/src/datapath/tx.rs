@@ -15,7 +15,8 @@
 //! A unicast frame whose receive queue has no buffers may wait for them (backpressure,
 //! [`super::backpressure`]): its chain stays in the sender's ring, the batch ends there
 //! ([`Progress::Stalled`]), and the next batch on the queue tries it again with the decision
-//! already taken.
+//! already taken. The stall keeps the bytes that were decided on: a frame its sender changed
+//! while it waited is decided and judged again.
 
 use bridge_core::offload;
 use bridge_core::policy::HookPoint;
@@ -53,15 +54,54 @@ const PEEK_LEN: usize = offload::MAX_HEAD_LEN;
 /// Receive queues remembered per batch for one signal each (more are signalled at once).
 const TOUCHED_MAX: usize = 64;
 
-/// A frame waiting for receive buffers: its chain, and what it waits for.
+/// A frame waiting for receive buffers: its chain, what it waits for, and what it was decided
+/// on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stall {
     head: u16,
     /// The receive queue it waits for.
     pub waiting: Waiting,
+    seen: Seen,
+}
+
+/// A waiting frame as the switch and the policies saw it: its length, virtio-net header and
+/// copied head. Its chain stays in the sender's ring, where the sender can still write it; the
+/// frame read again is carried out as decided only if it reads the same, and is decided again
+/// if the sender changed it (so what a receiver gets is always what was decided and judged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Seen {
+    len: usize,
+    vnet: VnetHdr,
+    head_len: usize,
+    head: [u8; PEEK_LEN],
+}
+
+impl Seen {
+    /// What `frame` reads as (out of line: only a frame that waits needs it).
+    #[cold]
+    fn of(frame: &TxFrame<'_>) -> Seen {
+        let mut head = [0; PEEK_LEN];
+        head[..frame.head.len()].copy_from_slice(frame.head);
+        Seen {
+            len: frame.len,
+            vnet: frame.vnet,
+            head_len: frame.head.len(),
+            head,
+        }
+    }
+
+    /// Whether `frame` reads as it did.
+    fn is(&self, frame: &TxFrame<'_>) -> bool {
+        self.len == frame.len
+            && self.vnet == frame.vnet
+            && self.head[..self.head_len] == *frame.head
+    }
 }
 
 /// How a batch ended.
+// A stall carries the bytes its frame was decided on (about 300): only a stalled batch writes
+// them, and boxing them would allocate for every stall.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Progress {
     /// The queue is empty and kicks are on (unless the batch was told to poll).
@@ -74,7 +114,7 @@ pub enum Progress {
 }
 
 /// The receive queue a frame waits for, and what the switch and the policies decided for the
-/// frame (not decided again, so it is counted once).
+/// frame (not decided again while the frame reads the same, so it is counted once).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Waiting {
     decision: Decision,
@@ -188,6 +228,8 @@ struct OutBufs {
     rx: RxScratch,
     /// A REJECT's answer.
     reply: Box<[u8]>,
+    /// What the frame that waits was decided on ([`Batch::carry_out`]).
+    seen: Seen,
 }
 
 impl OutBufs {
@@ -226,6 +268,12 @@ impl Default for TxScratch {
                 egress: vec![0; MAX_FRAME_LEN + 4].into_boxed_slice(),
                 rx: RxScratch::default(),
                 reply: vec![0; MAX_REPLY_LEN].into_boxed_slice(),
+                seen: Seen {
+                    len: 0,
+                    vnet: VnetHdr::default(),
+                    head_len: 0,
+                    head: [0; PEEK_LEN],
+                },
             },
             policy: None,
             aside: SetAside::new(),
@@ -245,7 +293,7 @@ pub fn run_batch(
     port: &Port,
     ring: usize,
     s: &mut TxScratch,
-    mut retry: Option<Stall>,
+    retry: Option<Stall>,
     poll: bool,
 ) -> Progress {
     if s.policy.is_none() {
@@ -306,11 +354,17 @@ pub fn run_batch(
                     break;
                 }
             };
-            let decided = retry.take().filter(|r| r.head == head);
-            if let Some(w) = batch.frame(mem, head, decided, s) {
+            // The stall is for the batch's first chain, if it is still that one.
+            let decided = retry.as_ref().filter(|r| n == 0 && r.head == head);
+            if let Some(waiting) = batch.frame(mem, head, decided, s) {
                 // The chain stays available, to be sent when the receiver has room.
                 queue.unpop(1);
-                stalled = Some(Stall { head, waiting: w });
+                let seen = s.out.seen;
+                stalled = Some(Stall {
+                    head,
+                    waiting,
+                    seen,
+                });
                 break;
             }
             // A head outside the table names no chain to give back.
@@ -521,20 +575,21 @@ impl<'a, 'p> Batch<'a, 'p> {
     }
 
     /// Checks, decides, judges and delivers the frame at chain `head` (or sets it aside for
-    /// judging); with `decided`, the stall it waited with, it is delivered as decided then.
-    /// Returns the receive queue the frame waits for, if it does.
+    /// judging); with `decided`, the stall it waited with, it is delivered as decided then
+    /// unless it changed meanwhile. Returns the receive queue the frame waits for, if it does
+    /// ([`carry_out`](Self::carry_out) notes what it was decided on).
     fn frame(
         &self,
         mem: &GuestRam,
         head: u16,
-        decided: Option<Stall>,
+        decided: Option<&Stall>,
         s: &mut TxScratch,
     ) -> Option<Waiting> {
         let frame = self.read(mem, head, &mut s.segs, &mut s.peek)?;
-        if let Some(stall) = decided {
+        if let Some(st) = decided.filter(|st| st.seen.is(&frame)) {
             // Captured, decided and judged the first time.
             let mut out = self.out(&mut s.out);
-            let w = stall.waiting;
+            let w = st.waiting;
             return self.carry_out(&frame, &w.decision, w.outcome, true, &mut out);
         }
         if let Some(c) = self.captures.filter(|c| c.wants(self.port.id())) {
@@ -652,7 +707,7 @@ impl<'a, 'p> Batch<'a, 'p> {
 
     /// Delivers, drops or rejects a frame the switch decided and the policies judged. A frame
     /// with one destination waits for its receive buffers if `may_wait`: returns the receive
-    /// queue it waits for.
+    /// queue it waits for, and notes what the frame was decided on in `out`.
     fn carry_out(
         &self,
         frame: &TxFrame<'_>,
@@ -672,6 +727,7 @@ impl<'a, 'p> Batch<'a, 'p> {
                     out.deliver(frame, port, egress);
                 });
                 let (dst, ring) = out.waiting?;
+                out.bufs.seen = Seen::of(frame);
                 return Some(Waiting {
                     decision: *decision,
                     outcome,
@@ -1377,6 +1433,50 @@ mod tests {
             "a waiting frame is decided and counted once"
         );
         assert_eq!(g[1].stats().total(), 0, "nothing dropped");
+    }
+
+    #[test]
+    fn a_frame_changed_while_it_waits_is_decided_again() {
+        let (dp, g) = setup(&[V1, V1, V1]);
+        for (i, guest) in g.iter().enumerate().skip(1) {
+            let mut tx = guest.tx();
+            send(
+                guest,
+                &mut tx,
+                0,
+                [0; 12],
+                &eth([0xff; 6], mac(i as u8 + 1), 60),
+            );
+            batch(&dp, guest);
+        }
+        let (mut a_tx, mut b_rx, mut c_rx) = (g[0].tx(), g[1].rx(), g[2].rx());
+        post_rx(&mut c_rx, 1, 2048);
+        send(&g[0], &mut a_tx, 0, [0; 12], &eth(mac(2), mac(1), 60));
+        let mut scratch = TxScratch::default();
+        let Progress::Stalled(stall) = run_batch(&dp, &g[0].port, 1, &mut scratch, None, false)
+        else {
+            panic!("the frame to B waits");
+        };
+        // A rewrites the chain it made available: the frame is now for C.
+        let to_c = eth(mac(3), mac(1), 60);
+        g[0].mem
+            .write_slice(&to_c, GuestAddress(TX_BUF + 12))
+            .unwrap();
+        post_rx(&mut b_rx, 1, 2048);
+        let done = run_batch(&dp, &g[0].port, 1, &mut scratch, Some(stall), false);
+        assert_eq!(done, Progress::Idle);
+        assert_eq!(
+            b_rx.used_idx(),
+            0,
+            "B does not get what was not decided for it"
+        );
+        assert_eq!(c_rx.used_idx(), 1);
+        assert_eq!(received(&g[2], &c_rx, 0).1, to_c);
+        let a = dp.switch().port_info(g[0].port.id()).unwrap().stats;
+        assert_eq!(
+            a.rx_frames, 2,
+            "decided twice: once as it was, once as it is"
+        );
     }
 
     #[test]
