@@ -1477,6 +1477,24 @@ mod tests {
             a.rx_frames, 2,
             "decided twice: once as it was, once as it is"
         );
+
+        // A byte past the Ethernet header (where the policies look) changes: B, which has
+        // one buffer now, gets the first frame, and the second waits.
+        send(&g[0], &mut a_tx, 1, [0; 12], &eth(mac(2), mac(1), 60));
+        send(&g[0], &mut a_tx, 2, [0; 12], &eth(mac(2), mac(1), 60));
+        let Progress::Stalled(stall) = run_batch(&dp, &g[0].port, 1, &mut scratch, None, false)
+        else {
+            panic!("the second frame to B waits");
+        };
+        let mut changed = eth(mac(2), mac(1), 60);
+        changed[40] ^= 0xff;
+        let slot = GuestAddress(TX_BUF + 2 * 0x10000 + 12);
+        g[0].mem.write_slice(&changed, slot).unwrap();
+        b_rx.post(&[(RX_BUF + 0x10000, 2048, W)]);
+        run_batch(&dp, &g[0].port, 1, &mut scratch, Some(stall), false);
+        assert_eq!(received(&g[1], &b_rx, 1).1, changed);
+        let a = dp.switch().port_info(g[0].port.id()).unwrap().stats;
+        assert_eq!(a.rx_frames, 5, "the second frame decided again");
     }
 
     #[test]
