@@ -73,14 +73,14 @@ struct Seen {
     len: usize,
     vnet: VnetHdr,
     head_len: usize,
-    head: [u8; PEEK_LEN],
+    head: [u8; HEAD_SLOT],
 }
 
 impl Seen {
     /// What `frame` reads as (out of line: only a frame that waits needs it).
     #[cold]
     fn of(frame: &TxFrame<'_>) -> Seen {
-        let mut head = [0; PEEK_LEN];
+        let mut head = [0; HEAD_SLOT];
         head[..frame.head.len()].copy_from_slice(frame.head);
         Seen {
             len: frame.len,
@@ -272,7 +272,7 @@ impl Default for TxScratch {
                     len: 0,
                     vnet: VnetHdr::default(),
                     head_len: 0,
-                    head: [0; PEEK_LEN],
+                    head: [0; HEAD_SLOT],
                 },
             },
             policy: None,
@@ -1495,6 +1495,32 @@ mod tests {
         assert_eq!(received(&g[1], &b_rx, 1).1, changed);
         let a = dp.switch().port_info(g[0].port.id()).unwrap().stats;
         assert_eq!(a.rx_frames, 5, "the second frame decided again");
+    }
+
+    #[test]
+    fn a_long_frame_behind_a_short_header_can_wait() {
+        // A legacy guest's 10-byte header leaves 258 bytes of head in the peek.
+        let (dp, g) = learned_pair(0, V1);
+        let (mut a_tx, mut b_rx) = (g[0].tx(), g[1].rx());
+        let frame = eth(mac(2), mac(1), 400);
+        g[0].mem
+            .write_slice(&[0; 10], GuestAddress(TX_BUF))
+            .unwrap();
+        g[0].mem
+            .write_slice(&frame, GuestAddress(TX_BUF + 10))
+            .unwrap();
+        a_tx.post(&[(TX_BUF, 10 + frame.len() as u32, 0)]);
+        let mut scratch = TxScratch::default();
+        let Progress::Stalled(stall) = run_batch(&dp, &g[0].port, 1, &mut scratch, None, false)
+        else {
+            panic!("the frame waits");
+        };
+        post_rx(&mut b_rx, 1, 2048);
+        let done = run_batch(&dp, &g[0].port, 1, &mut scratch, Some(stall), false);
+        assert_eq!(done, Progress::Idle);
+        assert_eq!(received(&g[1], &b_rx, 0).1, frame);
+        let a = dp.switch().port_info(g[0].port.id()).unwrap().stats;
+        assert_eq!(a.rx_frames, 1, "decided once");
     }
 
     #[test]
