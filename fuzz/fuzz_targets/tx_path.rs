@@ -2,7 +2,9 @@
 //! delivery with or without software offloads) with an arbitrary transmit queue: descriptors,
 //! available ring, buffer contents and negotiated features all come from the input, as a
 //! hostile guest would set them. Two receiving ports (one with well-formed buffers, one with
-//! arbitrary receive descriptors) take whatever is forwarded. Checks that nothing panics, that
+//! arbitrary receive descriptors) take whatever is forwarded, unicast where the input writes
+//! their address into a frame; while a frame waits for C's receive buffers, the guest rewrites
+//! bytes of its buffers. Checks that nothing panics, that
 //! the used ring only ever names chains that were made available, and that the well-formed
 //! receiver's used lengths fit its buffers.
 #![no_main]
@@ -32,6 +34,10 @@ const RINGS: [u64; 3] = [0x0000, 0x4000, 0x8000];
 /// B's receive buffers.
 const B_BUFS: u64 = 0x10000;
 const B_BUF_LEN: u32 = 256;
+/// A's MAC address (the source of the frames `Input::aim` addresses).
+const A_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+/// The MAC addresses of B and C.
+const RECEIVERS: [[u8; 6]; 2] = [[2, 0, 0, 0, 0, 0xb], [2, 0, 0, 0, 0, 0xc]];
 /// Where the input's bytes go (frames, headers, indirect tables).
 const DATA: u64 = 0x20000;
 const DATA_LEN: u64 = MEM_SIZE - DATA;
@@ -54,9 +60,15 @@ struct Input {
     tx_avail: Vec<u16>,
     /// Added to the avail index beyond the entries written (a corrupt index when large).
     avail_skew: u8,
+    /// The addresses of a frame at the start of the data area (after a virtio-net header of 10
+    /// or 12 bytes), written over the data: from A, unicast to B or C (to C, without receive
+    /// buffers, it waits). 0-3: to B or C, after 10 or 12 bytes; any other: none.
+    aim: u8,
     c_descs: Vec<Desc>,
     c_avail: Vec<u16>,
     data: Vec<u8>,
+    /// Bytes of the data area the guest rewrites while a frame waits (offset, value).
+    rewrites: Vec<(u16, u8)>,
 }
 
 /// Guest memory backed by one file, and the table translating ring addresses (identity).
@@ -124,6 +136,11 @@ fuzz_target!(|input: Input| {
     mem.write_slice(&vec![0u8; MEM_SIZE as usize], GuestAddress(0)).unwrap();
     let data = &input.data[..input.data.len().min(DATA_LEN as usize)];
     mem.write_slice(data, GuestAddress(DATA)).unwrap();
+    if input.aim < 4 {
+        let (to, after) = (usize::from(input.aim / 2), 10 + 2 * u64::from(input.aim % 2));
+        mem.write_slice(&RECEIVERS[to], GuestAddress(DATA + after)).unwrap();
+        mem.write_slice(&A_MAC, GuestAddress(DATA + after + 6)).unwrap();
+    }
 
     // A's transmit queue and C's receive queue: as the input says.
     let posted = write_queue(mem, RINGS[0], &input.tx_descs, 0, &input.tx_avail, input.avail_skew);
@@ -175,13 +192,27 @@ fuzz_target!(|input: Input| {
         v.set_memory(Some(Arc::clone(mem)), table);
     }
 
+    // B and C have sent a frame each: A's frames to their addresses are unicast.
+    for (port, mac) in ports[1..].iter().zip(RECEIVERS) {
+        let mut hello = [0xff; 14];
+        hello[6..12].copy_from_slice(&mac);
+        switch.process(dp.now(), port.id(), &hello);
+    }
+
     let mut scratch = TxScratch::default();
     let mut retry = None;
     for _ in 0..4 {
         match run_batch(&dp, &ports[0], 1, &mut scratch, retry.take(), false) {
             Progress::Idle => break,
             Progress::More => {}
-            Progress::Stalled(stall) => retry = Some(stall),
+            Progress::Stalled(stall) => {
+                // A hostile guest rewrites the chain it made available while the frame waits.
+                for &(at, byte) in &input.rewrites {
+                    let at = DATA + u64::from(at) % DATA_LEN;
+                    mem.write_obj(byte, GuestAddress(at)).unwrap();
+                }
+                retry = Some(stall);
+            }
         }
     }
 
