@@ -423,6 +423,22 @@ struct HeldRx<'p> {
 }
 
 impl HeldRx<'_> {
+    /// Delivers a frame whose offloads its guest negotiated ([`rx::deliver`]), to be counted
+    /// with the hold's.
+    #[inline]
+    fn deliver(
+        &mut self,
+        hdr: &VnetHdr,
+        head: [&[u8]; 2],
+        body: Source<'_>,
+        rx: &mut RxScratch,
+    ) -> Result<(), RxError> {
+        let n = rx::deliver(&mut self.vring, hdr, head, body, rx)?;
+        self.frames += 1;
+        self.bytes += n as u64;
+        Ok(())
+    }
+
     /// Counts the frames delivered so far on the port.
     fn count(&mut self) {
         if self.frames > 0 {
@@ -665,18 +681,8 @@ impl<'a, 'p> Batch<'a, 'p> {
         else {
             return false;
         };
-        match rx::deliver(
-            &mut h.vring,
-            &frame.vnet,
-            [&[], frame.head],
-            frame.rest(),
-            rx,
-        ) {
-            Ok(n) => {
-                h.frames += 1;
-                h.bytes += n as u64;
-                h.unsignalled = true;
-            }
+        match h.deliver(&frame.vnet, [&[], frame.head], frame.rest(), rx) {
+            Ok(()) => h.unsignalled = true,
             Err(RxError::NoBuffers) => return false,
             Err(e) => h.dst.counters().record(e.into()),
         }
@@ -801,11 +807,8 @@ impl<'p> Out<'_, 'p> {
         let mut asked = false;
         let delivered = loop {
             let result = if fits {
-                rx::deliver(&mut h.vring, hdr, head, frame.rest(), &mut self.bufs.rx).map(|n| {
-                    h.frames += 1;
-                    h.bytes += n as u64;
-                    true
-                })
+                h.deliver(hdr, head, frame.rest(), &mut self.bufs.rx)
+                    .map(|()| true)
             } else {
                 self.in_software(frame, egress, hdr, &mut h.vring, port)
             };
