@@ -15,6 +15,10 @@
 //!   lets the flows through. Its flows' verdicts are cached too: the steady state costs what
 //!   allow-all's does unless the security group's verdicts are handled differently.
 //!
+//! - `vm-to-vm/64B-two-receivers`: as `64B`, with A's frames going to B and to a third guest, C,
+//!   in turn: every frame's receive queue is another than the last one's (the cost of taking
+//!   and releasing a receive queue per frame).
+//!
 //! Measured in CPU time of the benchmark thread (as the switch bench does), so figures hold on a
 //! loaded machine. Throughput is in frames: the time per element is the cost per frame. The rings stay
 //! in this CPU's cache, so this is the path's instruction cost; the daemon bench adds the cache
@@ -174,53 +178,69 @@ fn vm_to_vm(c: &mut Criterion<CpuTime>) {
     let mut group = c.benchmark_group("vm-to-vm");
     group.throughput(Throughput::Elements(BATCH as u64));
     let cases = [
-        ("64B", None),
-        ("64B-allow-all", Some(("allow-all", String::new()))),
+        ("64B", None, 1),
+        ("64B-allow-all", Some(("allow-all", String::new())), 1),
         (
             "64B-security-group",
             Some(("security-group", security_group())),
+            1,
         ),
+        ("64B-two-receivers", None, 2),
     ];
-    for (name, policy) in cases {
+    for (name, policy, receivers) in cases {
         let policy = policy.map(|(crate_name, config)| plane(crate_name, &config));
-        a_to_b(&mut group, name, policy);
+        a_to_b(&mut group, name, policy, receivers);
     }
     group.finish();
 }
 
-/// Benchmarks `name`: batches from guest A to guest B on a datapath with `policy`.
+/// Benchmarks `name`: batches from guest A to `receivers` guests (B, then C: A's frames go to
+/// each in turn) on a datapath with `policy`.
 fn a_to_b(
     group: &mut criterion::BenchmarkGroup<'_, CpuTime>,
     name: &str,
     policy: Option<Arc<PolicyPlane>>,
+    receivers: u16,
 ) {
     let switch = Arc::new(Switch::new());
     let net = switch.add_network(NetworkConfig::default());
     let dp = Datapath::with_policy(Arc::clone(&switch), policy);
     let mut a = Guest::new(&dp, &switch, net, 0);
-    let mut b = Guest::new(&dp, &switch, net, 1);
     let ep_a = Endpoint::new([2, 0, 0, 0, 0, 1], [10, 0, 0, 1]);
-    let ep_b = Endpoint::new([2, 0, 0, 0, 0, 2], [10, 0, 0, 2]);
+    let mut to: Vec<(Guest, Endpoint)> = (0..receivers)
+        .map(|n| {
+            let g = Guest::new(&dp, &switch, net, usize::from(n) + 1);
+            let last = 2 + n as u8;
+            (g, Endpoint::new([2, 0, 0, 0, 0, last], [10, 0, 0, last]))
+        })
+        .collect();
     let mut scratch = TxScratch::default();
-    // B speaks first: its address is learned, A's frames to it are unicast.
-    b.fill_tx(|i| frame(ep_b, ep_a, i));
-    a.post(0, 1);
-    b.post(1, 1);
-    run_batch(&dp, &b.port, 1, &mut scratch, None, false);
-    a.fill_tx(|i| frame(ep_a, ep_b, i));
-    b.post(0, 2 * BATCH as u16);
+    // The receivers speak first: their addresses are learned, A's frames to them are unicast.
+    a.post(0, receivers);
+    for (g, _) in to.iter_mut() {
+        g.post(0, 2 * BATCH as u16);
+    }
+    for (g, ep) in to.iter_mut() {
+        g.fill_tx(|i| frame(*ep, ep_a, i));
+        g.post(1, 1);
+        run_batch(&dp, &g.port, 1, &mut scratch, None, false);
+    }
+    let eps: Vec<Endpoint> = to.iter().map(|(_, ep)| *ep).collect();
+    a.fill_tx(|i| frame(ep_a, eps[usize::from(i % receivers)], i));
 
     group.bench_function(name, |bench| {
         bench.iter(|| {
             a.post(1, BATCH as u16);
-            b.post(0, BATCH as u16);
+            for (g, _) in to.iter_mut() {
+                g.post(0, BATCH as u16 / receivers);
+            }
             black_box(run_batch(&dp, &a.port, 1, &mut scratch, None, false));
         });
-        assert!(
-            b.port.switch_counters().snapshot().tx_frames > 0,
-            "frames reached B"
-        );
-        assert_eq!(b.port.counters().snapshot().total(), 0, "no drops");
+        for (g, _) in &to {
+            let counters = g.port.switch_counters().snapshot();
+            assert!(counters.tx_frames > 0, "frames reached each receiver");
+            assert_eq!(g.port.counters().snapshot().total(), 0, "no drops");
+        }
     });
 }
 

@@ -345,6 +345,12 @@ impl Vring {
         self.features
     }
 
+    /// The guest's memory, while the ring has it.
+    #[inline]
+    pub fn ram(&self) -> Option<&GuestRam> {
+        self.ram.as_ref()
+    }
+
     /// The ring's state, with its indices in guest memory while it is ready (plain loads; the
     /// ring is not changed).
     pub fn state(&mut self) -> QueueState {

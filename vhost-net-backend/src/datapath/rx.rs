@@ -5,6 +5,8 @@
 //!
 //! The caller holds the RX vring's lock.
 
+use std::cell::{RefCell, RefMut};
+
 use bridge_core::offload;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -51,6 +53,148 @@ impl Default for RxScratch {
             segs: vec![Seg::default(); usize::from(MAX_QUEUE_SIZE)].into_boxed_slice(),
             used: vec![UsedElem::default(); usize::from(MAX_QUEUE_SIZE)].into_boxed_slice(),
         }
+    }
+}
+
+/// Most receive chains a held queue takes ahead of its frames.
+const AHEAD: usize = 16;
+
+/// Receive chains taken ahead of the frames they are for, from a queue its holder keeps locked
+/// for a batch: the usual receive chain (one buffer, in one memory region) popped and walked in
+/// a run, so that a frame delivered into one costs its copy and a used entry, not the ring's
+/// set-up, a chain's walk and a prefetch each. The used entries are written and the chains not
+/// used given back ([`settle`](Self::settle)) before anything else uses the queue's ring, and
+/// before the holder publishes its used entries or unlocks it.
+#[derive(Debug)]
+pub struct Ahead {
+    /// Each chain's head and buffer.
+    chains: [(u16, Seg); AHEAD],
+    /// The used entries of the chains used, in order.
+    used: [UsedElem; AHEAD],
+    /// Chains taken; the first `next` of them used.
+    taken: usize,
+    next: usize,
+    /// Frames delivered into chains taken ahead since the queue was locked: the next run takes
+    /// as many (1 to [`AHEAD`]), so a queue held for a frame or two takes no chain it does not
+    /// use, and one held for a batch takes runs of 1, 1, 2, 4, 8, then 16.
+    delivered: usize,
+    /// The virtio-net header's length in the queue's frames.
+    hdr_len: usize,
+    /// The queue posts chains this does not take (several buffers, a malformed chain) or
+    /// frames larger than its buffers: its frames are delivered one by one.
+    off: bool,
+}
+
+impl Default for Ahead {
+    fn default() -> Self {
+        Ahead {
+            chains: [(0, Seg::default()); AHEAD],
+            used: [UsedElem::default(); AHEAD],
+            taken: 0,
+            next: 0,
+            delivered: 0,
+            hdr_len: 0,
+            off: false,
+        }
+    }
+}
+
+impl Ahead {
+    /// The batch's chains taken ahead, `cell`, for a queue its holder has just locked.
+    pub fn start(cell: &RefCell<Ahead>) -> RefMut<'_, Ahead> {
+        let mut ahead = cell.borrow_mut();
+        debug_assert_eq!(ahead.taken, 0, "settled by the last holder");
+        (ahead.delivered, ahead.off) = (0, false);
+        ahead
+    }
+
+    /// Delivers a frame as [`deliver`] does into the next chain taken ahead from `vring`,
+    /// taking a run of chains if none is left. Returns the frame's length, or `None`, having
+    /// delivered nothing, when no chain is taken or the frame needs more than the chain's one
+    /// buffer: the caller settles and delivers it with [`deliver`].
+    #[inline]
+    pub fn deliver(
+        &mut self,
+        vring: &mut Vring,
+        hdr: &VnetHdr,
+        head: [&[u8]; 2],
+        body: Source<'_>,
+        scratch: &mut RxScratch,
+    ) -> Option<usize> {
+        if self.next == self.taken && !self.take(vring, scratch) {
+            return None;
+        }
+        let (index, seg) = self.chains[self.next];
+        let mut vnet = [0u8; MAX_HDR_LEN];
+        hdr.emit(&mut vnet, 1);
+        let pieces = [&vnet[..self.hdr_len], head[0], head[1]];
+        let frame_len = head[0].len() + head[1].len() + body.byte_len();
+        let len = self.hdr_len + frame_len;
+        if !copy::write_whole(vring.ram()?, &seg, pieces, body, len) {
+            self.off = true;
+            return None;
+        }
+        self.used[self.next] = UsedElem {
+            head: index,
+            len: len as u32,
+        };
+        self.next += 1;
+        vring.fed();
+        Some(frame_len)
+    }
+
+    /// Settles, then takes a run of chains: as many as frames were delivered into taken
+    /// chains so far (1 to [`AHEAD`]), up to the first the queue has not or this does not take
+    /// (left for [`deliver`]). Their buffers are prefetched for writing. Returns whether it took
+    /// any.
+    #[inline(never)]
+    fn take(&mut self, vring: &mut Vring, scratch: &mut RxScratch) -> bool {
+        self.settle(vring);
+        if self.off {
+            return false;
+        }
+        let features = Negotiated(vring.features());
+        let Some(mut ring) = vring.parts() else {
+            return false;
+        };
+        let (params, mem) = (walk_params(&ring, features), ring.mem());
+        self.hdr_len = features.header_len();
+        let want = self.delivered.clamp(1, AHEAD);
+        while self.taken < want {
+            let Ok(Some(head)) = ring.pop_head() else {
+                break;
+            };
+            match chain::walk(mem, &params, head, &mut scratch.segs) {
+                Ok((1, _)) if scratch.segs[0].region != chain::SPANS => {
+                    let seg = scratch.segs[0];
+                    mem.prefetch_for_write(seg.addr, 2);
+                    self.chains[self.taken] = (head, seg);
+                    self.taken += 1;
+                }
+                _ => {
+                    ring.unpop(1);
+                    self.off = self.taken == 0;
+                    break;
+                }
+            }
+        }
+        self.taken > 0
+    }
+
+    /// Writes the used entries of the chains used and gives the others back to the available
+    /// ring (they are the last taken from it).
+    #[inline]
+    pub fn settle(&mut self, vring: &mut Vring) {
+        if self.taken == 0 {
+            return;
+        }
+        // It runs: the chains were taken from it under the same lock.
+        if let Some(mut ring) = vring.parts() {
+            ring.push_used(&self.used[..self.next]);
+            ring.unpop((self.taken - self.next) as u16);
+        }
+        self.delivered += self.next;
+        (self.taken, self.next) = (0, 0);
     }
 }
 
