@@ -145,8 +145,8 @@ impl Ahead {
 
     /// Settles, then takes a run of chains: as many as frames were delivered into taken
     /// chains so far (1 to [`AHEAD`]), up to the first the queue has not or this does not take
-    /// (left for [`deliver`]). Their buffers are prefetched for writing. Returns whether it took
-    /// any.
+    /// (left for [`deliver`]). The buffers after the first are prefetched for writing. Returns
+    /// whether it took any.
     #[inline(never)]
     fn take(&mut self, vring: &mut Vring, scratch: &mut RxScratch) -> bool {
         self.settle(vring);
@@ -167,7 +167,10 @@ impl Ahead {
             match chain::walk(mem, &params, head, &mut scratch.segs) {
                 Ok((1, _)) if scratch.segs[0].region != chain::SPANS => {
                     let seg = scratch.segs[0];
-                    mem.prefetch_for_write(seg.addr, 2);
+                    // The run's first buffer is written next: too soon for a prefetch.
+                    if self.taken > 0 {
+                        mem.prefetch_for_write(seg.addr, 2);
+                    }
                     self.chains[self.taken] = (head, seg);
                     self.taken += 1;
                 }

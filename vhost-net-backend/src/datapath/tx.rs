@@ -430,7 +430,7 @@ struct HeldRx<'p> {
 impl HeldRx<'_> {
     /// Delivers a frame whose offloads its guest negotiated ([`rx::deliver`]), to be counted
     /// with the hold's.
-    #[inline]
+    #[inline(always)]
     fn deliver(
         &mut self,
         hdr: &VnetHdr,
