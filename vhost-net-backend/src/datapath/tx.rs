@@ -1375,42 +1375,75 @@ mod tests {
 
     #[test]
     fn receive_chains_taken_ahead_and_not_used_stay_the_guests() {
-        // A held queue's chains are taken a run at a time: those its batch does not use go
-        // back, and a frame delivered another way (its checksum completed in software) takes
-        // its chain in turn, so the frames fill the buffers in order.
+        // A held queue's chains are taken in runs of 1, 1, 2, 4...: the fifth frame of a batch
+        // takes four, and the three it does not use go back. A frame delivered another way
+        // (its checksum completed in software) takes its chain in turn. So the frames fill the
+        // buffers in order.
         let (dp, g) = learned_pair(V1 | HOST_TSO, V1 | MRG);
         let (mut a_tx, mut b_rx) = (g[0].tx(), g[1].rx());
-        post_rx(&mut b_rx, 8, 2048);
+        post_rx(&mut b_rx, 12, 2048);
         let next_avail = || g[1].port.device().vring(0).unwrap().state().next_avail;
-        let first = eth(mac(2), mac(1), 60);
-        send(&g[0], &mut a_tx, 0, [0; 12], &first);
-        assert_eq!(batch(&dp, &g[0]), Progress::Idle);
-        assert_eq!((b_rx.used_idx(), next_avail()), (1, 1));
-
+        let plain = [0; 12];
+        let first: Vec<_> = (0..5)
+            .map(|i| (plain, eth(mac(2), mac(1), 60 + i)))
+            .collect();
         let tcp = tcp_frame(100);
         let mut partial = tso_hdr(0);
         partial[1] = 0; // no GSO, a partial checksum only: completed in software
-        let plain = [0; 12];
-        let sent = [
-            (plain, eth(mac(2), mac(1), 61)),
+        let second = vec![
+            (plain, eth(mac(2), mac(1), 70)),
             (partial, tcp),
-            (plain, first),
+            first[0].clone(),
         ];
-        for (i, (hdr, f)) in sent.iter().enumerate() {
-            send(&g[0], &mut a_tx, 1 + i as u64, *hdr, f);
+        let mut slot = 0;
+        for (sent, used) in [(&first, 5), (&second, 8)] {
+            for (hdr, f) in sent {
+                send(&g[0], &mut a_tx, slot, *hdr, f);
+                slot += 1;
+            }
+            assert_eq!(batch(&dp, &g[0]), Progress::Idle);
+            assert_eq!((b_rx.used_idx(), next_avail()), (used, used));
+            let at = used - sent.len() as u16;
+            for (i, (_, f)) in sent.iter().enumerate() {
+                let at = at + i as u16;
+                assert_eq!(
+                    b_rx.used(at).0,
+                    u32::from(at),
+                    "frame {i} in the next buffer"
+                );
+                let got = received(&g[1], &b_rx, at).1;
+                assert_eq!((got.len(), &got[..12]), (f.len(), &f[..12]));
+            }
+        }
+        assert_eq!(g[1].stats().total(), 0);
+    }
+
+    #[test]
+    fn receive_chains_of_two_buffers_take_a_batch_of_frames() {
+        // A guest that posts its virtio-net header and its frame buffer apart (a legacy
+        // layout): its chains are not taken ahead, every frame of the batch goes the general
+        // way, and its header lands in the first buffer.
+        let (dp, g) = learned_pair(V1, V1);
+        let (mut a_tx, mut b_rx) = (g[0].tx(), g[1].rx());
+        for i in 0..4 {
+            let at = RX_BUF + i * 0x10000;
+            b_rx.post(&[(at, 12, W), (at + 0x1000, 1514, W)]);
+        }
+        let frames: Vec<Vec<u8>> = (0..3).map(|i| eth(mac(2), mac(1), 60 + i)).collect();
+        for (i, f) in frames.iter().enumerate() {
+            send(&g[0], &mut a_tx, i as u64, [0; 12], f);
         }
         assert_eq!(batch(&dp, &g[0]), Progress::Idle);
-        assert_eq!((b_rx.used_idx(), next_avail()), (4, 4));
-        for (i, (_, f)) in sent.iter().enumerate() {
-            let at = 1 + i as u16;
-            assert_eq!(
-                b_rx.used(at).0,
-                u32::from(at),
-                "frame {i} in the next buffer"
-            );
-            let got = received(&g[1], &b_rx, at).1;
-            assert_eq!((got.len(), &got[..12]), (f.len(), &f[..12]));
+        assert_eq!(b_rx.used_idx(), 3);
+        for (i, f) in frames.iter().enumerate() {
+            let (head, len) = b_rx.used(i as u16);
+            assert_eq!((head, len as usize), (2 * i as u32, 12 + f.len()));
+            let mut got = vec![0u8; f.len()];
+            let at = RX_BUF + i as u64 * 0x10000 + 0x1000;
+            g[1].mem.read_slice(&mut got, GuestAddress(at)).unwrap();
+            assert_eq!(&got, f);
         }
+        assert_eq!(g[1].port.device().vring(0).unwrap().state().next_avail, 3);
         assert_eq!(g[1].stats().total(), 0);
     }
 
