@@ -213,6 +213,8 @@ pub(crate) struct Table {
     hasher: RandomState,
     /// Bumped (writer lock held) when an entry is removed or changes port, and when the table
     /// is replaced: a [`View`] holding this table then reloads it and forgets what it learned.
+    /// A bigger table starts where the one it replaces ends, so that an FDB's epochs never
+    /// repeat.
     epoch: AtomicU64,
 }
 
@@ -223,11 +225,11 @@ enum Place {
 }
 
 impl Table {
-    fn new(len: usize) -> Table {
+    fn new(len: usize, epoch: u64) -> Table {
         Table {
             slots: (0..len).map(|_| Slot::default()).collect(),
             hasher: RandomState::default(),
-            epoch: AtomicU64::new(0),
+            epoch: AtomicU64::new(epoch),
         }
     }
 
@@ -351,6 +353,20 @@ pub(crate) struct View {
     found: Recent,
 }
 
+impl View {
+    /// The FDB's epoch when the view's snapshot was taken: what it learned and found holds
+    /// while the epoch stays there.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The FDB's epoch now.
+    #[inline]
+    pub(crate) fn epoch_now(&self) -> u64 {
+        self.table.epoch.load(Acquire)
+    }
+}
+
 /// The FDB of one network.
 #[derive(Debug)]
 pub(crate) struct Fdb {
@@ -380,7 +396,7 @@ impl Fdb {
     pub(crate) fn new(ageing_time: Duration, max_learned: u32) -> Fdb {
         let ageing_us = i64::try_from(ageing_time.total_micros()).unwrap_or(i64::MAX);
         Fdb {
-            table: ArcSwap::from_pointee(Table::new(MIN_SLOTS)),
+            table: ArcSwap::from_pointee(Table::new(MIN_SLOTS, 0)),
             writer: Mutex::new(()),
             ageing_us,
             refresh_us: ageing_us / 256,
@@ -390,6 +406,12 @@ impl Fdb {
             mac_moves: AtomicU64::new(0),
             limit_hits: AtomicU64::new(0),
         }
+    }
+
+    /// How often a learned entry's age is refreshed by its source's frames (1/256 of the
+    /// ageing time).
+    pub(crate) fn refresh_interval(&self) -> Duration {
+        Duration::from_micros(u64::try_from(self.refresh_us).unwrap_or(0))
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
@@ -413,7 +435,9 @@ impl Fdb {
         if entries * 2 <= table.slots.len() {
             return table;
         }
-        let bigger = Table::new(table.slots.len() * 2);
+        // At the epoch this table is bumped to below (writer lock held: no other bump).
+        let epoch = table.epoch.load(Relaxed) + 1;
+        let bigger = Table::new(table.slots.len() * 2, epoch);
         for slot in table.slots.iter() {
             let read = slot.read_locked();
             if read.key != EMPTY {
@@ -542,8 +566,9 @@ impl Fdb {
     }
 
     /// [`learn`](Self::learn) for the next frame of `view`'s batch: a key the batch learned
-    /// (or found) on `port` already is known without looking at the table again.
-    #[inline]
+    /// (or found) on `port` already is known without looking at the table again. Always
+    /// inlined, as [`lookup_in`](Self::lookup_in).
+    #[inline(always)]
     pub(crate) fn learn_in(
         &self,
         view: &mut View,

@@ -50,5 +50,7 @@ pub use frame::{FrameMeta, IpMeta, L2Meta, Ports};
 pub use network::{LimitAction, NetworkConfig, NetworkId, NetworkStats};
 pub use offload::{GsoType, OffloadParams, Segment};
 pub use port::{IngressTag, PortConfig, PortId, PortVlan};
-pub use switch::{Decision, Flood, IngressBatch, NetworkInfo, PortInfo, Switch};
+pub use switch::{
+    Decision, DecisionCache, Flood, IngressBatch, NetworkInfo, PortInfo, Switch, SwitchMemo,
+};
 pub use vlan::{Tci, VlanId, VlanSet};

@@ -159,6 +159,7 @@ impl Port {
         }
     }
 
+    #[inline]
     pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }

@@ -141,6 +141,8 @@ struct NetworkSlot {
 struct Topology {
     ports: Vec<Option<Arc<Port>>>,
     networks: Vec<Option<NetworkSlot>>,
+    /// Counts the states published: each has another.
+    generation: u64,
 }
 
 impl Topology {
@@ -237,17 +239,23 @@ impl Switch {
             switch: self,
             topology,
             ingress,
+            now,
             fdb,
             rx_frames: 0,
             rx_bytes: 0,
         }
     }
 
+    /// The decision for a frame with `header` from `port`; `plain` is cleared if its source
+    /// hit a learning limit (a like frame must be decided again, to be counted). Inlined in
+    /// both callers: out of line, its call costs a fifth of it.
+    #[inline(always)]
     fn decide(
         topology: &Topology,
         port: &Arc<Port>,
         header: &MacHeader,
         fdb: Option<&mut fdb::View>,
+        plain: &mut bool,
     ) -> Decision {
         let drop = Decision::Drop;
         if !port.is_up() {
@@ -280,6 +288,7 @@ impl Switch {
             Learn::Known | Learn::Added | Learn::Moved => {}
             Learn::SpoofedStatic => return drop(DropReason::SpoofedStatic),
             Learn::Limit => {
+                *plain = false;
                 port.counters.record_fdb_limit_hit();
                 if network.config.limit_action == LimitAction::Drop {
                     return drop(DropReason::FdbLimit);
@@ -339,6 +348,7 @@ impl Switch {
         let _admin = self.admin.lock().unwrap_or_else(PoisonError::into_inner);
         let mut topology = Topology::clone(&self.topology.load());
         let result = f(&mut topology)?;
+        topology.generation += 1;
         self.topology.store(Arc::new(topology));
         Ok(result)
     }
@@ -539,6 +549,89 @@ impl Switch {
     }
 }
 
+/// A forward decision of an [`IngressBatch`], kept by its caller (in a [`DecisionCache`]) so
+/// that a frame like the one it was made for is decided without the switch's lookups
+/// ([`IngressBatch::process_head_memo`]). It holds for a frame from the same port whose first
+/// 16 bytes (addresses, type or tag, and two more) are the same, while the topology and the
+/// network's FDB entries stay as they were (the FDB's epoch: none removed or moved) and both
+/// ports are up; and for at most the FDB's refresh interval (1/256 of its ageing time), so that
+/// the source's entry is refreshed, and a destination that ages out is found gone, as often as
+/// without it.
+#[derive(Debug, Clone, Copy)]
+pub struct SwitchMemo {
+    head: [u64; 2],
+    ingress: PortId,
+    out: PortId,
+    egress: Egress,
+    topology: u64,
+    fdb: u64,
+    until: Instant,
+}
+
+impl Default for SwitchMemo {
+    /// A memo that holds for no frame.
+    fn default() -> Self {
+        SwitchMemo {
+            head: [0; 2],
+            ingress: PortId(0),
+            out: PortId(0),
+            egress: Egress::AsIs,
+            topology: 0,
+            fdb: 0,
+            until: Instant::ZERO,
+        }
+    }
+}
+
+/// Entries of a [`DecisionCache`]: 48 KiB.
+const DECISIONS: usize = 1024;
+
+/// A thread's forward decisions, by ingress port and the frame's first 16 bytes: each
+/// [`SwitchMemo`] in the entry a hash of those picks, the last decision made for frames that
+/// share the entry. A datapath thread's frames mostly come in a few address pairs per port,
+/// which keep their entries; a pair that shares one with another is decided afresh as often
+/// as they take turns.
+#[derive(Debug)]
+pub struct DecisionCache {
+    entries: Box<[SwitchMemo]>,
+}
+
+impl Default for DecisionCache {
+    /// An empty cache (its entries are allocated at the first lookup).
+    fn default() -> Self {
+        DecisionCache {
+            entries: Box::default(),
+        }
+    }
+}
+
+impl DecisionCache {
+    /// The entry for frames from `ingress` whose first bytes are `head`.
+    #[inline]
+    pub fn entry(&mut self, ingress: PortId, head: &[u8]) -> &mut SwitchMemo {
+        if self.entries.is_empty() {
+            self.allocate();
+        }
+        let [a, b] = head_words(head).unwrap_or_default();
+        let h = (a ^ b.rotate_left(23) ^ u64::from(ingress.0)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let i = (h >> (64 - DECISIONS.trailing_zeros())) as usize;
+        &mut self.entries[i % DECISIONS]
+    }
+
+    #[cold]
+    fn allocate(&mut self) {
+        self.entries = vec![SwitchMemo::default(); DECISIONS].into_boxed_slice();
+    }
+}
+
+/// The first 16 bytes of a frame's head as two words (`None` if shorter).
+#[inline]
+fn head_words(head: &[u8]) -> Option<[u64; 2]> {
+    let (first, rest) = head.split_first_chunk::<8>()?;
+    let second = rest.first_chunk::<8>()?;
+    Some([u64::from_ne_bytes(*first), u64::from_ne_bytes(*second)])
+}
+
 /// The switch as a batch of frames from one port sees it ([`Switch::batch`]): decisions are
 /// those of [`Switch::process_head`] frame by frame, for less work per frame.
 ///
@@ -556,6 +649,7 @@ pub struct IngressBatch<'s> {
     switch: &'s Switch,
     topology: Guard<Arc<Topology>>,
     ingress: PortId,
+    now: Instant,
     /// The ingress network's FDB view, while the port and its network exist.
     fdb: Option<fdb::View>,
     rx_frames: u64,
@@ -565,6 +659,81 @@ pub struct IngressBatch<'s> {
 impl IngressBatch<'_> {
     /// Decides what to do with the next frame of the batch: [`Switch::process_head`].
     pub fn process_head(&mut self, head: &[u8], len: usize) -> Decision {
+        self.decide_head(head, len, &mut true)
+    }
+
+    /// [`process_head`](Self::process_head) for a frame whose decision `memo` may hold, kept
+    /// from an earlier frame like it (see [`SwitchMemo`]); a decision made afresh is kept in
+    /// `memo` if frames like this one may take it.
+    #[inline(always)]
+    pub fn process_head_memo(
+        &mut self,
+        head: &[u8],
+        len: usize,
+        memo: &mut SwitchMemo,
+    ) -> Decision {
+        match self.recall(head, len, memo) {
+            Some(decision) => decision,
+            None => self.decide_and_remember(head, len, memo),
+        }
+    }
+
+    /// The decision `memo` holds for the frame, counted, if it holds for it now.
+    #[inline(always)]
+    fn recall(&mut self, head: &[u8], len: usize, memo: &SwitchMemo) -> Option<Decision> {
+        let alike = memo.head == head_words(head)?
+            && memo.ingress == self.ingress
+            && memo.topology == self.topology.generation
+            && self.now < memo.until;
+        if !alike || self.fdb.as_ref()?.epoch_now() != memo.fdb {
+            return None;
+        }
+        let (port, out) = (
+            self.topology.port(self.ingress)?,
+            self.topology.port(memo.out)?,
+        );
+        if !port.is_up() || !out.is_up() {
+            return None;
+        }
+        self.rx_frames += 1;
+        self.rx_bytes += len as u64;
+        Some(Decision::Forward {
+            port: memo.out,
+            egress: memo.egress,
+        })
+    }
+
+    /// Decides the frame afresh and keeps a forward decision in `memo`, unless its source hit
+    /// a learning limit (out of line: a flow's frames mostly find their decision kept).
+    #[inline(never)]
+    fn decide_and_remember(&mut self, head: &[u8], len: usize, memo: &mut SwitchMemo) -> Decision {
+        let mut plain = true;
+        let decision = self.decide_head(head, len, &mut plain);
+        let Decision::Forward { port: out, egress } = decision else {
+            return decision;
+        };
+        let port = self.topology.port(self.ingress);
+        let slot = port.and_then(|p| self.topology.network(p.network));
+        if let (true, Some(words), Some(slot), Some(view)) =
+            (plain, head_words(head), slot, self.fdb.as_ref())
+        {
+            *memo = SwitchMemo {
+                head: words,
+                ingress: self.ingress,
+                out,
+                egress,
+                topology: self.topology.generation,
+                fdb: view.epoch(),
+                until: self.now + slot.network.fdb.refresh_interval(),
+            };
+        }
+        decision
+    }
+
+    /// [`process_head`](Self::process_head), clearing `plain` if the frame's source hit a
+    /// learning limit.
+    #[inline(always)]
+    fn decide_head(&mut self, head: &[u8], len: usize, plain: &mut bool) -> Decision {
         let Some(port) = self.topology.port(self.ingress) else {
             self.switch.unknown_port_drops.fetch_add(1, Relaxed);
             return Decision::Drop(DropReason::NoSuchPort);
@@ -572,7 +741,7 @@ impl IngressBatch<'_> {
         self.rx_frames += 1;
         self.rx_bytes += len as u64;
         let decision = match MacHeader::parse(head) {
-            Ok(header) => Switch::decide(&self.topology, port, &header, self.fdb.as_mut()),
+            Ok(header) => Switch::decide(&self.topology, port, &header, self.fdb.as_mut(), plain),
             Err(frame::Error::TooShort) => Decision::Drop(DropReason::TooShort),
             Err(frame::Error::TruncatedTag) => Decision::Drop(DropReason::Malformed),
         };

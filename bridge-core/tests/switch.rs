@@ -3,8 +3,8 @@
 use bridge_core::time::{Duration, Instant};
 use bridge_core::wire::EthernetAddress;
 use bridge_core::{
-    switch, Decision, DropReason, Egress, FdbEntryKind, LimitAction, NetworkConfig, NetworkId,
-    PortConfig, PortId, PortVlan, Switch, Tci, VlanId,
+    switch, Decision, DecisionCache, DropReason, Egress, FdbEntryKind, LimitAction, NetworkConfig,
+    NetworkId, PortConfig, PortId, PortVlan, Switch, Tci, VlanId,
 };
 
 const BROADCAST: [u8; 6] = [0xff; 6];
@@ -549,10 +549,21 @@ enum Step {
     Up(usize, bool),
 }
 
+/// How port 0's frames go through the switch.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Each on its own ([`Switch::process`]).
+    Alone,
+    /// In one batch.
+    Batched,
+    /// In one batch, decided by the decisions kept for frames like them when those hold
+    /// ([`bridge_core::IngressBatch::process_head_memo`]).
+    Kept,
+}
+
 /// Runs `steps` on a fresh switch (three ports; port 0 learns at most 3 addresses), with port
-/// 0's frames in one batch or each on its own; returns what the switch did once the batch is
-/// over.
-fn run_steps(steps: &[Step], batched: bool) -> Outcome {
+/// 0's frames as `mode` says; returns what the switch did once the batch is over.
+fn run_steps(steps: &[Step], mode: Mode) -> Outcome {
     let sw = Switch::new();
     let net = sw.add_network(NetworkConfig::default());
     let small = PortConfig {
@@ -565,14 +576,19 @@ fn run_steps(steps: &[Step], batched: bool) -> Outcome {
         sw.add_port(net, PortConfig::default()).unwrap(),
     ];
     let mut decisions = Vec::new();
+    let batched = mode != Mode::Alone;
     let mut batch = batched.then(|| sw.batch(at(0), p[0]));
+    let mut kept = DecisionCache::default();
     for step in steps {
         match *step {
             Step::Own(dst, src) => {
                 let f = frame(dst, src, None);
-                decisions.push(match batch.as_mut() {
-                    Some(batch) => batch.process(&f),
-                    None => sw.process(at(0), p[0], &f),
+                decisions.push(match (batch.as_mut(), mode) {
+                    (Some(batch), Mode::Kept) => {
+                        batch.process_head_memo(&f, f.len(), kept.entry(p[0], &f))
+                    }
+                    (Some(batch), _) => batch.process(&f),
+                    (None, _) => sw.process(at(0), p[0], &f),
                 });
             }
             Step::Other(port, dst, src) => {
@@ -651,8 +667,11 @@ fn a_batch_decides_and_counts_as_frame_by_frame_processing() {
         Own(mac(2), BROADCAST),
         Own(mac(2), [0; 6]),
     ];
-    let batched = run_steps(&steps, true);
-    assert_eq!(batched, run_steps(&steps, false));
+    let batched = run_steps(&steps, Mode::Batched);
+    assert_eq!(batched, run_steps(&steps, Mode::Alone));
+    // Kept decisions too: the repeated frames from mac 1 to mac 2 find theirs and take it
+    // only while it holds.
+    assert_eq!(batched, run_steps(&steps, Mode::Kept));
 
     let (d, stats, fdb, _) = batched;
     let flood = |d: &Decision| matches!(d, Decision::Flood(_));
@@ -687,4 +706,97 @@ fn a_batch_from_an_unknown_port_drops_and_counts_nothing_on_ports() {
     drop(batch);
     assert_eq!(sw.unknown_port_drops(), 1);
     assert_eq!(sw.port_info(p[0]).unwrap().stats, Default::default());
+}
+
+#[test]
+fn a_kept_decision_lasts_the_fdb_refresh_interval_so_learning_still_refreshes() {
+    let sw = Switch::new();
+    let net = sw.add_network(NetworkConfig {
+        ageing_time: Duration::from_secs(256),
+        ..NetworkConfig::default()
+    });
+    let p: Vec<PortId> = (0..2)
+        .map(|_| sw.add_port(net, PortConfig::default()).unwrap())
+        .collect();
+    sw.process(at(0), p[1], &frame(BROADCAST, mac(2), None));
+    let mut kept = DecisionCache::default();
+    let f = frame(mac(2), mac(1), None);
+    let decide = |kept: &mut DecisionCache, now: Instant| {
+        let mut batch = sw.batch(now, p[0]);
+        batch.process_head_memo(&f, f.len(), kept.entry(p[0], &f))
+    };
+    let age_of_mac_1 = |now: Instant| {
+        let mut age = None;
+        sw.for_each_fdb_entry(net, now, |e| {
+            if e.mac == EthernetAddress(mac(1)) {
+                age = Some(e.kind);
+            }
+        })
+        .unwrap();
+        age
+    };
+    // Learned at 0 s and kept; the refresh interval is 1 s (1/256 of the ageing time).
+    assert_eq!(decide(&mut kept, at(0)), forward(p[1]));
+    let ms = Instant::from_millis;
+    assert_eq!(decide(&mut kept, ms(900)), forward(p[1]));
+    assert_eq!(
+        age_of_mac_1(ms(900)),
+        Some(FdbEntryKind::Learned {
+            age: Duration::from_millis(900)
+        })
+    );
+    // At 2.5 s the decision is made afresh, which refreshes the source's entry.
+    assert_eq!(decide(&mut kept, ms(2500)), forward(p[1]));
+    assert_eq!(
+        age_of_mac_1(ms(2500)),
+        Some(FdbEntryKind::Learned {
+            age: Duration::ZERO
+        })
+    );
+    assert_eq!(sw.port_info(p[0]).unwrap().stats.rx_frames, 3);
+    // A port removed and another added in its place: mac 2 is unknown again.
+    sw.remove_port(p[1]).unwrap();
+    assert_eq!(sw.add_port(net, PortConfig::default()).unwrap(), p[1]);
+    assert!(matches!(decide(&mut kept, ms(2600)), Decision::Flood(_)));
+}
+
+#[test]
+fn a_source_over_the_learning_limit_is_counted_at_every_frame_with_kept_decisions() {
+    let (sw, p) = limited(LimitAction::ForwardWithoutLearning);
+    sw.process(at(0), p[1], &frame(BROADCAST, mac(9), None));
+    let mut kept = DecisionCache::default();
+    let mut batch = sw.batch(at(0), p[0]);
+    for n in [1, 2, 3, 3, 3] {
+        let f = frame(mac(9), mac(n), None);
+        let memo = kept.entry(p[0], &f);
+        assert_eq!(batch.process_head_memo(&f, f.len(), memo), forward(p[1]));
+    }
+    drop(batch);
+    // mac 3 is over port 0's limit (2): each of its three frames is a hit of it.
+    assert_eq!(sw.port_info(p[0]).unwrap().stats.fdb_limit_hits, 3);
+}
+
+#[test]
+fn a_kept_decision_is_for_its_ingress_port_and_frame_head_only() {
+    let (sw, _, p) = plain(2);
+    sw.process(at(0), p[1], &frame(BROADCAST, mac(2), None));
+    let mut kept = DecisionCache::default();
+    let f = frame(mac(2), mac(1), None);
+    let mut batch = sw.batch(at(0), p[0]);
+    let memo = kept.entry(p[0], &f);
+    assert_eq!(batch.process_head_memo(&f, f.len(), memo), forward(p[1]));
+    // Another head with the same entry: mac 3 is unknown.
+    let g = frame(mac(3), mac(1), None);
+    let memo = kept.entry(p[0], &f);
+    assert!(matches!(
+        batch.process_head_memo(&g, g.len(), memo),
+        Decision::Flood(_)
+    ));
+    drop(batch);
+    // The same head from port 1 goes back where it came from.
+    let memo = kept.entry(p[0], &f);
+    assert_eq!(
+        sw.batch(at(0), p[1]).process_head_memo(&f, f.len(), memo),
+        Decision::Drop(DropReason::Hairpin)
+    );
 }

@@ -21,7 +21,7 @@
 use bridge_core::offload;
 use bridge_core::policy::HookPoint;
 use bridge_core::reject::{reject_reply, MAX_REPLY_LEN};
-use bridge_core::{Decision, DropReason, Egress, IngressBatch, NetworkId, PortId};
+use bridge_core::{Decision, DecisionCache, DropReason, Egress, IngressBatch, NetworkId, PortId};
 
 use std::cell::{RefCell, RefMut};
 use std::ops::Range;
@@ -136,6 +136,8 @@ pub struct TxScratch {
     policy: Option<PolicyStage>,
     /// Frames set aside for the policy stage.
     aside: SetAside,
+    /// The switch's recent forward decisions.
+    decisions: DecisionCache,
 }
 
 /// The frames of a batch set aside for the policy stage: what their delivery needs, kept from
@@ -277,6 +279,7 @@ impl Default for TxScratch {
             },
             policy: None,
             aside: SetAside::new(),
+            decisions: DecisionCache::default(),
         }
     }
 }
@@ -632,7 +635,11 @@ impl<'a, 'p> Batch<'a, 'p> {
             let bytes = &out.bufs.frame[..frame.len];
             c.record(self.port.id(), capture::Direction::In, &[bytes]);
         }
-        let decision = self.switch.borrow_mut().process_head(frame.head, frame.len);
+        let memo = s.decisions.entry(self.port.id(), frame.head);
+        let decision = self
+            .switch
+            .borrow_mut()
+            .process_head_memo(frame.head, frame.len, memo);
         if let Decision::Drop(_) = decision {
             return None;
         }
