@@ -6,7 +6,9 @@
 //!
 //! A batch of frames from one port goes through an [`IngressBatch`]: the topology and the
 //! port's FDB are loaded once per batch, a source address is learned and a destination looked
-//! up once per batch, and the port's rx counters are added once per batch.
+//! up once per batch, and the port's rx counters are added once per batch. A thread keeps its
+//! recent forward decisions in a [`DecisionCache`], and a frame like one of them takes it again
+//! while it holds ([`SwitchMemo`]).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -136,12 +138,16 @@ struct NetworkSlot {
     members: Vec<Arc<Port>>,
 }
 
+/// The generations of the topologies published by all switches so far.
+static GENERATIONS: AtomicU64 = AtomicU64::new(0);
+
 /// One published state of networks and ports, indexed by id.
 #[derive(Debug, Clone, Default)]
 struct Topology {
     ports: Vec<Option<Arc<Port>>>,
     networks: Vec<Option<NetworkSlot>>,
-    /// Counts the states published: each has another.
+    /// Which published state this is: each of any switch's has another ([`GENERATIONS`]), so
+    /// that a [`SwitchMemo`] holds for the switch and state it was made in only.
     generation: u64,
 }
 
@@ -348,7 +354,7 @@ impl Switch {
         let _admin = self.admin.lock().unwrap_or_else(PoisonError::into_inner);
         let mut topology = Topology::clone(&self.topology.load());
         let result = f(&mut topology)?;
-        topology.generation += 1;
+        topology.generation = GENERATIONS.fetch_add(1, Relaxed) + 1;
         self.topology.store(Arc::new(topology));
         Ok(result)
     }

@@ -800,3 +800,19 @@ fn a_kept_decision_is_for_its_ingress_port_and_frame_head_only() {
         Decision::Drop(DropReason::Hairpin)
     );
 }
+
+#[test]
+fn a_kept_decision_holds_in_its_own_switch_only() {
+    let (a, _, pa) = plain(3);
+    let (b, _, pb) = plain(3);
+    a.process(at(0), pa[1], &frame(BROADCAST, mac(2), None));
+    b.process(at(0), pb[2], &frame(BROADCAST, mac(2), None));
+    // Both switches have the same ports and history but for where mac 2 is.
+    let mut kept = DecisionCache::default();
+    let f = frame(mac(2), mac(1), None);
+    for (sw, p, to) in [(&a, &pa, 1), (&b, &pb, 2)] {
+        let memo = kept.entry(p[0], &f);
+        let decision = sw.batch(at(0), p[0]).process_head_memo(&f, f.len(), memo);
+        assert_eq!(decision, forward(p[to]));
+    }
+}
