@@ -589,7 +589,7 @@ impl Default for SwitchMemo {
     }
 }
 
-/// Entries of a [`DecisionCache`]: 48 KiB.
+/// Entries of a [`DecisionCache`] (56 bytes each).
 const DECISIONS: usize = 1024;
 
 /// A thread's forward decisions, by ingress port and the frame's first 16 bytes: each
