@@ -315,6 +315,11 @@ impl PolicyStage {
         match cached(&mut self.cache, now, network, head, len) {
             Some(v) => {
                 debug_assert!(reusable(v, self.generation));
+                // The usual verdict, neither policed nor logged: the frame goes as decided.
+                let plain = v.action == Action::Accept && v.mirror.is_none();
+                if plain && v.rate_class.is_none() && !v.log {
+                    return Check::Now(Outcome::PASS);
+                }
                 // Counted by the cache: only policed here.
                 let now_ns = nanos(now);
                 let admitted = self.worker.police(now_ns, v, ingress, len);
