@@ -553,7 +553,7 @@ impl Fdb {
     /// moved.
     #[inline]
     fn sync(&self, view: &mut View) {
-        if view.table.epoch.load(Acquire) != view.epoch {
+        if view.epoch_now() != view.epoch {
             self.reload(view);
         }
     }

@@ -315,9 +315,13 @@ impl PolicyStage {
         match cached(&mut self.cache, now, network, head, len) {
             Some(v) => {
                 debug_assert!(reusable(v, self.generation));
-                // The usual verdict, neither policed nor logged: the frame goes as decided.
-                let plain = v.action == Action::Accept && v.mirror.is_none();
-                if plain && v.rate_class.is_none() && !v.log {
+                // The usual verdict, neither policed, logged nor mirrored: the frame goes as
+                // decided (what `decide` would answer).
+                if v.action == Action::Accept
+                    && v.mirror.is_none()
+                    && v.rate_class.is_none()
+                    && !v.log
+                {
                     return Check::Now(Outcome::PASS);
                 }
                 // Counted by the cache: only policed here.
