@@ -438,25 +438,6 @@ pub fn copy_from_slice(dst: &mut [u8], src: &VolatileSlice<'_, ()>) -> usize {
     n
 }
 
-/// Writes `bytes` into `dst` at byte `at` with one unaligned store, if they fit; returns
-/// whether they did. For ring entries of a fixed size (a used element: 8 bytes).
-#[inline]
-pub fn write_array<const N: usize>(dst: &VolatileSlice<'_, ()>, at: usize, bytes: [u8; N]) -> bool {
-    if at.checked_add(N).is_none_or(|end| end > dst.len()) {
-        return false;
-    }
-    // SAFETY: `[at, at + N)` lies inside the slice's memory (checked above), valid for writes
-    // while `dst` is borrowed; the store is unaligned, so any address is allowed.
-    unsafe {
-        dst.ptr_guard_mut()
-            .as_ptr()
-            .add(at)
-            .cast::<[u8; N]>()
-            .write_unaligned(bytes)
-    };
-    true
-}
-
 /// Copies as much of `src` (another guest's memory) as fits into `dst` from byte `at` on;
 /// returns the bytes copied.
 pub fn copy_between(dst: &VolatileSlice<'_, ()>, at: usize, src: &VolatileSlice<'_, ()>) -> usize {
@@ -496,15 +477,12 @@ mod tests {
         assert_eq!(copy_between(&slice, 5, &from), 3);
         assert_eq!(dst, [0xee, 0xee, 1, 2, 3, 0xee, 0xee, 0xee]);
         let slice = VolatileSlice::from(&mut dst[..]);
-        assert!(write_array(&slice, 5, [9, 8, 7]));
-        assert!(!write_array(&slice, 6, [1, 1, 1]), "one byte past the end");
-        assert!(!write_array(&slice, usize::MAX, [1]));
         let mut out = [0u8; 4];
         assert_eq!(copy_from_slice(&mut out, &slice.subslice(2, 3).unwrap()), 3);
         assert_eq!(out, [1, 2, 3, 0]);
         assert_eq!(copy_from_slice(&mut out[..2], &slice), 2, "cut at the end");
         assert_eq!(out, [0xee, 0xee, 3, 0]);
-        assert_eq!(dst, [0xee, 0xee, 1, 2, 3, 9, 8, 7]);
+        assert_eq!(dst, [0xee, 0xee, 1, 2, 3, 0xee, 0xee, 0xee]);
     }
 
     #[test]

@@ -622,19 +622,32 @@ impl<'a> Ring<'a> {
     /// The frames of a batch delivered into one receive queue are published once, when the
     /// batch signals the guest, instead of with a store (and a cache line the driver polls
     /// taken back) per frame.
+    ///
+    /// The ring's memory is checked to hold every slot once, then each entry is one plain
+    /// store.
     #[inline]
     pub fn push_used(&mut self, elems: &[UsedElem]) {
-        let mask = self.queue.size() - 1;
-        let mut next = Wrapping(self.queue.next_used());
-        for e in elems {
-            let slot = usize::from(next.0 & mask);
-            // In bounds: the slice holds every slot (checked when it was resolved). One plain
-            // store per entry.
-            let raw = u64::from(e.head) | u64::from(e.len) << 32;
-            sys::write_array(&self.used, 4 + 8 * slot, raw.to_le_bytes());
-            next += Wrapping(1);
+        let size = self.queue.size();
+        let next = self.queue.next_used();
+        // Always true: the slice was checked to hold every slot when it was resolved.
+        if self.used.len() >= 4 + 8 * usize::from(size) {
+            let slots = self
+                .used
+                .ptr_guard_mut()
+                .as_ptr()
+                .wrapping_add(4)
+                .cast::<u64>();
+            for (i, e) in elems.iter().enumerate() {
+                let slot = usize::from(next.wrapping_add(i as u16) & (size - 1));
+                let raw = u64::from(e.head) | u64::from(e.len) << 32;
+                // SAFETY: `slot < size` and the slice holds `4 + 8 * size` bytes of guest
+                // memory (checked above), valid for writes while the ring is borrowed; the
+                // store is unaligned, so any address is allowed.
+                unsafe { slots.add(slot).write_unaligned(raw.to_le()) };
+            }
         }
-        self.queue.set_next_used(next.0);
+        self.queue
+            .set_next_used(next.wrapping_add(elems.len() as u16));
     }
 
     /// Stores the used index: every entry written so far becomes the driver's.
@@ -876,6 +889,29 @@ mod tests {
         assert_eq!(call.read().unwrap(), 1);
         v.notify();
         assert!(call.read().is_err(), "nothing new since the last signal");
+    }
+
+    #[test]
+    fn used_entries_that_wrap_the_ring_go_to_their_slots() {
+        let mem = guest_memory();
+        let ring = TestRing::new(&mem, 0x10000, 16);
+        let mut v = ring.vring(mem.clone(), 0);
+        let elem = |i: u16| UsedElem {
+            head: i,
+            len: 100 + u32::from(i),
+        };
+        let first: Vec<_> = (0..14).map(elem).collect();
+        v.parts().unwrap().add_used(&first);
+        let wrapping: Vec<_> = (14..19).map(elem).collect();
+        v.parts().unwrap().add_used(&wrapping);
+        assert_eq!(ring.used_idx(), 19);
+        for i in 3..19 {
+            assert_eq!(
+                ring.used(i),
+                (u32::from(i), 100 + u32::from(i)),
+                "entry {i}"
+            );
+        }
     }
 
     #[test]
